@@ -1,0 +1,186 @@
+"""Read a torch checkpoint safely and map its keys onto an mmpretrain ImageClassifier.
+
+Runs in the mmpretrain worker (imports torch).
+
+Safety: `torch.load(weights_only=True)` with the allow-list below and nothing else. The
+allow-list admits what OpenMMLab's published `meta` holds (numpy scalars and arrays written
+under numpy 1.x or 2.x); a file that names any other global (os.system, a class of some
+package...) is refused by torch's restricted unpickler before anything in it runs.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from converters.protocol import WorkerError
+
+_NUMPY_MODULES = ("numpy._core.multiarray", "numpy.core.multiarray")
+
+
+def _allow_list() -> list:
+    from numpy._core import multiarray
+
+    allowed: list = [np.ndarray, np.dtype]
+    # numpy pickles dtypes by class (numpy.dtypes.Float64DType ...). Object arrays are left
+    # out on purpose: their elements would be arbitrary objects.
+    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes)
+                if n.endswith("DType") and n not in ("ObjectDType", "StringDType")]
+    for module in _NUMPY_MODULES:  # files written under numpy 1.x name numpy.core
+        for fn in ("_reconstruct", "scalar"):
+            allowed.append((getattr(multiarray, fn), f"{module}.{fn}"))
+    return allowed
+
+
+ALLOWED_GLOBALS = _allow_list()
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """Return (state_dict, info). Raises WorkerError with a user-facing cause."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkerError("checkpoint_missing", f"checkpoint file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise WorkerError("checkpoint_format", f"checkpoint {path.name} is empty (0 bytes)")
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "GLOBAL" in text or "allowlisted" in text or "Unsupported" in text:
+            refused = _refused_global(text)
+            raise WorkerError(
+                "checkpoint_unsafe",
+                f"refused to load {path.name}: it asks the unpickler for {refused}, which is "
+                "not on the allow-list (tensors, containers, numpy arrays and scalars). "
+                "Nothing in the file was executed. If you trust the file, re-save its "
+                "state_dict with torch.save in a trusted environment.",
+                {"refused_global": refused}) from None
+        raise _format_error(path, size, is_zip, exc) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise _format_error(path, size, is_zip, exc) from None
+    return _unwrap(obj, path)
+
+
+def _refused_global(text: str) -> str:
+    for marker in ("GLOBAL ", "but got "):
+        if marker in text:
+            tail = text.split(marker, 1)[1].strip()
+            return tail.split()[0].strip("<>'\",.")
+    return "a global that is not allow-listed"
+
+
+def _format_error(path: Path, size: int, is_zip: bool, exc: Exception) -> WorkerError:
+    if is_zip or "zip" in str(exc).lower() or "central directory" in str(exc):
+        why = "truncated or corrupt torch zip archive"
+    else:
+        why = "not a torch checkpoint (neither a torch zip archive nor a legacy torch pickle)"
+    return WorkerError(
+        "checkpoint_format",
+        f"cannot read {path.name} ({size} bytes): {why}. torch said: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+        {"bytes": size})
+
+
+def _unwrap(obj, path: Path) -> tuple[dict, dict]:
+    info: dict = {}
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        meta = obj.get("meta") or {}
+        info["container"] = "{'state_dict', 'meta'}" if "meta" in obj else "{'state_dict'}"
+        info["meta"] = _summarise_meta(meta)
+        info["demo"] = bool(isinstance(meta, dict) and meta.get("demo_checkpoint"))
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        info["container"] = "{'model'}"
+        state = obj["model"]
+    elif isinstance(obj, dict):
+        info["container"] = "bare state dict"
+        state = obj
+    else:
+        raise WorkerError("checkpoint_format",
+                          f"{path.name} holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WorkerError("checkpoint_format", f"{path.name} holds no tensors")
+    info.setdefault("demo", False)
+    info["tensors"] = len(tensors)
+    return tensors, info
+
+
+def _summarise_meta(meta) -> dict:
+    """Small, JSON-safe view of OpenMMLab meta (class names may be 1000 strings long)."""
+    if not isinstance(meta, dict):
+        return {"type": type(meta).__name__}
+    out = {}
+    for key, value in meta.items():
+        if isinstance(value, (list, tuple)) and len(value) > 5:
+            out[key] = f"<{len(value)} items>"
+        elif isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value if not isinstance(value, str) or len(value) < 200 else "<long text>"
+        else:
+            out[key] = f"<{type(value).__name__}>"
+    return out
+
+
+# --------------------------------------------------------------------------- key mapping
+LAYOUTS = ("openmmlab", "official-res2net")
+
+
+def map_keys(state: dict, model_keys: set[str]) -> tuple[dict, str]:
+    """Rename checkpoint keys to the mmpretrain ImageClassifier's names.
+
+    Accepts OpenMMLab files (`backbone.*`, `head.fc.*`), DataParallel `module.` prefixes, and
+    the official Res2Net release / timm naming (no `backbone.`, `fc.*` for the head).
+    Returns (mapped_state, detected_layout).
+    """
+    keys = list(state)
+    if keys and all(k.startswith("module.") for k in keys):
+        state = {k[len("module."):]: v for k, v in state.items()}
+        prefix_note = "+module."
+    else:
+        prefix_note = ""
+    if any(k.startswith("backbone.") for k in state):
+        return dict(state), "openmmlab" + prefix_note
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            mapped["head." + key] = value
+        else:
+            mapped["backbone." + key] = value
+    if set(mapped) & model_keys:
+        return mapped, "official-res2net" + prefix_note
+    return dict(state), "unknown" + prefix_note
+
+
+def compare(state: dict, model_state: dict) -> dict:
+    """Missing / unexpected / shape-mismatched keys of a mapped state against a model's."""
+    ignore = lambda k: k.endswith("num_batches_tracked")  # noqa: E731 - absent in old files
+    missing = sorted(k for k in model_state if k not in state and not ignore(k))
+    unexpected = sorted(k for k in state if k not in model_state and not ignore(k))
+    shapes = sorted(
+        (k, list(state[k].shape), list(model_state[k].shape))
+        for k in state if k in model_state and tuple(state[k].shape) != tuple(model_state[k].shape))
+    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes}
+
+
+def mismatch_text(diff: dict, limit: int = 5) -> str:
+    parts = []
+    for label, items in (("missing", diff["missing"]), ("unexpected", diff["unexpected"])):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {label} keys: {', '.join(items[:limit])}{more}")
+    if diff["shape_mismatch"]:
+        items = diff["shape_mismatch"]
+        shown = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in items[:limit])
+        more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+        parts.append(f"{len(items)} shape mismatches: {shown}{more}")
+    return "; ".join(parts)
+
+
+def is_clean(diff: dict) -> bool:
+    return not (diff["missing"] or diff["unexpected"] or diff["shape_mismatch"])

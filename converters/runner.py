@@ -1,0 +1,69 @@
+"""Start a framework worker in its own environment and collect its result (orchestrator side).
+
+One process per job: the worker imports its framework, the orchestrator never does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from converters.protocol import JOB_FILE, PROTOCOL_VERSION, RESULT_FILE
+from converters.registry import REPO_ROOT, SourceSpec, env_python
+
+
+class WorkerFailed(Exception):
+    """The worker reported an error or died. `kind` and `details` go into the report."""
+
+    def __init__(self, kind: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.details = kind, message, details or {}
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800) -> dict:
+    """Write job.json, run the worker, return its result (raises WorkerFailed)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / JOB_FILE).write_text(json.dumps({"protocol": PROTOCOL_VERSION, **job},
+                                               indent=2, default=str))
+    log_path = workdir / "worker.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [str(env_python(spec)), "-m", spec.worker, str(workdir / JOB_FILE)]
+    with open(log_path, "wb") as log:
+        # Own process group, so a timeout or Ctrl-C ends the worker and its children only.
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise WorkerFailed("timeout", f"{spec.framework} worker did not finish within "
+                                          f"{timeout:.0f} s (log: {log_path})") from None
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    result_path = workdir / RESULT_FILE
+    if not result_path.exists():
+        raise WorkerFailed(
+            "worker_crashed",
+            f"{spec.framework} worker exited with status {code} without a result "
+            f"(log: {log_path}). Last lines:\n{_tail(log_path)}",
+            {"exit_status": code})
+    result = json.loads(result_path.read_text())
+    if not result.get("ok"):
+        err = result.get("error", {})
+        raise WorkerFailed(err.get("kind", "unknown"), err.get("message", "worker failed"),
+                           err.get("details"))
+    return result

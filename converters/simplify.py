@@ -1,0 +1,67 @@
+"""Stage 3, framework-free: full onnx.checker pass, then onnxsim with its own check on.
+
+Runs in the orchestrator (onnx + onnxsim + onnxruntime only).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import onnx
+import onnxsim
+
+
+class OnnxCheckFailed(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def _dims(value_info) -> list:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_param if d.dim_param else d.dim_value for d in shape.dim]
+
+
+def describe(model: onnx.ModelProto) -> dict:
+    """Opset, node count and I/O signature of a model."""
+    return {
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                      None),
+        "nodes": len(model.graph.node),
+        "inputs": [{"name": i.name, "shape": _dims(i),
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(
+                        i.type.tensor_type.elem_type).name} for i in model.graph.input],
+        "outputs": [{"name": o.name, "shape": _dims(o),
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(
+                         o.type.tensor_type.elem_type).name} for o in model.graph.output],
+    }
+
+
+def check(path: Path) -> dict:
+    """onnx.checker full check (types and shapes inferred too); returns describe()."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise OnnxCheckFailed("onnx_checker", f"onnx.checker rejected {path.name}: {exc}")
+    return describe(onnx.load(str(path), load_external_data=False))
+
+
+def simplify(src: Path, dst: Path, test_shape: list[int], check_n: int = 3) -> dict:
+    """onnxsim `src` into `dst`, checking outputs on `check_n` random inputs of `test_shape`."""
+    model = onnx.load(str(src))
+    name = model.graph.input[0].name
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            simplified, ok = onnxsim.simplify(model, check_n=check_n,
+                                              test_input_shapes={name: test_shape})
+    except Exception as exc:  # noqa: BLE001 - onnxsim raises many types
+        raise OnnxCheckFailed("onnxsim", f"onnxsim failed: {type(exc).__name__}: {exc}")
+    if not ok:
+        raise OnnxCheckFailed("onnxsim", "onnxsim's own check found the simplified model's "
+                                         "outputs differ from the original's")
+    onnx.save(simplified, str(dst))
+    info = check(dst)
+    info["onnxsim_checks"] = check_n
+    return info

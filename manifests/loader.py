@@ -1,0 +1,153 @@
+"""Load and validate a manifest file.
+
+Every problem is reported as one line naming the file, the entry and the field, e.g.
+
+    manifests/all.yaml: entry 'res2net50-w14-s8' (#1): field 'checkpoint.sha256': 'xyz' does not match ...
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from manifests.schema import DEFAULTS, ENTRY, MANIFEST
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One validated manifest entry, defaults filled in."""
+
+    data: dict
+    file: str
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def source(self) -> str:
+        return self.data["source"]
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)  # resolves `<<: *anchor` merges first
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(parts + [extra[0]]) if extra else ".".join(parts)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return ".".join(parts + missing[:1])
+    return ".".join(parts) or "(entry)"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return "unknown key (not in the schema: check its spelling)"
+    if error.validator == "required":
+        return "missing (required)"
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "oneOf" and "sha256" in str(error.schema):
+        return ("give exactly one of sha256, sha256_prefix, or digest_unpublished: true "
+                "(when the publisher gives no digest)")
+    return error.message
+
+
+def _merge_defaults(entry: dict) -> dict:
+    merged = copy.deepcopy(entry)
+    for key, default in DEFAULTS.items():
+        if isinstance(default, dict):
+            merged[key] = {**default, **merged.get(key, {})}
+        else:
+            merged.setdefault(key, copy.deepcopy(default))
+    return merged
+
+
+def load_manifest(path: str | Path) -> list[Entry]:
+    """Read, validate and default-fill a manifest. Raises ManifestError."""
+    path = Path(path)
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"{label}: cannot read manifest: {exc.strerror or exc}") from exc
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{label}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{label}: the top level must be a mapping with a 'models' list")
+
+    problems = [f"{label}: field '{_field(e)}': {_message(e)}"
+                for e in jsonschema.Draft202012Validator(MANIFEST).iter_errors(doc)]
+    if problems:
+        raise ManifestError("\n".join(problems))
+
+    validator = jsonschema.Draft202012Validator(ENTRY)
+    entries: list[Entry] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(doc["models"], start=1):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where = f"{label}: entry {name!r} (#{index})" if name else f"{label}: entry #{index}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a mapping, got {type(raw).__name__}")
+            continue
+        errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+        problems += [f"{where}: field '{_field(e)}': {_message(e)}" for e in errors]
+        if name in seen:
+            problems.append(f"{where}: field 'name': duplicate of entry #{seen[name]}")
+        elif name:
+            seen[name] = index
+        pre = raw.get("preprocess")
+        if isinstance(pre, dict) and raw.get("source") and pre.get("pipeline") not in (
+                None, raw.get("source")):
+            problems.append(f"{where}: field 'preprocess.pipeline': {pre.get('pipeline')!r} "
+                            f"differs from source {raw.get('source')!r}; each source "
+                            "preprocesses with its own transform code")
+        if not errors:
+            entries.append(Entry(_merge_defaults(raw), label))
+    if problems:
+        raise ManifestError("\n".join(problems))
+    return entries
+
+
+def select(entries: list[Entry], only: tuple[str, ...] | list[str]) -> list[Entry]:
+    """Entries named in `only` (all if empty); an unknown name is an error naming it."""
+    if not only:
+        return list(entries)
+    by_name = {e.name: e for e in entries}
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise ManifestError(
+            f"unknown entry {', '.join(map(repr, unknown))}; known: {', '.join(by_name)}")
+    return [by_name[n] for n in dict.fromkeys(only)]

@@ -1,0 +1,126 @@
+"""JSON schema of one manifest entry and the defaults filled in after validation.
+
+Kept beside the manifests so that what an entry may hold is read in one place.
+`additionalProperties: false` everywhere: a misspelt key is an error, not a silently
+ignored setting.
+"""
+
+SOURCES = ("mmpretrain", "paddleclas", "mindcv")
+
+_number = {"type": "number"}
+_percent = {"type": "number", "minimum": 0, "maximum": 100}
+_positive = {"type": "number", "exclusiveMinimum": 0}
+_triple = {"type": "array", "items": _number, "minItems": 3, "maxItems": 3}
+
+PREPROCESS = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["pipeline", "resize_short", "crop", "interpolation", "mean", "std"],
+    "properties": {
+        # Whose transform code produces the tensor: each worker implements its own source's.
+        "pipeline": {"enum": list(SOURCES)},
+        "decode": {"enum": ["cv2", "pil", "mindspore"]},
+        "resize_short": {"type": "integer", "minimum": 1},
+        "crop": {"type": "integer", "minimum": 1},
+        "interpolation": {"enum": ["bilinear", "bicubic", "nearest"]},
+        "resize_backend": {"enum": ["pillow", "cv2"]},
+        "mean": _triple,
+        "std": _triple,
+        # Divide by 255 before mean/std (PaddleClas) or not (mmpretrain works on 0..255).
+        "scale": _positive,
+        "to_rgb": {"type": "boolean"},
+    },
+}
+
+TOLERANCES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "atol": {"type": "number", "minimum": 0},
+        "rtol": {"type": "number", "minimum": 0},
+        "min_cosine": {"type": "number", "minimum": -1, "maximum": 1},
+        "min_top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
+        "min_top5_agreement": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+ENTRY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "source", "model_id", "num_classes", "checkpoint", "preprocess",
+                 "published"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
+        "source": {"enum": list(SOURCES)},
+        "model_id": {"type": "string", "minLength": 1},
+        "num_classes": {"type": "integer", "minimum": 1},
+        "description": {"type": "string"},
+        "checkpoint": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": {"type": "string", "pattern": "^(https?|file)://"},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                # OpenMMLab / MindCV / torchvision-style names carry only the first hex digits.
+                "sha256_prefix": {"type": "string", "pattern": "^[0-9a-f]{8,63}$"},
+                # Where the publisher gives no digest at all this must say so explicitly.
+                "digest_unpublished": {"const": True},
+                "layout": {"type": "string"},
+            },
+            "oneOf": [
+                {"required": ["sha256"]},
+                {"required": ["sha256_prefix"]},
+                {"required": ["digest_unpublished"]},
+            ],
+        },
+        "input_shape": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                        "minItems": 3, "maxItems": 3},
+        "preprocess": PREPROCESS,
+        "published": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["top1", "top5", "reference"],
+            "properties": {"top1": _percent, "top5": _percent,
+                           "reference": {"type": "string", "minLength": 1}},
+        },
+        "export": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "opset": {"type": "integer", "minimum": 7, "maximum": 23},
+                "dynamic_batch": {"type": "boolean"},
+            },
+        },
+        "tolerances": TOLERANCES,
+        "verify": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "images": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "seed": {"type": "integer", "minimum": 0},
+            },
+        },
+    },
+}
+
+MANIFEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["models"],
+    "properties": {
+        "version": {"const": 1},
+        # Free-form YAML anchors live here so entries can share blocks with `<<: *name`.
+        "shared": {"type": "object"},
+        "models": {"type": "array", "minItems": 1},
+    },
+}
+
+DEFAULTS = {
+    "input_shape": [3, 224, 224],
+    "export": {"opset": 17, "dynamic_batch": True},
+    # max|onnx - ref| <= atol + rtol * max|ref|; torch vs ORT fp32 differ by ~1e-6 here.
+    "tolerances": {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.99999,
+                   "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
+    "verify": {"images": 16, "seed": 0},
+}

@@ -1,0 +1,265 @@
+"""Run one manifest entry through every stage. Imports no deep-learning framework.
+
+fetch -> convert (worker: build, load, preprocess, reference logits, export) -> simplify
+(onnx.checker + onnxsim) -> verify (ONNX Runtime vs the source's logits) -> artifact.
+Every stage is timed; whatever happens, the entry ends with a report that says which stage
+or check decided it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converters.protocol import Timer
+from converters.registry import REPO_ROOT, SOURCES, unavailable_reason
+from converters.runner import WorkerFailed, run_worker
+from converters.simplify import OnnxCheckFailed, check, simplify
+from fetch.download import FetchError, Fetched, fetch, local_checkpoint, sha256_file
+from manifests.loader import Entry
+from release.artifact import write_artifact
+from verify.compare import Check, check_signature, compare_logits, failed
+from verify.images import generate_images
+from verify.ort_runner import OrtRunner
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    cache_dir: Path
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    data_dir: Path | None = None
+    threads: int | None = None
+    keep_work: bool = False
+    worker_timeout: float = 3600.0
+
+
+@dataclass
+class EntryResult:
+    name: str
+    status: str            # passed | failed | error | unavailable
+    decided_by: str        # the figure or cause that decided the status
+    seconds: float
+    artifact: Path | None = None
+    report: dict | None = None
+
+
+class StageError(Exception):
+    def __init__(self, stage: str, kind: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.stage, self.kind, self.message, self.details = stage, kind, message, details or {}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 \
+            else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def pick_images(entry: Entry, opts: RunOptions, workdir: Path) -> tuple[list[Path], dict]:
+    count, seed = entry["verify"]["images"], entry["verify"]["seed"]
+    if opts.data_dir is None:
+        paths = generate_images(workdir / "images", count, seed)
+        return paths, {"kind": "generated", "count": count, "seed": seed}
+    data = Path(opts.data_dir)
+    if not data.is_dir():
+        raise StageError("images", "data", f"--data {data} is not a directory")
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise StageError("images", "data", f"--data {data} holds no image files "
+                                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    # Evenly spaced over the sorted list, so class sub-folders are all represented.
+    picks = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
+    return picks, {"kind": "data", "dir": str(data), "count": len(picks),
+                   "available": len(files)}
+
+
+def _candidates(entry: Entry, all_entries: list[Entry]) -> list[dict]:
+    """Other entries of the same source, for naming the one a mismatched checkpoint fits."""
+    return [{"name": e.name, "model_id": e["model_id"], "num_classes": e["num_classes"]}
+            for e in all_entries if e.source == entry.source and e.name != entry.name]
+
+
+def _checkpoint_report(got: Fetched) -> dict:
+    return {"url": got.url, "path": str(got.path), "sha256": got.sha256, "bytes": got.bytes,
+            "pinned": got.pinned, "digest_check": got.digest_check,
+            "downloaded": got.downloaded}
+
+
+def _verify(entry: Entry, models: dict[str, Path], inputs: np.ndarray, reference: np.ndarray,
+            threads: int | None) -> tuple[list[Check], dict]:
+    """Signature and logit checks for each ONNX model, at the full batch and at batch 1."""
+    tol = entry["tolerances"]
+    batch_sizes = sorted({len(inputs), 1}, reverse=True)
+    checks: list[Check] = []
+    figures: dict = {"batch_sizes": batch_sizes}
+    for label, path in models.items():
+        info = check(path)
+        sig = check_signature(info, entry["num_classes"], entry["input_shape"],
+                              entry["export"]["dynamic_batch"], {"model": label})
+        checks += sig
+        if failed(sig):
+            continue
+        runner = OrtRunner(path, threads)
+        figures["onnxruntime"] = runner.version
+        outs = {bs: runner.infer(inputs, bs) for bs in batch_sizes}
+        # The worst batch size decides each check, so report the worst per check name.
+        per_check: dict[str, Check] = {}
+        for bs, out in outs.items():
+            for c in compare_logits(reference, out, tol, {"model": label, "batch": bs}):
+                prev = per_check.get(c.name)
+                if prev is None or _worse(c, prev):
+                    per_check[c.name] = c
+        for c in per_check.values():
+            c.scope = {"model": label, "batch_sizes": batch_sizes,
+                       "worst_batch": c.scope.get("batch")}
+        checks += per_check.values()
+    return checks, figures
+
+
+def _worse(a: Check, b: Check) -> bool:
+    if a.passed != b.passed:
+        return not a.passed
+    if a.name == "max_abs_diff":
+        return a.measured > b.measured
+    if isinstance(a.measured, (int, float)) and isinstance(b.measured, (int, float)):
+        return a.measured < b.measured
+    return False
+
+
+def _decided_by(checks: list[Check], passed: bool) -> str:
+    bad = failed(checks)
+    if bad:
+        c = bad[0]
+        return f"{c.name} ({c.scope.get('model', '')}) {_fmt(c.measured)} vs limit {_fmt(c.limit)}"
+    worst = max((c for c in checks if c.name == "max_abs_diff"), key=lambda c: c.measured,
+                default=None)
+    return (f"max|diff| {_fmt(worst.measured)} <= {_fmt(worst.limit)}" if worst and passed
+            else "no logit check ran")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
+                  say=print) -> EntryResult:
+    start = time.perf_counter()
+    spec = SOURCES[entry.source]
+    reason = unavailable_reason(spec)
+    if reason:
+        say(f"  skipped: {reason}")
+        return EntryResult(entry.name, "unavailable", reason, 0.0)
+
+    report: dict = {
+        "name": entry.name, "passed": False,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "pipeline": {"git_commit": git_commit()},
+        "entry": entry.data,
+        "source": {"framework": entry.source, "model_id": entry["model_id"]},
+        "checks": [], "timings": {}, "error": None,
+    }
+    timer = Timer()
+    timings = report["timings"] = timer.seconds
+    workdir = Path(tempfile.mkdtemp(prefix=f"convert-{entry.name}-"))
+    files: dict[str, Path] = {}
+    checks: list[Check] = []
+
+    try:
+        with timer.stage("fetch"):
+            try:
+                if entry.name in opts.checkpoints:
+                    got = local_checkpoint(opts.checkpoints[entry.name], entry["checkpoint"])
+                else:
+                    got = fetch(entry["checkpoint"], opts.cache_dir)
+            except FetchError as exc:
+                raise StageError("fetch", exc.kind, exc.message) from None
+            report["source"]["checkpoint"] = _checkpoint_report(got)
+            pin = ("the pinned file" if got.pinned else
+                   "digest not published" if got.digest_check == "unpublished" else
+                   "NOT the pinned file")
+            say(f"  fetch     {got.path.name}: sha256 {got.sha256[:12]}..., {pin}")
+
+        images, image_info = pick_images(entry, opts, workdir)
+        report["verification"] = {"images": image_info}
+
+        with timer.stage("convert"):
+            say(f"  convert   {spec.framework} worker: build, load, preprocess, export ...")
+            try:
+                result = run_worker(spec, {
+                    "entry": entry.data, "checkpoint": str(got.path),
+                    "images": [str(p) for p in images],
+                    "candidates": _candidates(entry, all_entries),
+                    "threads": opts.threads, "batch_size": len(images),
+                }, workdir, timeout=opts.worker_timeout)
+            except WorkerFailed as exc:
+                raise StageError("convert", exc.kind, exc.message, exc.details) from None
+        report["source"]["versions"] = result["versions"]
+        report["source"]["checkpoint"].update(result.get("checkpoint", {}))
+        timings["worker"] = result.get("timings", {})
+        if result.get("checkpoint", {}).get("demo"):
+            report["source"]["checkpoint"]["note"] = (
+                "DEMO checkpoint: seeded random init made by the pipeline, not trained weights")
+            say("  note      this is a demo checkpoint (random init), not trained weights")
+        say("  convert   done in " + ", ".join(f"{k} {v:.1f} s" for k, v in
+                                               result.get("timings", {}).items()))
+
+        exported = workdir / result["files"]["onnx"]
+        simplified = workdir / "model.onnx"
+        with timer.stage("simplify"):
+            try:
+                before = check(exported)
+                after = simplify(exported, simplified, [2, *entry["input_shape"]])
+            except OnnxCheckFailed as exc:
+                raise StageError("simplify", exc.kind, exc.message) from None
+        report["onnx"] = {
+            "opset": after["opset"], "nodes_exported": before["nodes"],
+            "nodes_simplified": after["nodes"], "inputs": after["inputs"],
+            "outputs": after["outputs"], "sha256": sha256_file(simplified),
+            "bytes": simplified.stat().st_size, "onnxsim_checks": after["onnxsim_checks"]}
+        say(f"  simplify  onnx.checker ok; onnxsim {before['nodes']} -> {after['nodes']} nodes")
+
+        with timer.stage("verify"):
+            inputs = np.load(workdir / result["files"]["inputs"])
+            reference = np.load(workdir / result["files"]["reference_logits"])
+            checks, figures = _verify(entry, {"exported": exported, "simplified": simplified},
+                                      inputs, reference, opts.threads)
+            report["verification"].update(figures)
+        report["checks"] = [c.as_dict() for c in checks]
+        report["passed"] = bool(checks) and not failed(checks)
+        decided = _decided_by(checks, report["passed"])
+        say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")
+        if report["passed"]:
+            files["model.onnx"] = simplified
+        status = "passed" if report["passed"] else "failed"
+    except StageError as exc:
+        report["error"] = {"stage": exc.stage, "kind": exc.kind, "message": exc.message,
+                           "details": exc.details}
+        status, decided = "error", f"{exc.stage}: {exc.kind}"
+        say(f"  ERROR     [{exc.stage}/{exc.kind}] {exc.message}")
+    finally:
+        timings["total"] = round(time.perf_counter() - start, 3)
+
+    if not report["passed"] and (workdir / "worker.log").exists():
+        files["worker.log"] = workdir / "worker.log"
+    artifact = write_artifact(opts.out_dir, entry.name, report, files)
+    if not opts.keep_work:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"  work dir  kept at {workdir}")
+    return EntryResult(entry.name, status, decided, timings["total"], artifact, report)

@@ -1,0 +1,15 @@
+"""The table printed at the end of a run: entry, status, the figure that decided it, time."""
+from __future__ import annotations
+
+
+def format_summary(results) -> str:
+    rows = [("entry", "status", "decided by", "time")]
+    rows += [(r.name, r.status.upper() if r.status != "passed" else r.status,
+              r.decided_by if len(r.decided_by) <= 90 else r.decided_by[:87] + "...",
+              f"{r.seconds:.1f} s") for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    passed = sum(r.status == "passed" for r in results)
+    lines.append(f"{passed}/{len(results)} passed")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""Deterministic generated images for the logit gate when no --data is given.
+
+Written as PNG files (numpy + zlib only) so every worker decodes them with its own source's
+decoder, exactly as it would decode a dataset image. Images have different sizes and aspect
+ratios so the resize and crop steps are exercised, and smooth structure plus texture so the
+network's activations are not degenerate.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+SIZES = [(256, 256), (300, 400), (375, 500), (480, 320), (224, 224), (333, 250)]
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an HxWx3 uint8 array as an 8-bit RGB PNG."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError("write_png expects an HxWx3 uint8 array")
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    path.write_bytes(png)
+
+
+def synth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth colour field + a few shapes + fine noise, as uint8 RGB."""
+    coarse = rng.uniform(0, 255, size=(4, 5, 3))
+    ys = np.linspace(0, coarse.shape[0] - 1, height)
+    xs = np.linspace(0, coarse.shape[1] - 1, width)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, coarse.shape[0] - 1), np.minimum(x0 + 1, coarse.shape[1] - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    img = (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y1][:, x0] * fy * (1 - fx)
+           + coarse[y0][:, x1] * (1 - fy) * fx + coarse[y1][:, x1] * fy * fx)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(3):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        r = rng.uniform(0.1, 0.35) * min(height, width)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        img[mask] = rng.uniform(0, 255, size=3)
+    img += rng.normal(0, 12, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def generate_images(directory: Path, count: int, seed: int = 0) -> list[Path]:
+    """Write `count` images into `directory`; same seed, same bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        height, width = SIZES[index % len(SIZES)]
+        path = directory / f"generated_{index:04d}.png"
+        write_png(path, synth_image(rng, height, width))
+        paths.append(path)
+    return paths

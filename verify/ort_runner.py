@@ -1,0 +1,30 @@
+"""ONNX Runtime runner: the one backend the orchestrator runs itself."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+class OrtRunner:
+    def __init__(self, path: Path, threads: int | None = None):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def version(self) -> str:
+        return ort.__version__
+
+    def infer(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+        """Logits for `inputs`, fed in batches of `batch_size` (the last one may be smaller)."""
+        outs = [self.session.run([self.output_name],
+                                 {self.input_name: inputs[i:i + batch_size]})[0]
+                for i in range(0, len(inputs), batch_size)]
+        return np.concatenate(outs)
