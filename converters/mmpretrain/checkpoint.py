@@ -10,6 +10,7 @@ package...) is refused by torch's restricted unpickler before anything in it run
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -51,9 +52,8 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "GLOBAL" in text or "allowlisted" in text or "Unsupported" in text:
-            refused = _refused_global(text)
+        refused = _refused_global(str(exc))
+        if refused:
             raise WorkerError(
                 "checkpoint_unsafe",
                 f"refused to load {path.name}: it asks the unpickler for {refused}, which is "
@@ -67,12 +67,13 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
     return _unwrap(obj, path)
 
 
-def _refused_global(text: str) -> str:
-    for marker in ("GLOBAL ", "but got "):
-        if marker in text:
-            tail = text.split(marker, 1)[1].strip()
-            return tail.split()[0].strip("<>'\",.")
-    return "a global that is not allow-listed"
+_REFUSED = re.compile(r"GLOBAL (?P<global>[\w.]+)|but got <class '(?P<cls>[\w.]+)'>")
+
+
+def _refused_global(text: str) -> str | None:
+    """The global or class torch's restricted unpickler refused, if that was the failure."""
+    match = _REFUSED.search(text)
+    return (match.group("global") or match.group("cls")) if match else None
 
 
 def _format_error(path: Path, size: int, is_zip: bool, exc: Exception) -> WorkerError:

@@ -11,7 +11,8 @@ Runs in the mmpretrain environment:
                              names, e.g. timm:res2net50_14w_8s), saved as a bare state dict
 
 Random init with default BatchNorm statistics gives meaningless logits, so the running
-statistics are set by train-mode forwards (momentum=None: a plain average) on random data.
+statistics are set by train-mode forwards (momentum=None: a plain average) on synthetic
+images.
 The checkpoint's meta says it is a demo checkpoint, and the pipeline's report repeats it.
 """
 from __future__ import annotations
@@ -37,17 +38,29 @@ def build(arch: str, num_classes: int):
 
 
 def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4) -> None:
+    """Set BatchNorm running statistics from train-mode passes over synthetic images.
+
+    Images, not i.i.d. noise: noise has no spatial correlation, so statistics taken on it
+    make real images' activations blow up (logits ~1e3 instead of ~1e1).
+    """
+    import numpy as np
     import torch
+
+    from verify.images import synth_image
 
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average over the calibration batches
-    gen = torch.Generator().manual_seed(seed + 1)
+    rng = np.random.default_rng(seed + 1)
+    mean = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+    std = np.array([58.395, 57.12, 57.375], dtype=np.float32)
     model.train()
     with torch.no_grad():
         for _ in range(batches):
-            x = torch.randn(batch_size, 3, 224, 224, generator=gen)
+            imgs = np.stack([(synth_image(rng, 224, 224) - mean) / std
+                             for _ in range(batch_size)]).astype(np.float32)
+            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
             if hasattr(model, "data_preprocessor"):
                 model(x, mode="tensor")
             else:
@@ -75,7 +88,7 @@ def main(argv=None) -> None:
     fmt = args.format or ("openmmlab" if args.arch.startswith("mmpretrain:") else "bare")
     if fmt == "openmmlab":
         meta = {"demo_checkpoint": True, "arch": args.arch, "seed": args.seed,
-                "note": "seeded random init with BatchNorm statistics from random data; "
+                "note": "seeded random init with BatchNorm statistics from synthetic images; "
                         "not trained weights",
                 # OpenMMLab meta carries numpy values; the safe loader must accept them.
                 "epoch": np.int64(0), "mean_rgb": np.array([123.675, 116.28, 103.53]),

@@ -1,0 +1,59 @@
+# Model-conversion pipeline. `make help` lists the targets.
+SHELL := /bin/bash
+VENV_ROOT ?= $(CURDIR)/.venvs
+export VENV_ROOT
+PY := $(VENV_ROOT)/orchestrator/bin/python
+ENVS := orchestrator mmpretrain
+
+MANIFEST ?= manifests/all.yaml
+OUT ?= artifacts
+DEMO_MODEL := res2net50-w14-s8
+DEMO_CKPT := demo/$(DEMO_MODEL).pth
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo convert test test-fast list lock clean
+
+help:
+	@echo "make setup                      build/update the environments (idempotent)"
+	@echo "make demo                       offline: seeded demo checkpoint -> verified ONNX in $(OUT)/"
+	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"
+	@echo "make list                       entries of $(MANIFEST)"
+	@echo "make test                       full test suite (slow tests included)"
+	@echo "make test-fast                  tests that need no framework worker"
+	@echo "make lock                       re-resolve envs/*.in into envs/*.lock.txt"
+
+setup:
+	@for env in $(ENVS); do scripts/setup_env.sh $$env || exit $$?; done
+
+$(DEMO_CKPT): | setup
+	@echo "demo: making a seeded random-init checkpoint with mmpretrain (not trained weights)"
+	$(VENV_ROOT)/mmpretrain/bin/python -m converters.mmpretrain.make_checkpoint \
+	    --arch mmpretrain:res2net50-w14-s8_3rdparty_8xb32_in1k --seed 0 --out $@
+
+demo: setup $(DEMO_CKPT)
+	$(PY) pipeline.py --manifest $(MANIFEST) --only $(DEMO_MODEL) \
+	    --checkpoint $(DEMO_MODEL)=$(DEMO_CKPT) --out $(OUT)
+
+convert: setup
+	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"; exit 2; }
+	$(PY) pipeline.py --manifest $(MANIFEST) --only $(MODEL) --out $(OUT) \
+	    $(if $(CHECKPOINT),--checkpoint $(MODEL)=$(CHECKPOINT)) $(if $(DATA),--data $(DATA))
+
+list: setup
+	@$(PY) pipeline.py --manifest $(MANIFEST) --list
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lock:
+	@for env in $(ENVS); do \
+	  rm -rf /tmp/lock-$$env && python3 -m venv /tmp/lock-$$env && \
+	  /tmp/lock-$$env/bin/pip install --quiet -r envs/$$env.in && \
+	  /tmp/lock-$$env/bin/pip freeze > envs/$$env.lock.txt && rm -rf /tmp/lock-$$env || exit 1; \
+	done
+
+clean:
+	rm -rf $(OUT) demo .pytest_cache

@@ -1,0 +1,137 @@
+"""Shared fixtures: a loopback HTTP server, checkpoint makers that use the real frameworks,
+and a runner for the pipeline's command line."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_ROOT = Path(os.environ.get("VENV_ROOT", REPO / ".venvs"))
+MM_PYTHON = VENV_ROOT / "mmpretrain" / "bin" / "python"
+MODEL_IDS = {
+    "res2net50-w14-s8": "res2net50-w14-s8_3rdparty_8xb32_in1k",
+    "res2net50-w26-s8": "res2net50-w26-s8_3rdparty_8xb32_in1k",
+}
+
+
+# --------------------------------------------------------------------------- HTTP server
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves registered byte strings; honours Range; can cut or fail requests on demand."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        server = self.server
+        server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if server.fail_next > 0:
+            server.fail_next -= 1
+            self.send_error(503, "try again")
+            return
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404, "no such file")
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and server.honour_range:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        chunk = body[start:]
+        if server.cut_after is not None:
+            cut, server.cut_after = server.cut_after, None
+            self.wfile.write(chunk[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # drop the connection mid-body
+            return
+        self.wfile.write(chunk)
+
+
+@pytest.fixture
+def http_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.files, server.requests = {}, []
+    server.fail_next, server.cut_after, server.honour_range = 0, None, True
+    server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- frameworks
+def _require_mm():
+    if not MM_PYTHON.exists():
+        pytest.fail(f"mmpretrain environment missing ({MM_PYTHON}); run `make setup`")
+
+
+def run_mm(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a module in the mmpretrain environment (the framework lives only there)."""
+    _require_mm()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([str(MM_PYTHON), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """make(kind) -> path of a checkpoint made once per session by the real framework."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    made: dict[str, Path] = {}
+    recipes = {
+        "w14": ("mmpretrain:" + MODEL_IDS["res2net50-w14-s8"], "openmmlab"),
+        "w14-module": ("mmpretrain:" + MODEL_IDS["res2net50-w14-s8"], "module"),
+        "w26": ("mmpretrain:" + MODEL_IDS["res2net50-w26-s8"], "openmmlab"),
+        "official": ("timm:res2net50_14w_8s", "bare"),
+    }
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            arch, fmt = recipes[kind]
+            path = root / f"{kind}.pth"
+            run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch", arch,
+                   "--format", fmt, "--seed", "0", "--out", str(path))
+            made[kind] = path
+        return made[kind]
+
+    return make
+
+
+# --------------------------------------------------------------------------- pipeline CLI
+def run_pipeline(*args: str, timeout: float = 1800, env: dict | None = None
+                 ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def read_report(out: Path, name: str) -> dict:
+    return json.loads((out / name / "report.json").read_text())
+
+
+def write_manifest(path: Path, entries: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"version": 1, "models": entries}, sort_keys=False))
+    return path
+
+
+def manifest_entries() -> dict[str, dict]:
+    """Raw entries of manifests/all.yaml by name (anchors resolved)."""
+    doc = yaml.safe_load((REPO / "manifests" / "all.yaml").read_text())
+    return {e["name"]: e for e in doc["models"]}

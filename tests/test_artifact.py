@@ -1,0 +1,45 @@
+"""Artifacts appear whole or not at all."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from release.artifact import write_artifact
+
+
+def test_artifact_has_files_and_report(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    final = write_artifact(tmp_path / "out", "res", {"passed": True}, {"model.onnx": model})
+    assert sorted(p.name for p in final.iterdir()) == ["model.onnx", "report.json"]
+    assert json.loads((final / "report.json").read_text()) == {"passed": True}
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["res"]  # no staging left
+
+
+def test_failed_rerun_replaces_an_earlier_model(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    out = tmp_path / "out"
+    write_artifact(out, "res", {"passed": True}, {"model.onnx": model})
+    write_artifact(out, "res", {"passed": False})
+    assert sorted(p.name for p in (out / "res").iterdir()) == ["report.json"]
+
+
+def test_interrupted_write_leaves_nothing_visible(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError):
+        write_artifact(out, "res", {"passed": True}, {"model.onnx": tmp_path / "missing"})
+    assert list(out.iterdir()) == []
+
+
+def test_stale_staging_of_a_dead_run_is_cleaned(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / ".res.staging-999999999-abcd1234"
+    dead.mkdir()
+    live = out / f".res.staging-{os.getpid()}-abcd1234"
+    live.mkdir()
+    write_artifact(out, "res", {"passed": False})
+    assert not dead.exists() and live.exists()

@@ -1,0 +1,90 @@
+"""The comparator on plain arrays: each check fails when it should, with its figures."""
+from __future__ import annotations
+
+import numpy as np
+
+from verify.compare import check_signature, compare_logits, failed
+
+TOL = {"atol": 1e-4, "rtol": 1e-5, "min_cosine": 0.99999, "min_top1_agreement": 1.0,
+       "min_top5_agreement": 1.0}
+
+
+def _ref(n=8, k=1000, seed=0):
+    return np.random.default_rng(seed).normal(0, 5, size=(n, k)).astype(np.float32)
+
+
+def _by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_identical_logits_pass_every_check():
+    ref = _ref()
+    checks = compare_logits(ref, ref.copy(), TOL, {})
+    assert not failed(checks) and _by_name(checks)["max_abs_diff"].measured == 0.0
+
+
+def test_small_noise_within_limit_passes_and_is_measured():
+    ref = _ref()
+    out = ref + np.float32(2e-5)
+    c = _by_name(compare_logits(ref, out, TOL, {}))["max_abs_diff"]
+    assert c.passed and abs(c.measured - 2e-5) < 1e-6
+    assert abs(c.limit - (1e-4 + 1e-5 * float(np.abs(ref).max()))) < 1e-12
+
+
+def test_one_wrong_logit_fails_max_abs_with_location():
+    ref = _ref()
+    out = ref.copy()
+    out[3, 17] += 0.5
+    c = _by_name(compare_logits(ref, out, TOL, {}))["max_abs_diff"]
+    assert not c.passed and abs(c.measured - 0.5) < 1e-5
+    assert "image 3, class 17" in c.detail
+
+
+def test_swapped_top1_fails_agreement():
+    ref = _ref()
+    out = ref.copy()
+    top = ref.argmax(1)
+    out[0, top[0]] -= 100.0
+    checks = _by_name(compare_logits(ref, out, TOL, {}))
+    assert not checks["top1_agreement"].passed
+    assert checks["top1_agreement"].measured == 7 / 8
+    assert not checks["max_abs_diff"].passed
+
+
+def test_near_tie_swap_within_tolerance_is_not_a_failure():
+    ref = _ref(n=2)
+    order = np.argsort(-ref[0])
+    ref[0, order[1]] = ref[0, order[0]] - 1e-5  # two classes tied within tolerance
+    out = ref.copy()
+    out[0, order[1]] += 2e-5  # flips the top-1 within the allowed logit difference
+    checks = _by_name(compare_logits(ref, out, TOL, {}))
+    assert checks["top1_agreement"].measured == 0.5
+    assert checks["top1_agreement"].passed and "near-ties" in checks["top1_agreement"].detail
+
+
+def test_nan_fails_finite_and_stops():
+    ref = _ref()
+    out = ref.copy()
+    out[1, 1] = np.nan
+    checks = compare_logits(ref, out, TOL, {})
+    assert [c.name for c in checks] == ["finite"] and not checks[0].passed
+
+
+def test_shape_mismatch_is_its_own_failure():
+    checks = compare_logits(_ref(k=1000), _ref(k=1001), TOL, {})
+    assert checks[0].name == "logits_shape" and not checks[0].passed
+
+
+def _info(in_name="input", out_name="logits", batch="batch", classes=1000):
+    return {"inputs": [{"name": in_name, "shape": [batch, 3, 224, 224]}],
+            "outputs": [{"name": out_name, "shape": [batch, classes]}]}
+
+
+def test_signature_checks_names_then_shapes():
+    assert not failed(check_signature(_info(), 1000, [3, 224, 224], True, {}))
+    names = check_signature(_info(out_name="output"), 1000, [3, 224, 224], True, {})
+    assert len(names) == 1 and not names[0].passed  # shapes are not checked past a bad name
+    static = check_signature(_info(batch=1), 1000, [3, 224, 224], True, {})
+    assert not static[1].passed and "symbolic" in static[1].detail
+    classes = check_signature(_info(classes=1001), 1000, [3, 224, 224], True, {})
+    assert not classes[1].passed

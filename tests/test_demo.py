@@ -1,0 +1,22 @@
+"""README's first command: `make demo` works offline and says its checkpoint is a demo."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import REPO, VENV_ROOT, read_report
+
+pytestmark = pytest.mark.slow
+
+
+def test_make_demo(tmp_path):
+    proc = subprocess.run(["make", "--no-print-directory", "demo", f"OUT={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "demo checkpoint" in proc.stdout and "1/1 passed" in proc.stdout
+    report = read_report(tmp_path, "res2net50-w14-s8")
+    assert report["passed"] and report["source"]["checkpoint"]["demo"] is True
+    assert (tmp_path / "res2net50-w14-s8" / "model.onnx").stat().st_size > 50_000_000

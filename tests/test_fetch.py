@@ -1,0 +1,111 @@
+"""Download code against a loopback HTTP server: resume, retries, digests, offline cache."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from fetch.download import FetchError, fetch, local_checkpoint
+
+BODY = os.urandom(3 * (1 << 20) + 12345)  # several read chunks
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+def _spec(server, **digest):
+    server.files["/ck/model-abcd.pth"] = BODY
+    return {"url": server.url("/ck/model-abcd.pth"), **(digest or {"sha256": SHA})}
+
+
+def test_download_verifies_and_caches(http_server, tmp_path):
+    got = fetch(_spec(http_server), tmp_path, backoff=0)
+    assert got.downloaded and got.pinned and got.sha256 == SHA
+    assert got.path == tmp_path / "model-abcd.pth" and got.path.read_bytes() == BODY
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_resumes_with_range_after_a_cut_connection(http_server, tmp_path):
+    spec = _spec(http_server)
+    http_server.cut_after = 1_000_000
+    got = fetch(spec, tmp_path, backoff=0)
+    assert got.path.read_bytes() == BODY
+    ranges = [r["range"] for r in http_server.requests]
+    assert ranges[0] is None
+    assert ranges[1] == "bytes=1000000-", "second request must resume where the cut left off"
+
+
+def test_server_ignoring_range_restarts_cleanly(http_server, tmp_path):
+    spec = _spec(http_server)
+    http_server.cut_after, http_server.honour_range = 500_000, False
+    got = fetch(spec, tmp_path, backoff=0)
+    assert got.path.read_bytes() == BODY  # not 500 kB of duplicated prefix
+
+
+def test_retries_transient_errors_with_backoff(http_server, tmp_path):
+    spec = _spec(http_server)
+    http_server.fail_next = 2
+    got = fetch(spec, tmp_path, backoff=0.01)
+    assert got.pinned and len(http_server.requests) == 3
+
+
+def test_gives_up_after_the_attempts(http_server, tmp_path):
+    spec = _spec(http_server)
+    http_server.fail_next = 10
+    with pytest.raises(FetchError, match="HTTP 503"):
+        fetch(spec, tmp_path, attempts=3, backoff=0)
+    assert len(http_server.requests) == 3
+
+
+def test_404_is_not_retried(http_server, tmp_path):
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch({"url": http_server.url("/missing.pth"), "sha256": SHA}, tmp_path, backoff=0)
+    assert len(http_server.requests) == 1
+
+
+def test_digest_mismatch_is_refused_and_nothing_is_cached(http_server, tmp_path):
+    spec = _spec(http_server, sha256="0" * 64)
+    with pytest.raises(FetchError) as info:
+        fetch(spec, tmp_path, backoff=0)
+    assert info.value.kind == "digest_mismatch"
+    assert SHA in info.value.message and "0" * 64 in info.value.message
+    assert not (tmp_path / "model-abcd.pth").exists()
+    assert (tmp_path / "model-abcd.pth.bad-digest").exists()
+
+
+def test_sha256_prefix_is_checked(http_server, tmp_path):
+    assert fetch(_spec(http_server, sha256_prefix=SHA[:8]), tmp_path, backoff=0).pinned
+    other = tmp_path / "other"
+    with pytest.raises(FetchError, match="starting 00000000"):
+        fetch(_spec(http_server, sha256_prefix="00000000"), other, backoff=0)
+
+
+def test_unpublished_digest_is_recorded_not_pinned(http_server, tmp_path):
+    got = fetch(_spec(http_server, digest_unpublished=True), tmp_path, backoff=0)
+    assert got.sha256 == SHA and not got.pinned and got.digest_check == "unpublished"
+
+
+def test_cached_file_is_used_offline(http_server, tmp_path):
+    spec = _spec(http_server)
+    fetch(spec, tmp_path, backoff=0)
+    http_server.files.clear()  # the server no longer has it: only the cache can answer
+    before = len(http_server.requests)
+    got = fetch(spec, tmp_path, backoff=0)
+    assert not got.downloaded and got.pinned and len(http_server.requests) == before
+
+
+def test_corrupt_cached_file_is_set_aside_and_fetched_again(http_server, tmp_path):
+    spec = _spec(http_server)
+    (tmp_path / "model-abcd.pth").write_bytes(BODY[:-1] + b"x")
+    got = fetch(spec, tmp_path, backoff=0)
+    assert got.downloaded and got.path.read_bytes() == BODY
+    assert (tmp_path / "model-abcd.pth.bad-digest").exists()
+
+
+def test_local_checkpoint_records_sha_and_pinning(tmp_path):
+    path = tmp_path / "mine.pth"
+    path.write_bytes(BODY)
+    assert local_checkpoint(path, {"sha256": SHA}).pinned
+    got = local_checkpoint(path, {"sha256_prefix": "ffffffff"})
+    assert got.sha256 == SHA and not got.pinned and got.digest_check == "local file"
+    with pytest.raises(FetchError, match="not found"):
+        local_checkpoint(tmp_path / "nope.pth", {"sha256": SHA})

@@ -1,0 +1,128 @@
+"""Manifest loading: every seed model present and valid; bad manifests name file, entry, field."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO, manifest_entries, run_pipeline, write_manifest
+from manifests.loader import ManifestError, load_manifest, select
+
+SEED_MODELS = {
+    "res2net50-w14-s8", "res2net50-w26-s8", "res2net101-w26-s4", "res2net50-14w-8s-official",
+    "paddleclas-res2net50-14w-8s", "paddleclas-res2net50-26w-4s",
+    "paddleclas-res2net50-vd-26w-4s", "paddleclas-res2net50-vd-26w-4s-ssld",
+    "paddleclas-res2net101-vd-26w-4s", "paddleclas-res2net101-vd-26w-4s-ssld",
+    "paddleclas-res2net200-vd-26w-4s", "paddleclas-res2net200-vd-26w-4s-ssld",
+    "mindcv-res2net50", "mindcv-res2net101", "mindcv-res2net50-v1b", "mindcv-res2net101-v1b",
+}
+
+
+def test_all_yaml_lists_every_seed_model_and_validates():
+    entries = load_manifest(REPO / "manifests" / "all.yaml")
+    assert {e.name for e in entries} == SEED_MODELS
+    for e in entries:
+        assert e["preprocess"]["pipeline"] == e.source
+        assert e["export"]["opset"] >= 11 and e["export"]["dynamic_batch"] is True
+        assert 0 < e["published"]["top5"] <= 100 and e["published"]["top1"] < e["published"]["top5"]
+        ck = e["checkpoint"]
+        # The 8-hex prefix OpenMMLab / MindCV / the official release put in file names.
+        if "sha256_prefix" in ck:
+            assert ck["sha256_prefix"] in ck["url"]
+
+
+def test_defaults_are_filled_in():
+    entry = load_manifest(REPO / "manifests" / "all.yaml")[0]
+    assert entry["input_shape"] == [3, 224, 224]
+    assert entry["verify"] == {"images": 16, "seed": 0}
+    assert set(entry["tolerances"]) >= {"atol", "rtol", "min_cosine", "min_top1_agreement"}
+
+
+def _broken(tmp_path, mutate) -> str:
+    entries = copy.deepcopy(list(manifest_entries().values())[:2])
+    mutate(entries)
+    path = write_manifest(tmp_path / "bad.yaml", entries)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    return str(info.value)
+
+
+def test_unknown_key_names_file_entry_and_field(tmp_path):
+    msg = _broken(tmp_path, lambda es: es[1]["checkpoint"].update(sha265="00"))
+    assert "bad.yaml" in msg and "res2net50-w26-s8" in msg and "checkpoint.sha265" in msg
+    assert "unknown key" in msg
+
+
+def test_missing_field_names_it(tmp_path):
+    msg = _broken(tmp_path, lambda es: es[0].pop("num_classes"))
+    assert "'res2net50-w14-s8' (#1)" in msg and "field 'num_classes'" in msg
+    assert "missing" in msg
+
+
+def test_unknown_source_names_it(tmp_path):
+    msg = _broken(tmp_path, lambda es: es[0].update(source="tensorflow"))
+    assert "field 'source'" in msg and "'tensorflow' is not one of" in msg
+
+
+def test_digest_must_be_given_or_declared_unpublished(tmp_path):
+    msg = _broken(tmp_path, lambda es: es[0]["checkpoint"].pop("sha256_prefix"))
+    assert "field 'checkpoint'" in msg and "digest_unpublished" in msg
+
+
+def test_duplicate_names_and_duplicate_yaml_keys(tmp_path):
+    msg = _broken(tmp_path, lambda es: es[1].update(name=es[0]["name"]))
+    assert "duplicate of entry #1" in msg
+    path = tmp_path / "dupkey.yaml"
+    path.write_text("models:\n  - name: a\n    name: b\n")
+    with pytest.raises(ManifestError, match="duplicate key 'name'"):
+        load_manifest(path)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("models: [\n")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(path)
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        load_manifest(tmp_path / "nope.yaml")
+
+
+def test_select_unknown_name():
+    entries = load_manifest(REPO / "manifests" / "all.yaml")
+    with pytest.raises(ManifestError, match="unknown entry 'res2net9000'"):
+        select(entries, ["res2net9000"])
+
+
+def test_cli_bad_manifest_exits_2_with_the_error(tmp_path):
+    entries = list(manifest_entries().values())[:1]
+    entries[0]["tolerances"] = {"atol": -1}
+    path = write_manifest(tmp_path / "bad.yaml", entries)
+    proc = run_pipeline("--manifest", str(path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "bad.yaml: entry 'res2net50-w14-s8' (#1): field 'tolerances.atol'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_list_and_help():
+    proc = run_pipeline("--list")
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(SEED_MODELS)
+    assert lines[0].split() == ["res2net50-w14-s8", "mmpretrain",
+                                "res2net50-w14-s8_3rdparty_8xb32_in1k"]
+    help_text = run_pipeline("--help").stdout
+    for option in ("--manifest", "--only", "--checkpoint", "--out", "--cache-dir", "--list"):
+        assert option in help_text
+
+
+def test_cli_checkpoint_for_unselected_entry_is_refused(tmp_path):
+    proc = run_pipeline("--only", "res2net50-w14-s8", "--checkpoint",
+                        f"res2net50-w26-s8={tmp_path}/x.pth")
+    assert proc.returncode == 2 and "not selected" in proc.stderr
+
+
+def test_yaml_anchors_are_shared_not_copied():
+    doc = yaml.safe_load((REPO / "manifests" / "all.yaml").read_text())
+    mm = [e for e in doc["models"] if e["source"] == "mmpretrain"]
+    assert all(e["preprocess"] == doc["shared"]["mmpretrain_preprocess"] for e in mm)

@@ -1,0 +1,200 @@
+"""End to end with real mmpretrain (and timm) checkpoints: convert, verify, refuse bad input.
+
+Checkpoints are made in this session by the real frameworks (seeded random init, BatchNorm
+statistics set from data); nothing is downloaded except from a loopback server.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import (MM_PYTHON, REPO, VENV_ROOT, manifest_entries, read_report, run_mm,
+                      run_pipeline, write_manifest)
+from verify.compare import compare_logits, failed
+from verify.ort_runner import OrtRunner
+
+pytestmark = pytest.mark.slow
+ENTRIES = manifest_entries()
+TOL = {**{"min_cosine": 0.99999, "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
+       **ENTRIES["res2net50-w14-s8"]["tolerances"]}
+
+
+def framework_logits(arch: str, checkpoint, inputs: np.ndarray, tmp_path) -> np.ndarray:
+    np.save(tmp_path / "x.npy", inputs)
+    run_mm(str(REPO / "tests" / "helpers" / "framework_logits.py"), arch, str(checkpoint),
+           str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    return np.load(tmp_path / "y.npy")
+
+
+def random_inputs(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, size=(n, 3, 224, 224)).astype(np.float32)
+
+
+def assert_passed_report(report: dict) -> None:
+    assert report["passed"] is True, report.get("error") or failed_checks(report)
+    assert report["error"] is None
+    names = {c["name"] for c in report["checks"]}
+    assert {"io_names", "io_shapes", "max_abs_diff", "cosine_min", "top1_agreement",
+            "top5_agreement"} <= names
+    models = {c["scope"]["model"] for c in report["checks"]}
+    assert models == {"exported", "simplified"}
+    for check in report["checks"]:
+        assert check["passed"], check
+
+
+def failed_checks(report):
+    return [c for c in report["checks"] if not c["passed"]]
+
+
+def test_make_convert_openmmlab_checkpoint(checkpoints, tmp_path):
+    ckpt = checkpoints("w14")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "convert", "MODEL=res2net50-w14-s8",
+         f"CHECKPOINT={ckpt}", f"OUT={out}"], cwd=REPO, capture_output=True, text=True,
+        timeout=1800, env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "1/1 passed" in proc.stdout and "NOT the pinned file" in proc.stdout
+
+    report = read_report(out, "res2net50-w14-s8")
+    assert_passed_report(report)
+    assert sorted(p.name for p in (out / "res2net50-w14-s8").iterdir()) == \
+        ["model.onnx", "report.json"]
+    ck = report["source"]["checkpoint"]
+    assert ck["pinned"] is False and ck["digest_check"] == "local file"
+    assert ck["demo"] is True and "DEMO" in ck["note"]
+    assert ck["layout"] == "openmmlab" and ck["container"] == "{'state_dict', 'meta'}"
+    assert ck["meta"]["mean_rgb"] == "<ndarray>"  # numpy in meta loaded under the allow-list
+    onnx = report["onnx"]
+    assert onnx["opset"] == 17 and onnx["nodes_simplified"] < onnx["nodes_exported"]
+    assert onnx["inputs"][0]["name"] == "input" and onnx["outputs"][0]["name"] == "logits"
+    assert report["source"]["versions"]["mmpretrain"] == "1.2.0"
+    for stage in ("fetch", "convert", "simplify", "verify", "total"):
+        assert report["timings"][stage] > 0
+    assert set(report["timings"]["worker"]) == {"build", "load", "preprocess", "reference",
+                                                "export"}
+
+    # Any batch size: ORT on batches of 1, 3 and 7 against mmpretrain's own loading path.
+    inputs = random_inputs(11, seed=5)
+    ref = framework_logits("mmpretrain:res2net50-w14-s8_3rdparty_8xb32_in1k", ckpt, inputs,
+                           tmp_path)
+    runner = OrtRunner(out / "res2net50-w14-s8" / "model.onnx")
+    for batch in (1, 3, 7):
+        got = runner.infer(inputs, batch)
+        assert not failed(compare_logits(ref, got, TOL, {})), f"batch {batch}"
+
+
+def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
+    """timm's res2net50_14w_8s (the official code and names) and DataParallel prefixes."""
+    module_entry = copy.deepcopy(ENTRIES["res2net50-w14-s8"])
+    module_entry["name"] = "w14-module-prefix"
+    manifest = write_manifest(tmp_path / "m.yaml", [
+        ENTRIES["res2net50-14w-8s-official"], module_entry])
+    official, module = checkpoints("official"), checkpoints("w14-module")
+    out = tmp_path / "out"
+    proc = run_pipeline("--manifest", str(manifest), "--out", str(out),
+                        "--checkpoint", f"res2net50-14w-8s-official={official}",
+                        "--checkpoint", f"w14-module-prefix={module}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    official_report = read_report(out, "res2net50-14w-8s-official")
+    assert_passed_report(official_report)
+    assert official_report["source"]["checkpoint"]["layout"] == "official-res2net"
+    assert official_report["source"]["checkpoint"]["container"] == "bare state dict"
+    module_report = read_report(out, "w14-module-prefix")
+    assert_passed_report(module_report)
+    assert module_report["source"]["checkpoint"]["layout"] == "openmmlab+module."
+
+    # The mapping is right, not just key-compatible: timm's own forward agrees with the ONNX
+    # built from mmpretrain's code.
+    inputs = random_inputs(5, seed=9)
+    ref = framework_logits("timm:res2net50_14w_8s", official, inputs, tmp_path)
+    got = OrtRunner(out / "res2net50-14w-8s-official" / "model.onnx").infer(inputs, 5)
+    assert not failed(compare_logits(ref, got, TOL, {}))
+
+
+def _malicious_checkpoint(path, marker) -> None:
+    code = (
+        "import os, torch\n"
+        "class Payload:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'state_dict': {{'w': torch.zeros(1)}}, 'meta': Payload()}}, '{path}')\n")
+    run_mm("-c", code)
+
+
+def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_path,
+                                                             http_server):
+    good = checkpoints("w14")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = good.read_bytes()
+    (bad / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (bad / "garbage.pth").write_bytes(os.urandom(4096))
+    marker = tmp_path / "PAYLOAD_RAN"
+    _malicious_checkpoint(bad / "malicious.pth", marker)
+    http_server.files["/res2net50-w14-s8-deadbeef.pth"] = data
+
+    base = ENTRIES["res2net50-w14-s8"]
+
+    def variant(name, **checkpoint):
+        e = copy.deepcopy(base)
+        e["name"] = name
+        if checkpoint:
+            e["checkpoint"] = checkpoint
+        return e
+
+    entries = [base, ENTRIES["res2net50-w26-s8"], variant("truncated"), variant("garbage"),
+               variant("malicious"), variant("wrong-variant"), variant("missing-file"),
+               variant("wrong-digest", url=http_server.url("/res2net50-w14-s8-deadbeef.pth"),
+                       sha256="0" * 64),
+               ENTRIES["paddleclas-res2net50-14w-8s"]]
+    manifest = write_manifest(tmp_path / "m.yaml", entries)
+    selected = ["res2net50-w14-s8", "truncated", "garbage", "malicious", "wrong-variant",
+                "missing-file", "wrong-digest", "paddleclas-res2net50-14w-8s"]
+    out = tmp_path / "out"
+    args = ["--manifest", str(manifest), "--out", str(out), "--cache-dir", str(tmp_path / "c")]
+    for name in selected:
+        args += ["--only", name]
+    args += ["--checkpoint", f"res2net50-w14-s8={good}",
+             "--checkpoint", f"truncated={bad / 'truncated.pth'}",
+             "--checkpoint", f"garbage={bad / 'garbage.pth'}",
+             "--checkpoint", f"malicious={bad / 'malicious.pth'}",
+             "--checkpoint", f"wrong-variant={checkpoints('w26')}",
+             "--checkpoint", f"missing-file={bad / 'does-not-exist.pth'}"]
+    proc = run_pipeline(*args, env={"PADDLE_PYTHON": str(tmp_path / "no-such-python")})
+    assert proc.returncode == 1, proc.stdout[-5000:] + proc.stderr[-3000:]
+
+    assert_passed_report(read_report(out, "res2net50-w14-s8"))
+    assert (out / "res2net50-w14-s8" / "model.onnx").exists()
+
+    expected = {
+        "truncated": ("convert", "checkpoint_format", "truncated or corrupt"),
+        "garbage": ("convert", "checkpoint_format", "not a torch checkpoint"),
+        "malicious": ("convert", "checkpoint_unsafe", "Nothing in the file was executed"),
+        "wrong-variant": ("convert", "checkpoint_mismatch", "'res2net50-w26-s8'"),
+        "missing-file": ("fetch", "checkpoint_missing", "does-not-exist.pth"),
+        "wrong-digest": ("fetch", "digest_mismatch", "0" * 64),
+    }
+    for name, (stage, kind, text) in expected.items():
+        report = read_report(out, name)
+        assert report["passed"] is False, name
+        err = report["error"]
+        assert (err["stage"], err["kind"]) == (stage, kind), (name, err)
+        assert text in err["message"], (name, err["message"])
+        assert not (out / name / "model.onnx").exists(), name
+        assert f"{name}  ERROR" in proc.stdout or f"{name}  " in proc.stdout
+
+    assert not marker.exists(), "the malicious checkpoint's payload ran"
+    mismatch = read_report(out, "wrong-variant")["error"]
+    assert mismatch["details"]["fits_entries"] == ["res2net50-w26-s8"]
+    assert mismatch["details"]["counts"]["shape_mismatch"] > 0
+    assert "shape mismatches" in mismatch["message"]
+
+    # A source whose environment is absent is reported and the run goes on.
+    assert "paddleclas" in proc.stdout and "UNAVAILABLE" in proc.stdout
+    assert not (out / "paddleclas-res2net50-14w-8s").exists()
+    assert "1/8 passed" in proc.stdout
+    assert MM_PYTHON.exists()

@@ -1,0 +1,27 @@
+"""The orchestrator imports no deep-learning framework: each lives in its own worker."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+FRAMEWORKS = ("torch", "torchvision", "paddle", "mindspore", "tensorflow", "jax", "mmpretrain",
+              "mmcv", "mmengine", "paddleclas", "mindcv", "paddle2onnx")
+
+
+def test_orchestrator_modules_import_no_framework():
+    code = (
+        "import sys, pipeline, orchestrator.run, converters.runner, converters.simplify, "
+        "verify.compare, verify.ort_runner, fetch.download, release.artifact, manifests.loader\n"
+        f"bad = [m for m in {FRAMEWORKS!r} if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_worker_modules_are_not_imported_by_the_orchestrator_package():
+    for path in (REPO / "orchestrator").glob("*.py"):
+        text = path.read_text()
+        assert "converters.mmpretrain" not in text, f"{path.name} imports a worker module"
