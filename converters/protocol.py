@@ -43,9 +43,11 @@ class Timer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.current: str | None = None  # the stage running now, for error reports
 
     @contextmanager
     def stage(self, name: str):
+        self.current = name
         start = time.perf_counter()
         try:
             yield

@@ -99,8 +99,14 @@ def fetch(spec: dict, cache_dir: Path, *, attempts: int = 5, backoff: float = 1.
         final.replace(final.with_name(final.name + ".bad-digest"))
 
     part = final.with_name(final.name + ".part")
-    _download(url, part, attempts=attempts, backoff=backoff, timeout=timeout,
-              progress=progress)
+    try:
+        _download(url, part, attempts=attempts, backoff=backoff, timeout=timeout,
+                  progress=progress)
+    except FetchError as exc:
+        exc.message += (f". Offline? Put the file at {final} (its digest is checked) or "
+                        "pass --checkpoint NAME=PATH.")
+        exc.args = (exc.message,)
+        raise
     sha = sha256_file(part)
     if digest_matches(sha, spec) is False:
         rejected = final.with_name(final.name + ".bad-digest")

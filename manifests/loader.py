@@ -2,7 +2,7 @@
 
 Every problem is reported as one line naming the file, the entry and the field, e.g.
 
-    manifests/all.yaml: entry 'res2net50-w14-s8' (#1): field 'checkpoint.sha256': 'xyz' does not match ...
+    manifests/all.yaml: entry 'res2net50-w14-s8' (#1): field 'checkpoint.sha256': ...
 """
 from __future__ import annotations
 

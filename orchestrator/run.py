@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,73 @@ def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report: dict,
+                timer: Timer, workdir: Path, say) -> list[Check]:
+    """fetch -> convert -> simplify -> verify; fills `report`, returns the checks."""
+    spec = SOURCES[entry.source]
+    with timer.stage("fetch"):
+        try:
+            if entry.name in opts.checkpoints:
+                got = local_checkpoint(opts.checkpoints[entry.name], entry["checkpoint"])
+            else:
+                got = fetch(entry["checkpoint"], opts.cache_dir)
+        except FetchError as exc:
+            raise StageError("fetch", exc.kind, exc.message) from None
+        report["source"]["checkpoint"] = _checkpoint_report(got)
+        pin = ("the pinned file" if got.pinned else
+               "digest not published" if got.digest_check == "unpublished" else
+               "NOT the pinned file")
+        say(f"  fetch     {got.path.name}: sha256 {got.sha256[:12]}..., {pin}")
+
+    with timer.stage("images"):
+        images, image_info = pick_images(entry, opts, workdir)
+    report["verification"] = {"images": image_info}
+
+    with timer.stage("convert"):
+        say(f"  convert   {spec.framework} worker: build, load, preprocess, export ...")
+        try:
+            result = run_worker(spec, {
+                "entry": entry.data, "checkpoint": str(got.path),
+                "images": [str(p) for p in images],
+                "candidates": _candidates(entry, all_entries),
+                "threads": opts.threads, "batch_size": len(images),
+            }, workdir, timeout=opts.worker_timeout)
+        except WorkerFailed as exc:
+            raise StageError("convert", exc.kind, exc.message, exc.details) from None
+    report["source"]["versions"] = result["versions"]
+    report["source"]["checkpoint"].update(result.get("checkpoint", {}))
+    report["timings"]["worker"] = result.get("timings", {})
+    if result.get("checkpoint", {}).get("demo"):
+        report["source"]["checkpoint"]["note"] = (
+            "DEMO checkpoint: seeded random init made by the pipeline, not trained weights")
+        say("  note      this is a demo checkpoint (random init), not trained weights")
+    say("  convert   done in " + ", ".join(f"{k} {v:.1f} s" for k, v in
+                                           result.get("timings", {}).items()))
+
+    exported = workdir / result["files"]["onnx"]
+    simplified = workdir / "model.onnx"
+    with timer.stage("simplify"):
+        try:
+            before = check(exported)
+            after = simplify(exported, simplified, [2, *entry["input_shape"]])
+        except OnnxCheckFailed as exc:
+            raise StageError("simplify", exc.kind, exc.message) from None
+    report["onnx"] = {
+        "opset": after["opset"], "nodes_exported": before["nodes"],
+        "nodes_simplified": after["nodes"], "inputs": after["inputs"],
+        "outputs": after["outputs"], "sha256": sha256_file(simplified),
+        "bytes": simplified.stat().st_size, "onnxsim_checks": after["onnxsim_checks"]}
+    say(f"  simplify  onnx.checker ok; onnxsim {before['nodes']} -> {after['nodes']} nodes")
+
+    with timer.stage("verify"):
+        inputs = np.load(workdir / result["files"]["inputs"])
+        reference = np.load(workdir / result["files"]["reference_logits"])
+        checks, figures = _verify(entry, {"exported": exported, "simplified": simplified},
+                                  inputs, reference, opts.threads)
+        report["verification"].update(figures)
+    return checks
+
+
 def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
                   say=print) -> EntryResult:
     start = time.perf_counter()
@@ -178,88 +246,36 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
     timings = report["timings"] = timer.seconds
     workdir = Path(tempfile.mkdtemp(prefix=f"convert-{entry.name}-"))
     files: dict[str, Path] = {}
-    checks: list[Check] = []
-
     try:
-        with timer.stage("fetch"):
-            try:
-                if entry.name in opts.checkpoints:
-                    got = local_checkpoint(opts.checkpoints[entry.name], entry["checkpoint"])
-                else:
-                    got = fetch(entry["checkpoint"], opts.cache_dir)
-            except FetchError as exc:
-                raise StageError("fetch", exc.kind, exc.message) from None
-            report["source"]["checkpoint"] = _checkpoint_report(got)
-            pin = ("the pinned file" if got.pinned else
-                   "digest not published" if got.digest_check == "unpublished" else
-                   "NOT the pinned file")
-            say(f"  fetch     {got.path.name}: sha256 {got.sha256[:12]}..., {pin}")
-
-        images, image_info = pick_images(entry, opts, workdir)
-        report["verification"] = {"images": image_info}
-
-        with timer.stage("convert"):
-            say(f"  convert   {spec.framework} worker: build, load, preprocess, export ...")
-            try:
-                result = run_worker(spec, {
-                    "entry": entry.data, "checkpoint": str(got.path),
-                    "images": [str(p) for p in images],
-                    "candidates": _candidates(entry, all_entries),
-                    "threads": opts.threads, "batch_size": len(images),
-                }, workdir, timeout=opts.worker_timeout)
-            except WorkerFailed as exc:
-                raise StageError("convert", exc.kind, exc.message, exc.details) from None
-        report["source"]["versions"] = result["versions"]
-        report["source"]["checkpoint"].update(result.get("checkpoint", {}))
-        timings["worker"] = result.get("timings", {})
-        if result.get("checkpoint", {}).get("demo"):
-            report["source"]["checkpoint"]["note"] = (
-                "DEMO checkpoint: seeded random init made by the pipeline, not trained weights")
-            say("  note      this is a demo checkpoint (random init), not trained weights")
-        say("  convert   done in " + ", ".join(f"{k} {v:.1f} s" for k, v in
-                                               result.get("timings", {}).items()))
-
-        exported = workdir / result["files"]["onnx"]
-        simplified = workdir / "model.onnx"
-        with timer.stage("simplify"):
-            try:
-                before = check(exported)
-                after = simplify(exported, simplified, [2, *entry["input_shape"]])
-            except OnnxCheckFailed as exc:
-                raise StageError("simplify", exc.kind, exc.message) from None
-        report["onnx"] = {
-            "opset": after["opset"], "nodes_exported": before["nodes"],
-            "nodes_simplified": after["nodes"], "inputs": after["inputs"],
-            "outputs": after["outputs"], "sha256": sha256_file(simplified),
-            "bytes": simplified.stat().st_size, "onnxsim_checks": after["onnxsim_checks"]}
-        say(f"  simplify  onnx.checker ok; onnxsim {before['nodes']} -> {after['nodes']} nodes")
-
-        with timer.stage("verify"):
-            inputs = np.load(workdir / result["files"]["inputs"])
-            reference = np.load(workdir / result["files"]["reference_logits"])
-            checks, figures = _verify(entry, {"exported": exported, "simplified": simplified},
-                                      inputs, reference, opts.threads)
-            report["verification"].update(figures)
-        report["checks"] = [c.as_dict() for c in checks]
-        report["passed"] = bool(checks) and not failed(checks)
-        decided = _decided_by(checks, report["passed"])
-        say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")
-        if report["passed"]:
-            files["model.onnx"] = simplified
-        status = "passed" if report["passed"] else "failed"
-    except StageError as exc:
-        report["error"] = {"stage": exc.stage, "kind": exc.kind, "message": exc.message,
-                           "details": exc.details}
-        status, decided = "error", f"{exc.stage}: {exc.kind}"
-        say(f"  ERROR     [{exc.stage}/{exc.kind}] {exc.message}")
-    finally:
+        try:
+            checks = _run_stages(entry, all_entries, opts, report, timer, workdir, say)
+            report["checks"] = [c.as_dict() for c in checks]
+            report["passed"] = bool(checks) and not failed(checks)
+            decided = _decided_by(checks, report["passed"])
+            say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: "
+                f"{decided}")
+            status = "passed" if report["passed"] else "failed"
+            if report["passed"]:
+                files["model.onnx"] = workdir / "model.onnx"
+        except StageError as exc:
+            report["error"] = {"stage": exc.stage, "kind": exc.kind, "message": exc.message,
+                               "details": exc.details}
+            status, decided = "error", f"{exc.stage}: {exc.kind}"
+            say(f"  ERROR     [{exc.stage}/{exc.kind}] {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
+            report["error"] = {"stage": timer.current, "kind": "internal",
+                               "message": f"{type(exc).__name__}: {exc}",
+                               "details": {"traceback": traceback.format_exc(limit=20)}}
+            status, decided = "error", f"{timer.current}: internal error"
+            say(f"  ERROR     [{timer.current}/internal] {type(exc).__name__}: {exc}")
+        report["decided_by"] = decided
         timings["total"] = round(time.perf_counter() - start, 3)
-
-    if not report["passed"] and (workdir / "worker.log").exists():
-        files["worker.log"] = workdir / "worker.log"
-    artifact = write_artifact(opts.out_dir, entry.name, report, files)
-    if not opts.keep_work:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        say(f"  work dir  kept at {workdir}")
+        if not report["passed"] and (workdir / "worker.log").exists():
+            files["worker.log"] = workdir / "worker.log"
+        artifact = write_artifact(opts.out_dir, entry.name, report, files)
+    finally:
+        if opts.keep_work:
+            say(f"  work dir  kept at {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return EntryResult(entry.name, status, decided, timings["total"], artifact, report)

@@ -57,9 +57,10 @@ def test_gives_up_after_the_attempts(http_server, tmp_path):
 
 
 def test_404_is_not_retried(http_server, tmp_path):
-    with pytest.raises(FetchError, match="HTTP 404"):
+    with pytest.raises(FetchError, match="HTTP 404") as info:
         fetch({"url": http_server.url("/missing.pth"), "sha256": SHA}, tmp_path, backoff=0)
     assert len(http_server.requests) == 1
+    assert f"Put the file at {tmp_path / 'missing.pth'}" in info.value.message
 
 
 def test_digest_mismatch_is_refused_and_nothing_is_cached(http_server, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from conftest import (MM_PYTHON, REPO, VENV_ROOT, manifest_entries, read_report, run_mm,
                       run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
+from verify.images import generate_images
 from verify.ort_runner import OrtRunner
 
 pytestmark = pytest.mark.slow
@@ -95,8 +96,11 @@ def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
     manifest = write_manifest(tmp_path / "m.yaml", [
         ENTRIES["res2net50-14w-8s-official"], module_entry])
     official, module = checkpoints("official"), checkpoints("w14-module")
+    data = tmp_path / "data"
+    for cls in ("n01440764", "n01443537"):  # ImageFolder-style class sub-folders
+        generate_images(data / cls, 5, seed=len(cls) + ord(cls[-1]))
     out = tmp_path / "out"
-    proc = run_pipeline("--manifest", str(manifest), "--out", str(out),
+    proc = run_pipeline("--manifest", str(manifest), "--out", str(out), "--data", str(data),
                         "--checkpoint", f"res2net50-14w-8s-official={official}",
                         "--checkpoint", f"w14-module-prefix={module}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
@@ -104,6 +108,8 @@ def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
     assert_passed_report(official_report)
     assert official_report["source"]["checkpoint"]["layout"] == "official-res2net"
     assert official_report["source"]["checkpoint"]["container"] == "bare state dict"
+    assert official_report["verification"]["images"] == {
+        "kind": "data", "dir": str(data), "count": 10, "available": 10}
     module_report = read_report(out, "w14-module-prefix")
     assert_passed_report(module_report)
     assert module_report["source"]["checkpoint"]["layout"] == "openmmlab+module."
@@ -146,19 +152,23 @@ def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_pa
             e["checkpoint"] = checkpoint
         return e
 
-    entries = [base, ENTRIES["res2net50-w26-s8"], variant("truncated"), variant("garbage"),
-               variant("malicious"), variant("wrong-variant"), variant("missing-file"),
+    too_strict = variant("too-strict")
+    too_strict["tolerances"] = {"atol": 0.0, "rtol": 0.0, "min_cosine": 1.0}
+    entries = [base, ENTRIES["res2net50-w26-s8"], too_strict, variant("truncated"),
+               variant("garbage"), variant("malicious"), variant("wrong-variant"),
+               variant("missing-file"),
                variant("wrong-digest", url=http_server.url("/res2net50-w14-s8-deadbeef.pth"),
                        sha256="0" * 64),
                ENTRIES["paddleclas-res2net50-14w-8s"]]
     manifest = write_manifest(tmp_path / "m.yaml", entries)
-    selected = ["res2net50-w14-s8", "truncated", "garbage", "malicious", "wrong-variant",
-                "missing-file", "wrong-digest", "paddleclas-res2net50-14w-8s"]
+    selected = ["res2net50-w14-s8", "too-strict", "truncated", "garbage", "malicious",
+                "wrong-variant", "missing-file", "wrong-digest", "paddleclas-res2net50-14w-8s"]
     out = tmp_path / "out"
     args = ["--manifest", str(manifest), "--out", str(out), "--cache-dir", str(tmp_path / "c")]
     for name in selected:
         args += ["--only", name]
     args += ["--checkpoint", f"res2net50-w14-s8={good}",
+             "--checkpoint", f"too-strict={good}",
              "--checkpoint", f"truncated={bad / 'truncated.pth'}",
              "--checkpoint", f"garbage={bad / 'garbage.pth'}",
              "--checkpoint", f"malicious={bad / 'malicious.pth'}",
@@ -196,5 +206,15 @@ def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_pa
     # A source whose environment is absent is reported and the run goes on.
     assert "paddleclas" in proc.stdout and "UNAVAILABLE" in proc.stdout
     assert not (out / "paddleclas-res2net50-14w-8s").exists()
-    assert "1/8 passed" in proc.stdout
+    assert "1/9 passed" in proc.stdout
+
+    # Fail closed on a logit gate: fp32 torch and ORT never agree to 0.0, so the gate fails,
+    # says by how much, and no model is written.
+    strict = read_report(out, "too-strict")
+    assert strict["passed"] is False and strict["error"] is None
+    worst = [c for c in strict["checks"] if c["name"] == "max_abs_diff" and not c["passed"]]
+    assert worst and worst[0]["measured"] > 0.0 and worst[0]["limit"] == 0.0
+    assert strict["decided_by"].startswith("max_abs_diff")
+    assert not (out / "too-strict" / "model.onnx").exists()
+    assert (out / "too-strict" / "worker.log").exists()
     assert MM_PYTHON.exists()
