@@ -8,7 +8,10 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from converters.protocol import JOB_FILE, PROTOCOL_VERSION, RESULT_FILE
 from converters.registry import REPO_ROOT, SourceSpec, env_python
@@ -29,6 +32,23 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def _wait_showing_progress(proc: subprocess.Popen, log_path: Path, timeout: float,
+                           label: str) -> int:
+    """Wait for the worker; on a terminal show elapsed time and its latest log line."""
+    deadline = time.monotonic() + timeout
+    with tqdm(total=None, desc=f"  {label}", bar_format="{desc}: {elapsed}{postfix}",
+              disable=None, leave=False) as bar:
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    raise
+                if not bar.disable:
+                    last = _tail(log_path, 1).strip()
+                    bar.set_postfix_str(last.split("] ", 1)[-1][:70])
+
+
 def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800) -> dict:
     """Write job.json, run the worker, return its result (raises WorkerFailed)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +64,7 @@ def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            code = proc.wait(timeout=timeout)
+            code = _wait_showing_progress(proc, log_path, timeout, spec.framework)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
