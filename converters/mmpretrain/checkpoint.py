@@ -129,7 +129,6 @@ def _summarise_meta(meta) -> dict:
 
 
 # --------------------------------------------------------------------------- key mapping
-LAYOUTS = ("openmmlab", "official-res2net")
 
 
 def map_keys(state: dict, model_keys: set[str]) -> tuple[dict, str]:
@@ -156,32 +155,3 @@ def map_keys(state: dict, model_keys: set[str]) -> tuple[dict, str]:
     if set(mapped) & model_keys:
         return mapped, "official-res2net" + prefix_note
     return dict(state), "unknown" + prefix_note
-
-
-def compare(state: dict, model_state: dict) -> dict:
-    """Missing / unexpected / shape-mismatched keys of a mapped state against a model's."""
-    ignore = lambda k: k.endswith("num_batches_tracked")  # noqa: E731 - absent in old files
-    missing = sorted(k for k in model_state if k not in state and not ignore(k))
-    unexpected = sorted(k for k in state if k not in model_state and not ignore(k))
-    shapes = sorted(
-        (k, list(state[k].shape), list(model_state[k].shape))
-        for k in state if k in model_state and tuple(state[k].shape) != tuple(model_state[k].shape))
-    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes}
-
-
-def mismatch_text(diff: dict, limit: int = 5) -> str:
-    parts = []
-    for label, items in (("missing", diff["missing"]), ("unexpected", diff["unexpected"])):
-        if items:
-            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-            parts.append(f"{len(items)} {label} keys: {', '.join(items[:limit])}{more}")
-    if diff["shape_mismatch"]:
-        items = diff["shape_mismatch"]
-        shown = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in items[:limit])
-        more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-        parts.append(f"{len(items)} shape mismatches: {shown}{more}")
-    return "; ".join(parts)
-
-
-def is_clean(diff: dict) -> bool:
-    return not (diff["missing"] or diff["unexpected"] or diff["shape_mismatch"])

@@ -1,0 +1,133 @@
+"""What every framework worker does, in order, whatever the framework.
+
+A source plugs in an adapter (one small class per framework, as Polygraphy has one runner per
+backend); this module owns the order of the stages, their timings, the files written, and the
+strict state-dict comparison with its "this checkpoint fits entry X" hint.
+
+Imported inside worker environments only (needs numpy, which every worker env has).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from converters.protocol import Timer, WorkerError, log
+
+
+class Adapter(Protocol):
+    framework: str
+
+    def versions(self) -> dict: ...
+
+    def build(self, model_id: str, num_classes: int): ...
+
+    def state_shapes(self, model) -> dict[str, tuple]: ...
+
+    def load(self, model, checkpoint: Path, candidates: list[dict]) -> dict: ...
+
+    def preprocess(self, images: list[str], cfg: dict) -> np.ndarray: ...
+
+    def forward(self, model, inputs: np.ndarray, batch_size: int) -> np.ndarray: ...
+
+    def export(self, model, sample: np.ndarray, path: Path, opset: int,
+               dynamic_batch: bool, workdir: Path) -> None: ...
+
+
+# --------------------------------------------------------------------------- strict keys
+def compare_shapes(state: dict[str, tuple], model: dict[str, tuple],
+                   ignore=lambda key: False) -> dict:
+    """Missing / unexpected / shape-mismatched keys of a checkpoint against a model."""
+    missing = sorted(k for k in model if k not in state and not ignore(k))
+    unexpected = sorted(k for k in state if k not in model and not ignore(k))
+    shapes = sorted((k, list(state[k]), list(model[k]))
+                    for k in state if k in model and tuple(state[k]) != tuple(model[k]))
+    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes}
+
+
+def is_clean(diff: dict) -> bool:
+    return not (diff["missing"] or diff["unexpected"] or diff["shape_mismatch"])
+
+
+def mismatch_text(diff: dict, limit: int = 5) -> str:
+    parts = []
+    for label in ("missing", "unexpected"):
+        items = diff[label]
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {label} keys: {', '.join(items[:limit])}{more}")
+    items = diff["shape_mismatch"]
+    if items:
+        shown = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in items[:limit])
+        more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+        parts.append(f"{len(items)} shape mismatches: {shown}{more}")
+    return "; ".join(parts)
+
+
+def require_fit(adapter: Adapter, state: dict[str, tuple], model_shapes: dict[str, tuple],
+                candidates: list[dict], layout: str, ignore=lambda key: False) -> None:
+    """Raise checkpoint_mismatch, naming the manifest entries whose models the state fits."""
+    diff = compare_shapes(state, model_shapes, ignore)
+    if is_clean(diff):
+        return
+    fits, built = [], {}
+    for cand in candidates:
+        key = (cand["model_id"], cand["num_classes"])
+        if key not in built:
+            try:
+                built[key] = adapter.state_shapes(adapter.build(*key))
+            except WorkerError:
+                continue
+        if is_clean(compare_shapes(state, built[key], ignore)):
+            fits.append(cand["name"])
+    hint = (f" The checkpoint's keys and shapes fit manifest entry "
+            f"{', '.join(map(repr, fits))}: use that entry." if fits else
+            f" No other {adapter.framework} entry in the manifest fits it either.")
+    raise WorkerError(
+        "checkpoint_mismatch",
+        f"checkpoint does not fit the model (layout detected: {layout}): "
+        f"{mismatch_text(diff)}.{hint}",
+        {"missing": diff["missing"][:20], "unexpected": diff["unexpected"][:20],
+         "shape_mismatch": diff["shape_mismatch"][:20],
+         "counts": {k: len(v) for k, v in diff.items()}, "fits_entries": fits})
+
+
+# --------------------------------------------------------------------------- the flow
+def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """build -> load -> preprocess -> reference logits -> export; returns result fields."""
+    entry, timer = job["entry"], Timer()
+    threads = int(job.get("threads") or os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # adapters size their thread pools from it
+    result: dict = {"versions": adapter.versions(), "files": {}}
+
+    with timer.stage("build"):
+        log(f"building {entry['model_id']} with {adapter.framework}")
+        model = adapter.build(entry["model_id"], entry["num_classes"])
+    with timer.stage("load"):
+        log(f"loading {job['checkpoint']}")
+        result["checkpoint"] = adapter.load(model, Path(job["checkpoint"]),
+                                            job.get("candidates", []))
+    with timer.stage("preprocess"):
+        log(f"preprocessing {len(job['images'])} images with {adapter.framework}'s transforms")
+        inputs = np.ascontiguousarray(adapter.preprocess(job["images"], entry["preprocess"]),
+                                      dtype=np.float32)
+        expected = [len(job["images"]), *entry["input_shape"]]
+        if list(inputs.shape) != expected:
+            raise WorkerError("preprocess", f"preprocessed tensor has shape "
+                                            f"{list(inputs.shape)}, manifest says {expected}")
+        np.save(workdir / "inputs.npy", inputs)
+        result["files"]["inputs"] = "inputs.npy"
+    with timer.stage("reference"):
+        log(f"running {adapter.framework} eval forward")
+        logits = adapter.forward(model, inputs, int(job.get("batch_size", 16)))
+        np.save(workdir / "reference_logits.npy", np.asarray(logits, dtype=np.float32))
+        result["files"]["reference_logits"] = "reference_logits.npy"
+    with timer.stage("export"):
+        opset, dynamic = entry["export"]["opset"], entry["export"]["dynamic_batch"]
+        log(f"exporting ONNX opset {opset}, dynamic batch {dynamic}")
+        adapter.export(model, inputs[:1], workdir / "exported.onnx", opset, dynamic, workdir)
+        result["files"]["onnx"] = "exported.onnx"
+    result["timings"] = timer.seconds
+    return result
