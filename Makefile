@@ -3,12 +3,14 @@ SHELL := /bin/bash
 VENV_ROOT ?= $(CURDIR)/.venvs
 export VENV_ROOT
 PY := $(VENV_ROOT)/orchestrator/bin/python
-ENVS := orchestrator mmpretrain
+ENVS := orchestrator mmpretrain paddle
 
 MANIFEST ?= manifests/all.yaml
 OUT ?= artifacts
-DEMO_MODEL := res2net50-w14-s8
-DEMO_CKPT := demo/$(DEMO_MODEL).pth
+# One entry per installed source, each with a seeded random-init checkpoint made by its
+# own framework (not trained weights; the reports say so).
+DEMO_MM := demo/res2net50-w14-s8.pth
+DEMO_PD := demo/paddleclas-res2net50-14w-8s.pdparams
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo convert test test-fast list lock clean
@@ -25,14 +27,21 @@ help:
 setup:
 	@for env in $(ENVS); do scripts/setup_env.sh $$env || exit $$?; done
 
-$(DEMO_CKPT): | setup
+$(DEMO_MM): | setup
 	@echo "demo: making a seeded random-init checkpoint with mmpretrain (not trained weights)"
 	$(VENV_ROOT)/mmpretrain/bin/python -m converters.mmpretrain.make_checkpoint \
 	    --arch mmpretrain:res2net50-w14-s8_3rdparty_8xb32_in1k --seed 0 --out $@
 
-demo: setup $(DEMO_CKPT)
-	$(PY) pipeline.py --manifest $(MANIFEST) --only $(DEMO_MODEL) \
-	    --checkpoint $(DEMO_MODEL)=$(DEMO_CKPT) --out $(OUT)
+$(DEMO_PD): | setup
+	@echo "demo: making a seeded random-init checkpoint with PaddleClas (not trained weights)"
+	$(VENV_ROOT)/paddle/bin/python -m converters.paddleclas.make_checkpoint \
+	    --model-id Res2Net50_14w_8s --seed 0 --mark-demo --out $@
+
+demo: setup $(DEMO_MM) $(DEMO_PD)
+	$(PY) pipeline.py --manifest $(MANIFEST) \
+	    --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=$(DEMO_MM) \
+	    --only paddleclas-res2net50-14w-8s --checkpoint paddleclas-res2net50-14w-8s=$(DEMO_PD) \
+	    --out $(OUT)
 
 convert: setup
 	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"; exit 2; }
@@ -52,6 +61,7 @@ lock:
 	@for env in $(ENVS); do \
 	  rm -rf /tmp/lock-$$env && python3 -m venv /tmp/lock-$$env && \
 	  /tmp/lock-$$env/bin/pip install --quiet -r envs/$$env.in && \
+	  { [ ! -f envs/$$env-nodeps.in ] || /tmp/lock-$$env/bin/pip install --quiet --no-deps -r envs/$$env-nodeps.in; } && \
 	  /tmp/lock-$$env/bin/pip freeze > envs/$$env.lock.txt && rm -rf /tmp/lock-$$env || exit 1; \
 	done
 

@@ -47,21 +47,30 @@ def check(path: Path) -> dict:
     return describe(onnx.load(str(path), load_external_data=False))
 
 
-def simplify(src: Path, dst: Path, test_shape: list[int], check_n: int = 3) -> dict:
-    """onnxsim `src` into `dst`, checking outputs on `check_n` random inputs of `test_shape`."""
+def simplify(src: Path, dst: Path, test_shape: list[int], atol: float, rtol: float,
+             check_n: int = 3) -> dict:
+    """onnxsim `src` into `dst`, checking outputs on `check_n` random inputs of `test_shape`.
+
+    The check uses the entry's own tolerances, not onnxsim's defaults (atol 1e-5): folding
+    BatchNorm into Conv moves fp32 logits by ~3e-5 on Paddle graphs, which is rounding, not
+    a conversion error. The logit gate then checks the simplified model against the source.
+    """
     model = onnx.load(str(src))
     name = model.graph.input[0].name
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
             simplified, ok = onnxsim.simplify(model, check_n=check_n,
-                                              test_input_shapes={name: test_shape})
+                                              test_input_shapes={name: test_shape},
+                                              check_atol=atol, check_rtol=rtol)
     except Exception as exc:  # noqa: BLE001 - onnxsim raises many types
         raise OnnxCheckFailed("onnxsim", f"onnxsim failed: {type(exc).__name__}: {exc}")
     if not ok:
+        last = [ln for ln in captured.getvalue().splitlines() if "max diff" in ln][-1:]
         raise OnnxCheckFailed("onnxsim", "onnxsim's own check found the simplified model's "
-                                         "outputs differ from the original's")
+                                         f"outputs differ from the original's beyond atol "
+                                         f"{atol:g} / rtol {rtol:g}: {' '.join(last)}")
     onnx.save(simplified, str(dst))
     info = check(dst)
-    info["onnxsim_checks"] = check_n
+    info["onnxsim_check"] = {"random_inputs": check_n, "atol": atol, "rtol": rtol}
     return info

@@ -27,6 +27,8 @@ echo "setup: building $name environment in $venv (from envs/$name.lock.txt) ..."
 rm -rf "$venv"
 mkdir -p "$root"
 "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
+# --no-deps: the lock is a complete freeze, installed exactly as resolved by `make lock`
+# (PaddleClas's declared pins would otherwise fight paddle 3; see envs/paddle-nodeps.in).
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$lock"
 echo "$want" > "$venv/.lock-sha256"
 echo "setup: $name environment ready"

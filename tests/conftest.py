@@ -16,6 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 VENV_ROOT = Path(os.environ.get("VENV_ROOT", REPO / ".venvs"))
 MM_PYTHON = VENV_ROOT / "mmpretrain" / "bin" / "python"
+PADDLE_PYTHON = VENV_ROOT / "paddle" / "bin" / "python"
 MODEL_IDS = {
     "res2net50-w14-s8": "res2net50-w14-s8_3rdparty_8xb32_in1k",
     "res2net50-w26-s8": "res2net50-w26-s8_3rdparty_8xb32_in1k",
@@ -75,19 +76,23 @@ def http_server():
 
 
 # --------------------------------------------------------------------------- frameworks
-def _require_mm():
-    if not MM_PYTHON.exists():
-        pytest.fail(f"mmpretrain environment missing ({MM_PYTHON}); run `make setup`")
-
-
-def run_mm(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run a module in the mmpretrain environment (the framework lives only there)."""
-    _require_mm()
+def run_in_env(python: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a module or script in a framework's environment (the framework lives only there)."""
+    if not python.exists():
+        pytest.fail(f"environment missing ({python}); run `make setup`")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([str(MM_PYTHON), *args], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run([str(python), *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def run_mm(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run_in_env(MM_PYTHON, *args, timeout=timeout)
+
+
+def run_paddle(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run_in_env(PADDLE_PYTHON, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -101,13 +106,27 @@ def checkpoints(tmp_path_factory):
         "w26": ("mmpretrain:" + MODEL_IDS["res2net50-w26-s8"], "openmmlab"),
         "official": ("timm:res2net50_14w_8s", "bare"),
     }
+    paddle_recipes = {  # kind: (PaddleClas model id, format)
+        "pd-14w": ("Res2Net50_14w_8s", "training"),
+        "pd-26w": ("Res2Net50_26w_4s", "training"),
+        "pd-vd": ("Res2Net50_vd_26w_4s", "training"),
+        "pd-14w-param-names": ("Res2Net50_14w_8s", "param-names"),
+        "pd-14w-layers": ("Res2Net50_14w_8s", "layers-prefix"),
+        "pd-14w-numpy1": ("Res2Net50_14w_8s", "numpy1"),
+    }
 
     def make(kind: str) -> Path:
         if kind not in made:
-            arch, fmt = recipes[kind]
-            path = root / f"{kind}.pth"
-            run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch", arch,
-                   "--format", fmt, "--seed", "0", "--out", str(path))
+            if kind in paddle_recipes:
+                model_id, fmt = paddle_recipes[kind]
+                path = root / f"{kind}.pdparams"
+                run_paddle("-m", "converters.paddleclas.make_checkpoint", "--model-id",
+                           model_id, "--format", fmt, "--seed", "0", "--out", str(path))
+            else:
+                arch, fmt = recipes[kind]
+                path = root / f"{kind}.pth"
+                run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch", arch,
+                       "--format", fmt, "--seed", "0", "--out", str(path))
             made[kind] = path
         return made[kind]
 

@@ -1,0 +1,154 @@
+"""End to end with real PaddleClas checkpoints (made by Paddle from PaddleClas's code)."""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import (REPO, VENV_ROOT, manifest_entries, read_report, run_paddle,
+                      run_pipeline, write_manifest)
+from verify.compare import compare_logits, failed
+from verify.ort_runner import OrtRunner
+
+pytestmark = pytest.mark.slow
+ENTRIES = manifest_entries()
+
+
+def paddle_logits(model_id: str, checkpoint, inputs: np.ndarray, tmp_path) -> np.ndarray:
+    np.save(tmp_path / "x.npy", inputs)
+    run_paddle(str(REPO / "tests" / "helpers" / "paddle_logits.py"), model_id,
+               str(checkpoint), str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    return np.load(tmp_path / "y.npy")
+
+
+def tolerances(name: str) -> dict:
+    return {"min_cosine": 0.99999, "min_top1_agreement": 1.0, "min_top5_agreement": 1.0,
+            **ENTRIES[name]["tolerances"]}
+
+
+def assert_passed(report: dict) -> None:
+    assert report["passed"] is True, report.get("error") or [
+        c for c in report["checks"] if not c["passed"]]
+    assert {c["scope"]["model"] for c in report["checks"]} == {"exported", "simplified"}
+    assert report["onnx"]["inputs"][0]["name"] == "input"
+    assert report["onnx"]["outputs"][0]["name"] == "logits"
+    assert report["onnx"]["inputs"][0]["shape"][0] == "batch"
+
+
+def test_make_convert_paddleclas_checkpoint_any_batch_size(checkpoints, tmp_path):
+    ckpt = checkpoints("pd-14w")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "convert", "MODEL=paddleclas-res2net50-14w-8s",
+         f"CHECKPOINT={ckpt}", f"OUT={out}"], cwd=REPO, capture_output=True, text=True,
+        timeout=1800, env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    report = read_report(out, "paddleclas-res2net50-14w-8s")
+    assert_passed(report)
+    ck = report["source"]["checkpoint"]
+    assert ck["layout"] == "structured-names" and ck["structured_table"] is True
+    assert ck["skipped_keys"] == ["StructuredToParameterName@@"]
+    assert report["source"]["versions"]["paddlepaddle"] == "3.3.1"
+    assert report["source"]["versions"]["paddle2onnx"] == "2.1.0"
+    assert report["onnx"]["opset"] == 13
+    assert report["onnx"]["nodes_simplified"] < report["onnx"]["nodes_exported"]
+
+    inputs = np.random.default_rng(3).normal(0, 1, (11, 3, 224, 224)).astype(np.float32)
+    ref = paddle_logits("Res2Net50_14w_8s", ckpt, inputs, tmp_path)
+    runner = OrtRunner(out / "paddleclas-res2net50-14w-8s" / "model.onnx")
+    for batch in (1, 3, 7):
+        got = runner.infer(inputs, batch)
+        checks = compare_logits(ref, got, tolerances("paddleclas-res2net50-14w-8s"), {})
+        assert not failed(checks), (batch, failed(checks))
+
+
+def test_vd_variant_and_other_file_layouts(checkpoints, tmp_path):
+    """vd architecture; parameter-name keys; DataParallel prefix; a numpy 1.x pickle."""
+    base = ENTRIES["paddleclas-res2net50-14w-8s"]
+    entries = [ENTRIES["paddleclas-res2net50-vd-26w-4s"]]
+    local = {"paddleclas-res2net50-vd-26w-4s": checkpoints("pd-vd")}
+    for kind in ("pd-14w-param-names", "pd-14w-layers", "pd-14w-numpy1"):
+        entry = copy.deepcopy(base)
+        entry["name"] = kind
+        entries.append(entry)
+        local[kind] = checkpoints(kind)
+    manifest = write_manifest(tmp_path / "m.yaml", entries)
+    out = tmp_path / "out"
+    args = ["--manifest", str(manifest), "--out", str(out)]
+    for name, path in local.items():
+        args += ["--checkpoint", f"{name}={path}"]
+    proc = run_pipeline(*args)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    layouts = {name: read_report(out, name)["source"]["checkpoint"]["layout"] for name in local}
+    for name in local:
+        assert_passed(read_report(out, name))
+    assert layouts == {"paddleclas-res2net50-vd-26w-4s": "structured-names",
+                       "pd-14w-param-names": "parameter-names",
+                       "pd-14w-layers": "structured-names+_layers.",
+                       "pd-14w-numpy1": "structured-names"}
+    assert b"numpy.core.multiarray" in checkpoints("pd-14w-numpy1").read_bytes()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bad_pdparams_and_sources_side_by_side(checkpoints, tmp_path):
+    good_pd, good_mm = checkpoints("pd-14w"), checkpoints("w14")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = good_pd.read_bytes()
+    (bad / "truncated.pdparams").write_bytes(data[: len(data) // 3])
+    (bad / "garbage.pdparams").write_bytes(os.urandom(5000))
+    marker = tmp_path / "PAYLOAD_RAN"
+    (bad / "malicious.pdparams").write_bytes(pickle.dumps(
+        {"conv1._conv.weight": np.zeros(1, np.float32), "x": _Payload(marker)}, protocol=4))
+
+    base = ENTRIES["paddleclas-res2net50-14w-8s"]
+
+    def variant(name):
+        e = copy.deepcopy(base)
+        e["name"] = name
+        return e
+
+    names = ["truncated", "garbage", "malicious", "wrong-variant", "torch-file"]
+    entries = [ENTRIES["res2net50-w14-s8"], base, ENTRIES["paddleclas-res2net50-26w-4s"],
+               *[variant(n) for n in names]]
+    manifest = write_manifest(tmp_path / "m.yaml", entries)
+    out = tmp_path / "out"
+    local = {"res2net50-w14-s8": good_mm, "paddleclas-res2net50-14w-8s": good_pd,
+             "truncated": bad / "truncated.pdparams", "garbage": bad / "garbage.pdparams",
+             "malicious": bad / "malicious.pdparams", "wrong-variant": checkpoints("pd-26w"),
+             "torch-file": good_mm}
+    args = ["--manifest", str(manifest), "--out", str(out)]
+    for name, path in local.items():
+        args += ["--only", name, "--checkpoint", f"{name}={path}"]
+    proc = run_pipeline(*args)
+    assert proc.returncode == 1, proc.stdout[-5000:] + proc.stderr[-3000:]
+
+    # mmpretrain and PaddleClas side by side in one run, each in its own worker.
+    assert_passed(read_report(out, "res2net50-w14-s8"))
+    assert_passed(read_report(out, "paddleclas-res2net50-14w-8s"))
+    assert "2/7 passed" in proc.stdout
+
+    expected = {"truncated": ("checkpoint_format", "truncated"),
+                "garbage": ("checkpoint_format", "not a .pdparams pickle"),
+                "malicious": ("checkpoint_unsafe", "posix.system"),
+                "wrong-variant": ("checkpoint_mismatch", "'paddleclas-res2net50-26w-4s'"),
+                "torch-file": ("checkpoint_format", "zip archive")}
+    for name, (kind, text) in expected.items():
+        report = read_report(out, name)
+        assert report["passed"] is False and report["error"]["kind"] == kind, (name, report["error"])
+        assert text in report["error"]["message"], (name, report["error"]["message"])
+        assert not (out / name / "model.onnx").exists()
+    assert not marker.exists(), "the malicious .pdparams payload ran"
+    assert read_report(out, "wrong-variant")["error"]["details"]["fits_entries"] == [
+        "paddleclas-res2net50-26w-4s"]
