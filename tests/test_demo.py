@@ -16,7 +16,9 @@ def test_make_demo(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert "demo checkpoint" in proc.stdout and "1/1 passed" in proc.stdout
-    report = read_report(tmp_path, "res2net50-w14-s8")
-    assert report["passed"] and report["source"]["checkpoint"]["demo"] is True
-    assert (tmp_path / "res2net50-w14-s8" / "model.onnx").stat().st_size > 50_000_000
+    assert "demo checkpoint" in proc.stdout and "2/2 passed" in proc.stdout
+    for name in ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s"):
+        report = read_report(tmp_path, name)
+        assert report["passed"] and report["source"]["checkpoint"]["demo"] is True, name
+        assert "DEMO" in report["source"]["checkpoint"]["note"]
+        assert (tmp_path / name / "model.onnx").stat().st_size > 50_000_000

@@ -4,8 +4,9 @@ A .pdparams is a plain pickle (protocol 4 from paddle.save) of {structured name:
 array} plus a `StructuredToParameterName@@` table. paddle.load would unpickle anything, so
 this module unpickles with an allow-list instead: numpy array and scalar reconstruction
 (module paths `numpy._core.multiarray`, written under numpy 2, and `numpy.core.multiarray`,
-written under numpy 1.x), numpy dtypes, OrderedDict, and `_codecs.encode` (how protocol-2 pickles spell bytes). A file that asks for any other global
-is refused before that global is even imported, so nothing in it runs.
+written under numpy 1.x), numpy dtypes, OrderedDict, `_codecs.encode` (how protocol-2
+pickles spell bytes) and `tuple` (paddle.save's object format). A file that asks for any
+other global is refused before that global is even imported, so nothing in it runs.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class SafeUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         if (module, name) == ("_codecs", "encode"):  # protocol 2 spells bytes with it
             return codecs.encode
+        if (module, name) == ("builtins", "tuple"):  # paddle.save's object format, below
+            return tuple
         raise RefusedGlobal(module, name)
 
     def persistent_load(self, pid):
@@ -90,14 +93,26 @@ def load_pdparams(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                           f"{path.name} holds a {type(obj).__name__}, not a state dict")
     info = {"container": ".pdparams state dict",
             "structured_table": STRUCTURED_TABLE in obj, "demo": DEMO_KEY in obj}
-    arrays = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
+    # paddle.save writes a pure state dict as {key: ndarray}; any other dict in its object
+    # format, where each tensor is tuple((tensor name, ndarray)). Accept both.
+    unwrapped = {k: v[1] if _is_named_array(v) else v for k, v in obj.items()}
+    if any(_is_named_array(v) for v in obj.values()):
+        info["container"] = ".pdparams (paddle.save object format)"
+    # Keys ending in '@@' are Paddle's metadata (StructuredToParameterName@@, our demo mark).
+    arrays = {k: v for k, v in unwrapped.items()
+              if isinstance(v, np.ndarray) and not str(k).endswith("@@")}
     skipped = sorted(k for k in obj if k not in arrays)
     if skipped:
-        info["skipped_keys"] = skipped  # StructuredToParameterName@@ and non-tensor extras
+        info["skipped_keys"] = skipped
     if not arrays:
         raise WorkerError("checkpoint_format", f"{path.name} holds no arrays")
     info["tensors"] = len(arrays)
     return arrays, info
+
+
+def _is_named_array(value) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], np.ndarray))
 
 
 def map_keys(state: dict, structured: dict[str, str]) -> tuple[dict, str]:

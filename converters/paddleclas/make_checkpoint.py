@@ -56,6 +56,7 @@ def main(argv=None) -> None:
                         choices=["training", "param-names", "layers-prefix", "numpy1"])
     args = parser.parse_args(argv)
 
+    import numpy as np
     import paddle
 
     from converters.paddleclas.checkpoint import DEMO_KEY
@@ -68,9 +69,9 @@ def main(argv=None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     if args.format == "training":
-        if args.mark_demo:
-            state = {**state, DEMO_KEY: "seeded random init; BatchNorm statistics from "
-                                        "synthetic images; not trained weights"}
+        if args.mark_demo:  # an array, so the file holds nothing but numpy data
+            note = b"seeded random init; BatchNorm statistics from synthetic images"
+            state = {**state, DEMO_KEY: np.frombuffer(note, dtype=np.uint8)}
         paddle.save(state, str(tmp))
     else:
         arrays = {k: v.numpy() for k, v in state.items()}
