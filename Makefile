@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV_ROOT ?= $(CURDIR)/.venvs
 export VENV_ROOT
 PY := $(VENV_ROOT)/orchestrator/bin/python
-ENVS := orchestrator mmpretrain paddle
+ENVS := orchestrator mmpretrain paddle mindspore
 
 MANIFEST ?= manifests/all.yaml
 OUT ?= artifacts
@@ -11,6 +11,7 @@ OUT ?= artifacts
 # own framework (not trained weights; the reports say so).
 DEMO_MM := demo/res2net50-w14-s8.pth
 DEMO_PD := demo/paddleclas-res2net50-14w-8s.pdparams
+DEMO_MS := demo/mindcv-res2net50.ckpt
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo convert test test-fast list lock clean
@@ -37,10 +38,16 @@ $(DEMO_PD): | setup
 	$(VENV_ROOT)/paddle/bin/python -m converters.paddleclas.make_checkpoint \
 	    --model-id Res2Net50_14w_8s --seed 0 --mark-demo --out $@
 
-demo: setup $(DEMO_MM) $(DEMO_PD)
+$(DEMO_MS): | setup
+	@echo "demo: making a seeded random-init checkpoint with MindCV (not trained weights)"
+	$(VENV_ROOT)/mindspore/bin/python -m converters.mindcv.make_checkpoint \
+	    --model-id res2net50 --seed 0 --mark-demo --out $@
+
+demo: setup $(DEMO_MM) $(DEMO_PD) $(DEMO_MS)
 	$(PY) pipeline.py --manifest $(MANIFEST) \
 	    --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=$(DEMO_MM) \
 	    --only paddleclas-res2net50-14w-8s --checkpoint paddleclas-res2net50-14w-8s=$(DEMO_PD) \
+	    --only mindcv-res2net50 --checkpoint mindcv-res2net50=$(DEMO_MS) \
 	    --out $(OUT)
 
 convert: setup

@@ -26,14 +26,16 @@ class Adapter(Protocol):
 
     def state_shapes(self, model) -> dict[str, tuple]: ...
 
-    def load(self, model, checkpoint: Path, candidates: list[dict]) -> dict: ...
+    def load(self, model, checkpoint: Path, candidates: list[dict],
+             num_classes: int) -> dict: ...
 
     def preprocess(self, images: list[str], cfg: dict) -> np.ndarray: ...
 
     def forward(self, model, inputs: np.ndarray, batch_size: int) -> np.ndarray: ...
 
     def export(self, model, sample: np.ndarray, path: Path, opset: int,
-               dynamic_batch: bool, workdir: Path) -> None: ...
+               dynamic_batch: bool, workdir: Path) -> list[str] | None:
+        """Write ONNX to `path`; return notes on any fix-up applied to the exported graph."""
 
 
 # --------------------------------------------------------------------------- strict keys
@@ -66,8 +68,28 @@ def mismatch_text(diff: dict, limit: int = 5) -> str:
     return "; ".join(parts)
 
 
+def _class_count_hint(diff: dict, num_classes: int | None) -> str:
+    """'The checkpoint has 1001 classes' when only the classifier's class dimension differs."""
+    if num_classes is None or diff["missing"] or diff["unexpected"]:
+        return ""
+    seen = set()
+    for _key, ck_shape, model_shape in diff["shape_mismatch"]:
+        if num_classes not in model_shape or len(ck_shape) != len(model_shape):
+            return ""
+        axis = model_shape.index(num_classes)
+        others = [a == b for i, (a, b) in enumerate(zip(ck_shape, model_shape)) if i != axis]
+        if not all(others):
+            return ""
+        seen.add(ck_shape[axis])
+    if len(seen) != 1:
+        return ""
+    return (f"Only the classifier differs: the checkpoint has {seen.pop()} classes, the entry "
+            f"says num_classes: {num_classes}.")
+
+
 def require_fit(adapter: Adapter, state: dict[str, tuple], model_shapes: dict[str, tuple],
-                candidates: list[dict], layout: str, ignore=lambda key: False) -> None:
+                candidates: list[dict], layout: str, ignore=lambda key: False,
+                num_classes: int | None = None) -> None:
     """Raise checkpoint_mismatch, naming the manifest entries whose models the state fits."""
     diff = compare_shapes(state, model_shapes, ignore)
     if is_clean(diff):
@@ -85,6 +107,9 @@ def require_fit(adapter: Adapter, state: dict[str, tuple], model_shapes: dict[st
     hint = (f" The checkpoint's keys and shapes fit manifest entry "
             f"{', '.join(map(repr, fits))}: use that entry." if fits else
             f" No other {adapter.framework} entry in the manifest fits it either.")
+    classes = _class_count_hint(diff, num_classes)
+    if classes:
+        hint = f" {classes}" + hint
     raise WorkerError(
         "checkpoint_mismatch",
         f"checkpoint does not fit the model (layout detected: {layout}): "
@@ -108,7 +133,7 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
     with timer.stage("load"):
         log(f"loading {job['checkpoint']}")
         result["checkpoint"] = adapter.load(model, Path(job["checkpoint"]),
-                                            job.get("candidates", []))
+                                            job.get("candidates", []), entry["num_classes"])
     with timer.stage("preprocess"):
         log(f"preprocessing {len(job['images'])} images with {adapter.framework}'s transforms")
         inputs = np.ascontiguousarray(adapter.preprocess(job["images"], entry["preprocess"]),
@@ -127,7 +152,10 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
     with timer.stage("export"):
         opset, dynamic = entry["export"]["opset"], entry["export"]["dynamic_batch"]
         log(f"exporting ONNX opset {opset}, dynamic batch {dynamic}")
-        adapter.export(model, inputs[:1], workdir / "exported.onnx", opset, dynamic, workdir)
+        notes = adapter.export(model, inputs[:1], workdir / "exported.onnx", opset, dynamic,
+                               workdir)
         result["files"]["onnx"] = "exported.onnx"
+        if notes:
+            result["export_fixups"] = notes
     result["timings"] = timer.seconds
     return result

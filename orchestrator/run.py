@@ -112,7 +112,8 @@ def _verify(entry: Entry, models: dict[str, Path], inputs: np.ndarray, reference
     for label, path in models.items():
         info = check(path)
         sig = check_signature(info, entry["num_classes"], entry["input_shape"],
-                              entry["export"]["dynamic_batch"], {"model": label})
+                              entry["export"]["dynamic_batch"], {"model": label},
+                              opset=entry["export"]["opset"])
         checks += sig
         if failed(sig):
             continue
@@ -194,6 +195,10 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
     report["source"]["versions"] = result["versions"]
     report["source"]["checkpoint"].update(result.get("checkpoint", {}))
     report["timings"]["worker"] = result.get("timings", {})
+    if result.get("export_fixups"):
+        report["source"]["export_fixups"] = result["export_fixups"]
+        for note in result["export_fixups"]:
+            say(f"  fix-up    {note}")
     if result.get("checkpoint", {}).get("demo"):
         report["source"]["checkpoint"]["note"] = (
             "DEMO checkpoint: seeded random init made by the pipeline, not trained weights")

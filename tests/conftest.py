@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_ROOT = Path(os.environ.get("VENV_ROOT", REPO / ".venvs"))
 MM_PYTHON = VENV_ROOT / "mmpretrain" / "bin" / "python"
 PADDLE_PYTHON = VENV_ROOT / "paddle" / "bin" / "python"
+MINDSPORE_PYTHON = VENV_ROOT / "mindspore" / "bin" / "python"
 MODEL_IDS = {
     "res2net50-w14-s8": "res2net50-w14-s8_3rdparty_8xb32_in1k",
     "res2net50-w26-s8": "res2net50-w26-s8_3rdparty_8xb32_in1k",
@@ -95,6 +96,10 @@ def run_paddle(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return run_in_env(PADDLE_PYTHON, *args, timeout=timeout)
 
 
+def run_mindspore(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run_in_env(MINDSPORE_PYTHON, *args, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """make(kind) -> path of a checkpoint made once per session by the real framework."""
@@ -115,9 +120,22 @@ def checkpoints(tmp_path_factory):
         "pd-14w-numpy1": ("Res2Net50_14w_8s", "numpy1"),
     }
 
+    mindcv_recipes = {  # kind: (mindcv model id, format, classes)
+        "ms-r50": ("res2net50", "weights", 1000),
+        "ms-r50-training": ("res2net50", "training", 1000),
+        "ms-r50-1001": ("res2net50", "weights", 1001),
+        "ms-r50-v1b": ("res2net50_v1b", "weights", 1000),
+    }
+
     def make(kind: str) -> Path:
         if kind not in made:
-            if kind in paddle_recipes:
+            if kind in mindcv_recipes:
+                model_id, fmt, classes = mindcv_recipes[kind]
+                path = root / f"{kind}.ckpt"
+                run_mindspore("-m", "converters.mindcv.make_checkpoint", "--model-id",
+                              model_id, "--format", fmt, "--num-classes", str(classes),
+                              "--seed", "0", "--out", str(path))
+            elif kind in paddle_recipes:
                 model_id, fmt = paddle_recipes[kind]
                 path = root / f"{kind}.pdparams"
                 run_paddle("-m", "converters.paddleclas.make_checkpoint", "--model-id",

@@ -76,7 +76,7 @@ def test_shape_mismatch_is_its_own_failure():
 
 
 def _info(in_name="input", out_name="logits", batch="batch", classes=1000):
-    return {"inputs": [{"name": in_name, "shape": [batch, 3, 224, 224]}],
+    return {"opset": 17, "inputs": [{"name": in_name, "shape": [batch, 3, 224, 224]}],
             "outputs": [{"name": out_name, "shape": [batch, classes]}]}
 
 
@@ -88,3 +88,5 @@ def test_signature_checks_names_then_shapes():
     assert not static[1].passed and "symbolic" in static[1].detail
     classes = check_signature(_info(classes=1001), 1000, [3, 224, 224], True, {})
     assert not classes[1].passed
+    opset = check_signature(_info(), 1000, [3, 224, 224], True, {}, opset=11)
+    assert opset[0].name == "opset" and not opset[0].passed and opset[0].measured == 17

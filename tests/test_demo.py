@@ -16,8 +16,8 @@ def test_make_demo(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert "demo checkpoint" in proc.stdout and "2/2 passed" in proc.stdout
-    for name in ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s"):
+    assert "demo checkpoint" in proc.stdout and "3/3 passed" in proc.stdout
+    for name in ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2net50"):
         report = read_report(tmp_path, name)
         assert report["passed"] and report["source"]["checkpoint"]["demo"] is True, name
         assert "DEMO" in report["source"]["checkpoint"]["note"]

@@ -146,7 +146,8 @@ def test_bad_pdparams_and_sources_side_by_side(checkpoints, tmp_path):
                 "torch-file": ("checkpoint_format", "zip archive")}
     for name, (kind, text) in expected.items():
         report = read_report(out, name)
-        assert report["passed"] is False and report["error"]["kind"] == kind, (name, report["error"])
+        assert report["passed"] is False, name
+        assert report["error"]["kind"] == kind, (name, report["error"])
         assert text in report["error"]["message"], (name, report["error"]["message"])
         assert not (out / name / "model.onnx").exists()
     assert not marker.exists(), "the malicious .pdparams payload ran"

@@ -24,16 +24,21 @@ class Check:
 
 
 def check_signature(info: dict, num_classes: int, input_shape: list[int],
-                    dynamic_batch: bool, scope: dict) -> list[Check]:
-    """ONNX I/O names and shapes as the product promises: input (N,C,H,W), logits (N,K)."""
+                    dynamic_batch: bool, scope: dict, opset: int | None = None) -> list[Check]:
+    """ONNX opset, I/O names and shapes as the product promises: input (N,C,H,W), logits (N,K)."""
     names = ([i["name"] for i in info["inputs"]], [o["name"] for o in info["outputs"]])
-    checks = [Check("io_names", names == (["input"], ["logits"]),
+    checks = []
+    if opset is not None:
+        checks.append(Check("opset", info["opset"] == opset, info["opset"], opset,
+                            "" if info["opset"] == opset else
+                            "the exporter wrote another opset than the manifest asks", scope))
+    checks.append(Check("io_names", names == (["input"], ["logits"]),
                     {"inputs": names[0], "outputs": names[1]},
                     {"inputs": ["input"], "outputs": ["logits"]},
                     "" if names == (["input"], ["logits"]) else
                     "downstream users rely on one interface: input 'input', output 'logits'",
-                    scope)]
-    if checks[0].passed:
+                    scope))
+    if checks[-1].passed:
         in_shape, out_shape = info["inputs"][0]["shape"], info["outputs"][0]["shape"]
         batch_ok = (isinstance(in_shape[0], str) and isinstance(out_shape[0], str)
                     if dynamic_batch else True)

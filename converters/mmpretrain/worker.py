@@ -71,7 +71,7 @@ class MMPretrainAdapter:
     def state_shapes(self, model) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
-    def load(self, model, checkpoint: Path, candidates: list[dict]) -> dict:
+    def load(self, model, checkpoint: Path, candidates: list[dict], num_classes: int) -> dict:
         from converters.mmpretrain import checkpoint as ck
 
         state, info = ck.load_checkpoint(checkpoint)
@@ -80,7 +80,8 @@ class MMPretrainAdapter:
         info["layout"] = layout
         worker_flow.require_fit(
             self, {k: tuple(v.shape) for k, v in mapped.items()}, self.state_shapes(model),
-            candidates, layout, ignore=lambda k: k.endswith("num_batches_tracked"))
+            candidates, layout, ignore=lambda k: k.endswith("num_batches_tracked"),
+            num_classes=num_classes)
         # Files from before BatchNorm tracked batches lack num_batches_tracked: keep the model's.
         for key, value in model_state.items():
             if key.endswith("num_batches_tracked") and key not in mapped:

@@ -62,7 +62,7 @@ class PaddleClasAdapter:
     def state_shapes(self, model) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
-    def load(self, model, checkpoint: Path, candidates: list[dict]) -> dict:
+    def load(self, model, checkpoint: Path, candidates: list[dict], num_classes: int) -> dict:
         from converters.paddleclas import checkpoint as ck
 
         state, info = ck.load_pdparams(checkpoint)
@@ -71,7 +71,8 @@ class PaddleClasAdapter:
         mapped, layout = ck.map_keys(state, structured)
         info["layout"] = layout
         worker_flow.require_fit(self, {k: tuple(v.shape) for k, v in mapped.items()},
-                                self.state_shapes(model), candidates, layout)
+                                self.state_shapes(model), candidates, layout,
+                                num_classes=num_classes)
         missing, unexpected = model.set_state_dict(mapped)
         if missing or unexpected:  # require_fit has already proven this cannot happen
             raise WorkerError("checkpoint_mismatch", f"paddle refused keys: missing "

@@ -1,0 +1,83 @@
+"""Make a seeded random-init .ckpt with mindcv's code (for `make demo` and tests).
+
+Runs in the mindspore environment:
+    .venvs/mindspore/bin/python -m converters.mindcv.make_checkpoint \
+        --model-id res2net50 --out demo/mindcv-res2net50.ckpt
+
+--format weights   mindspore.save_checkpoint(network), as MindCV publishes (default)
+--format training  save_checkpoint(TrainOneStepCell(network, Momentum)) after one step:
+                   the weights plus the optimizer's state (moments, learning rate, step)
+
+BatchNorm running statistics come from a train-mode pass over synthetic images with the
+models built through mindcv's own `norm=` argument as BatchNorm2d(momentum=0), so the moving
+statistics equal that batch's; the saved names are the same as a default-built model's.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+
+def synthetic_batch(seed: int, batch_size: int = 8):
+    import numpy as np
+
+    from verify.images import synth_image
+
+    rng = np.random.default_rng(seed + 1)
+    mean = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+    std = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+    imgs = np.stack([(synth_image(rng, 224, 224) - mean) / std for _ in range(batch_size)])
+    return np.ascontiguousarray(imgs.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-id", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=["weights", "training"], default="weights")
+    parser.add_argument("--mark-demo", action="store_true",
+                        help="add a 'demo_checkpoint' entry so reports say this is a demo")
+    args = parser.parse_args(argv)
+
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn
+
+    from converters.mindcv.worker import DEMO_KEY, build_model
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_seed(args.seed)
+    model = build_model(args.model_id, args.num_classes,
+                        norm=functools.partial(nn.BatchNorm2d, momentum=0.0))
+    model.set_train(True)
+    x = ms.Tensor(synthetic_batch(args.seed))
+    model(x)  # moving statistics := this batch's statistics
+    model.set_train(False)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".tmp-{args.out.stem}.ckpt")  # save_checkpoint wants .ckpt
+    target = model
+    if args.format == "training":
+        optimizer = nn.Momentum(model.trainable_params(), learning_rate=1e-9, momentum=0.9)
+        target = nn.TrainOneStepCell(nn.WithLossCell(model, nn.CrossEntropyLoss()), optimizer)
+        target(x, ms.Tensor(np.zeros(len(x), np.int32)))  # one step: fills optimizer state
+        model.set_train(False)
+    extra = {DEMO_KEY: "seeded random init, not trained weights"} if args.mark_demo else None
+    if tmp.exists():
+        os.chmod(tmp, 0o600)
+        tmp.unlink()
+    ms.save_checkpoint(target, str(tmp), append_dict=extra)
+    os.chmod(tmp, 0o644)  # save_checkpoint writes 0400
+    tmp.replace(args.out)
+    print(f"wrote {args.out} ({args.model_id}, seed {args.seed}, format {args.format})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""MindCV worker: build with mindcv's code, load strictly, export with MindSpore's exporter.
+
+Runs only in the mindspore environment:
+    .venvs/mindspore/bin/python -m converters.mindcv.worker WORKDIR/job.json
+The order of the stages lives in converters/worker_flow.py.
+
+MindSpore traps (ENVIRONMENT.md): anything that loads protobuf before mindspore breaks its
+old-style _pb2 modules, so mindspore is the first heavy import here and this environment
+has no onnx package; mindcv's `res2net50()` function defaults to 1001 classes, so models are
+always built with the manifest's num_classes.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+# First heavy import, on purpose: anything that loads protobuf before mindspore (onnx does)
+# breaks mindspore 2.7's old-style _pb2 modules. onnx is imported later, in export only.
+import mindspore  # noqa: F401,E402
+
+from converters import worker_flow
+from converters.protocol import WorkerError, worker_main
+
+warnings.filterwarnings("ignore")
+DEMO_KEY = "demo_checkpoint"  # written by converters.mindcv.make_checkpoint --mark-demo
+
+
+def build_model(model_id: str, num_classes: int, **kwargs):
+    """A mindcv model by its create_model name (e.g. res2net50_v1b), random init, eval."""
+    import mindcv
+
+    if model_id not in mindcv.list_models():
+        raise WorkerError("model_id", f"mindcv has no model {model_id!r}")
+    model = mindcv.create_model(model_id, pretrained=False, num_classes=num_classes, **kwargs)
+    model.set_train(False)
+    return model
+
+
+class MindCVAdapter:
+    framework = "mindcv"
+
+    def versions(self) -> dict:
+        import mindcv
+        import mindspore
+        import numpy
+
+        return {"framework": "mindcv", "mindcv": mindcv.__version__,
+                "mindspore": mindspore.__version__, "numpy": numpy.__version__,
+                "mode": "GRAPH_MODE"}
+
+    def build(self, model_id: str, num_classes: int):
+        import mindspore as ms
+
+        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_device("CPU")
+        return build_model(model_id, num_classes)
+
+    def state_shapes(self, model) -> dict[str, tuple]:
+        return {k: tuple(v.shape) for k, v in model.parameters_dict().items()}
+
+    def load(self, model, checkpoint: Path, candidates: list[dict], num_classes: int) -> dict:
+        import mindspore as ms
+
+        from converters.mindcv import checkpoint as ck
+
+        shapes = self.state_shapes(model)
+        weights, info = ck.load_ckpt(checkpoint, set(shapes))
+        if DEMO_KEY in weights:
+            info["demo"] = True
+            weights.pop(DEMO_KEY)
+        worker_flow.require_fit(self, {k: tuple(v.shape) for k, v in weights.items()},
+                                shapes, candidates, info["layout"], num_classes=num_classes)
+        not_loaded, unused = ms.load_param_into_net(model, weights, strict_load=True)
+        if not_loaded or unused:  # require_fit has already proven this cannot happen
+            raise WorkerError("checkpoint_mismatch", f"mindspore did not load {not_loaded[:5]}"
+                                                     f", left unused {unused[:5]}")
+        model.set_train(False)
+        return info
+
+    def preprocess(self, images: list[str], cfg: dict):
+        """mindcv's own eval transforms (transforms_imagenet_eval), run eagerly per image."""
+        import numpy as np
+        from mindcv.data.transforms_factory import transforms_imagenet_eval
+
+        if cfg.get("decode", "mindspore") != "mindspore":
+            raise WorkerError("preprocess", f"mindcv decodes with MindSpore's Decode, manifest "
+                                            f"asks {cfg['decode']!r}")
+        scale = float(cfg.get("scale", 1.0))
+        ops = transforms_imagenet_eval(
+            image_resize=cfg["crop"], crop_pct=cfg["crop"] / cfg["resize_short"],
+            mean=[m / scale for m in cfg["mean"]], std=[s / scale for s in cfg["std"]],
+            interpolation=cfg["interpolation"])
+        batch = []
+        for path in images:
+            img = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+            for op in ops:
+                img = op(img)
+            batch.append(img)
+        return np.stack(batch).astype(np.float32)
+
+    def forward(self, model, inputs, batch_size: int):
+        import mindspore as ms
+        import numpy as np
+
+        outs = [model(ms.Tensor(inputs[i:i + batch_size])).asnumpy()
+                for i in range(0, len(inputs), batch_size)]
+        return np.concatenate(outs)
+
+    def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
+               workdir: Path) -> None:
+        import mindspore as ms
+        from mindspore import onnx as ms_onnx
+
+        axes = {"input": {0: "batch"}} if dynamic_batch else None
+        try:
+            ms_onnx.export(model, ms.Tensor(sample), file_name=str(path),
+                           input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure is an export error
+            raise WorkerError("export", f"mindspore.onnx.export failed: {type(exc).__name__}: "
+                                        f"{str(exc)[:400]}") from exc
+        if not path.exists():
+            raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}")
+        if dynamic_batch:
+            return declare_output_batch(path)
+        return None
+
+
+def declare_output_batch(path: Path) -> list[str]:
+    """MindSpore's exporter ignores dynamic_axes on outputs and declares logits [1, K] even
+    though the graph computes any batch. Declare the output's batch dimension symbolic, as the
+    input's is; the logit gate then runs the model at two batch sizes to prove it."""
+    import onnx  # after mindspore: see the import at the top
+
+    model = onnx.load(str(path))
+    notes = []
+    for output in model.graph.output:
+        dim = output.type.tensor_type.shape.dim[0]
+        if not dim.dim_param:
+            notes.append(f"output {output.name!r} batch dimension was declared {dim.dim_value}; "
+                         "set to symbolic 'batch' (MindSpore exporter ignores output "
+                         "dynamic_axes)")
+            dim.dim_param = "batch"
+    if notes:
+        onnx.save(model, str(path))
+    return notes
+
+
+def handle(job: dict, workdir: Path) -> dict:
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only
+    return worker_flow.run(MindCVAdapter(), job, workdir)
+
+
+if __name__ == "__main__":
+    worker_main(handle)
