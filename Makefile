@@ -12,15 +12,22 @@ OUT ?= artifacts
 DEMO_MM := demo/res2net50-w14-s8.pth
 DEMO_PD := demo/paddleclas-res2net50-14w-8s.pdparams
 DEMO_MS := demo/mindcv-res2net50.ckpt
+# Made once for the demo only (demo/ is git-ignored): never sign real artifacts with it.
+DEMO_KEY := demo/signing-key.pem
+STORE ?= store
+NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo convert test test-fast list lock clean
+.PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly
 
 help:
 	@echo "make setup                      build/update the environments (idempotent)"
 	@echo "make demo                       offline: seeded demo checkpoint -> verified ONNX in $(OUT)/"
 	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"
 	@echo "make list                       entries of $(MANIFEST)"
+	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
+	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
+	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR] [STORE=store]"
 	@echo "make test                       full test suite (slow tests included)"
 	@echo "make test-fast                  tests that need no framework worker"
 	@echo "make lock                       re-resolve envs/*.in into envs/*.lock.txt"
@@ -43,8 +50,13 @@ $(DEMO_MS): | setup
 	$(VENV_ROOT)/mindspore/bin/python -m converters.mindcv.make_checkpoint \
 	    --model-id res2net50 --seed 0 --mark-demo --out $@
 
-demo: setup $(DEMO_MM) $(DEMO_PD) $(DEMO_MS)
-	$(PY) pipeline.py --manifest $(MANIFEST) \
+$(DEMO_KEY): | setup
+	@echo "demo: making a signing key for the demo only ($@, $(DEMO_KEY:.pem=.pub)); real runs use SIGNING_KEY"
+	$(PY) pipeline.py keygen $@
+
+demo: setup $(DEMO_MM) $(DEMO_PD) $(DEMO_MS) $(DEMO_KEY)
+	@echo "demo: signing with the demo key $(DEMO_KEY)"
+	$(PY) pipeline.py --manifest $(MANIFEST) --signing-key $(DEMO_KEY) \
 	    --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=$(DEMO_MM) \
 	    --only paddleclas-res2net50-14w-8s --checkpoint paddleclas-res2net50-14w-8s=$(DEMO_PD) \
 	    --only mindcv-res2net50 --checkpoint mindcv-res2net50=$(DEMO_MS) \
@@ -53,7 +65,23 @@ demo: setup $(DEMO_MM) $(DEMO_PD) $(DEMO_MS)
 convert: setup
 	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"; exit 2; }
 	$(PY) pipeline.py --manifest $(MANIFEST) --only $(MODEL) --out $(OUT) \
-	    $(if $(CHECKPOINT),--checkpoint $(MODEL)=$(CHECKPOINT)) $(if $(DATA),--data $(DATA))
+	    $(if $(CHECKPOINT),--checkpoint $(MODEL)=$(CHECKPOINT)) $(if $(DATA),--data $(DATA)) \
+	    $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
+
+verify-artifact: setup
+	@test -n "$(ARTIFACT)" -a -n "$(PUBLIC_KEY)" || { echo "usage: make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"; exit 2; }
+	$(PY) pipeline.py verify-artifact $(ARTIFACT) --public-key $(PUBLIC_KEY)
+
+publish: setup
+	@test -n "$(FROM)" -a -n "$(TO)" -a -n "$(PUBLIC_KEY)" || { echo "usage: make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"; exit 2; }
+	$(PY) pipeline.py publish --from $(FROM) --to $(TO) --public-key $(PUBLIC_KEY) $(if $(KEEP),--keep $(KEEP))
+
+# Scheduled job (.github/workflows/nightly.yml runs it with ONLINE=1); offline it converts the
+# demo checkpoints with the demo key and says so.
+nightly: setup
+	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
+	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) KEEP=$(KEEP) \
+	    MANIFEST=$(MANIFEST) scripts/nightly.sh
 
 list: setup
 	@$(PY) pipeline.py --manifest $(MANIFEST) --list
@@ -73,4 +101,5 @@ lock:
 	done
 
 clean:
-	rm -rf $(OUT) demo .pytest_cache
+	rm -rf $(OUT) $(NIGHTLY_OUT) $(STORE) .pytest_cache
+	@echo "kept demo/ (demo checkpoints and the demo signing key); rm -rf demo to remake them"

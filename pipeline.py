@@ -8,6 +8,10 @@ against the source framework's on the same inputs, and write OUT/NAME/{model.onn
 report.json} only if every check passed. A failed entry gets OUT/NAME/report.json saying
 which check failed, by how much, and why.
 
+With --signing-key, each passed artifact is signed (OUT/NAME/model.sig, OpenSSF
+model-signing) after it is complete and before it becomes visible; failed entries are never
+signed. Subcommands: verify-artifact, publish, keygen (see `python pipeline.py CMD --help`).
+
 Exit status: 0 if every selected entry passed, 1 if any did not, 2 for bad usage or a bad
 manifest.
 
@@ -16,9 +20,12 @@ Examples:
   python pipeline.py --list
   python pipeline.py --manifest manifests/all.yaml --only res2net50-w14-s8
   python pipeline.py --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=my.pth --out out/
+  python pipeline.py --signing-key key.pem --out out/ && \
+      python pipeline.py publish --from out/ --to store/ --public-key key.pub
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,6 +36,8 @@ from fetch.download import DEFAULT_CACHE
 from manifests.loader import ManifestError, load_manifest, select
 from orchestrator.run import RunOptions, convert_entry
 from orchestrator.summary import format_summary
+from release.publish import publish as publish_store
+from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,11 +75,14 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--threads", type=int, default=None,
               help="CPU threads for the framework and ONNX Runtime (default: all cores).")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
+@click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
+              default=None, help="EC private key (PEM) that signs each passed artifact "
+              "(env SIGNING_KEY). Without it artifacts are written unsigned.")
 @click.option("--list", "list_only", is_flag=True,
               help="List the manifest's entries (name, source, model id) and exit.")
 @click.pass_context
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, threads, keep_work,
-        list_only):
+        signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -91,9 +103,16 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, threads,
                    f"{'is' if len(stray) == 1 else 'are'} not selected "
                    f"(selected: {', '.join(e.name for e in chosen)})", err=True)
         sys.exit(2)
+    key_id = None
+    if signing_key is not None:
+        try:
+            key_id = check_signing_key(signing_key)
+        except SigningError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     opts = RunOptions(out_dir=out_dir, cache_dir=Path(cache_dir).expanduser(),
                       checkpoints=local, data_dir=data_dir, threads=threads,
-                      keep_work=keep_work)
+                      keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
     results = []
     for index, entry in enumerate(chosen, start=1):
         click.echo(f"[{index}/{len(chosen)}] {entry.name}  "
@@ -102,6 +121,73 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, threads,
     click.echo("")
     click.echo(format_summary(results))
     sys.exit(0 if results and all(r.status == "passed" for r in results) else 1)
+
+
+@cli.command("verify-artifact")
+@click.argument("artifact", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--public-key", type=click.Path(path_type=Path), required=True,
+              help="Public key (PEM) the artifact must be signed with.")
+def verify_artifact(artifact: Path, public_key: Path):
+    """Check ARTIFACT's signature over every file and that its report says passed.
+
+    A changed byte in any file fails with the file's name; another key fails naming the key.
+    Exit status 0 when the artifact verifies, 1 otherwise.
+    """
+    try:
+        verify_directory(artifact, public_key)
+        report = json.loads((artifact / "report.json").read_text())
+    except (SigningError, OSError, ValueError) as exc:
+        click.echo(f"FAILED: {exc}", err=True)
+        sys.exit(1)
+    if report.get("passed") is not True:
+        click.echo(f"FAILED: {artifact.name}: signature is valid but report.json says the "
+                   f"entry did not pass ({report.get('decided_by')})", err=True)
+        sys.exit(1)
+    click.echo(f"OK: {artifact.name} is signed by {public_key} and passed "
+               f"({report.get('decided_by')})")
+
+
+@cli.command()
+@click.option("--from", "source", type=click.Path(path_type=Path), required=True,
+              help="Output folder of a run (OUT).")
+@click.option("--to", "store", type=click.Path(path_type=Path), required=True,
+              help="Store folder: STORE/NAME/<version>/ and STORE/index.{json,md}.")
+@click.option("--public-key", type=click.Path(path_type=Path), required=True,
+              help="Every artifact's signature is verified with this key before publishing.")
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="Keep only the newest K versions per model.")
+def publish(source: Path, store: Path, public_key: Path, keep: int | None):
+    """Copy signed, passed artifacts of a run into a store and rebuild its index.
+
+    Idempotent (the same artifact is one version), atomic per step, safe with concurrent
+    publishers. Unsigned or failed artifacts are skipped; a bad signature is refused.
+    Exit status 1 when any artifact was refused.
+    """
+    try:
+        result = publish_store(source, store, public_key, keep=keep, say=click.echo)
+    except (FileNotFoundError, SigningError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    for line in result.skipped:
+        click.echo(f"  skip      {line}")
+    click.echo(f"published {len(result.published)}, already there {len(result.unchanged)}, "
+               f"skipped {len(result.skipped)}, refused {len(result.rejected)}, "
+               f"retired {len(result.removed)}; index: {store / 'index.md'}")
+    sys.exit(1 if result.rejected else 0)
+
+
+@cli.command()
+@click.argument("private_key", type=click.Path(path_type=Path))
+def keygen(private_key: Path):
+    """Write a new EC P-256 PRIVATE_KEY (PEM, mode 0600) and PRIVATE_KEY.pub beside it.
+
+    Keep the private key out of artifacts and out of the repository.
+    """
+    if private_key.exists():
+        click.echo(f"error: {private_key} exists; not overwriting a key", err=True)
+        sys.exit(2)
+    public = generate_key(private_key)
+    click.echo(f"wrote {private_key} (private, 0600) and {public} (public)")
 
 
 if __name__ == "__main__":

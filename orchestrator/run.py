@@ -25,6 +25,8 @@ from converters.simplify import OnnxCheckFailed, check, simplify
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint, sha256_file
 from manifests.loader import Entry
 from release.artifact import write_artifact
+from release.provenance import build_provenance
+from release.signing import SIGNATURE, SigningError, sign_directory
 from verify.compare import Check, check_signature, compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -41,6 +43,8 @@ class RunOptions:
     threads: int | None = None
     keep_work: bool = False
     worker_timeout: float = 3600.0
+    signing_key: Path | None = None   # EC private key (PEM); passed artifacts get model.sig
+    signing_key_id: str | None = None
 
 
 @dataclass
@@ -232,6 +236,17 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
     return checks
 
 
+def _write_passed(entry: Entry, report: dict, files: dict[str, Path], opts: RunOptions) -> Path:
+    """model.onnx + report.json + provenance.json, signed in staging when a key is given."""
+    report["signature"] = ({"file": SIGNATURE, "public_key_sha256": opts.signing_key_id}
+                           if opts.signing_key else None)
+    provenance = build_provenance(report, opts.signing_key_id)
+    finalize = ((lambda staging: sign_directory(staging, opts.signing_key))
+                if opts.signing_key else None)
+    return write_artifact(opts.out_dir, entry.name, report, files,
+                          documents={"provenance.json": provenance}, finalize=finalize)
+
+
 def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
                   say=print) -> EntryResult:
     start = time.perf_counter()
@@ -277,9 +292,23 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             say(f"  ERROR     [{timer.current}/internal] {type(exc).__name__}: {exc}")
         report["decided_by"] = decided
         timings["total"] = round(time.perf_counter() - start, 3)
-        if not report["passed"] and (workdir / "worker.log").exists():
-            files["worker.log"] = workdir / "worker.log"
-        artifact = write_artifact(opts.out_dir, entry.name, report, files)
+        if report["passed"]:
+            try:
+                artifact = _write_passed(entry, report, files, opts)
+                if opts.signing_key:
+                    say(f"  sign      {artifact / 'model.sig'} (key {opts.signing_key_id[:12]})")
+            except SigningError as exc:  # fail closed: no unsigned model when signing was asked
+                report["passed"] = False
+                report["error"] = {"stage": "sign", "kind": "signing", "message": str(exc),
+                                   "details": {}}
+                status, decided = "error", "sign: signing"
+                report["decided_by"] = decided
+                files.pop("model.onnx", None)
+                say(f"  ERROR     [sign/signing] {exc}")
+        if not report["passed"]:
+            if (workdir / "worker.log").exists():
+                files["worker.log"] = workdir / "worker.log"
+            artifact = write_artifact(opts.out_dir, entry.name, report, files)
     finally:
         if opts.keep_work:
             say(f"  work dir  kept at {workdir}")

@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 STAGING_MARK = ".staging-"
 
@@ -44,8 +45,11 @@ def clean_stale_staging(out_dir: Path, name: str) -> None:
 
 
 def write_artifact(out_dir: Path, name: str, report: dict,
-                   files: dict[str, Path] | None = None) -> Path:
-    """Create OUT/NAME holding `files` (artifact name -> source path) and report.json."""
+                   files: dict[str, Path] | None = None, documents: dict[str, dict] | None = None,
+                   finalize: Callable[[Path], None] | None = None) -> Path:
+    """Create OUT/NAME holding `files` (artifact name -> source path), `documents` (name ->
+    JSON) and report.json. `finalize(staging_dir)` runs on the complete directory just before
+    it becomes visible (signing); if it raises, nothing becomes visible."""
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(out_dir, name)
     staging = out_dir / f".{name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -53,8 +57,11 @@ def write_artifact(out_dir: Path, name: str, report: dict,
     try:
         for target, source in (files or {}).items():
             shutil.copyfile(source, staging / target)
-        (staging / "report.json").write_text(
-            json.dumps(report, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        for target, document in {**(documents or {}), "report.json": report}.items():
+            (staging / target).write_text(
+                json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+        if finalize is not None:
+            finalize(staging)
         for child in staging.iterdir():
             with open(child, "rb") as handle:
                 os.fsync(handle.fileno())

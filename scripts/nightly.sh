@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make nightly`: convert + verify the manifest, sign what passed, publish it to a store.
+#
+# ONLINE=1 (the scheduled workflow): every entry of $MANIFEST with its pinned checkpoint
+#   (checkpoint cache, else download), $DATA for the logit check if given, signed with
+#   $SIGNING_KEY and published after verification with $PUBLIC_KEY.
+# Otherwise (default; this project's machines reach no checkpoint host): `make demo`, i.e.
+#   the demo checkpoints of each source (random init, not trained weights) signed with the
+#   demo key, and it says so.
+# Exit status: that of the conversion run (1 if an entry failed), after publishing what passed;
+# 1 if publishing refused an artifact.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${VENV_ROOT:-$PWD/.venvs}/orchestrator/bin/python"
+OUT=${OUT:-nightly-artifacts}
+STORE=${STORE:-store}
+MANIFEST=${MANIFEST:-manifests/all.yaml}
+
+if [ "${ONLINE:-0}" = 1 ]; then
+  : "${SIGNING_KEY:?ONLINE=1 needs SIGNING_KEY (EC private key, PEM)}"
+  : "${PUBLIC_KEY:?ONLINE=1 needs PUBLIC_KEY (the signing key's public half)}"
+  echo "nightly: $MANIFEST with pinned checkpoints -> $OUT, signed, published to $STORE"
+  "$PY" pipeline.py --manifest "$MANIFEST" --out "$OUT" --signing-key "$SIGNING_KEY" \
+      ${DATA:+--data "$DATA"}
+  run=$?
+else
+  echo "nightly (offline): no checkpoint host is reachable from here, so this converts the"
+  echo "  DEMO checkpoints (random init, not trained weights) and signs with the DEMO key."
+  echo "  Set ONLINE=1 SIGNING_KEY=... PUBLIC_KEY=... for the real job."
+  make --no-print-directory demo OUT="$OUT"
+  run=$?
+  PUBLIC_KEY=demo/signing-key.pub
+fi
+
+"$PY" pipeline.py publish --from "$OUT" --to "$STORE" --public-key "$PUBLIC_KEY" \
+    ${KEEP:+--keep "$KEEP"}
+published=$?
+echo "nightly: conversion exit $run, publish exit $published; index: $STORE/index.md"
+[ "$published" -ne 0 ] && exit "$published"
+exit "$run"

@@ -1,0 +1,272 @@
+"""Signing, verify-artifact and publishing, on small artifacts made by the pipeline's own
+writer and signed with keys the tests make. No framework is needed for these."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, manifest_entries, run_pipeline, write_manifest
+from release.artifact import write_artifact
+from release.signing import generate_key, sign_directory
+
+MODEL_SIGNING = Path(sys.executable).with_name("model_signing")  # the upstream CLI
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    return {"private": root / "key.pem", "public": generate_key(root / "key.pem"),
+            "other_public": generate_key(root / "other.pem")}
+
+
+def make_artifact(out: Path, name: str, private_key: Path | None, passed: bool = True,
+                  payload: bytes | None = None, created: str | None = None) -> Path:
+    model = out.parent / f"{name}-model.bin"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(payload or os.urandom(64 * 1024))
+    created = created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    report = {
+        "name": name, "passed": passed, "created": created,
+        "decided_by": "max|diff| 1e-05 <= 0.0005" if passed else "max_abs_diff 1.0 vs 0.0005",
+        "source": {"framework": "mmpretrain", "model_id": "m",
+                   "checkpoint": {"pinned": False, "demo": True}},
+        "onnx": {"sha256": hashlib.sha256(model.read_bytes()).hexdigest()},
+        "checks": [{"name": "max_abs_diff", "passed": passed, "measured": 1e-5,
+                    "limit": 5e-4, "scope": {"model": "simplified"}}],
+        "signature": {"public_key_sha256": "k" * 64} if private_key else None,
+    }
+    finalize = (lambda staging: sign_directory(staging, private_key)) if private_key else None
+    return write_artifact(out, name, report, {"model.onnx": model},
+                          documents={"provenance.json": {"name": name}}, finalize=finalize)
+
+
+def verify_cli(artifact: Path, public_key: Path) -> subprocess.CompletedProcess:
+    return run_pipeline("verify-artifact", str(artifact), "--public-key", str(public_key))
+
+
+def upstream_verify(artifact: Path, public_key: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MODEL_SIGNING), "verify", "key", str(artifact), "--signature",
+                           str(artifact / "model.sig"), "--public_key", str(public_key)],
+                          capture_output=True, text=True)
+
+
+def test_signed_artifact_verifies_with_pipeline_and_upstream_tool(keys, tmp_path):
+    artifact = make_artifact(tmp_path / "out", "res", keys["private"])
+    assert sorted(p.name for p in artifact.iterdir()) == [
+        "model.onnx", "model.sig", "provenance.json", "report.json"]
+    bundle = json.loads((artifact / "model.sig").read_text())
+    assert "dsseEnvelope" in bundle and bundle["mediaType"].startswith(
+        "application/vnd.dev.sigstore.bundle")
+    proc = verify_cli(artifact, keys["public"])
+    assert proc.returncode == 0 and "OK: res" in proc.stdout, proc.stderr
+    upstream = upstream_verify(artifact, keys["public"])
+    assert upstream.returncode == 0, upstream.stdout + upstream.stderr
+    assert "Verification succeeded" in upstream.stdout + upstream.stderr
+
+
+@pytest.mark.parametrize("victim", ["model.onnx", "report.json", "provenance.json",
+                                    "model.sig"])
+def test_one_changed_byte_in_any_file_fails(keys, tmp_path, victim):
+    artifact = make_artifact(tmp_path / "out", "res", keys["private"])
+    path = artifact / victim
+    data = bytearray(path.read_bytes())
+    if victim == "model.sig":  # one base64 character of the signature value itself
+        index = data.index(b'"sig":"') + 12
+        data[index] = ord("A") if data[index] != ord("A") else ord("B")
+    else:
+        data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    proc = verify_cli(artifact, keys["public"])
+    assert proc.returncode == 1
+    if victim != "model.sig":
+        assert victim in proc.stderr, proc.stderr  # the message names the file
+    assert upstream_verify(artifact, keys["public"]).returncode != 0
+
+
+def test_wrong_key_is_named(keys, tmp_path):
+    artifact = make_artifact(tmp_path / "out", "res", keys["private"])
+    proc = verify_cli(artifact, keys["other_public"])
+    assert proc.returncode == 1
+    assert str(keys["other_public"]) in proc.stderr and "another key" in proc.stderr
+
+
+def test_verify_artifact_refuses_unsigned_and_failed(keys, tmp_path):
+    unsigned = make_artifact(tmp_path / "out", "unsigned", None)
+    proc = verify_cli(unsigned, keys["public"])
+    assert proc.returncode == 1 and "not signed" in proc.stderr
+    failed = make_artifact(tmp_path / "out", "failed", keys["private"], passed=False)
+    proc = verify_cli(failed, keys["public"])
+    assert proc.returncode == 1 and "did not pass" in proc.stderr
+
+
+def test_failed_entry_is_never_signed_and_bad_keys_stop_before_work(keys, tmp_path):
+    entry = manifest_entries()["res2net50-w14-s8"]
+    manifest = write_manifest(tmp_path / "m.yaml", [entry])
+    out = tmp_path / "out"
+    proc = run_pipeline("--manifest", str(manifest), "--out", str(out), "--signing-key",
+                        str(keys["private"]), "--checkpoint",
+                        f"res2net50-w14-s8={tmp_path / 'missing.pth'}")
+    assert proc.returncode == 1
+    assert sorted(p.name for p in (out / "res2net50-w14-s8").iterdir()) == ["report.json"]
+
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_text("hello")
+    proc = run_pipeline("--manifest", str(manifest), "--out", str(tmp_path / "out2"),
+                        "--signing-key", str(not_a_key))
+    assert proc.returncode == 2 and "not an unencrypted PEM private key" in proc.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def publish(source: Path, store: Path, public_key: Path, *extra: str):
+    return run_pipeline("publish", "--from", str(source), "--to", str(store),
+                        "--public-key", str(public_key), *extra)
+
+
+def store_listing(store: Path) -> list[str]:
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*")
+                  if not p.name.startswith(".") and ".staging" not in str(p))
+
+
+def index(store: Path) -> list[dict]:
+    return json.loads((store / "index.json").read_text())["artifacts"]
+
+
+def test_publish_is_idempotent_skips_unsigned_and_failed_refuses_tampered(keys, tmp_path):
+    out, store = tmp_path / "out", tmp_path / "store"
+    for name in ("a", "b"):
+        make_artifact(out, name, keys["private"])
+    make_artifact(out, "unsigned", None)
+    make_artifact(out, "failed", keys["private"], passed=False)
+    proc = publish(out, store, keys["public"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "published 2, already there 0, skipped 2, refused 0" in proc.stdout
+    assert [row["name"] for row in index(store)] == ["a", "b"]
+    first = store_listing(store)
+
+    proc = publish(out, store, keys["public"])
+    assert "published 0, already there 2" in proc.stdout
+    assert store_listing(store) == first
+
+    for row in index(store):  # the published copies verify with the upstream tool
+        version = store / row["name"] / row["version"]
+        assert upstream_verify(version, keys["public"]).returncode == 0
+        assert row["signature"] == f"{row['name']}/{row['version']}/model.sig"
+        assert row["logits"]["max_abs_diff"] == 1e-5
+    table = (store / "index.md").read_text()
+    assert "| a |" in table and "demo (random init)" in table and "unsigned" not in table
+
+    tampered = make_artifact(tmp_path / "out2", "d", keys["private"])
+    model = bytearray((tampered / "model.onnx").read_bytes())
+    model[100] ^= 0x01
+    (tampered / "model.onnx").write_bytes(bytes(model))
+    make_artifact(tmp_path / "out2", "c", keys["private"])
+    proc = publish(tmp_path / "out2", store, keys["public"])
+    assert proc.returncode == 1 and "refused 1" in proc.stdout, proc.stdout
+    assert "d: signature does not match the files: changed file(s): model.onnx" in proc.stdout
+    assert sorted(row["name"] for row in index(store)) == ["a", "b", "c"]
+
+
+def test_retention_keeps_the_newest(keys, tmp_path):
+    store = tmp_path / "store"
+    for day in (1, 2, 3):
+        out = tmp_path / f"out{day}"
+        make_artifact(out, "m", keys["private"], created=f"2026-11-0{day}T00:00:00+00:00")
+        assert publish(out, store, keys["public"], "--keep", "2").returncode == 0
+    versions = [row["version"] for row in index(store)]
+    assert len(versions) == 2 and versions[0].startswith("20261102") \
+        and versions[1].startswith("20261103")
+    assert sorted(p.name for p in (store / "m").iterdir()) == versions
+
+
+def assert_store_consistent(store: Path, public_key: Path) -> None:
+    """Index is whole JSON, every indexed version exists, every visible version verifies."""
+    rows = index(store) if (store / "index.json").exists() else []
+    for row in rows:
+        assert (store / row["name"] / row["version"]).is_dir(), row
+    for model in (p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for version in (v for v in model.iterdir() if not v.name.startswith(".")):
+            assert upstream_verify(version, public_key).returncode == 0, version
+
+
+def publisher(source: Path, store: Path, public_key: Path, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "MODEL_CONVERT_PUBLISH_STEP_DELAY": str(delay)}
+    return subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), "publish", "--from",
+                             str(source), "--to", str(store), "--public-key", str(public_key)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "publisher never reached the kill point"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("kill_point", ["mid-copy", "after-first-version"])
+def test_publisher_killed_midway_leaves_a_consistent_store(keys, tmp_path, kill_point):
+    out, store = tmp_path / "out", tmp_path / "store"
+    names = [f"m{i}" for i in range(4)]
+    for name in names:
+        make_artifact(out, name, keys["private"], payload=os.urandom(2 << 20))
+    proc = publisher(out, store, keys["public"], delay=0.2)
+    if kill_point == "mid-copy":  # a staging copy exists: files half copied
+        _wait_for(lambda: any(store.glob(".staging-*/model.onnx")))
+    else:  # a version is in place, the index not yet rebuilt
+        _wait_for(lambda: any(p.is_dir() for p in store.glob("m*/*")))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(store.glob("m*/*"))) < len(names), "killed too late to mean anything"
+    assert_store_consistent(store, keys["public"])
+
+    done = publish(out, store, keys["public"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(row["name"] for row in index(store)) == names  # each exactly once
+    assert not list(store.glob(".staging-*"))
+    assert_store_consistent(store, keys["public"])
+
+
+def test_two_publishers_at_once_do_not_corrupt_the_index(keys, tmp_path):
+    store = tmp_path / "store"
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    for i, out in enumerate(outs):
+        for j in range(3):
+            make_artifact(out, f"p{i}-{j}", keys["private"])
+    procs = [publisher(out, store, keys["public"], delay=0.05) for out in outs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert sorted(row["name"] for row in index(store)) == sorted(
+        f"p{i}-{j}" for i in range(2) for j in range(3))
+    assert_store_consistent(store, keys["public"])
+
+
+def test_nightly_workflow_is_valid_and_calls_the_make_targets():
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "nightly.yml").read_text())
+    triggers = workflow[True] if True in workflow else workflow["on"]  # YAML 1.1: on == True
+    assert triggers["schedule"][0]["cron"]
+    steps = workflow["jobs"]["nightly"]["steps"]
+    runs = " ".join(step.get("run", "") for step in steps)
+    assert "make setup" in runs and "make nightly ONLINE=1" in runs
+    assert any(step.get("uses", "").startswith("actions/cache") for step in steps)
+    uploads = [step["with"]["path"] for step in steps
+               if step.get("uses", "").startswith("actions/upload-artifact")]
+    assert "store/" in uploads and any("report.json" in path for path in uploads)
+    makefile = (REPO / "Makefile").read_text()
+    for target in ("setup", "nightly", "publish", "verify-artifact"):
+        assert f"\n{target}:" in makefile, target
+    dry = subprocess.run(["make", "-n", "nightly", "ONLINE=1", "SIGNING_KEY=k",
+                          "PUBLIC_KEY=p"], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0 and "scripts/nightly.sh" in dry.stdout
