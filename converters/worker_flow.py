@@ -38,6 +38,18 @@ class Adapter(Protocol):
         """Write ONNX to `path`; return notes on any fix-up applied to the exported graph."""
 
 
+# --------------------------------------------------------------------------- checkpoints
+def require_file(path: Path) -> int:
+    """Size of a checkpoint file; a missing or empty one is a WorkerError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkerError("checkpoint_missing", f"checkpoint file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise WorkerError("checkpoint_format", f"checkpoint {path.name} is empty (0 bytes)")
+    return size
+
+
 # --------------------------------------------------------------------------- strict keys
 def compare_shapes(state: dict[str, tuple], model: dict[str, tuple],
                    ignore=lambda key: False) -> dict:

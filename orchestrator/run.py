@@ -106,15 +106,15 @@ def _checkpoint_report(got: Fetched) -> dict:
             "downloaded": got.downloaded}
 
 
-def _verify(entry: Entry, models: dict[str, Path], inputs: np.ndarray, reference: np.ndarray,
-            threads: int | None) -> tuple[list[Check], dict]:
-    """Signature and logit checks for each ONNX model, at the full batch and at batch 1."""
+def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarray,
+            reference: np.ndarray, threads: int | None) -> tuple[list[Check], dict]:
+    """Signature and logit checks for each ONNX model (path, describe() info from the
+    simplify stage's onnx.checker pass), at the full batch and at batch 1."""
     tol = entry["tolerances"]
     batch_sizes = sorted({len(inputs), 1}, reverse=True)
     checks: list[Check] = []
     figures: dict = {"batch_sizes": batch_sizes}
-    for label, path in models.items():
-        info = check(path)
+    for label, (path, info) in models.items():
         sig = check_signature(info, entry["num_classes"], entry["input_shape"],
                               entry["export"]["dynamic_batch"], {"model": label},
                               opset=entry["export"]["opset"])
@@ -230,7 +230,8 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
     with timer.stage("verify"):
         inputs = np.load(workdir / result["files"]["inputs"])
         reference = np.load(workdir / result["files"]["reference_logits"])
-        checks, figures = _verify(entry, {"exported": exported, "simplified": simplified},
+        checks, figures = _verify(entry, {"exported": (exported, before),
+                                          "simplified": (simplified, after)},
                                   inputs, reference, opts.threads)
         report["verification"].update(figures)
     return checks

@@ -18,7 +18,7 @@ MANIFEST=${MANIFEST:-manifests/all.yaml}
 
 if [ "${ONLINE:-0}" = 1 ]; then
   : "${SIGNING_KEY:?ONLINE=1 needs SIGNING_KEY (EC private key, PEM)}"
-  : "${PUBLIC_KEY:?ONLINE=1 needs PUBLIC_KEY (the signing key's public half)}"
+  : "${PUBLIC_KEY:?ONLINE=1 needs PUBLIC_KEY (the public half of SIGNING_KEY)}"
   echo "nightly: $MANIFEST with pinned checkpoints -> $OUT, signed, published to $STORE"
   "$PY" pipeline.py --manifest "$MANIFEST" --out "$OUT" --signing-key "$SIGNING_KEY" \
       ${DATA:+--data "$DATA"}

@@ -151,6 +151,33 @@ def checkpoints(tmp_path_factory):
     return make
 
 
+def helper_logits(python: Path, helper: str, model: str, checkpoint: Path, inputs,
+                  tmp_path: Path):
+    """Logits from tests/helpers/HELPER run in a framework env (its own loading path)."""
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", inputs)
+    run_in_env(python, str(REPO / "tests" / "helpers" / helper), model, str(checkpoint),
+               str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    return np.load(tmp_path / "y.npy")
+
+
+def assert_passed(report: dict) -> None:
+    """Every check ran on both ONNX models and passed, and the interface is input/logits."""
+    assert report["passed"] is True, report.get("error") or [
+        c for c in report["checks"] if not c["passed"]]
+    assert report["error"] is None
+    names = {c["name"] for c in report["checks"]}
+    assert {"opset", "io_names", "io_shapes", "max_abs_diff", "cosine_min", "top1_agreement",
+            "top5_agreement"} <= names
+    assert {c["scope"]["model"] for c in report["checks"]} == {"exported", "simplified"}
+    assert all(c["passed"] for c in report["checks"])
+    assert report["onnx"]["inputs"][0]["name"] == "input"
+    assert report["onnx"]["outputs"][0]["name"] == "logits"
+    assert report["onnx"]["inputs"][0]["shape"][0] == "batch"
+    assert report["onnx"]["outputs"][0]["shape"][0] == "batch"
+
+
 # --------------------------------------------------------------------------- pipeline CLI
 def run_pipeline(*args: str, timeout: float = 1800, env: dict | None = None
                  ) -> subprocess.CompletedProcess:

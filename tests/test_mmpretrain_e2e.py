@@ -12,8 +12,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (MM_PYTHON, REPO, VENV_ROOT, manifest_entries, read_report, run_mm,
-                      run_pipeline, write_manifest)
+from conftest import (MM_PYTHON, REPO, VENV_ROOT, assert_passed, helper_logits,
+                      manifest_entries, read_report, run_mm, run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -25,30 +25,11 @@ TOL = {**{"min_cosine": 0.99999, "min_top1_agreement": 1.0, "min_top5_agreement"
 
 
 def framework_logits(arch: str, checkpoint, inputs: np.ndarray, tmp_path) -> np.ndarray:
-    np.save(tmp_path / "x.npy", inputs)
-    run_mm(str(REPO / "tests" / "helpers" / "framework_logits.py"), arch, str(checkpoint),
-           str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
-    return np.load(tmp_path / "y.npy")
+    return helper_logits(MM_PYTHON, "framework_logits.py", arch, checkpoint, inputs, tmp_path)
 
 
 def random_inputs(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, size=(n, 3, 224, 224)).astype(np.float32)
-
-
-def assert_passed_report(report: dict) -> None:
-    assert report["passed"] is True, report.get("error") or failed_checks(report)
-    assert report["error"] is None
-    names = {c["name"] for c in report["checks"]}
-    assert {"io_names", "io_shapes", "max_abs_diff", "cosine_min", "top1_agreement",
-            "top5_agreement"} <= names
-    models = {c["scope"]["model"] for c in report["checks"]}
-    assert models == {"exported", "simplified"}
-    for check in report["checks"]:
-        assert check["passed"], check
-
-
-def failed_checks(report):
-    return [c for c in report["checks"] if not c["passed"]]
 
 
 def test_make_convert_openmmlab_checkpoint(checkpoints, tmp_path):
@@ -62,9 +43,10 @@ def test_make_convert_openmmlab_checkpoint(checkpoints, tmp_path):
     assert "1/1 passed" in proc.stdout and "NOT the pinned file" in proc.stdout
 
     report = read_report(out, "res2net50-w14-s8")
-    assert_passed_report(report)
+    assert_passed(report)
     assert sorted(p.name for p in (out / "res2net50-w14-s8").iterdir()) == \
-        ["model.onnx", "report.json"]
+        ["model.onnx", "provenance.json", "report.json"]  # no key given: not signed
+    assert report["signature"] is None
     ck = report["source"]["checkpoint"]
     assert ck["pinned"] is False and ck["digest_check"] == "local file"
     assert ck["demo"] is True and "DEMO" in ck["note"]
@@ -105,13 +87,13 @@ def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
                         "--checkpoint", f"w14-module-prefix={module}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     official_report = read_report(out, "res2net50-14w-8s-official")
-    assert_passed_report(official_report)
+    assert_passed(official_report)
     assert official_report["source"]["checkpoint"]["layout"] == "official-res2net"
     assert official_report["source"]["checkpoint"]["container"] == "bare state dict"
     assert official_report["verification"]["images"] == {
         "kind": "data", "dir": str(data), "count": 10, "available": 10}
     module_report = read_report(out, "w14-module-prefix")
-    assert_passed_report(module_report)
+    assert_passed(module_report)
     assert module_report["source"]["checkpoint"]["layout"] == "openmmlab+module."
 
     # The mapping is right, not just key-compatible: timm's own forward agrees with the ONNX
@@ -177,7 +159,7 @@ def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_pa
     proc = run_pipeline(*args, env={"PADDLE_PYTHON": str(tmp_path / "no-such-python")})
     assert proc.returncode == 1, proc.stdout[-5000:] + proc.stderr[-3000:]
 
-    assert_passed_report(read_report(out, "res2net50-w14-s8"))
+    assert_passed(read_report(out, "res2net50-w14-s8"))
     assert (out / "res2net50-w14-s8" / "model.onnx").exists()
 
     expected = {

@@ -4,7 +4,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from conftest import MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, run_in_env
 
 FRAMEWORKS = ("torch", "torchvision", "paddle", "mindspore", "tensorflow", "jax", "mmpretrain",
               "mmcv", "mmengine", "paddleclas", "mindcv", "paddle2onnx")
@@ -25,3 +27,12 @@ def test_worker_modules_are_not_imported_by_the_orchestrator_package():
     for path in (REPO / "orchestrator").glob("*.py"):
         text = path.read_text()
         assert "converters.mmpretrain" not in text, f"{path.name} imports a worker module"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,python", [("mmpretrain", MM_PYTHON),
+                                           ("paddleclas", PADDLE_PYTHON),
+                                           ("mindcv", MINDSPORE_PYTHON)])
+def test_checkpoint_readers_refuse_random_bytes_as_format_errors(source, python, tmp_path):
+    run_in_env(python, str(REPO / "tests" / "helpers" / "fuzz_loader.py"), source,
+               str(tmp_path), "60")

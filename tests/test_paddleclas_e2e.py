@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (REPO, VENV_ROOT, manifest_entries, read_report, run_paddle,
-                      run_pipeline, write_manifest)
+from conftest import (PADDLE_PYTHON, REPO, VENV_ROOT, assert_passed, helper_logits,
+                      manifest_entries, read_report, run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
 from verify.ort_runner import OrtRunner
 
@@ -19,24 +19,13 @@ ENTRIES = manifest_entries()
 
 
 def paddle_logits(model_id: str, checkpoint, inputs: np.ndarray, tmp_path) -> np.ndarray:
-    np.save(tmp_path / "x.npy", inputs)
-    run_paddle(str(REPO / "tests" / "helpers" / "paddle_logits.py"), model_id,
-               str(checkpoint), str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
-    return np.load(tmp_path / "y.npy")
+    return helper_logits(PADDLE_PYTHON, "paddle_logits.py", model_id, checkpoint, inputs,
+                         tmp_path)
 
 
 def tolerances(name: str) -> dict:
     return {"min_cosine": 0.99999, "min_top1_agreement": 1.0, "min_top5_agreement": 1.0,
             **ENTRIES[name]["tolerances"]}
-
-
-def assert_passed(report: dict) -> None:
-    assert report["passed"] is True, report.get("error") or [
-        c for c in report["checks"] if not c["passed"]]
-    assert {c["scope"]["model"] for c in report["checks"]} == {"exported", "simplified"}
-    assert report["onnx"]["inputs"][0]["name"] == "input"
-    assert report["onnx"]["outputs"][0]["name"] == "logits"
-    assert report["onnx"]["inputs"][0]["shape"][0] == "batch"
 
 
 def test_make_convert_paddleclas_checkpoint_any_batch_size(checkpoints, tmp_path):

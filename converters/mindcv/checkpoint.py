@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from converters.protocol import WorkerError
+from converters.worker_flow import require_file
 
 OPTIMIZER_SCALARS = {
     "global_step", "learning_rate", "momentum", "beta1_power", "beta2_power", "weight_decay",
@@ -33,18 +34,14 @@ def load_ckpt(path: Path, network_keys: set[str]) -> tuple[dict, dict]:
     import mindspore as ms
 
     path = Path(path)
-    if not path.is_file():
-        raise WorkerError("checkpoint_missing", f"checkpoint file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise WorkerError("checkpoint_format", f"checkpoint {path.name} is empty (0 bytes)")
+    size = require_file(path)
     head = path.read_bytes()[:4]
     if head[:2] == b"PK" or head[:1] == b"\x80":
         kind = "a zip archive (a PyTorch .pth?)" if head[:2] == b"PK" else "a pickle (.pdparams?)"
         raise WorkerError("checkpoint_format", f"{path.name} is {kind}, not a MindSpore .ckpt")
     try:
         params = ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError, TypeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
         raise WorkerError("checkpoint_format",
                           f"cannot read {path.name} ({size} bytes): truncated, corrupt or not a "
                           f"MindSpore checkpoint. MindSpore said: {str(exc)[:200]}",

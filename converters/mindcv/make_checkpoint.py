@@ -23,18 +23,6 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 
-def synthetic_batch(seed: int, batch_size: int = 8):
-    import numpy as np
-
-    from verify.images import synth_image
-
-    rng = np.random.default_rng(seed + 1)
-    mean = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-    std = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-    imgs = np.stack([(synth_image(rng, 224, 224) - mean) / std for _ in range(batch_size)])
-    return np.ascontiguousarray(imgs.transpose(0, 3, 1, 2).astype(np.float32))
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-id", required=True)
@@ -51,13 +39,15 @@ def main(argv=None) -> None:
     from mindspore import nn
 
     from converters.mindcv.worker import DEMO_KEY, build_model
+    from verify.images import synthetic_batch
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(args.seed)
     model = build_model(args.model_id, args.num_classes,
                         norm=functools.partial(nn.BatchNorm2d, momentum=0.0))
     model.set_train(True)
-    x = ms.Tensor(synthetic_batch(args.seed))
+    x = ms.Tensor(synthetic_batch(args.seed, 8, mean=[123.675, 116.28, 103.53],
+                                  std=[58.395, 57.12, 57.375]))
     model(x)  # moving statistics := this batch's statistics
     model.set_train(False)
 

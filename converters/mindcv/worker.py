@@ -42,7 +42,6 @@ class MindCVAdapter:
 
     def versions(self) -> dict:
         import mindcv
-        import mindspore
         import numpy
 
         return {"framework": "mindcv", "mindcv": mindcv.__version__,

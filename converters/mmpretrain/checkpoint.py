@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from converters.protocol import WorkerError
+from converters.worker_flow import require_file
 
 _NUMPY_MODULES = ("numpy._core.multiarray", "numpy.core.multiarray")
 
@@ -42,11 +43,7 @@ ALLOWED_GLOBALS = _allow_list()
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
     """Return (state_dict, info). Raises WorkerError with a user-facing cause."""
     path = Path(path)
-    if not path.is_file():
-        raise WorkerError("checkpoint_missing", f"checkpoint file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise WorkerError("checkpoint_format", f"checkpoint {path.name} is empty (0 bytes)")
+    size = require_file(path)
     is_zip = zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
@@ -62,7 +59,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
                 "state_dict with torch.save in a trusted environment.",
                 {"refused_global": refused}) from None
         raise _format_error(path, size, is_zip, exc) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - random bytes make the unpickler raise anything
         raise _format_error(path, size, is_zip, exc) from None
     return _unwrap(obj, path)
 

@@ -38,29 +38,21 @@ def build(arch: str, num_classes: int):
 
 
 def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4) -> None:
-    """Set BatchNorm running statistics from train-mode passes over synthetic images.
-
-    Images, not i.i.d. noise: noise has no spatial correlation, so statistics taken on it
-    make real images' activations blow up (logits ~1e3 instead of ~1e1).
-    """
-    import numpy as np
+    """Set BatchNorm running statistics from train-mode passes over synthetic images."""
     import torch
 
-    from verify.images import synth_image
+    from verify.images import synthetic_batch
 
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average over the calibration batches
-    rng = np.random.default_rng(seed + 1)
-    mean = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-    std = np.array([58.395, 57.12, 57.375], dtype=np.float32)
     model.train()
     with torch.no_grad():
-        for _ in range(batches):
-            imgs = np.stack([(synth_image(rng, 224, 224) - mean) / std
-                             for _ in range(batch_size)]).astype(np.float32)
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        for index in range(batches):
+            x = torch.from_numpy(synthetic_batch(seed + index, batch_size,
+                                                 mean=[123.675, 116.28, 103.53],
+                                                 std=[58.395, 57.12, 57.375]))
             if hasattr(model, "data_preprocessor"):
                 model(x, mode="tensor")
             else:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.protocol import WorkerError
+from converters.worker_flow import require_file
 
 STRUCTURED_TABLE = "StructuredToParameterName@@"
 DEMO_KEY = "demo_checkpoint@@"  # written by converters.paddleclas.make_checkpoint --mark-demo
@@ -62,11 +63,8 @@ class SafeUnpickler(pickle.Unpickler):
 def load_pdparams(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Return ({key: array}, info). Raises WorkerError with a user-facing cause."""
     path = Path(path)
-    if not path.is_file():
-        raise WorkerError("checkpoint_missing", f"checkpoint file not found: {path}")
+    require_file(path)
     data = path.read_bytes()
-    if not data:
-        raise WorkerError("checkpoint_format", f"checkpoint {path.name} is empty (0 bytes)")
     if zipfile.is_zipfile(path) or data[:2] == b"PK":
         raise WorkerError("checkpoint_format",
                           f"{path.name} is a zip archive (a PyTorch .pth?), not a PaddlePaddle "
@@ -80,8 +78,7 @@ def load_pdparams(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             "is not on the allow-list (numpy arrays, scalars and dtypes). Nothing in the file "
             "was executed. If you trust the file, re-save its state_dict with paddle.save in "
             "a trusted environment.", {"refused_global": exc.qualified}) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            KeyError, AttributeError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - random bytes make the unpickler raise anything
         why = ("truncated" if isinstance(exc, EOFError) or "truncated" in str(exc)
                else "not a .pdparams pickle")
         raise WorkerError("checkpoint_format",

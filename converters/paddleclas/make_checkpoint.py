@@ -24,22 +24,18 @@ warnings.filterwarnings("ignore")
 
 
 def calibrate_batchnorm(model, seed: int, batch_size: int = 8) -> None:
-    import numpy as np
     import paddle
 
-    from verify.images import synth_image
+    from verify.images import synthetic_batch
 
     for layer in model.sublayers():
         if hasattr(layer, "_momentum") and "BatchNorm" in type(layer).__name__:
             layer._momentum = 0.0  # running stats := this batch's stats
-    rng = np.random.default_rng(seed + 1)
-    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-    imgs = np.stack([(synth_image(rng, 224, 224) / 255.0 - mean) / std
-                     for _ in range(batch_size)]).astype(np.float32).transpose(0, 3, 1, 2)
+    x = synthetic_batch(seed, batch_size, mean=[0.485, 0.456, 0.406],
+                        std=[0.229, 0.224, 0.225], scale=1 / 255.0)
     model.train()
     with paddle.no_grad():
-        model(paddle.to_tensor(np.ascontiguousarray(imgs)))
+        model(paddle.to_tensor(x))
     model.eval()
 
 
