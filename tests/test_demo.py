@@ -3,26 +3,18 @@ source's demo checkpoint, signed with the demo key) and publishes what passed to
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import REPO, VENV_ROOT, read_report
+from conftest import read_report, run_make
 
 pytestmark = pytest.mark.slow
 DEMO_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2net50")
 
 
-def make(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=2400,
-                          env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
-
-
 def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
-    proc = make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}")
+    proc = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "nightly (offline)" in proc.stdout and "DEMO checkpoints" in proc.stdout
     assert "demo checkpoint" in proc.stdout and "3/3 passed" in proc.stdout
@@ -33,7 +25,7 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         assert "DEMO" in report["source"]["checkpoint"]["note"]
         assert sorted(p.name for p in (out / name).iterdir()) == [
             "model.onnx", "model.sig", "provenance.json", "report.json"]
-        verified = make("verify-artifact", f"ARTIFACT={out / name}",
+        verified = run_make("verify-artifact", f"ARTIFACT={out / name}",
                         "PUBLIC_KEY=demo/signing-key.pub")
         assert verified.returncode == 0 and f"OK: {name}" in verified.stdout
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import (MINDSPORE_PYTHON, REPO, VENV_ROOT, assert_passed, helper_logits,
-                      manifest_entries, read_report, run_pipeline, write_manifest)
+from conftest import (MINDSPORE_PYTHON, assert_passed, helper_logits, manifest_entries,
+                      read_report, run_make, run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
 from verify.ort_runner import OrtRunner
 
@@ -26,10 +25,8 @@ def mindspore_logits(model_id: str, checkpoint, inputs: np.ndarray, tmp_path) ->
 def test_make_convert_mindcv_checkpoint_any_batch_size(checkpoints, tmp_path):
     ckpt = checkpoints("ms-r50")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "convert", "MODEL=mindcv-res2net50",
-         f"CHECKPOINT={ckpt}", f"OUT={out}"], cwd=REPO, capture_output=True, text=True,
-        timeout=1800, env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    proc = run_make("convert", "MODEL=mindcv-res2net50", f"CHECKPOINT={ckpt}",
+                    f"OUT={out}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     report = read_report(out, "mindcv-res2net50")
     assert_passed(report)

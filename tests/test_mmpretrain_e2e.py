@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import (MM_PYTHON, REPO, VENV_ROOT, assert_passed, helper_logits,
-                      manifest_entries, read_report, run_mm, run_pipeline, write_manifest)
+from conftest import (MM_PYTHON, assert_passed, helper_logits, manifest_entries, read_report,
+                      run_make, run_mm, run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -35,10 +34,8 @@ def random_inputs(n: int, seed: int) -> np.ndarray:
 def test_make_convert_openmmlab_checkpoint(checkpoints, tmp_path):
     ckpt = checkpoints("w14")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "convert", "MODEL=res2net50-w14-s8",
-         f"CHECKPOINT={ckpt}", f"OUT={out}"], cwd=REPO, capture_output=True, text=True,
-        timeout=1800, env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    proc = run_make("convert", "MODEL=res2net50-w14-s8", f"CHECKPOINT={ckpt}",
+                    f"OUT={out}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "1/1 passed" in proc.stdout and "NOT the pinned file" in proc.stdout
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import (PADDLE_PYTHON, REPO, VENV_ROOT, assert_passed, helper_logits,
-                      manifest_entries, read_report, run_pipeline, write_manifest)
+from conftest import (PADDLE_PYTHON, assert_passed, helper_logits, manifest_entries, read_report,
+                      run_make, run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
 from verify.ort_runner import OrtRunner
 
@@ -31,10 +30,8 @@ def tolerances(name: str) -> dict:
 def test_make_convert_paddleclas_checkpoint_any_batch_size(checkpoints, tmp_path):
     ckpt = checkpoints("pd-14w")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "convert", "MODEL=paddleclas-res2net50-14w-8s",
-         f"CHECKPOINT={ckpt}", f"OUT={out}"], cwd=REPO, capture_output=True, text=True,
-        timeout=1800, env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    proc = run_make("convert", "MODEL=paddleclas-res2net50-14w-8s", f"CHECKPOINT={ckpt}",
+                    f"OUT={out}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     report = read_report(out, "paddleclas-res2net50-14w-8s")
     assert_passed(report)
