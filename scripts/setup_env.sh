@@ -12,6 +12,11 @@ venv="$root/$name"
 python=${PYTHON:-python3}
 
 [ -f "$lock" ] || { echo "setup: no lock file $lock" >&2; exit 2; }
+mkdir -p "$root"
+# One builder per environment at a time: a second `make setup` (another CI job, a second
+# terminal) waits here instead of deleting the venv the first one is filling.
+exec 9>"$root/.$name.setup-lock"
+flock 9
 want=$(sha256sum "$lock" | cut -d' ' -f1)
 if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.lock-sha256" 2>/dev/null)" = "$want" ]; then
   echo "setup: $name environment up to date ($venv)"
@@ -25,7 +30,6 @@ fi
 echo "setup: building $name environment in $venv (from envs/$name.lock.txt) ..."
 # The stamp is written last: an interrupted build has none and is rebuilt next time.
 rm -rf "$venv"
-mkdir -p "$root"
 "$python" -m venv "$venv"
 # --no-deps: the lock is a complete freeze, installed exactly as resolved by `make lock`
 # (PaddleClas's declared pins would otherwise fight paddle 3; see envs/paddle-nodeps.in).
