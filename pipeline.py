@@ -69,7 +69,8 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               default=lambda: os.environ.get("MODEL_CONVERT_CACHE", str(DEFAULT_CACHE)),
               show_default="$MODEL_CONVERT_CACHE or ~/.cache/model-convert/checkpoints",
               help="Checkpoint cache.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--data", "data_dir", default=None,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Folder of images for the logit check (default: deterministic generated "
                    "images).")
 @click.option("--threads", type=int, default=None,

@@ -8,6 +8,7 @@ or check decided it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -53,8 +54,6 @@ class EntryResult:
     status: str            # passed | failed | error | unavailable
     decided_by: str        # the figure or cause that decided the status
     seconds: float
-    artifact: Path | None = None
-    report: dict | None = None
 
 
 class StageError(Exception):
@@ -63,7 +62,9 @@ class StageError(Exception):
         self.stage, self.kind, self.message, self.details = stage, kind, message, details or {}
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The project's commit (+dirty), asked once per run."""
     try:
         out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
                              capture_output=True, text=True, timeout=10)
@@ -309,10 +310,10 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
         if not report["passed"]:
             if (workdir / "worker.log").exists():
                 files["worker.log"] = workdir / "worker.log"
-            artifact = write_artifact(opts.out_dir, entry.name, report, files)
+            write_artifact(opts.out_dir, entry.name, report, files)
     finally:
         if opts.keep_work:
             say(f"  work dir  kept at {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    return EntryResult(entry.name, status, decided, timings["total"], artifact, report)
+    return EntryResult(entry.name, status, decided, timings["total"])

@@ -126,3 +126,10 @@ def test_yaml_anchors_are_shared_not_copied():
     doc = yaml.safe_load((REPO / "manifests" / "all.yaml").read_text())
     mm = [e for e in doc["models"] if e["source"] == "mmpretrain"]
     assert all(e["preprocess"] == doc["shared"]["mmpretrain_preprocess"] for e in mm)
+
+
+def test_cli_missing_data_dir_is_refused_before_any_work(tmp_path):
+    proc = run_pipeline("--only", "res2net50-w14-s8", "--data", str(tmp_path / "no-images"),
+                        "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "no-images" in proc.stderr and "does not exist" in proc.stderr
+    assert not (tmp_path / "out").exists()
