@@ -34,10 +34,12 @@ import click
 
 from fetch.download import DEFAULT_CACHE
 from manifests.loader import ManifestError, load_manifest, select
+from orchestrator.accuracy import Selection
 from orchestrator.run import RunOptions, convert_entry
 from orchestrator.summary import format_summary
 from release.publish import publish as publish_store
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
+from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,10 +71,19 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               default=lambda: os.environ.get("MODEL_CONVERT_CACHE", str(DEFAULT_CACHE)),
               show_default="$MODEL_CONVERT_CACHE or ~/.cache/model-convert/checkpoints",
               help="Checkpoint cache.")
-@click.option("--data", "data_dir", default=None,
-              type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Folder of images for the logit check (default: deterministic generated "
-                   "images).")
+@click.option("--data", "data_dir", default=None, envvar="DATASETS_DIR",
+              type=click.Path(path_type=Path),
+              help="Labelled ImageNet-val folder (env DATASETS_DIR): class sub-folders "
+                   "(synsets or indices), or flat with val.txt ('NAME LABEL') or val_map.txt "
+                   "('NAME<TAB>LABEL'). Adds the accuracy gate: top-1/top-5 of the source "
+                   "framework and of ONNX Runtime on the same tensors, preprocessed as the "
+                   "source evaluates. The logit check then uses images from it too. Checked "
+                   "before any work starts. Default: no accuracy gate, generated images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Evaluate only N images of --data: a deterministic subset spread over all "
+                   "classes (the report says how many were used).")
+@click.option("--data-workers", type=click.IntRange(min=1), default=None,
+              help="Decode/preprocess threads in the source's worker (default: all cores).")
 @click.option("--threads", type=int, default=None,
               help="CPU threads for the framework and ONNX Runtime (default: all cores).")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
@@ -82,8 +93,8 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--list", "list_only", is_flag=True,
               help="List the manifest's entries (name, source, model id) and exit.")
 @click.pass_context
-def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, threads, keep_work,
-        signing_key, list_only):
+def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
+        threads, keep_work, signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -111,8 +122,18 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, threads,
         except SigningError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+    data = None
+    if limit is not None and data_dir is None:
+        click.echo("error: --limit needs --data (or DATASETS_DIR)", err=True)
+        sys.exit(2)
+    if data_dir is not None:
+        try:
+            data = _load_data(data_dir, limit, chosen)
+        except DatasetError as exc:
+            click.echo(f"error: --data: {exc}", err=True)
+            sys.exit(2)
     opts = RunOptions(out_dir=out_dir, cache_dir=Path(cache_dir).expanduser(),
-                      checkpoints=local, data_dir=data_dir, threads=threads,
+                      checkpoints=local, data=data, threads=threads, data_workers=data_workers,
                       keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
     results = []
     for index, entry in enumerate(chosen, start=1):
@@ -122,6 +143,20 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, threads,
     click.echo("")
     click.echo(format_summary(results))
     sys.exit(0 if results and all(r.status == "passed" for r in results) else 1)
+
+
+def _load_data(root: Path, limit: int | None, chosen) -> Selection:
+    """Parse and check the dataset for every selected entry before any work starts."""
+    dataset = load_dataset(root)
+    for entry in chosen:
+        check_num_classes(dataset, entry["num_classes"], entry.name)
+    selection = Selection(dataset, spread_subset(dataset.labels, limit), limit)
+    described = selection.describe()
+    click.echo(f"data: {dataset.root} ({dataset.layout}), {len(dataset)} images in "
+               f"{dataset.classes} classes; evaluating {described['selected']} images in "
+               f"{described['selected_classes']} classes"
+               + (f" (--limit {limit})" if limit else ""))
+    return selection
 
 
 @cli.command("verify-artifact")

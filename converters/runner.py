@@ -49,41 +49,69 @@ def _wait_showing_progress(proc: subprocess.Popen, log_path: Path, timeout: floa
                     bar.set_postfix_str(last.split("] ", 1)[-1][:70])
 
 
-def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800) -> dict:
-    """Write job.json, run the worker, return its result (raises WorkerFailed)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / JOB_FILE).write_text(json.dumps({"protocol": PROTOCOL_VERSION, **job},
-                                               indent=2, default=str))
-    log_path = workdir / "worker.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [str(env_python(spec)), "-m", spec.worker, str(workdir / JOB_FILE)]
-    with open(log_path, "wb") as log:
-        # Own process group, so a timeout or Ctrl-C ends the worker and its children only.
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+class Worker:
+    """A started worker process: poll it, wait for it, read its result, stop it."""
+
+    def __init__(self, spec: SourceSpec, job: dict, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / JOB_FILE).write_text(json.dumps({"protocol": PROTOCOL_VERSION, **job},
+                                                   indent=2, default=str))
+        self.spec, self.workdir = spec, workdir
+        self.log_path = workdir / "worker.log"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        cmd = [str(env_python(spec)), "-m", spec.worker, str(workdir / JOB_FILE)]
+        with open(self.log_path, "wb") as log:
+            # Own process group, so a timeout or Ctrl-C ends the worker and its children only.
+            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def wait(self, timeout: float, progress: bool = True) -> int:
+        """Wait for exit (raises WorkerFailed on timeout, after killing the worker)."""
         try:
-            code = _wait_showing_progress(proc, log_path, timeout, spec.framework)
+            if progress:
+                return _wait_showing_progress(self.proc, self.log_path, timeout,
+                                              self.spec.framework)
+            return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise WorkerFailed("timeout", f"{spec.framework} worker did not finish within "
-                                          f"{timeout:.0f} s (log: {log_path})") from None
+            self.kill()
+            raise WorkerFailed("timeout", f"{self.spec.framework} worker did not finish "
+                                          f"within {timeout:.0f} s (log: {self.log_path})"
+                               ) from None
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            self.kill()
             raise
-    result_path = workdir / RESULT_FILE
-    if not result_path.exists():
-        raise WorkerFailed(
-            "worker_crashed",
-            f"{spec.framework} worker exited with status {code} without a result "
-            f"(log: {log_path}). Last lines:\n{_tail(log_path)}",
-            {"exit_status": code})
-    result = json.loads(result_path.read_text())
-    if not result.get("ok"):
-        err = result.get("error", {})
-        raise WorkerFailed(err.get("kind", "unknown"), err.get("message", "worker failed"),
-                           err.get("details"))
-    return result
+
+    def result(self) -> dict:
+        """The worker's result.json (after exit); raises WorkerFailed for reported errors and
+        for a crash without a result."""
+        result_path = self.workdir / RESULT_FILE
+        if not result_path.exists():
+            raise WorkerFailed(
+                "worker_crashed",
+                f"{self.spec.framework} worker exited with status {self.proc.returncode} "
+                f"without a result (log: {self.log_path}). Last lines:\n"
+                f"{_tail(self.log_path)}",
+                {"exit_status": self.proc.returncode})
+        result = json.loads(result_path.read_text())
+        if not result.get("ok"):
+            err = result.get("error", {})
+            raise WorkerFailed(err.get("kind", "unknown"), err.get("message", "worker failed"),
+                               err.get("details"))
+        return result
+
+
+def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800) -> dict:
+    """Write job.json, run the worker to its end, return its result (raises WorkerFailed)."""
+    worker = Worker(spec, job, workdir)
+    worker.wait(timeout)
+    return worker.result()

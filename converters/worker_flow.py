@@ -9,11 +9,13 @@ Imported inside worker environments only (needs numpy, which every worker env ha
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
+from converters.data_loader import LoaderStats, batches
 from converters.protocol import Timer, WorkerError, log
 
 
@@ -29,7 +31,9 @@ class Adapter(Protocol):
     def load(self, model, checkpoint: Path, candidates: list[dict],
              num_classes: int) -> dict: ...
 
-    def preprocess(self, images: list[str], cfg: dict) -> np.ndarray: ...
+    def transform(self, cfg: dict) -> tuple[Callable[[str], object],
+                                            Callable[[list], np.ndarray]]:
+        """The source's own eval preprocessing: (one image path -> array, arrays -> NCHW)."""
 
     def forward(self, model, inputs: np.ndarray, batch_size: int) -> np.ndarray: ...
 
@@ -131,12 +135,32 @@ def require_fit(adapter: Adapter, state: dict[str, tuple], model_shapes: dict[st
          "counts": {k: len(v) for k, v in diff.items()}, "fits_entries": fits})
 
 
-# --------------------------------------------------------------------------- the flow
+# --------------------------------------------------------------------------- the flows
 def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
-    """build -> load -> preprocess -> reference logits -> export; returns result fields."""
-    entry, timer = job["entry"], Timer()
+    """Dispatch a job to its task: convert (default), evaluate or bench."""
     threads = int(job.get("threads") or os.cpu_count() or 1)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # adapters size their thread pools from it
+    task = job.get("task", "convert")
+    tasks = {"convert": convert, "evaluate": evaluate, "bench": bench}
+    if task not in tasks:
+        raise WorkerError("job", f"unknown task {task!r} (known: {', '.join(tasks)})")
+    return tasks[task](adapter, job, workdir)
+
+
+def _data_workers(job: dict) -> int:
+    return int(job.get("data_workers") or os.cpu_count() or 1)
+
+
+def _shapes_ok(inputs: np.ndarray, count: int, entry: dict) -> None:
+    expected = [count, *entry["input_shape"]]
+    if list(inputs.shape) != expected:
+        raise WorkerError("preprocess", f"preprocessed tensor has shape "
+                                        f"{list(inputs.shape)}, manifest says {expected}")
+
+
+def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """build -> load -> preprocess -> reference logits -> export; returns result fields."""
+    entry, timer = job["entry"], Timer()
     result: dict = {"versions": adapter.versions(), "files": {}}
 
     with timer.stage("build"):
@@ -147,15 +171,26 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
         result["checkpoint"] = adapter.load(model, Path(job["checkpoint"]),
                                             job.get("candidates", []), entry["num_classes"])
     with timer.stage("preprocess"):
-        log(f"preprocessing {len(job['images'])} images with {adapter.framework}'s transforms")
-        inputs = np.ascontiguousarray(adapter.preprocess(job["images"], entry["preprocess"]),
-                                      dtype=np.float32)
-        expected = [len(job["images"]), *entry["input_shape"]]
-        if list(inputs.shape) != expected:
-            raise WorkerError("preprocess", f"preprocessed tensor has shape "
-                                            f"{list(inputs.shape)}, manifest says {expected}")
+        images = job["images"]
+        log(f"preprocessing {len(images)} images with {adapter.framework}'s transforms")
+        per_image, collate = adapter.transform(entry["preprocess"])
+        parts, used, unreadable = [], [], []
+        for batch in batches(images, per_image, collate, len(images), _data_workers(job)):
+            unreadable += batch.unreadable
+            if batch.array is not None:
+                parts.append(batch.array)
+                used += batch.indices
+        if not parts:
+            raise WorkerError("preprocess", f"{adapter.framework} could not decode any of the "
+                                            f"{len(images)} verification images: "
+                                            f"{unreadable[0]['error']}", {"unreadable": unreadable})
+        inputs = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        _shapes_ok(inputs, len(used), entry)
         np.save(workdir / "inputs.npy", inputs)
         result["files"]["inputs"] = "inputs.npy"
+        result["images_used"] = used
+        if unreadable:
+            result["unreadable"] = unreadable
     with timer.stage("reference"):
         log(f"running {adapter.framework} eval forward")
         logits = adapter.forward(model, inputs, int(job.get("batch_size", 16)))
@@ -171,3 +206,112 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
             result["export_fixups"] = notes
     result["timings"] = timer.seconds
     return result
+
+
+SHARD_GLOB = "shard_*.npz"
+
+
+def write_shard(shard_dir: Path, number: int, **arrays) -> None:
+    """shard_NNNNNN.npz, renamed into place only when complete (the reader never sees half)."""
+    final = shard_dir / f"shard_{number:06d}.npz"
+    tmp = shard_dir / f".{final.name}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, final)
+
+
+def evaluate(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """Accuracy pass: the source's logits on every dataset image, streamed as shards.
+
+    Each shard holds the preprocessed tensors, the source's logits and the images' positions,
+    so the orchestrator runs ONNX Runtime on exactly the same tensors. At most
+    `max_pending_shards` wait on disk; the orchestrator deletes each shard once read.
+    """
+    entry, timer = job["entry"], Timer()
+    batch_size = int(job.get("batch_size", 32))
+    shard_dir = workdir / job.get("shard_dir", "shards")
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    max_pending = int(job.get("max_pending_shards", 4))
+    parent = os.getppid()
+    with timer.stage("build"):
+        model = adapter.build(entry["model_id"], entry["num_classes"])
+    with timer.stage("load"):
+        adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
+    per_image, collate = adapter.transform(entry["preprocess"])
+    images = job["images"]
+    log(f"evaluating {len(images)} images, batch {batch_size}, "
+        f"{_data_workers(job)} decode threads")
+    stats, unreadable, shards = LoaderStats(), [], 0
+    forward_s = backpressure_s = 0.0
+    start = time.perf_counter()
+    for batch in batches(images, per_image, collate, batch_size, _data_workers(job),
+                         int(job.get("prefetch", 2)), stats):
+        unreadable += batch.unreadable
+        if batch.array is None:
+            continue
+        _shapes_ok(batch.array, len(batch.indices), entry)
+        t0 = time.perf_counter()
+        logits = np.asarray(adapter.forward(model, batch.array, batch_size), dtype=np.float32)
+        forward_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        while len(list(shard_dir.glob(SHARD_GLOB))) >= max_pending:
+            if os.getppid() != parent:  # the orchestrator is gone: stop, do not fill the disk
+                raise WorkerError("orphaned", "the orchestrator exited during evaluation")
+            time.sleep(0.01)
+        backpressure_s += time.perf_counter() - t0
+        write_shard(shard_dir, shards, inputs=batch.array, logits=logits,
+                    indices=np.asarray(batch.indices, dtype=np.int64))
+        shards += 1
+    total = time.perf_counter() - start
+    return {"versions": adapter.versions(), "shards": shards, "unreadable": unreadable,
+            "loader": {**stats.as_dict(), "data_workers": _data_workers(job),
+                       "batch_size": batch_size},
+            "timings": {**timer.seconds, "evaluate": round(total, 3),
+                        "forward": round(forward_s, 3),
+                        "data_wait": round(stats.wait_s, 3),
+                        "consumer_wait": round(backpressure_s, 3)}}
+
+
+def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """Data path alone vs source inference alone (random-init model: weights do not change
+    speed), and an exported ONNX for the caller to time ONNX Runtime on the same batch."""
+    entry = job["entry"]
+    batch_size = int(job.get("batch_size", 32))
+    images = job["images"]
+    model = adapter.build(entry["model_id"], entry["num_classes"])
+    per_image, collate = adapter.transform(entry["preprocess"])
+    data = []
+    first = None
+    for workers in job.get("data_workers_list") or [_data_workers(job)]:
+        for _ in batches(images[:batch_size], per_image, collate, batch_size, workers):
+            pass  # warm-up: imports, thread pool, decoder tables
+        stats = LoaderStats()
+        t0 = time.perf_counter()
+        for batch in batches(images, per_image, collate, batch_size, workers, stats=stats):
+            if first is None and batch.array is not None and len(batch.indices) == batch_size:
+                first = batch.array
+        seconds = time.perf_counter() - t0
+        data.append({"data_workers": workers, "images": stats.images, "seconds": round(seconds, 3),
+                     "images_per_s": round(stats.images / seconds, 2)})
+        log(f"data path, {workers} decode threads: {stats.images / seconds:.1f} images/s")
+    if first is None:
+        raise WorkerError("preprocess", f"bench needs at least {batch_size} readable images")
+    runs = max(1, int(job.get("inference_batches", 4)))
+    adapter.forward(model, first, batch_size)  # warm-up (graph compile for MindSpore)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        adapter.forward(model, first, batch_size)
+        times.append(time.perf_counter() - t0)
+    median = float(np.median(times))
+    log(f"{adapter.framework} inference: {batch_size / median:.1f} images/s")
+    np.save(workdir / "batch.npy", first)
+    entry_export = entry["export"]
+    adapter.export(model, first[:1], workdir / "bench.onnx", entry_export["opset"],
+                   entry_export["dynamic_batch"], workdir)
+    return {"versions": adapter.versions(), "data": data,
+            "inference": {"framework": adapter.framework, "batch_size": batch_size,
+                          "runs": runs, "median_s": round(median, 4),
+                          "images_per_s": round(batch_size / median, 2),
+                          "threads": int(os.environ["OMP_NUM_THREADS"])},
+            "files": {"onnx": "bench.onnx", "batch": "batch.npy"}}

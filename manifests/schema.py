@@ -44,6 +44,24 @@ TOLERANCES = {
     },
 }
 
+# Accuracy gates (--data), in percent points / percent of images.
+ACCURACY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        # |ONNX top-1 - source top-1| on the same tensors.
+        "onnx_top1_delta": _percent,
+        # Images whose top-1 differs between source and ONNX, percent of images evaluated.
+        "disagreement": _percent,
+        # |source top-1 - published top-1|, only when the checkpoint is the pinned file.
+        # A subset (--limit) widens it by 3 standard errors of the subset's top-1.
+        "published_top1_delta": _percent,
+        # Images the source's own decoder cannot read, percent of images selected.
+        "unreadable": _percent,
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024},
+    },
+}
+
 ENTRY = {
     "type": "object",
     "additionalProperties": False,
@@ -93,6 +111,7 @@ ENTRY = {
             },
         },
         "tolerances": TOLERANCES,
+        "accuracy": ACCURACY,
         "verify": {
             "type": "object",
             "additionalProperties": False,
@@ -123,4 +142,6 @@ DEFAULTS = {
     "tolerances": {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.99999,
                    "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
     "verify": {"images": 16, "seed": 0},
+    "accuracy": {"onnx_top1_delta": 0.1, "disagreement": 0.1, "published_top1_delta": 0.3,
+                 "unreadable": 1.0, "batch_size": 32},
 }

@@ -25,23 +25,23 @@ from converters.runner import WorkerFailed, run_worker
 from converters.simplify import OnnxCheckFailed, check, simplify
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint, sha256_file
 from manifests.loader import Entry
+from orchestrator.accuracy import AccuracyFailed, Selection, evaluate_accuracy
 from release.artifact import write_artifact
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
 from verify.compare import Check, check_signature, compare_logits, failed
+from verify.dataset import spread_pick
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
 
 @dataclass
 class RunOptions:
     out_dir: Path
     cache_dir: Path
     checkpoints: dict[str, Path] = field(default_factory=dict)
-    data_dir: Path | None = None
+    data: Selection | None = None     # --data (+ --limit): logit-check images and accuracy
     threads: int | None = None
+    data_workers: int | None = None   # decode threads in the worker (default: all cores)
     keep_work: bool = False
     worker_timeout: float = 3600.0
     signing_key: Path | None = None   # EC private key (PEM); passed artifacts get model.sig
@@ -78,21 +78,16 @@ def git_commit() -> str:
 
 
 def pick_images(entry: Entry, opts: RunOptions, workdir: Path) -> tuple[list[Path], dict]:
+    """The logit check's images: generated, or spread over the evaluated dataset images."""
     count, seed = entry["verify"]["images"], entry["verify"]["seed"]
-    if opts.data_dir is None:
+    if opts.data is None:
         paths = generate_images(workdir / "images", count, seed)
         return paths, {"kind": "generated", "count": count, "seed": seed}
-    data = Path(opts.data_dir)
-    if not data.is_dir():
-        raise StageError("images", "data", f"--data {data} is not a directory")
-    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise StageError("images", "data", f"--data {data} holds no image files "
-                                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    # Evenly spaced over the sorted list, so class sub-folders are all represented.
-    picks = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
-    return picks, {"kind": "data", "dir": str(data), "count": len(picks),
-                   "available": len(files)}
+    positions = opts.data.positions
+    picks = [opts.data.dataset.paths[positions[i]]
+             for i in spread_pick(count, len(positions))]
+    return picks, {"kind": "data", "dir": str(opts.data.dataset.root), "count": len(picks),
+                   "available": len(positions)}
 
 
 def _candidates(entry: Entry, all_entries: list[Entry]) -> list[dict]:
@@ -149,15 +144,19 @@ def _worse(a: Check, b: Check) -> bool:
     return False
 
 
-def _decided_by(checks: list[Check], passed: bool) -> str:
+def _decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None) -> str:
     bad = failed(checks)
     if bad:
         c = bad[0]
         return f"{c.name} ({c.scope.get('model', '')}) {_fmt(c.measured)} vs limit {_fmt(c.limit)}"
     worst = max((c for c in checks if c.name == "max_abs_diff"), key=lambda c: c.measured,
                 default=None)
-    return (f"max|diff| {_fmt(worst.measured)} <= {_fmt(worst.limit)}" if worst and passed
+    text = (f"max|diff| {_fmt(worst.measured)} <= {_fmt(worst.limit)}" if worst and passed
             else "no logit check ran")
+    if accuracy:
+        text += (f"; top-1 source {accuracy['source']['top1']:.2f}% / ONNX "
+                 f"{accuracy['onnx']['top1']:.2f}% ({accuracy['source']['images']} images)")
+    return text
 
 
 def _fmt(value) -> str:
@@ -198,6 +197,9 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         except WorkerFailed as exc:
             raise StageError("convert", exc.kind, exc.message, exc.details) from None
     report["source"]["versions"] = result["versions"]
+    if result.get("unreadable"):
+        report["verification"]["images"]["unreadable"] = result["unreadable"]
+        report["verification"]["images"]["count"] = len(result["images_used"])
     report["source"]["checkpoint"].update(result.get("checkpoint", {}))
     report["timings"]["worker"] = result.get("timings", {})
     if result.get("export_fixups"):
@@ -235,6 +237,25 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                                           "simplified": (simplified, after)},
                                   inputs, reference, opts.threads)
         report["verification"].update(figures)
+
+    if opts.data is not None and not any(
+            not c.passed and c.name in ("opset", "io_names", "io_shapes") for c in checks):
+        with timer.stage("accuracy"):
+            say(f"  accuracy  {len(opts.data.positions)} images, {spec.framework} and ONNX "
+                f"Runtime on the same {entry['preprocess']['pipeline']}-preprocessed tensors")
+            try:
+                acc_checks, accuracy = evaluate_accuracy(
+                    entry, opts.data, got.path, simplified, workdir, got.pinned, opts.threads,
+                    opts.data_workers, opts.worker_timeout)
+            except AccuracyFailed as exc:
+                raise StageError("accuracy", exc.kind, exc.message, exc.details) from None
+        report["accuracy"] = accuracy
+        checks += acc_checks
+        src, onx = accuracy["source"], accuracy["onnx"]
+        say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
+            f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
+            f"{accuracy['disagree']} disagree; {accuracy['unreadable']} unreadable; "
+            f"{accuracy['throughput']['images_per_s']} images/s")
     return checks
 
 
@@ -275,7 +296,7 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             checks = _run_stages(entry, all_entries, opts, report, timer, workdir, say)
             report["checks"] = [c.as_dict() for c in checks]
             report["passed"] = bool(checks) and not failed(checks)
-            decided = _decided_by(checks, report["passed"])
+            decided = _decided_by(checks, report["passed"], report.get("accuracy"))
             say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: "
                 f"{decided}")
             status = "passed" if report["passed"] else "failed"

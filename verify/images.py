@@ -77,3 +77,44 @@ def synthetic_batch(seed: int, count: int, mean, std, scale: float = 1.0,
     std = np.asarray(std, dtype=np.float32)
     imgs = np.stack([(synth_image(rng, size, size) * scale - mean) / std for _ in range(count)])
     return np.ascontiguousarray(imgs.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+# Kinds of file ImageNet val really holds besides RGB JPEGs (ENVIRONMENT.md): every source's
+# decoder must cope with them as the source's own evaluation would.
+ODD_KINDS = ("grayscale", "cmyk", "png_named_jpeg")
+
+
+def write_jpeg(path: Path, rgb: np.ndarray, kind: str = "rgb", quality: int = 90) -> None:
+    """Write an image as ImageNet stores it: RGB JPEG, grayscale JPEG, CMYK JPEG, or a PNG
+    under a .JPEG name. Needs Pillow (orchestrator environment)."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    if kind == "rgb":
+        image.save(path, format="JPEG", quality=quality)
+    elif kind == "grayscale":
+        image.convert("L").save(path, format="JPEG", quality=quality)
+    elif kind == "cmyk":
+        image.convert("CMYK").save(path, format="JPEG", quality=quality)
+    elif kind == "png_named_jpeg":
+        image.save(path, format="PNG")
+    else:
+        raise ValueError(f"unknown image kind {kind!r}")
+
+
+def imagenet_like(directory: Path, count: int, seed: int = 0, odd_every: int = 0,
+                  size: tuple[int, int] = (375, 500)) -> list[Path]:
+    """`count` JPEGs of ImageNet val's typical size named ILSVRC2012_val_%08d.JPEG; with
+    odd_every=k, every k-th image is grayscale, CMYK or a PNG named .JPEG in turn."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        height, width = (size if index % 3 else size[::-1])
+        kind = "rgb"
+        if odd_every and index % odd_every == odd_every - 1:
+            kind = ODD_KINDS[(index // odd_every) % len(ODD_KINDS)]
+        path = directory / f"ILSVRC2012_val_{index + 1:08d}.JPEG"
+        write_jpeg(path, synth_image(rng, height, width), kind)
+        paths.append(path)
+    return paths

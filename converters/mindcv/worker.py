@@ -77,7 +77,7 @@ class MindCVAdapter:
         model.set_train(False)
         return info
 
-    def preprocess(self, images: list[str], cfg: dict):
+    def transform(self, cfg: dict):
         """mindcv's own eval transforms (transforms_imagenet_eval), run eagerly per image."""
         import numpy as np
         from mindcv.data.transforms_factory import transforms_imagenet_eval
@@ -90,13 +90,17 @@ class MindCVAdapter:
             image_resize=cfg["crop"], crop_pct=cfg["crop"] / cfg["resize_short"],
             mean=[m / scale for m in cfg["mean"]], std=[s / scale for s in cfg["std"]],
             interpolation=cfg["interpolation"])
-        batch = []
-        for path in images:
+
+        def per_image(path: str):
             img = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
             for op in ops:
                 img = op(img)
-            batch.append(img)
-        return np.stack(batch).astype(np.float32)
+            return img
+
+        def collate(arrays):
+            return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+        return per_image, collate
 
     def forward(self, model, inputs, batch_size: int):
         import mindspore as ms

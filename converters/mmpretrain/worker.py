@@ -89,8 +89,9 @@ class MMPretrainAdapter:
         model.load_state_dict(mapped, strict=True)
         return info
 
-    def preprocess(self, images: list[str], cfg: dict):
-        """mmpretrain's own test pipeline + data preprocessor, configured from the manifest."""
+    def transform(self, cfg: dict):
+        """mmpretrain's own test pipeline (per image) + data preprocessor (per batch),
+        configured from the manifest."""
         import torch
         from mmengine.dataset import Compose
         from mmpretrain.models import ClsDataPreprocessor
@@ -113,10 +114,16 @@ class MMPretrainAdapter:
         data_preprocessor = ClsDataPreprocessor(
             mean=[m / scale for m in cfg["mean"]], std=[s / scale for s in cfg["std"]],
             to_rgb=bool(cfg.get("to_rgb", True)))
-        tensors = [pipeline(dict(img_path=path))["inputs"] for path in images]
-        with torch.no_grad():
-            batch = data_preprocessor({"inputs": tensors}, training=False)["inputs"]
-        return batch.float().numpy()
+
+        def per_image(path: str):
+            return pipeline(dict(img_path=path))["inputs"]
+
+        def collate(tensors):
+            with torch.no_grad():
+                batch = data_preprocessor({"inputs": tensors}, training=False)["inputs"]
+            return batch.float().numpy()
+
+        return per_image, collate
 
     def forward(self, model, inputs, batch_size: int):
         import torch

@@ -79,7 +79,7 @@ class PaddleClasAdapter:
                                                      f"{missing[:5]}, unexpected {unexpected[:5]}")
         return info
 
-    def preprocess(self, images: list[str], cfg: dict):
+    def transform(self, cfg: dict):
         """PaddleClas's own inference transforms (paddleclas/deploy/python/preprocess.py)."""
         import numpy as np
         from paddleclas.deploy.python.preprocess import (CropImage, DecodeImage,
@@ -96,13 +96,17 @@ class PaddleClasAdapter:
                NormalizeImage(scale=cfg.get("scale", 1 / 255.0), mean=cfg["mean"],
                               std=cfg["std"], order=""),
                ToCHWImage()]
-        batch = []
-        for path in images:
+
+        def per_image(path: str):
             img = Path(path).read_bytes()
             for op in ops:
                 img = op(img)
-            batch.append(img)
-        return np.stack(batch).astype(np.float32)
+            return img
+
+        def collate(arrays):
+            return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+        return per_image, collate
 
     def forward(self, model, inputs, batch_size: int):
         import numpy as np
