@@ -23,11 +23,12 @@ PYTEST_ARGS ?=
 help:
 	@echo "make setup                      build/update the environments (idempotent)"
 	@echo "make demo                       offline: seeded demo checkpoint -> verified ONNX in $(OUT)/"
-	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"
+	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]]"
+	@echo "                                DATA (or DATASETS_DIR): labelled ImageNet val -> accuracy gate"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
-	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR] [STORE=store]"
+	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR LIMIT=N] [STORE=store]"
 	@echo "make test                       full test suite (slow tests included)"
 	@echo "make test-fast                  tests that need no framework worker"
 	@echo "make lock                       re-resolve envs/*.in into envs/*.lock.txt"
@@ -63,10 +64,10 @@ demo: setup $(DEMO_MM) $(DEMO_PD) $(DEMO_MS) $(DEMO_KEY)
 	    --out $(OUT)
 
 convert: setup
-	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR]"; exit 2; }
+	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]]"; exit 2; }
 	$(PY) pipeline.py --manifest $(MANIFEST) --only $(MODEL) --out $(OUT) \
 	    $(if $(CHECKPOINT),--checkpoint $(MODEL)=$(CHECKPOINT)) $(if $(DATA),--data $(DATA)) \
-	    $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
+	    $(if $(LIMIT),--limit $(LIMIT)) $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
 
 verify-artifact: setup
 	@test -n "$(ARTIFACT)" -a -n "$(PUBLIC_KEY)" || { echo "usage: make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"; exit 2; }
@@ -80,7 +81,7 @@ publish: setup
 # demo checkpoints with the demo key and says so.
 nightly: setup
 	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
-	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) KEEP=$(KEEP) \
+	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) KEEP=$(KEEP) \
 	    MANIFEST=$(MANIFEST) scripts/nightly.sh
 
 list: setup

@@ -1,8 +1,8 @@
 """ImageNet-style evaluation with mmpretrain's own code (test helper, mmpretrain env).
 
-mmpretrain's CustomDataset reads the folder + annotation file, its test pipeline (the one in
-configs/_base_/datasets/imagenet_bs32_pil_resize.py) and the model's own data preprocessor
-prepare the batches, `model.val_step` predicts and `mmpretrain.evaluation.Accuracy` scores,
+mmpretrain's CustomDataset reads the folder + annotation file, the test pipeline of the
+model's own config (for Res2Net: configs/_base_/datasets/imagenet_bs32_pil_resize.py) and the
+model's own data preprocessor prepare the batches, `model.val_step` predicts and `mmpretrain.evaluation.Accuracy` scores,
 as `tools/test.py` would. Nothing of the pipeline's code is used.
 
     python tests/helpers/mm_eval.py ROOT ANN_FILE MODEL_ID CHECKPOINT OUT.json
@@ -26,14 +26,9 @@ def main(root, ann_file, model_id, checkpoint, out):
     from mmpretrain.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
-    test_pipeline = [
-        dict(type="LoadImageFromFile"),
-        dict(type="ResizeEdge", scale=256, edge="short"),
-        dict(type="CenterCrop", crop_size=224),
-        dict(type="PackInputs"),
-    ]
-    dataset = CustomDataset(data_root=root, ann_file=ann_file, pipeline=test_pipeline)
     model = get_model(model_id, pretrained=False)
+    test_pipeline = model._config.test_dataloader.dataset.pipeline
+    dataset = CustomDataset(data_root=root, ann_file=ann_file, pipeline=test_pipeline)
     # Our own test file, made by converters.mmpretrain.make_checkpoint in this session.
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict(state, strict=True)
