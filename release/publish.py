@@ -194,7 +194,11 @@ def _index_row(name: str, version: Path) -> dict:
         "logits": {"max_abs_diff": worst and worst["measured"],
                    "limit": worst and worst["limit"],
                    "cosine_min": cosine and cosine["measured"]},
-        "accuracy": accuracy,
+        "accuracy": accuracy and {
+            "source": accuracy["source"], "onnx": accuracy["onnx"],
+            "disagree": accuracy["disagree"], "unreadable": accuracy.get("unreadable", 0),
+            "dataset": {k: accuracy["dataset"].get(k) for k in ("layout", "images", "selected")},
+            "published": accuracy.get("published")},
         "checkpoint_pinned": report["source"]["checkpoint"].get("pinned"),
         "demo_checkpoint": bool(report["source"]["checkpoint"].get("demo")),
         "created": report["created"], "published": published.isoformat(timespec="seconds"),
@@ -214,7 +218,8 @@ def write_index(store: Path) -> list[dict]:
 def _acc(accuracy: dict | None, side: str) -> str:
     if not accuracy or side not in accuracy:
         return "not measured"
-    return f"{accuracy[side]['top1']:.2f} / {accuracy[side]['top5']:.2f}"
+    return (f"{accuracy[side]['top1']:.2f} / {accuracy[side]['top5']:.2f} "
+            f"({accuracy[side]['images']} images)")
 
 
 def render_markdown(rows: list[dict]) -> str:

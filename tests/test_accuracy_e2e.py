@@ -92,15 +92,25 @@ def test_mmpretrain_accuracy_equals_mmpretrain_eval(checkpoints, tmp_path):
 
     (root / GARBAGE).write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" * 8)
     (root / "val.txt").write_text((root / "own.txt").read_text() + f"{GARBAGE} 7\n")
-    out = tmp_path / "out"
+    out, key = tmp_path / "out", tmp_path / "key.pem"
+    assert run_pipeline("keygen", str(key)).returncode == 0
     proc = run_make("convert", "MODEL=res2net50-w14-s8", f"CHECKPOINT={checkpoint}",
-                    f"OUT={out}", f"DATA={root}",
+                    f"OUT={out}", f"DATA={root}", f"SIGNING_KEY={key}",
                     f"MANIFEST={_manifest(tmp_path, 'res2net50-w14-s8', 5.0)}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = read_report(out, "res2net50-w14-s8")
     _assert_matches(report, own, "val.txt")
     assert (out / "res2net50-w14-s8" / "model.onnx").is_file()
     assert "accuracy  source top-1/top-5" in proc.stdout
+    # The store's index shows the measured accuracy and how many images it stands on.
+    store = tmp_path / "store"
+    proc = run_pipeline("publish", "--from", str(out), "--to", str(store), "--public-key",
+                        str(key.with_suffix(".pub")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = json.loads((store / "index.json").read_text())["artifacts"][0]
+    assert row["accuracy"]["source"] == report["accuracy"]["source"]
+    assert f"{own['top1']:.2f} / {own['top5']:.2f} (24 images)" in \
+        (store / "index.md").read_text()
 
     # The same run with an unreadable-image limit of 0: the gate decides, fail closed.
     strict = _manifest(tmp_path, "res2net50-w14-s8", 0.0)
