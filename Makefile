@@ -18,7 +18,8 @@ STORE ?= store
 NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly
+.PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly \
+        bench-data-path
 
 help:
 	@echo "make setup                      build/update the environments (idempotent)"
@@ -29,6 +30,7 @@ help:
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
 	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR LIMIT=N] [STORE=store]"
+	@echo "make bench-data-path            accuracy gate: data path vs inference images/s (JSON)"
 	@echo "make test                       full test suite (slow tests included)"
 	@echo "make test-fast                  tests that need no framework worker"
 	@echo "make lock                       re-resolve envs/*.in into envs/*.lock.txt"
@@ -83,6 +85,9 @@ nightly: setup
 	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
 	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) KEEP=$(KEEP) \
 	    MANIFEST=$(MANIFEST) scripts/nightly.sh
+
+bench-data-path: setup
+	$(PY) benchmarks/data_path.py $(if $(DATA),--data $(DATA))
 
 list: setup
 	@$(PY) pipeline.py --manifest $(MANIFEST) --list

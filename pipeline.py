@@ -8,6 +8,11 @@ against the source framework's on the same inputs, and write OUT/NAME/{model.onn
 report.json} only if every check passed. A failed entry gets OUT/NAME/report.json saying
 which check failed, by how much, and why.
 
+With --data (a labelled ImageNet-val folder), each entry also gets the accuracy gate: top-1
+and top-5 of the source framework and of ONNX Runtime on the same tensors, preprocessed by
+the source's own eval transforms; the gates (ONNX vs source top-1, disagreement, unreadable
+images, and the publisher's top-1 for the pinned checkpoint) are in the manifest.
+
 With --signing-key, each passed artifact is signed (OUT/NAME/model.sig, OpenSSF
 model-signing) after it is complete and before it becomes visible; failed entries are never
 signed. Subcommands: verify-artifact, publish, keygen (see `python pipeline.py CMD --help`).
@@ -20,6 +25,7 @@ Examples:
   python pipeline.py --list
   python pipeline.py --manifest manifests/all.yaml --only res2net50-w14-s8
   python pipeline.py --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=my.pth --out out/
+  python pipeline.py --only res2net50-w14-s8 --data /data/imagenet/val --limit 5000
   python pipeline.py --signing-key key.pem --out out/ && \
       python pipeline.py publish --from out/ --to store/ --public-key key.pub
 """
