@@ -19,17 +19,19 @@ NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly \
-        bench-data-path
+        bench-data-path bench
 
 help:
 	@echo "make setup                      build/update the environments (idempotent)"
 	@echo "make demo                       offline: seeded demo checkpoint -> verified ONNX in $(OUT)/"
-	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]]"
+	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]] [PRECISIONS=fp32,fp16,int8]"
 	@echo "                                DATA (or DATASETS_DIR): labelled ImageNet val -> accuracy gate"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
 	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR LIMIT=N] [STORE=store]"
+	@echo "make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=..] [DEVICE=cuda]"
+	@echo "                                source vs ONNX Runtime latency/FPS table + bench.json"
 	@echo "make bench-data-path            accuracy gate: data path vs inference images/s (JSON)"
 	@echo "make test                       full test suite (slow tests included)"
 	@echo "make test-fast                  tests that need no framework worker"
@@ -69,7 +71,8 @@ convert: setup
 	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]]"; exit 2; }
 	$(PY) pipeline.py --manifest $(MANIFEST) --only $(MODEL) --out $(OUT) \
 	    $(if $(CHECKPOINT),--checkpoint $(MODEL)=$(CHECKPOINT)) $(if $(DATA),--data $(DATA)) \
-	    $(if $(LIMIT),--limit $(LIMIT)) $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
+	    $(if $(LIMIT),--limit $(LIMIT)) $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY)) \
+	    $(if $(PRECISIONS),--precisions $(PRECISIONS))
 
 verify-artifact: setup
 	@test -n "$(ARTIFACT)" -a -n "$(PUBLIC_KEY)" || { echo "usage: make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"; exit 2; }
@@ -85,6 +88,12 @@ nightly: setup
 	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
 	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) KEEP=$(KEEP) \
 	    MANIFEST=$(MANIFEST) scripts/nightly.sh
+
+bench: setup
+	@test -n "$(MODEL)" || { echo "usage: make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=fp32,fp16,int8] [DEVICE=cuda]"; exit 2; }
+	$(PY) pipeline.py bench --model $(MODEL) --manifest $(MANIFEST) --from $(OUT) \
+	    $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
+	    $(if $(DEVICE),--device $(DEVICE)) $(if $(RUNS),--runs $(RUNS))
 
 bench-data-path: setup
 	$(PY) benchmarks/data_path.py $(if $(DATA),--data $(DATA))

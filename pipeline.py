@@ -15,7 +15,7 @@ images, and the publisher's top-1 for the pinned checkpoint) are in the manifest
 
 With --signing-key, each passed artifact is signed (OUT/NAME/model.sig, OpenSSF
 model-signing) after it is complete and before it becomes visible; failed entries are never
-signed. Subcommands: verify-artifact, publish, keygen (see `python pipeline.py CMD --help`).
+signed. Subcommands: verify-artifact, publish, keygen, bench (see `python pipeline.py CMD --help`).
 
 Exit status: 0 if every selected entry passed, 1 if any did not, 2 for bad usage or a bad
 manifest.
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import click
 
+from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE
 from manifests.loader import ManifestError, load_manifest, select
 from orchestrator.accuracy import Selection
@@ -90,6 +91,12 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    "classes (the report says how many were used).")
 @click.option("--data-workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocess threads in the source's worker (default: all cores).")
+@click.option("--precisions", default="fp32", show_default=True, metavar="LIST",
+              help="Comma-separated precisions to ship: fp32 (always), fp16 (float16 with fp32 "
+                   "inputs/outputs), int8 (ONNX Runtime static QDQ, per-channel, calibrated on "
+                   "--data images spread over the classes, else generated images). Each variant "
+                   "is gated against the fp32 source (cosine, top-1 agreement, and with --data "
+                   "its top-1 drop); one that fails is not written and does not block fp32.")
 @click.option("--threads", type=int, default=None,
               help="CPU threads for the framework and ONNX Runtime (default: all cores).")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
@@ -100,7 +107,7 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               help="List the manifest's entries (name, source, model id) and exit.")
 @click.pass_context
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
-        threads, keep_work, signing_key, list_only):
+        precisions, threads, keep_work, signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -128,6 +135,11 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
         except SigningError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+    try:
+        wanted = _parse_precisions(precisions)
+    except click.BadParameter as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
     data = None
     if limit is not None and data_dir is None:
         click.echo("error: --limit needs --data (or DATASETS_DIR)", err=True)
@@ -140,6 +152,7 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
             sys.exit(2)
     opts = RunOptions(out_dir=out_dir, cache_dir=Path(cache_dir).expanduser(),
                       checkpoints=local, data=data, threads=threads, data_workers=data_workers,
+                      precisions=wanted,
                       keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
     results = []
     for index, entry in enumerate(chosen, start=1):
@@ -149,6 +162,16 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
     click.echo("")
     click.echo(format_summary(results))
     sys.exit(0 if results and all(r.status == "passed" for r in results) else 1)
+
+
+def _parse_precisions(text: str) -> tuple[str, ...]:
+    asked = [p.strip().lower() for p in text.split(",") if p.strip()]
+    unknown = [p for p in asked if p not in PRECISIONS]
+    if unknown or not asked:
+        raise click.BadParameter(f"unknown precision(s) {', '.join(unknown) or repr(text)}; "
+                                 f"choose from {', '.join(PRECISIONS)}",
+                                 param_hint="--precisions")
+    return tuple(p for p in PRECISIONS if p in asked or p == "fp32")
 
 
 def _load_data(root: Path, limit: int | None, chosen) -> Selection:
@@ -216,6 +239,62 @@ def publish(source: Path, store: Path, public_key: Path, keep: int | None):
                f"skipped {len(result.skipped)}, refused {len(result.rejected)}, "
                f"retired {len(result.removed)}; index: {store / 'index.md'}")
     sys.exit(1 if result.rejected else 0)
+
+
+@cli.command()
+@click.option("--model", "name", required=True, metavar="NAME", help="Manifest entry.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=HERE / "manifests" /
+              "all.yaml", show_default="manifests/all.yaml")
+@click.option("--from", "out_dir", type=click.Path(path_type=Path), default=Path("artifacts"),
+              show_default=True, help="Output folder holding the converted NAME/ artifact.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, metavar="LIST")
+@click.option("--precisions", default=None, metavar="LIST",
+              help="ONNX precisions to time (default: every model file the artifact holds).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: ONNX Runtime's TensorRT/CUDA provider (onnxruntime-gpu needed); the "
+                   "source framework is timed on CPU.")
+@click.option("--threads", type=int, default=None, help="Default: all cores.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("bench.json"),
+              show_default=True)
+def bench(name, manifest, out_dir, batch_sizes, precisions, device, threads, warmup, runs,
+          json_path):
+    """Time the source framework and ONNX Runtime on a converted model; print a table and
+    write JSON.
+
+    Median and p90 latency and images/s over warm runs, every figure measured in this run on
+    this machine: the source framework's eval forward in its own worker, and ONNX Runtime on
+    each precision's model file from OUT/NAME/ (make one with
+    `make convert MODEL=NAME PRECISIONS=fp32,fp16,int8`).
+    """
+    from orchestrator.bench import FILES, BenchError, format_table, run_bench
+
+    try:
+        entry = select(load_manifest(manifest), (name,))[0]
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ManifestError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ValueError:
+        click.echo(f"error: --batch-sizes {batch_sizes!r}: expected e.g. 1,8,32", err=True)
+        sys.exit(2)
+    artifact = out_dir / name
+    wanted = (list(_parse_precisions(precisions)) if precisions else
+              [p for p, f in FILES.items() if (artifact / f).is_file()] or ["fp32"])
+    click.echo(f"bench {name}: batch sizes {sizes}, precisions {wanted}, device {device}")
+    try:
+        result = run_bench(entry, artifact, sizes, wanted, device, threads, warmup, runs,
+                           say=click.echo)
+    except BenchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo("")
+    click.echo(format_table(result))
+    click.echo(f"\nwrote {json_path}")
 
 
 @cli.command()

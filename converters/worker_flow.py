@@ -141,7 +141,7 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
     threads = int(job.get("threads") or os.cpu_count() or 1)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # adapters size their thread pools from it
     task = job.get("task", "convert")
-    tasks = {"convert": convert, "evaluate": evaluate, "bench": bench}
+    tasks = {"convert": convert, "evaluate": evaluate, "bench": bench, "latency": latency}
     if task not in tasks:
         raise WorkerError("job", f"unknown task {task!r} (known: {', '.join(tasks)})")
     return tasks[task](adapter, job, workdir)
@@ -191,6 +191,18 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         result["images_used"] = used
         if unreadable:
             result["unreadable"] = unreadable
+    if job.get("calibration_images"):
+        with timer.stage("calibration"):
+            paths = job["calibration_images"]
+            log(f"preprocessing {len(paths)} int8 calibration images")
+            parts = [b.array for b in batches(paths, per_image, collate, 32, _data_workers(job))
+                     if b.array is not None]
+            if not parts:
+                raise WorkerError("preprocess", "no int8 calibration image could be decoded")
+            calibration = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+            np.save(workdir / "calibration.npy", calibration)
+            result["files"]["calibration"] = "calibration.npy"
+            result["calibration_images"] = len(calibration)
     with timer.stage("reference"):
         log(f"running {adapter.framework} eval forward")
         logits = adapter.forward(model, inputs, int(job.get("batch_size", 16)))
@@ -315,3 +327,32 @@ def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
                           "images_per_s": round(batch_size / median, 2),
                           "threads": int(os.environ["OMP_NUM_THREADS"])},
             "files": {"onnx": "bench.onnx", "batch": "batch.npy"}}
+
+
+def timed_runs(run: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Seconds of each of `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """The source framework's eval forward at each batch size (random-init weights: speed does
+    not depend on their values), warm runs only."""
+    entry = job["entry"]
+    model = adapter.build(entry["model_id"], entry["num_classes"])
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in job["batch_sizes"]:
+        x = rng.standard_normal((batch, *entry["input_shape"])).astype(np.float32)
+        times = timed_runs(lambda: adapter.forward(model, x, batch), int(job["warmup"]),
+                           int(job["runs"]))
+        rows.append({"batch_size": batch, "times_s": [round(t, 6) for t in times]})
+        log(f"{adapter.framework} batch {batch}: median {np.median(times) * 1000:.1f} ms")
+    return {"versions": adapter.versions(), "rows": rows,
+            "threads": int(os.environ["OMP_NUM_THREADS"])}

@@ -83,13 +83,19 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _merge(default, given):
+    """Defaults filled in at every level of nested blocks (variants.int8.calibration alone
+    keeps the other int8 defaults)."""
+    if isinstance(default, dict) and isinstance(given, dict):
+        return {k: _merge(default.get(k), given[k]) if k in given else copy.deepcopy(default[k])
+                for k in {**default, **given}}
+    return copy.deepcopy(given if given is not None else default)
+
+
 def _merge_defaults(entry: dict) -> dict:
     merged = copy.deepcopy(entry)
     for key, default in DEFAULTS.items():
-        if isinstance(default, dict):
-            merged[key] = {**default, **merged.get(key, {})}
-        else:
-            merged.setdefault(key, copy.deepcopy(default))
+        merged[key] = _merge(default, merged.get(key))
     return merged
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from converters.registry import SOURCES
 from converters.runner import Worker, WorkerFailed
 from manifests.loader import Entry
-from verify.accuracy import AccuracyMeter, accuracy_checks
+from verify.accuracy import AccuracyMeter, accuracy_checks, variant_drop_check
 from verify.compare import Check
 from verify.dataset import Dataset
 from verify.ort_runner import OrtRunner
@@ -45,9 +45,12 @@ class Selection:
 
 def evaluate_accuracy(entry: Entry, selection: Selection, checkpoint: Path, model: Path,
                       workdir: Path, pinned: bool, threads: int | None,
-                      data_workers: int | None, timeout: float
-                      ) -> tuple[list[Check], dict]:
-    """Run the evaluation; returns the gates and report['accuracy']."""
+                      data_workers: int | None, timeout: float,
+                      variants: dict[str, Path] | None = None
+                      ) -> tuple[list[Check], dict, dict[str, tuple[Check, dict]]]:
+    """Run the evaluation; returns the fp32 gates, report['accuracy'], and for each variant
+    (name -> ONNX file, scored on the same tensors) its top1_drop check and figures."""
+    variants = variants or {}
     data = selection.dataset
     paths = [str(data.paths[i]) for i in selection.positions]
     labels = np.asarray([data.labels[i] for i in selection.positions], dtype=np.int64)
@@ -57,8 +60,11 @@ def evaluate_accuracy(entry: Entry, selection: Selection, checkpoint: Path, mode
            "batch_size": limits["batch_size"], "shard_dir": "shards", "max_pending_shards": 4}
     eval_dir = workdir / "evaluate"
     shard_dir = eval_dir / "shards"
-    runner = OrtRunner(model, threads, spinning=False)  # shares the cores with the worker
-    meter = AccuracyMeter()
+    # ONNX Runtime shares the cores with the worker: idle threads sleep instead of spinning.
+    runners = {"onnx": OrtRunner(model, threads, spinning=False),
+               **{name: OrtRunner(path, threads, spinning=False)
+                  for name, path in variants.items()}}
+    meter = AccuracyMeter(tuple(runners))
     worker = Worker(SOURCES[entry.source], job, eval_dir)
     start = time.perf_counter()
     deadline = time.monotonic() + timeout
@@ -81,12 +87,14 @@ def evaluate_accuracy(entry: Entry, selection: Selection, checkpoint: Path, mode
                 inputs, reference, indices = z["inputs"], z["logits"], z["indices"]
             shard.unlink()
             t0 = time.perf_counter()
-            out = runner.infer(inputs, len(inputs))
+            outs = {name: r.infer(inputs, len(inputs)) for name, r in runners.items()}
             onnx_s += time.perf_counter() - t0
-            if out.shape != reference.shape:
-                raise AccuracyFailed("logits_shape", f"ONNX Runtime gave {list(out.shape)}, "
-                                                     f"the source {list(reference.shape)}")
-            meter.add(labels[indices], indices, reference, out)
+            for name, out in outs.items():
+                if out.shape != reference.shape:
+                    raise AccuracyFailed("logits_shape", f"ONNX Runtime ({name}) gave "
+                                                         f"{list(out.shape)}, the source "
+                                                         f"{list(reference.shape)}")
+            meter.add(labels[indices], indices, reference, outs)
             shards += 1
             bar.update(len(indices))
     finally:
@@ -124,4 +132,12 @@ def evaluate_accuracy(entry: Entry, selection: Selection, checkpoint: Path, mode
             "worker": result["timings"], "loader": result["loader"],
         },
     }
-    return checks, report
+    per_variant = {}
+    for name in variants:
+        figures = {**meter.side(name), "disagree": len(meter.disagreeing[name]),
+                   "max_abs_logit_diff": meter.max_diff[name]}
+        per_variant[name] = (variant_drop_check(meter, name,
+                                                entry["variants"][name]["max_top1_drop"]),
+                             figures)
+        report.setdefault("variants", {})[name] = figures
+    return checks, report, per_variant

@@ -23,14 +23,15 @@ from converters.protocol import Timer
 from converters.registry import REPO_ROOT, SOURCES, unavailable_reason
 from converters.runner import WorkerFailed, run_worker
 from converters.simplify import OnnxCheckFailed, check, simplify
+from converters.variants import VariantFailed, make_fp16, make_int8
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint, sha256_file
 from manifests.loader import Entry
 from orchestrator.accuracy import AccuracyFailed, Selection, evaluate_accuracy
 from release.artifact import write_artifact
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
-from verify.compare import Check, check_signature, compare_logits, failed
-from verify.dataset import spread_pick
+from verify.compare import Check, check_signature, compare_logits, compare_variant, failed
+from verify.dataset import spread_pick, spread_subset
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
 
@@ -46,6 +47,7 @@ class RunOptions:
     worker_timeout: float = 3600.0
     signing_key: Path | None = None   # EC private key (PEM); passed artifacts get model.sig
     signing_key_id: str | None = None
+    precisions: tuple[str, ...] = ("fp32",)   # fp32 always; fp16 / int8 variants on request
 
 
 @dataclass
@@ -88,6 +90,69 @@ def pick_images(entry: Entry, opts: RunOptions, workdir: Path) -> tuple[list[Pat
              for i in spread_pick(count, len(positions))]
     return picks, {"kind": "data", "dir": str(opts.data.dataset.root), "count": len(picks),
                    "available": len(positions)}
+
+
+def pick_calibration(entry: Entry, opts: RunOptions, workdir: Path) -> tuple[list[Path], dict]:
+    """int8 calibration images: spread over the classes of --data, else generated."""
+    count = entry["variants"]["int8"]["calibration_images"]
+    if opts.data is None:
+        seed = entry["verify"]["seed"] + 1000   # not the logit check's images
+        return (generate_images(workdir / "calibration", count, seed),
+                {"kind": "generated", "count": count, "seed": seed,
+                 "note": "no --data: calibrated on generated images, not ImageNet"})
+    positions = opts.data.positions
+    labels = [opts.data.dataset.labels[p] for p in positions]
+    picks = [opts.data.dataset.paths[positions[i]] for i in spread_subset(labels, count)]
+    return picks, {"kind": "data", "dir": str(opts.data.dataset.root), "count": len(picks),
+                   "classes": len({opts.data.dataset.labels[positions[i]]
+                                   for i in spread_subset(labels, count)})}
+
+
+def _build_variants(entry: Entry, opts: RunOptions, simplified: Path, workdir: Path,
+                    inputs: np.ndarray, reference: np.ndarray, calibration: Path | None,
+                    timer: Timer, say) -> dict[str, dict]:
+    """fp16 / int8 from the simplified fp32 model, each checked against the source's logits.
+    A variant that fails is reported and not shipped; it never fails the fp32 entry."""
+    results: dict[str, dict] = {}
+    for precision in (p for p in opts.precisions if p != "fp32"):
+        path = workdir / f"model.{precision}.onnx"
+        gates = entry["variants"][precision]
+        scope = {"model": precision, "batch": len(inputs)}
+        result: dict = {"passed": False, "checks": [], "error": None}
+        with timer.stage(f"variant_{precision}"):
+            try:
+                if precision == "fp16":
+                    result["build"] = make_fp16(simplified, path)
+                else:
+                    result["build"] = make_int8(simplified, path, np.load(calibration), gates)
+                info = check(path)
+                checks = check_signature(info, entry["num_classes"], entry["input_shape"],
+                                         entry["export"]["dynamic_batch"], scope)
+                if not failed(checks):
+                    out = OrtRunner(path, opts.threads).infer(inputs, len(inputs))
+                    checks += compare_variant(reference, out, gates, scope)
+                result["checks"] = checks
+                result["passed"] = not failed(checks)
+            except (VariantFailed, OnnxCheckFailed) as exc:
+                result["error"] = str(exc)
+        result["path"] = path
+        results[precision] = result
+        say(f"  {precision:<9} {_variant_line(result)}")
+    return results
+
+
+def _variant_line(result: dict) -> str:
+    if result["error"]:
+        return f"NOT SHIPPED: {result['error']}"
+    by = {c.name: c for c in result["checks"]}
+    bad = failed(result["checks"])
+    figures = ", ".join(f"{n} {_fmt(by[n].measured)}" for n in ("cosine_min", "top1_agreement",
+                                                                 "top1_drop") if n in by)
+    if bad:
+        c = bad[0]
+        return (f"NOT SHIPPED: {c.name} {_fmt(c.measured)} vs limit {_fmt(c.limit)}"
+                f" ({figures})")
+    return f"passed: {figures}"
 
 
 def _candidates(entry: Entry, all_entries: list[Entry]) -> list[dict]:
@@ -183,7 +248,11 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
 
     with timer.stage("images"):
         images, image_info = pick_images(entry, opts, workdir)
+        calibration, calibration_info = (pick_calibration(entry, opts, workdir)
+                                         if "int8" in opts.precisions else ([], None))
     report["verification"] = {"images": image_info}
+    if calibration_info:
+        report["verification"]["int8_calibration"] = calibration_info
 
     with timer.stage("convert"):
         say(f"  convert   {spec.framework} worker: build, load, preprocess, export ...")
@@ -192,6 +261,7 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                 "entry": entry.data, "checkpoint": str(got.path),
                 "images": [str(p) for p in images],
                 "candidates": _candidates(entry, all_entries),
+                "calibration_images": [str(p) for p in calibration],
                 "threads": opts.threads, "batch_size": len(images),
             }, workdir, timeout=opts.worker_timeout)
         except WorkerFailed as exc:
@@ -238,25 +308,61 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                                   inputs, reference, opts.threads)
         report["verification"].update(figures)
 
-    if opts.data is not None and not any(
-            not c.passed and c.name in ("opset", "io_names", "io_shapes") for c in checks):
+    runnable = not any(not c.passed and c.name in ("opset", "io_names", "io_shapes")
+                       for c in checks)
+    variants = {}
+    if runnable and len(opts.precisions) > 1:
+        calibration = (workdir / result["files"]["calibration"]
+                       if "calibration" in result["files"] else None)
+        variants = _build_variants(entry, opts, simplified, workdir, inputs, reference,
+                                   calibration, timer, say)
+    if opts.data is not None and runnable:
         with timer.stage("accuracy"):
             say(f"  accuracy  {len(opts.data.positions)} images, {spec.framework} and ONNX "
                 f"Runtime on the same {entry['preprocess']['pipeline']}-preprocessed tensors")
             try:
-                acc_checks, accuracy = evaluate_accuracy(
+                acc_checks, accuracy, per_variant = evaluate_accuracy(
                     entry, opts.data, got.path, simplified, workdir, got.pinned, opts.threads,
-                    opts.data_workers, opts.worker_timeout)
+                    opts.data_workers, opts.worker_timeout,
+                    variants={p: v["path"] for p, v in variants.items() if v["passed"]})
             except AccuracyFailed as exc:
                 raise StageError("accuracy", exc.kind, exc.message, exc.details) from None
         report["accuracy"] = accuracy
         checks += acc_checks
+        for precision, (drop, figures) in per_variant.items():
+            variants[precision]["checks"].append(drop)
+            variants[precision]["accuracy"] = figures
+            variants[precision]["passed"] = not failed(variants[precision]["checks"])
+            say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
+                f"{_variant_line(variants[precision])}")
         src, onx = accuracy["source"], accuracy["onnx"]
         say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
             f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
             f"{accuracy['disagree']} disagree; {accuracy['unreadable']} unreadable; "
             f"{accuracy['throughput']['images_per_s']} images/s")
-    return checks
+    return checks, variants
+
+
+def _variants_report(variants: dict[str, dict], shipped: bool) -> dict:
+    """report['variants']: per precision, whether it ships, its file, checks, build info."""
+    out = {}
+    for precision, v in variants.items():
+        entry = {"passed": v["passed"] and v["error"] is None,
+                 "checks": [c.as_dict() for c in v["checks"]],
+                 "build": v.get("build"), "error": v["error"]}
+        if v.get("accuracy"):
+            entry["accuracy"] = v["accuracy"]
+        if entry["passed"] and shipped:
+            entry["file"] = f"model.{precision}.onnx"
+            entry["sha256"] = sha256_file(v["path"])
+            entry["bytes"] = v["path"].stat().st_size
+        elif not entry["passed"]:
+            bad = failed(v["checks"])
+            entry["why"] = (v["error"] or
+                            f"{bad[0].name} {_fmt(bad[0].measured)} vs limit {_fmt(bad[0].limit)}"
+                            "; not written (the fp32 model is unaffected)")
+        out[precision] = entry
+    return out
 
 
 def _write_passed(entry: Entry, report: dict, files: dict[str, Path], opts: RunOptions) -> Path:
@@ -293,9 +399,15 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
     files: dict[str, Path] = {}
     try:
         try:
-            checks = _run_stages(entry, all_entries, opts, report, timer, workdir, say)
+            checks, variants = _run_stages(entry, all_entries, opts, report, timer, workdir,
+                                           say)
             report["checks"] = [c.as_dict() for c in checks]
             report["passed"] = bool(checks) and not failed(checks)
+            if variants:
+                report["variants"] = _variants_report(variants, report["passed"])
+                for precision, v in report["variants"].items():
+                    if "file" in v:
+                        files[v["file"]] = variants[precision]["path"]
             decided = _decided_by(checks, report["passed"], report.get("accuracy"))
             say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: "
                 f"{decided}")
@@ -326,7 +438,7 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
                                    "details": {}}
                 status, decided = "error", "sign: signing"
                 report["decided_by"] = decided
-                files.pop("model.onnx", None)
+                files.clear()  # nothing unsigned ships: no fp32 model, no variant
                 say(f"  ERROR     [sign/signing] {exc}")
         if not report["passed"]:
             if (workdir / "worker.log").exists():

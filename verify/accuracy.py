@@ -20,36 +20,63 @@ def _topk(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 class AccuracyMeter:
-    """Accumulates hits batch by batch (the dataset never has to fit in memory)."""
+    """Accumulates hits batch by batch (the dataset never has to fit in memory).
 
-    def __init__(self):
+    `source` is the reference; candidates are ONNX models by name ("onnx" is the fp32 one,
+    "fp16"/"int8" the variants). Disagreement and logit difference are counted for each."""
+
+    def __init__(self, candidates: tuple[str, ...] = ("onnx",)):
         self.images = 0
-        self.hits = {"source": {1: 0, 5: 0}, "onnx": {1: 0, 5: 0}}
-        self.disagree: list[int] = []     # dataset positions where the top-1s differ
-        self.max_abs_diff = 0.0
+        self.names = ("source", *candidates)
+        self.hits = {name: {1: 0, 5: 0} for name in self.names}
+        self.disagreeing = {name: [] for name in candidates}   # positions whose top-1 differ
+        self.max_diff = {name: 0.0 for name in candidates}
+
+    @property
+    def disagree(self) -> list[int]:
+        return self.disagreeing["onnx"]
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.max_diff["onnx"]
 
     def add(self, labels: np.ndarray, positions: np.ndarray, source: np.ndarray,
-            onnx: np.ndarray) -> None:
+            outputs: dict[str, np.ndarray] | np.ndarray) -> None:
+        if not isinstance(outputs, dict):
+            outputs = {"onnx": outputs}
         labels = np.asarray(labels)
-        for name, logits in (("source", source), ("onnx", onnx)):
+        for name, logits in (("source", source), *outputs.items()):
             top5 = _topk(logits.astype(np.float64), 5)
             self.hits[name][1] += int((top5[:, 0] == labels).sum())
             self.hits[name][5] += int((top5 == labels[:, None]).any(axis=1).sum())
-        differ = source.argmax(1) != onnx.argmax(1)
-        self.disagree += [int(p) for p in np.asarray(positions)[differ]]
-        if len(source):
-            self.max_abs_diff = max(self.max_abs_diff, float(
-                np.abs(source.astype(np.float64) - onnx.astype(np.float64)).max()))
+        for name, logits in outputs.items():
+            differ = source.argmax(1) != logits.argmax(1)
+            self.disagreeing[name] += [int(p) for p in np.asarray(positions)[differ]]
+            if len(source):
+                self.max_diff[name] = max(self.max_diff[name], float(
+                    np.abs(source.astype(np.float64) - logits.astype(np.float64)).max()))
         self.images += len(labels)
 
     def percent(self, name: str, k: int) -> float:
         return 100.0 * self.hits[name][k] / self.images if self.images else 0.0
 
+    def side(self, name: str) -> dict:
+        return {"top1": round(self.percent(name, 1), 4), "top5": round(self.percent(name, 5), 4),
+                "images": self.images}
+
     def summary(self) -> dict:
-        side = lambda name: {"top1": round(self.percent(name, 1), 4),  # noqa: E731
-                             "top5": round(self.percent(name, 5), 4), "images": self.images}
-        return {"source": side("source"), "onnx": side("onnx"),
+        return {"source": self.side("source"), "onnx": self.side("onnx"),
                 "disagree": len(self.disagree), "max_abs_logit_diff": self.max_abs_diff}
+
+
+def variant_drop_check(meter: AccuracyMeter, name: str, limit: float) -> Check:
+    """source top-1 - variant top-1 (percent points; a gain passes)."""
+    drop = meter.percent("source", 1) - meter.percent(name, 1)
+    return Check("top1_drop", drop <= limit + 1e-9, round(drop, 4), limit,
+                 f"{name} top-1 {meter.percent(name, 1):.3f}% vs fp32 source "
+                 f"{meter.percent('source', 1):.3f}% on {meter.images} images "
+                 f"({len(meter.disagreeing[name])} images change top-1)",
+                 {"model": name, "stage": "accuracy"})
 
 
 def sampling_allowance(published_top1: float, images: int) -> float:

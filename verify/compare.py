@@ -105,3 +105,35 @@ def compare_logits(ref: np.ndarray, out: np.ndarray, tol: dict, scope: dict) -> 
 
 def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if not c.passed]
+
+
+def compare_variant(ref: np.ndarray, out: np.ndarray, gates: dict, scope: dict) -> list[Check]:
+    """A reduced-precision model against the fp32 source: finite, smallest per-image cosine,
+    top-1 agreement (gated), and max abs diff (reported, not gated: fp16/int8 error is
+    expected; whether it matters is what cosine, agreement and accuracy decide)."""
+    if ref.shape != out.shape:
+        return [Check("logits_shape", False, list(out.shape), list(ref.shape),
+                      "variant and reference logits differ in shape", scope)]
+    finite = bool(np.isfinite(out).all())
+    checks = [Check("finite", finite, finite, True,
+                    "" if finite else "NaN or Inf in the logits", scope)]
+    if not finite:
+        return checks
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    dots = (ref64 * out64).sum(1)
+    norms = np.linalg.norm(ref64, axis=1) * np.linalg.norm(out64, axis=1)
+    cosine = float(np.min(np.where(norms > 0, dots / np.maximum(norms, 1e-300), 1.0)))
+    checks.append(Check("cosine_min", cosine >= gates["min_cosine"], cosine, gates["min_cosine"],
+                        "smallest per-image cosine similarity to the fp32 source's logits",
+                        scope))
+    same = ref64.argmax(1) == out64.argmax(1)
+    agreement = float(same.mean())
+    checks.append(Check("top1_agreement", agreement >= gates["min_top1_agreement"], agreement,
+                        gates["min_top1_agreement"],
+                        f"{int(same.sum())}/{len(same)} images have the fp32 source's top-1",
+                        scope))
+    diff = float(np.abs(out64 - ref64).max())
+    checks.append(Check("max_abs_diff", True, diff, None,
+                        f"reported, not gated (max|ref| {float(np.abs(ref64).max()):.4g})",
+                        scope))
+    return checks

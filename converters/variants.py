@@ -1,0 +1,121 @@
+"""Reduced-precision variants of the simplified fp32 model (orchestrator side: ONNX tools only).
+
+- fp16: onnxconverter-common's float16 conversion with fp32 inputs and outputs
+  (keep_io_types), so callers feed and read the same tensors as the fp32 model.
+- int8: ONNX Runtime static quantization, QDQ format, per-channel int8 weights, uint8
+  activations, calibrated on preprocessed images with the manifest's method (entropy or
+  percentile, as IxRT calibrates). Histograms are collected a few images at a time
+  (CalibStridedMinMax), so 256 calibration images need ~1 GB, not ~25 GB. Node types the
+  manifest lists in `exclude_op_types` stay fp32.
+
+Each function writes its output file or raises VariantFailed with the cause; the gates that
+decide whether a variant ships are in verify/ (same comparator as fp32) and orchestrator/.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class VariantFailed(Exception):
+    pass
+
+
+def make_fp16(fp32: Path, out: Path) -> dict:
+    import onnx
+    from onnxconverter_common import float16
+
+    try:
+        model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(out))
+    except Exception as exc:  # noqa: BLE001 - any converter failure fails only this variant
+        raise VariantFailed(f"float16 conversion failed: {type(exc).__name__}: {exc}") from exc
+    return {"converter": "onnxconverter-common float16, keep_io_types=True",
+            "onnxconverter_common": _version("onnxconverter-common")}
+
+
+class _Reader:
+    """CalibrationDataReader over an N x C x H x W array, in batches, with the set_range that
+    CalibStridedMinMax drives."""
+
+    def __init__(self, data: np.ndarray, batch: int):
+        self.data, self.batch = data, batch
+        self.set_range(0, len(data))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.position, self.end = start_index, end_index
+
+    def get_next(self):
+        if self.position >= self.end:
+            return None
+        stop = min(self.position + self.batch, self.end)
+        batch = {"input": np.ascontiguousarray(self.data[self.position:stop])}
+        self.position = stop
+        return batch
+
+
+def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict:
+    """cfg: the manifest's variants.int8 block (method, percentile, exclude_op_types)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = cfg.get("calibration", "entropy")
+    stride = 8
+    usable = len(calibration) - len(calibration) % stride
+    if usable < stride:
+        raise VariantFailed(f"int8 calibration needs at least {stride} images, got "
+                            f"{len(calibration)}")
+    calibration = calibration[:usable]
+    exclude_types = set(cfg.get("exclude_op_types", []))
+    extra = {"CalibStridedMinMax": stride, "ActivationSymmetric": False,
+             "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = float(cfg.get("percentile", 99.999))
+    try:
+        with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            graph = onnx.load(str(prepared)).graph
+            exclude = [n.name for n in graph.node if n.op_type in exclude_types]
+            with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
+                quantize_static(
+                    str(prepared), str(out), _Reader(calibration, stride),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method={"entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile,
+                                      "minmax": CalibrationMethod.MinMax}[method],
+                    nodes_to_exclude=exclude, extra_options=extra)
+    except VariantFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any quantizer failure fails only this variant
+        raise VariantFailed(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
+    nodes = [n.op_type for n in onnx.load(str(out)).graph.node]
+    return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "per_channel": True, "weights": "int8 symmetric", "activations": "uint8",
+            "calibration": method, "calibration_images": usable,
+            **({"percentile": extra["CalibPercentile"]} if method == "percentile" else {}),
+            "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
+            "quantize_linear_nodes": nodes.count("QuantizeLinear"),
+            "onnxruntime": _version("onnxruntime")}
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
