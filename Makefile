@@ -17,6 +17,7 @@ DEMO_KEY := demo/signing-key.pem
 STORE ?= store
 NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
+BENCH_JSON ?= bench.json
 
 .PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly \
         bench-data-path bench
@@ -93,7 +94,7 @@ bench: setup
 	@test -n "$(MODEL)" || { echo "usage: make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=fp32,fp16,int8] [DEVICE=cuda]"; exit 2; }
 	$(PY) pipeline.py bench --model $(MODEL) --manifest $(MANIFEST) --from $(OUT) \
 	    $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
-	    $(if $(DEVICE),--device $(DEVICE)) $(if $(RUNS),--runs $(RUNS))
+	    $(if $(DEVICE),--device $(DEVICE)) $(if $(RUNS),--runs $(RUNS)) --json $(BENCH_JSON)
 
 bench-data-path: setup
 	$(PY) benchmarks/data_path.py $(if $(DATA),--data $(DATA))

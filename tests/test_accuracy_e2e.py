@@ -173,7 +173,15 @@ def test_mindcv_accuracy_equals_mindcv_eval(checkpoints, tmp_path):
     (root / SYNSETS[7] / GARBAGE).write_bytes(b"\x89PNG\r\n\x1a\n broken" * 4)
     out = tmp_path / "out"
     proc = run_make("convert", "MODEL=mindcv-res2net50", f"CHECKPOINT={checkpoint}",
-                    f"OUT={out}", f"DATA={root}",
+                    f"OUT={out}", f"DATA={root}", "PRECISIONS=fp32,fp16",
                     f"MANIFEST={_manifest(tmp_path, 'mindcv-res2net50', 5.0)}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _assert_matches(read_report(out, "mindcv-res2net50"), own, "imagefolder")
+    report = read_report(out, "mindcv-res2net50")
+    _assert_matches(report, own, "imagefolder")
+    # The fp16 variant is scored on the same tensors and gated on its top-1 drop.
+    fp16 = report["variants"]["fp16"]
+    assert fp16["passed"] is True and fp16["accuracy"]["images"] == COUNT
+    assert fp16["accuracy"] == {**fp16["accuracy"], **report["accuracy"]["variants"]["fp16"]}
+    drop = next(c for c in fp16["checks"] if c["name"] == "top1_drop")
+    assert drop["measured"] == pytest.approx(own["top1"] - fp16["accuracy"]["top1"], abs=1e-3)
+    assert (out / "mindcv-res2net50" / "model.fp16.onnx").is_file()

@@ -1,0 +1,106 @@
+"""FP16 and INT8 variants from a real mmpretrain checkpoint, their gates, signing over every
+file, a variant that fails its gate, and the bench table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import manifest_entries, read_report, run_make, run_pipeline, write_manifest
+from verify.images import synthetic_batch
+
+pytestmark = pytest.mark.slow
+NAME = "res2net50-w14-s8"
+
+
+def _manifest(tmp_path, **int8):
+    entry = manifest_entries()[NAME]
+    entry["variants"] = {"int8": {"calibration_images": 16, **int8}}
+    return str(write_manifest(tmp_path / f"m{len(int8)}.yaml", [entry]))
+
+
+def test_fp16_int8_variants_gated_signed_and_benched(checkpoints, tmp_path):
+    checkpoint = checkpoints("w14")
+    out, key = tmp_path / "out", tmp_path / "key.pem"
+    assert run_pipeline("keygen", str(key)).returncode == 0
+    proc = run_make("convert", f"MODEL={NAME}", f"CHECKPOINT={checkpoint}", f"OUT={out}",
+                    "PRECISIONS=fp32,fp16,int8", f"SIGNING_KEY={key}",
+                    f"MANIFEST={_manifest(tmp_path)}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    art = out / NAME
+    report = read_report(out, NAME)
+    assert report["passed"] is True
+    assert {p.name for p in art.iterdir()} == {"model.onnx", "model.fp16.onnx",
+                                               "model.int8.onnx", "report.json",
+                                               "provenance.json", "model.sig"}
+    for precision in ("fp16", "int8"):
+        v = report["variants"][precision]
+        assert v["passed"] is True and v["file"] == f"model.{precision}.onnx"
+        names = {c["name"] for c in v["checks"]}
+        assert {"io_names", "io_shapes", "cosine_min", "top1_agreement"} <= names
+    assert report["variants"]["int8"]["build"]["calibration_images"] == 16
+    assert report["verification"]["int8_calibration"]["kind"] == "generated"
+
+    # What was written is what the names say: fp16 weights with fp32 I/O; int8 QDQ with
+    # per-channel weight scales. Both still compute the fp32 model's function.
+    fp16 = onnx.load(str(art / "model.fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    int8 = onnx.load(str(art / "model.int8.onnx"))
+    ops = [n.op_type for n in int8.graph.node]
+    assert ops.count("QuantizeLinear") > 50 and ops.count("DequantizeLinear") > 50
+    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+               for t in int8.graph.initializer)
+    pre = manifest_entries()[NAME]["preprocess"]   # image-like inputs, as calibrated for
+    x = synthetic_batch(7, 2, pre["mean"], pre["std"])
+    ref = ort.InferenceSession(str(art / "model.onnx")).run(None, {"input": x})[0]
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        got = ort.InferenceSession(str(art / name)).run(None, {"input": x})[0]
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > 0.9, (name, cos)
+
+    # The signature covers every file, the variants included.
+    proc = run_make("verify-artifact", f"ARTIFACT={art}", f"PUBLIC_KEY={key.with_suffix('.pub')}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = bytearray((art / "model.int8.onnx").read_bytes())
+    data[-1] ^= 1
+    (art / "model.int8.onnx").write_bytes(bytes(data))
+    proc = run_pipeline("verify-artifact", str(art), "--public-key", str(key.with_suffix(".pub")))
+    assert proc.returncode == 1 and "model.int8.onnx" in proc.stderr
+    data[-1] ^= 1
+    (art / "model.int8.onnx").write_bytes(bytes(data))
+
+    # Bench: the source worker and ONNX Runtime per precision, same run, table + JSON.
+    proc = run_make("bench", f"MODEL={NAME}", f"OUT={out}", "BATCH_SIZES=1,2", "RUNS=2",
+                    f"BENCH_JSON={tmp_path / 'bench.json'}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(r["batch_size"], r["precision"], r["runtime"].split()[0]) for r in bench["rows"]}
+    assert rows == {(b, p, rt) for b in (1, 2) for p, rt in
+                    (("fp32", "mmpretrain"), ("fp32", "onnxruntime"),
+                     ("fp16", "onnxruntime"), ("int8", "onnxruntime"))}
+    assert all(r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] > 0
+               for r in bench["rows"])
+    assert "onnxruntime fp32 vs source" in proc.stdout and "int8 vs onnxruntime fp32" in \
+        proc.stdout
+
+
+def test_a_variant_failing_its_gate_is_not_written_and_fp32_still_ships(checkpoints, tmp_path):
+    checkpoint = checkpoints("w14")
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path, min_cosine=1.0)          # no int8 model can meet this
+    proc = run_pipeline("--manifest", manifest, "--checkpoint", f"{NAME}={checkpoint}",
+                        "--out", str(out), "--precisions", "int8")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_report(out, NAME)
+    assert report["passed"] is True
+    assert (out / NAME / "model.onnx").is_file()
+    assert not (out / NAME / "model.int8.onnx").exists()
+    v = report["variants"]["int8"]
+    assert v["passed"] is False and "file" not in v
+    assert v["why"].startswith("cosine_min") and "not written" in v["why"]
+    assert "int8      NOT SHIPPED: cosine_min" in proc.stdout
