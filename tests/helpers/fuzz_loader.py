@@ -1,5 +1,7 @@
 """Feed a source's checkpoint reader random byte strings; every one must be refused as a
-format error (never an internal error, never loaded). Runs in that source's environment.
+format error, or as unsafe when the bytes happen to parse as a pickle that asks for a global
+off the allow-list (never an internal error, never loaded). Seeded, so a failure reproduces.
+Runs in that source's environment.
 
     python tests/helpers/fuzz_loader.py SOURCE WORKDIR COUNT
 """
@@ -29,12 +31,12 @@ def main(source, workdir, count):
     for i in range(int(count)):
         path = Path(workdir) / f"{source}-{i}.bin"
         size = rng.choice([1, 7, 64, 513, 4096, 70000])
-        path.write_bytes(rng.choice(prefixes) + os.urandom(size))
+        path.write_bytes(rng.choice(prefixes) + rng.randbytes(size))
         try:
             load(path)
             bad.append((i, "loaded"))
         except WorkerError as exc:
-            if exc.kind != "checkpoint_format":
+            if exc.kind not in ("checkpoint_format", "checkpoint_unsafe"):
                 bad.append((i, exc.kind, exc.message[:120]))
         except Exception as exc:  # noqa: BLE001 - exactly what the test is looking for
             bad.append((i, type(exc).__name__, str(exc)[:120]))
