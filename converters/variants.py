@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,18 @@ def make_fp16(fp32: Path, out: Path) -> dict:
     from onnxconverter_common import float16
 
     try:
-        model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        with warnings.catch_warnings(record=True) as caught:  # one per out-of-range weight
+            warnings.simplefilter("always")
+            model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(out))
     except Exception as exc:  # noqa: BLE001 - any converter failure fails only this variant
         raise VariantFailed(f"float16 conversion failed: {type(exc).__name__}: {exc}") from exc
+    clipped = sum("truncated" in str(w.message) for w in caught)
     return {"converter": "onnxconverter-common float16, keep_io_types=True",
-            "onnxconverter_common": _version("onnxconverter-common")}
+            "onnxconverter_common": _version("onnxconverter-common"),
+            # float16 cannot hold |x| < 1e-7 (flushed to +-1e-7 by the converter) or > 65504
+            "weights_clipped_to_fp16_range": clipped}
 
 
 class _Reader:
