@@ -187,7 +187,9 @@ def _index_row(name: str, version: Path) -> dict:
     accuracy = report.get("accuracy")
     return {
         "name": name, "version": version.name, "source": report["source"]["framework"],
-        "model_id": report["source"]["model_id"], "precision": "fp32",
+        "model_id": report["source"]["model_id"],
+        "precision": "+".join(["fp32", *(p for p, v in (report.get("variants") or {}).items()
+                                         if v.get("file"))]),
         "model_sha256": report["onnx"]["sha256"],
         "signature": f"{name}/{version.name}/{SIGNATURE}",
         "public_key_sha256": (report.get("signature") or {}).get("public_key_sha256"),
