@@ -87,7 +87,7 @@ publish: setup
 # demo checkpoints with the demo key and says so.
 nightly: setup
 	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
-	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) KEEP=$(KEEP) \
+	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) PRECISIONS=$(PRECISIONS) KEEP=$(KEEP) \
 	    MANIFEST=$(MANIFEST) scripts/nightly.sh
 
 bench: setup

@@ -3,7 +3,8 @@
 #
 # ONLINE=1 (the scheduled workflow): every entry of $MANIFEST with its pinned checkpoint
 #   (checkpoint cache, else download), with the accuracy gate on $DATA (labelled ImageNet val;
-#   $LIMIT images spread over the classes on small machines) if given, signed with
+#   $LIMIT images spread over the classes on small machines) if given, the $PRECISIONS
+#   variants (fp16, int8) if asked, signed with
 #   $SIGNING_KEY and published after verification with $PUBLIC_KEY.
 # Otherwise (default; this project's machines reach no checkpoint host): `make demo`, i.e.
 #   the demo checkpoints of each source (random init, not trained weights) signed with the
@@ -22,7 +23,7 @@ if [ "${ONLINE:-0}" = 1 ]; then
   : "${PUBLIC_KEY:?ONLINE=1 needs PUBLIC_KEY (the public half of SIGNING_KEY)}"
   echo "nightly: $MANIFEST with pinned checkpoints -> $OUT, signed, published to $STORE"
   "$PY" pipeline.py --manifest "$MANIFEST" --out "$OUT" --signing-key "$SIGNING_KEY" \
-      ${DATA:+--data "$DATA"} ${LIMIT:+--limit "$LIMIT"}
+      ${DATA:+--data "$DATA"} ${LIMIT:+--limit "$LIMIT"} ${PRECISIONS:+--precisions "$PRECISIONS"}
   run=$?
 else
   echo "nightly (offline): no checkpoint host is reachable from here, so this converts the"
