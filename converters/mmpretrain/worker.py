@@ -45,6 +45,43 @@ class _Logits:
         return Wrapper(model).eval()
 
 
+def config_differences(config, cfg: dict) -> list[str]:
+    """Where the manifest's preprocess differs from the model config's test pipeline and data
+    preprocessor (the source is the ground truth)."""
+    import numpy as np
+
+    found = []
+    scale = float(cfg.get("scale", 1.0))
+    wanted = {"resize_short": cfg["resize_short"], "crop": cfg["crop"],
+              "resize_backend": cfg.get("resize_backend", "pillow"),
+              "interpolation": cfg["interpolation"],
+              "mean": [m / scale for m in cfg["mean"]], "std": [v / scale for v in cfg["std"]],
+              "to_rgb": bool(cfg.get("to_rgb", True))}
+    seen = {}
+    try:
+        steps = config.test_dataloader.dataset.pipeline
+    except AttributeError:
+        steps = []
+    for step in steps:
+        if step.get("type") == "ResizeEdge":
+            seen.update(resize_short=step.get("scale"), resize_backend=step.get("backend", "cv2"),
+                        interpolation=step.get("interpolation", "bilinear"))
+        elif step.get("type") == "CenterCrop":
+            seen["crop"] = step.get("crop_size")
+    pre = (config.get("model", {}) or {}).get("data_preprocessor") or \
+        config.get("data_preprocessor") or {}
+    for key in ("mean", "std", "to_rgb"):
+        if key in pre:
+            seen[key] = list(pre[key]) if key != "to_rgb" else bool(pre[key])
+    for key, value in seen.items():
+        mine = wanted[key]
+        same = (np.allclose(mine, value, rtol=1e-6) if key in ("mean", "std")
+                else mine == value)
+        if not same:
+            found.append(f"{key} {mine!r} vs config {value!r}")
+    return found
+
+
 class MMPretrainAdapter:
     framework = "mmpretrain"
 
@@ -62,11 +99,17 @@ class MMPretrainAdapter:
                 "torch": torch.__version__, "torchvision": torchvision.__version__,
                 "onnx": onnx.__version__, "numpy": numpy.__version__}
 
+    def __init__(self):
+        self.model_id, self.config = None, None
+
     def build(self, model_id: str, num_classes: int):
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        return build_model(model_id, num_classes)
+        model = build_model(model_id, num_classes)
+        if self.model_id is None:  # the job's model; later builds are candidate entries
+            self.model_id, self.config = model_id, getattr(model, "_config", None)
+        return model
 
     def state_shapes(self, model) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -102,6 +145,13 @@ class MMPretrainAdapter:
         if cfg.get("decode", "cv2") != "cv2":
             raise WorkerError("preprocess", f"mmpretrain decodes with cv2, manifest asks "
                                             f"{cfg['decode']!r}")
+        differences = config_differences(self.config, cfg) if self.config else []
+        if differences:
+            raise WorkerError(
+                "preprocess", f"the manifest's preprocess disagrees with mmpretrain's own "
+                f"config for {self.model_id}: {'; '.join(differences)}. mmpretrain evaluates "
+                "this model with its config: fix the manifest entry.",
+                {"differences": differences})
         pipeline = Compose([TRANSFORMS.build(t) for t in (
             dict(type="LoadImageFromFile", imdecode_backend="cv2"),
             dict(type="ResizeEdge", scale=cfg["resize_short"], edge="short",
