@@ -22,7 +22,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters.registry import SOURCES, unavailable_reason  # noqa: E402
 from converters.runner import WorkerFailed, run_worker  # noqa: E402
+from converters.worker_flow import timed_runs  # noqa: E402
 from manifests.loader import load_manifest  # noqa: E402
 from verify.dataset import load_dataset  # noqa: E402
 from verify.images import imagenet_like  # noqa: E402
@@ -41,12 +41,7 @@ DEFAULT_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-re
 
 def ort_rate(onnx: Path, batch: np.ndarray, threads: int, runs: int) -> dict:
     runner = OrtRunner(onnx, threads)
-    runner.infer(batch, len(batch))  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.infer(batch, len(batch))
-        times.append(time.perf_counter() - start)
+    times = timed_runs(lambda: runner.infer(batch, len(batch)), 1, runs)
     median = float(np.median(times))
     return {"runtime": f"onnxruntime {runner.version}", "batch_size": len(batch), "runs": runs,
             "median_s": round(median, 4), "images_per_s": round(len(batch) / median, 2),

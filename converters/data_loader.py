@@ -38,6 +38,11 @@ class LoaderStats:
                 "data_wait_s": round(self.wait_s, 3)}
 
 
+def stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """The collate of sources that batch by stacking CHW float arrays (PaddleClas, MindCV)."""
+    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+
 def _safe(per_image: Callable, path: str):
     try:
         return per_image(path), None

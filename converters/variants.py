@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from release.provenance import package_version
+
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -42,7 +44,7 @@ def make_fp16(fp32: Path, out: Path) -> dict:
         raise VariantFailed(f"float16 conversion failed: {type(exc).__name__}: {exc}") from exc
     clipped = sum("truncated" in str(w.message) for w in caught)
     return {"converter": "onnxconverter-common float16, keep_io_types=True",
-            "onnxconverter_common": _version("onnxconverter-common"),
+            "onnxconverter_common": package_version("onnxconverter-common"),
             # float16 cannot hold |x| < 1e-7 (flushed to +-1e-7 by the converter) or > 65504
             "weights_clipped_to_fp16_range": clipped}
 
@@ -104,8 +106,6 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
                                       "percentile": CalibrationMethod.Percentile,
                                       "minmax": CalibrationMethod.MinMax}[method],
                     nodes_to_exclude=exclude, extra_options=extra)
-    except VariantFailed:
-        raise
     except Exception as exc:  # noqa: BLE001 - any quantizer failure fails only this variant
         raise VariantFailed(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
     nodes = [n.op_type for n in onnx.load(str(out)).graph.node]
@@ -115,13 +115,4 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
             **({"percentile": extra["CalibPercentile"]} if method == "percentile" else {}),
             "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
             "quantize_linear_nodes": nodes.count("QuantizeLinear"),
-            "onnxruntime": _version("onnxruntime")}
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
+            "onnxruntime": package_version("onnxruntime")}

@@ -158,6 +158,21 @@ def _shapes_ok(inputs: np.ndarray, count: int, entry: dict) -> None:
                                         f"{list(inputs.shape)}, manifest says {expected}")
 
 
+def preprocess_all(paths: list[str], per_image, collate, workers: int
+                   ) -> tuple[np.ndarray | None, list[int], list[dict]]:
+    """Every image through the source's transforms: (N x C x H x W float32 or None when none
+    decoded, positions of the decoded images, the unreadable ones)."""
+    parts, used, unreadable = [], [], []
+    for batch in batches(paths, per_image, collate, 32, workers):
+        unreadable += batch.unreadable
+        if batch.array is not None:
+            parts.append(batch.array)
+            used += batch.indices
+    if not parts:
+        return None, used, unreadable
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), used, unreadable
+
+
 def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
     """build -> load -> preprocess -> reference logits -> export; returns result fields."""
     entry, timer = job["entry"], Timer()
@@ -174,17 +189,12 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         images = job["images"]
         log(f"preprocessing {len(images)} images with {adapter.framework}'s transforms")
         per_image, collate = adapter.transform(entry["preprocess"])
-        parts, used, unreadable = [], [], []
-        for batch in batches(images, per_image, collate, len(images), _data_workers(job)):
-            unreadable += batch.unreadable
-            if batch.array is not None:
-                parts.append(batch.array)
-                used += batch.indices
-        if not parts:
+        inputs, used, unreadable = preprocess_all(images, per_image, collate,
+                                                  _data_workers(job))
+        if inputs is None:
             raise WorkerError("preprocess", f"{adapter.framework} could not decode any of the "
                                             f"{len(images)} verification images: "
                                             f"{unreadable[0]['error']}", {"unreadable": unreadable})
-        inputs = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         _shapes_ok(inputs, len(used), entry)
         np.save(workdir / "inputs.npy", inputs)
         result["files"]["inputs"] = "inputs.npy"
@@ -195,11 +205,9 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         with timer.stage("calibration"):
             paths = job["calibration_images"]
             log(f"preprocessing {len(paths)} int8 calibration images")
-            parts = [b.array for b in batches(paths, per_image, collate, 32, _data_workers(job))
-                     if b.array is not None]
-            if not parts:
+            calibration, _, _ = preprocess_all(paths, per_image, collate, _data_workers(job))
+            if calibration is None:
                 raise WorkerError("preprocess", "no int8 calibration image could be decoded")
-            calibration = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
             np.save(workdir / "calibration.npy", calibration)
             result["files"]["calibration"] = "calibration.npy"
             result["calibration_images"] = len(calibration)
@@ -309,12 +317,8 @@ def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
     if first is None:
         raise WorkerError("preprocess", f"bench needs at least {batch_size} readable images")
     runs = max(1, int(job.get("inference_batches", 4)))
-    adapter.forward(model, first, batch_size)  # warm-up (graph compile for MindSpore)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        adapter.forward(model, first, batch_size)
-        times.append(time.perf_counter() - t0)
+    # One warm-up run (graph compile for MindSpore).
+    times = timed_runs(lambda: adapter.forward(model, first, batch_size), 1, runs)
     median = float(np.median(times))
     log(f"{adapter.framework} inference: {batch_size / median:.1f} images/s")
     np.save(workdir / "batch.npy", first)

@@ -100,12 +100,12 @@ def pick_calibration(entry: Entry, opts: RunOptions, workdir: Path) -> tuple[lis
         return (generate_images(workdir / "calibration", count, seed),
                 {"kind": "generated", "count": count, "seed": seed,
                  "note": "no --data: calibrated on generated images, not ImageNet"})
-    positions = opts.data.positions
-    labels = [opts.data.dataset.labels[p] for p in positions]
-    picks = [opts.data.dataset.paths[positions[i]] for i in spread_subset(labels, count)]
-    return picks, {"kind": "data", "dir": str(opts.data.dataset.root), "count": len(picks),
-                   "classes": len({opts.data.dataset.labels[positions[i]]
-                                   for i in spread_subset(labels, count)})}
+    dataset, positions = opts.data.dataset, opts.data.positions
+    chosen = [positions[i] for i in
+              spread_subset([dataset.labels[p] for p in positions], count)]
+    return [dataset.paths[p] for p in chosen], {
+        "kind": "data", "dir": str(dataset.root), "count": len(chosen),
+        "classes": len({dataset.labels[p] for p in chosen})}
 
 
 def _build_variants(entry: Entry, opts: RunOptions, simplified: Path, workdir: Path,
@@ -347,7 +347,7 @@ def _variants_report(variants: dict[str, dict], shipped: bool) -> dict:
     """report['variants']: per precision, whether it ships, its file, checks, build info."""
     out = {}
     for precision, v in variants.items():
-        entry = {"passed": v["passed"] and v["error"] is None,
+        entry = {"passed": v["passed"],
                  "checks": [c.as_dict() for c in v["checks"]],
                  "build": v.get("build"), "error": v["error"]}
         if v.get("accuracy"):

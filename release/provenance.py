@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -28,8 +28,9 @@ def build_provenance(report: dict, signer_key_id: str | None) -> dict:
         "source_framework": report["source"].get("versions", {}),
         "orchestrator": {
             "python": sys.version.split()[0], "platform": platform.platform(),
-            **{pkg: _version(pkg) for pkg in ("onnx", "onnxruntime", "onnxsim", "numpy",
-                                               "model-signing")}},
+            **{pkg: package_version(pkg) for pkg in (
+                "onnx", "onnxruntime", "onnxsim", "onnxconverter-common", "numpy",
+                "model-signing")}},
         "onnx_sha256": report["onnx"]["sha256"],
         "signer_public_key_sha256": signer_key_id,
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 import mindspore  # noqa: F401,E402
 
 from converters import worker_flow
+from converters.data_loader import stack
 from converters.protocol import WorkerError, worker_main
 
 warnings.filterwarnings("ignore")
@@ -97,10 +98,7 @@ class MindCVAdapter:
                 img = op(img)
             return img
 
-        def collate(arrays):
-            return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
-
-        return per_image, collate
+        return per_image, stack
 
     def forward(self, model, inputs, batch_size: int):
         import mindspore as ms

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from converters import worker_flow
+from converters.data_loader import stack
 from converters.protocol import WorkerError, log, worker_main
 
 warnings.filterwarnings("ignore")
@@ -81,7 +82,6 @@ class PaddleClasAdapter:
 
     def transform(self, cfg: dict):
         """PaddleClas's own inference transforms (paddleclas/deploy/python/preprocess.py)."""
-        import numpy as np
         from paddleclas.deploy.python.preprocess import (CropImage, DecodeImage,
                                                          NormalizeImage, ResizeImage,
                                                          ToCHWImage)
@@ -103,10 +103,7 @@ class PaddleClasAdapter:
                 img = op(img)
             return img
 
-        def collate(arrays):
-            return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
-
-        return per_image, collate
+        return per_image, stack
 
     def forward(self, model, inputs, batch_size: int):
         import numpy as np
