@@ -4,6 +4,7 @@ One process per job: the worker imports its framework, the orchestrator never do
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -49,6 +50,19 @@ def _wait_showing_progress(proc: subprocess.Popen, log_path: Path, timeout: floa
                     bar.set_postfix_str(last.split("] ", 1)[-1][:70])
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGKILL when the process that started it
+    dies (a killed run, a cluster task whose node is removed), so no worker outlives it and
+    none has to poll for its parent. Linux only; elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 class Worker:
     """A started worker process: poll it, wait for it, read its result, stop it."""
 
@@ -65,7 +79,8 @@ class Worker:
         with open(self.log_path, "wb") as log:
             # Own process group, so a timeout or Ctrl-C ends the worker and its children only.
             self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)  # noqa: PLW1509
 
     def running(self) -> bool:
         return self.proc.poll() is None
