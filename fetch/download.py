@@ -6,6 +6,8 @@
   exponential backoff; other HTTP errors fail at once with the status.
 - The digest (sha256, or the published sha256 prefix) is checked before the file is moved to
   its final name, so a file in the cache under its final name has always passed its check.
+- Air-gapped sites: `mirror` (--mirror / MODEL_CONVERT_MIRROR) replaces the publisher's host:
+  the same file name is fetched from MIRROR/<name>, and its digest is checked all the same.
 """
 from __future__ import annotations
 
@@ -74,6 +76,14 @@ def cache_path(url: str, cache_dir: Path) -> Path:
     return cache_dir / name
 
 
+def mirrored(url: str, mirror: str | None) -> str:
+    """The URL to fetch: MIRROR/<file name of url> when a mirror is set, else url."""
+    if not mirror:
+        return url
+    name = Path(urllib.parse.urlparse(url).path).name
+    return mirror.rstrip("/") + "/" + urllib.parse.quote(name)
+
+
 def local_checkpoint(path: Path, spec: dict) -> Fetched:
     """A user-given file: record its sha256 and whether it happens to be the pinned one."""
     path = Path(path).expanduser()
@@ -85,9 +95,11 @@ def local_checkpoint(path: Path, spec: dict) -> Fetched:
 
 
 def fetch(spec: dict, cache_dir: Path, *, attempts: int = 5, backoff: float = 1.0,
-          timeout: float = 60.0, progress: bool | None = None) -> Fetched:
-    """Return the cached checkpoint for manifest `checkpoint` block `spec`."""
-    url = spec["url"]
+          timeout: float = 60.0, progress: bool | None = None,
+          mirror: str | None = None) -> Fetched:
+    """Return the cached checkpoint for manifest `checkpoint` block `spec` (from `mirror`
+    instead of the publisher's host when given)."""
+    url = mirrored(spec["url"], mirror)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_path(url, cache_dir)
     if final.is_file():
@@ -103,8 +115,9 @@ def fetch(spec: dict, cache_dir: Path, *, attempts: int = 5, backoff: float = 1.
         _download(url, part, attempts=attempts, backoff=backoff, timeout=timeout,
                   progress=progress)
     except FetchError as exc:
-        exc.message += (f". Offline? Put the file at {final} (its digest is checked) or "
-                        "pass --checkpoint NAME=PATH.")
+        exc.message += (f". Offline? Put the file at {final} (its digest is checked), "
+                        "pass --checkpoint NAME=PATH, or serve it from an internal mirror "
+                        "(--mirror URL).")
         exc.args = (exc.message,)
         raise
     sha = sha256_file(part)
@@ -177,3 +190,26 @@ def _download_once(url: str, part: Path, timeout: float, progress: bool | None) 
     got = part.stat().st_size
     if total is not None and got < total:
         raise ConnectionError(f"connection closed after {got} of {total} bytes")
+
+
+def materialize(path: Path, sha256: str, data: bytes | None, cache_dir: Path) -> Path:
+    """A driver-side file (a --checkpoint) on this machine: `path` itself when it is here with
+    that sha256, else `data` (its bytes, shipped by the executor) written into the cache under
+    its digest and checked. Lets a cluster node use a file only the driver has."""
+    path = Path(path)
+    if path.is_file() and sha256_file(path) == sha256:
+        return path
+    if data is None:
+        raise FetchError("checkpoint_missing", f"checkpoint file not found: {path}")
+    target = cache_dir / "by-sha256" / f"{sha256[:16]}-{path.name}"
+    if target.is_file() and sha256_file(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    tmp.write_bytes(data)
+    if sha256_file(tmp) != sha256:
+        tmp.unlink()
+        raise FetchError("digest_mismatch", f"{path.name}: the bytes shipped to this node do "
+                                            f"not have sha256 {sha256}")
+    tmp.replace(target)
+    return target
