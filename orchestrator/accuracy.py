@@ -1,14 +1,21 @@
 """The accuracy stage: source framework and ONNX Runtime on the same preprocessed tensors.
 
-The source's worker (its own process and environment) decodes and preprocesses the dataset
-with its own transforms on a thread pool, runs its eval forward, and streams shards (tensors,
-logits, image positions) into a folder; this side runs ONNX Runtime on each shard's tensors as
-it lands, so the two inferences overlap, and deletes the shard. Labels never leave this side.
+The selected images are cut into shards (`plan_shards`); each shard is a task
+(`evaluate_shard`) that can run on any node offering the source's environment. Inside a
+shard, the source's worker (its own process and environment) decodes and preprocesses the
+images with its own transforms on a thread pool, runs its eval forward, and streams batches
+(tensors, logits, image positions) into the shard's private work folder; the task runs ONNX
+Runtime on each batch as it lands, so the two inferences overlap, and deletes it. A shard
+returns per-image records (verify.accuracy.score: top-1/top-5 of each side, largest logit
+difference), never labels or logits. The driver merges the shards in dataset order
+(`merge_shards`) and applies the gates, so the figures do not depend on how many shards there
+were or where they ran: shards start on batch boundaries, so every batch, and so every
+logit, is the one a single-shard run computes.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +23,9 @@ from tqdm import tqdm
 
 from converters.registry import SOURCES
 from converters.runner import Worker, WorkerFailed
-from manifests.loader import Entry
-from verify.accuracy import AccuracyMeter, accuracy_checks, variant_drop_check
+from orchestrator.workdir import run_dir
+from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, score,
+                             variant_drop_check)
 from verify.compare import Check
 from verify.dataset import Dataset
 from verify.ort_runner import OrtRunner
@@ -43,75 +51,138 @@ class Selection:
                 "selected_classes": len({self.dataset.labels[i] for i in self.positions})}
 
 
-def evaluate_accuracy(entry: Entry, selection: Selection, checkpoint: Path, model: Path,
-                      workdir: Path, pinned: bool, threads: int | None,
-                      data_workers: int | None, timeout: float,
-                      variants: dict[str, Path] | None = None
-                      ) -> tuple[list[Check], dict, dict[str, tuple[Check, dict]]]:
-    """Run the evaluation; returns the fp32 gates, report['accuracy'], and for each variant
-    (name -> ONNX file, scored on the same tensors) its top1_drop check and figures."""
-    variants = variants or {}
+def plan_shards(count: int, shard_size: int | None, batch_size: int) -> list[range]:
+    """Consecutive slices of the selected images; each starts on a batch boundary (the size is
+    rounded up to whole batches) so batches, and logits, equal a single-shard run's."""
+    if not shard_size or shard_size >= count:
+        return [range(0, count)]
+    size = -(-shard_size // batch_size) * batch_size
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+@dataclass
+class ShardJob:
+    """One accuracy shard: which images, of which entry, with which models."""
+    entry: dict
+    source: str
+    index: int
+    start: int                      # position of the first image in the selection
+    paths: list[str]
+    checkpoint: object              # orchestrator.run.CheckpointRef
+    models: list[str]               # candidate names ("onnx", "fp16", ...), blob order
+    threads: int | None
+    data_workers: int | None
+    timeout: float
+    keep_work: bool = False
+
+
+@dataclass
+class ShardResult:
+    index: int
+    start: int
+    images: int                     # requested
+    used: np.ndarray                # selection positions of the decoded images, in order
+    scored: dict | None             # verify.accuracy.score() records of the decoded images
+    unreadable: list[dict] = field(default_factory=list)  # index = selection position
+    timings: dict = field(default_factory=dict)
+    loader: dict = field(default_factory=dict)
+    onnx_s: float = 0.0
+    seconds: float = 0.0            # the whole task, as it ran
+
+
+def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: bytes,
+                   say=print) -> ShardResult:
+    """Run the source's eval forward and ONNX Runtime on this shard's images."""
+    started = time.perf_counter()
+    entry = job.entry
+    with run_dir(f"shard-{entry['name']}-{job.index}", keep=job.keep_work) as workdir:
+        got = job.checkpoint.resolve(checkpoint_blob)
+        runners = {}
+        for name, blob in zip(job.models, model_blobs):
+            path = workdir / f"{name}.onnx"
+            path.write_bytes(blob)
+            # ONNX Runtime shares the cores with the worker: idle threads sleep.
+            runners[name] = OrtRunner(path, job.threads, spinning=False)
+        worker_job = {"task": "evaluate", "entry": entry, "checkpoint": str(got.path),
+                      "images": job.paths, "threads": job.threads,
+                      "data_workers": job.data_workers,
+                      "batch_size": entry["accuracy"]["batch_size"], "shard_dir": "batches",
+                      "max_pending_shards": 4}
+        eval_dir = workdir / "evaluate"
+        batch_dir = eval_dir / "batches"
+        worker = Worker(SOURCES[job.source], worker_job, eval_dir)
+        deadline = time.monotonic() + job.timeout
+        onnx_s, batches, parts, used = 0.0, 0, [], []
+        bar = tqdm(total=len(job.paths), desc="  accuracy", unit="img", disable=None,
+                   leave=False, dynamic_ncols=True)
+        try:
+            while True:
+                batch = batch_dir / f"shard_{batches:06d}.npz"
+                if not batch.exists():
+                    if not worker.running() and not batch.exists():
+                        break
+                    if time.monotonic() > deadline:
+                        raise AccuracyFailed("timeout", f"evaluation did not finish within "
+                                                        f"{job.timeout:.0f} s ({len(used)} "
+                                                        f"of {len(job.paths)} images done)")
+                    time.sleep(0.01)
+                    continue
+                with np.load(batch) as z:
+                    inputs, reference, indices = z["inputs"], z["logits"], z["indices"]
+                batch.unlink()
+                t0 = time.perf_counter()
+                outs = {name: r.infer(inputs, len(inputs)) for name, r in runners.items()}
+                onnx_s += time.perf_counter() - t0
+                for name, out in outs.items():
+                    if out.shape != reference.shape:
+                        raise AccuracyFailed("logits_shape", f"ONNX Runtime ({name}) gave "
+                                                             f"{list(out.shape)}, the source "
+                                                             f"{list(reference.shape)}")
+                parts.append(score(reference, outs))
+                used += [job.start + int(i) for i in indices]
+                batches += 1
+                bar.update(len(indices))
+        finally:
+            bar.close()
+            worker.kill()  # no-op when it has exited; stops it on an error or Ctrl-C
+        try:
+            result = worker.result()
+        except WorkerFailed as exc:
+            raise AccuracyFailed(exc.kind, f"evaluation worker: {exc.message}",
+                                 exc.details) from None
+        if result["shards"] != batches:
+            raise AccuracyFailed("shards", f"the worker wrote {result['shards']} batches, "
+                                           f"{batches} were read")
+    unreadable = [{**u, "index": job.start + u["index"]} for u in result["unreadable"]]
+    return ShardResult(job.index, job.start, len(job.paths), np.asarray(used, dtype=np.int64),
+                       concat_scores(parts) if parts else None, unreadable,
+                       result["timings"], result["loader"], onnx_s,
+                       time.perf_counter() - started)
+
+
+def _summed(dicts: list[dict]) -> dict:
+    return {k: round(sum(d.get(k, 0) for d in dicts), 3) for k in dicts[0]}
+
+
+def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned: bool,
+                 variants: list[str], wall: float
+                 ) -> tuple[list[Check], dict, dict[str, tuple[Check, dict]]]:
+    """The fp32 gates, report['accuracy'], and for each variant its top1_drop check and
+    figures, from the shards merged in dataset order."""
     data = selection.dataset
     paths = [str(data.paths[i]) for i in selection.positions]
     labels = np.asarray([data.labels[i] for i in selection.positions], dtype=np.int64)
     limits = entry["accuracy"]
-    job = {"task": "evaluate", "entry": entry.data, "checkpoint": str(checkpoint),
-           "images": paths, "threads": threads, "data_workers": data_workers,
-           "batch_size": limits["batch_size"], "shard_dir": "shards", "max_pending_shards": 4}
-    eval_dir = workdir / "evaluate"
-    shard_dir = eval_dir / "shards"
-    # ONNX Runtime shares the cores with the worker: idle threads sleep instead of spinning.
-    runners = {"onnx": OrtRunner(model, threads, spinning=False),
-               **{name: OrtRunner(path, threads, spinning=False)
-                  for name, path in variants.items()}}
-    meter = AccuracyMeter(tuple(runners))
-    worker = Worker(SOURCES[entry.source], job, eval_dir)
-    start = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    onnx_s, shards = 0.0, 0
-    bar = tqdm(total=len(paths), desc="  accuracy", unit="img", disable=None, leave=False,
-               dynamic_ncols=True)
-    try:
-        while True:
-            shard = shard_dir / f"shard_{shards:06d}.npz"
-            if not shard.exists():
-                if not worker.running() and not shard.exists():
-                    break
-                if time.monotonic() > deadline:
-                    raise AccuracyFailed("timeout", f"evaluation did not finish within "
-                                                    f"{timeout:.0f} s ({meter.images} of "
-                                                    f"{len(paths)} images done)")
-                time.sleep(0.01)
-                continue
-            with np.load(shard) as z:
-                inputs, reference, indices = z["inputs"], z["logits"], z["indices"]
-            shard.unlink()
-            t0 = time.perf_counter()
-            outs = {name: r.infer(inputs, len(inputs)) for name, r in runners.items()}
-            onnx_s += time.perf_counter() - t0
-            for name, out in outs.items():
-                if out.shape != reference.shape:
-                    raise AccuracyFailed("logits_shape", f"ONNX Runtime ({name}) gave "
-                                                         f"{list(out.shape)}, the source "
-                                                         f"{list(reference.shape)}")
-            meter.add(labels[indices], indices, reference, outs)
-            shards += 1
-            bar.update(len(indices))
-    finally:
-        bar.close()
-        worker.kill()  # no-op when it has exited; stops it on an error or Ctrl-C
-    wall = time.perf_counter() - start
-    try:
-        result = worker.result()
-    except WorkerFailed as exc:
-        raise AccuracyFailed(exc.kind, f"evaluation worker: {exc.message}", exc.details) from None
-    if result["shards"] != shards:
-        raise AccuracyFailed("shards", f"the worker wrote {result['shards']} shards, "
-                                       f"{shards} were read")
-    unreadable = result["unreadable"]
+    meter = AccuracyMeter(("onnx", *variants))
+    unreadable = []
+    for shard in sorted(shards, key=lambda s: s.start):
+        if shard.scored is not None:
+            meter.add_scored(labels[shard.used], shard.used, shard.scored)
+        unreadable += shard.unreadable
     checks, published = accuracy_checks(meter, limits, len(paths), len(unreadable),
                                         entry.data.get("published"), pinned)
     summary = meter.summary()
+    evaluate_s = sum(s.timings.get("evaluate", 0.0) for s in shards)
     report = {
         **{k: summary[k] for k in ("source", "onnx", "disagree")},
         "disagree_images": [paths[i] for i in meter.disagree[:LISTED]],
@@ -124,12 +195,21 @@ def evaluate_accuracy(entry: Entry, selection: Selection, checkpoint: Path, mode
         "published": published,
         "limits": {k: v for k, v in limits.items() if k != "batch_size"},
         "throughput": {
-            # The evaluation loop's rate (decode + source + ONNX Runtime overlapped); wall_s
-            # also holds the worker's start, model build and checkpoint load.
-            "images_per_s": (round(len(paths) / result["timings"]["evaluate"], 2)
-                             if result["timings"].get("evaluate") else None),
-            "wall_s": round(wall, 3), "onnxruntime_s": round(onnx_s, 3),
-            "worker": result["timings"], "loader": result["loader"],
+            # images_per_s: the evaluation loops' rate (decode + source + ONNX Runtime
+            # overlapped), summed over shards; wall_images_per_s: what the run achieved, with
+            # every worker start, model build and checkpoint load, across all its nodes.
+            "images_per_s": round(len(paths) / evaluate_s, 2) if evaluate_s else None,
+            "wall_s": round(wall, 3),
+            "wall_images_per_s": round(len(paths) / wall, 2) if wall else None,
+            "onnxruntime_s": round(sum(s.onnx_s for s in shards), 3),
+            "shards": len(shards),
+            "shard_s": [round(s.seconds, 3) for s in sorted(shards, key=lambda s: s.start)],
+            # Summed over shards: each shard's worker builds the model and loads the
+            # checkpoint again, which is the fixed cost of a shard.
+            "worker": _summed([s.timings for s in shards]),
+            "loader": {**shards[0].loader, **_summed([
+                {k: s.loader[k] for k in ("images", "unreadable", "data_wait_s")}
+                for s in shards])},
         },
     }
     per_variant = {}

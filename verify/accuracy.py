@@ -19,6 +19,27 @@ def _topk(logits: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def score(source: np.ndarray, outputs: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per-image figures of one batch: for the source and each candidate its top-1 (argmax)
+    and top-5 classes, and for each candidate the largest |logit difference| to the source.
+
+    This is all the merge needs, so a shard run anywhere returns these (a few bytes per image)
+    instead of logits, and every figure of the merged run equals a single-process run's."""
+    src = source.astype(np.float64)
+    out = {"source": {"top1": source.argmax(1), "top5": _topk(src, 5)}}
+    for name, logits in outputs.items():
+        out[name] = {"top1": logits.argmax(1), "top5": _topk(logits.astype(np.float64), 5),
+                     "max_diff": (np.abs(src - logits.astype(np.float64)).max(axis=1)
+                                  if len(src) else np.zeros(0))}
+    return out
+
+
+def concat_scores(parts: list[dict[str, dict]]) -> dict[str, dict]:
+    """score() results of consecutive batches as one."""
+    return {side: {key: np.concatenate([p[side][key] for p in parts])
+                   for key in parts[0][side]} for side in parts[0]}
+
+
 class AccuracyMeter:
     """Accumulates hits batch by batch (the dataset never has to fit in memory).
 
@@ -44,17 +65,22 @@ class AccuracyMeter:
             outputs: dict[str, np.ndarray] | np.ndarray) -> None:
         if not isinstance(outputs, dict):
             outputs = {"onnx": outputs}
+        self.add_scored(labels, positions, score(source, outputs))
+
+    def add_scored(self, labels: np.ndarray, positions: np.ndarray,
+                   scored: dict[str, dict]) -> None:
+        """Count one batch (or a merged shard) from its score() records."""
         labels = np.asarray(labels)
-        for name, logits in (("source", source), *outputs.items()):
-            top5 = _topk(logits.astype(np.float64), 5)
+        for name in self.names:
+            top5 = scored[name]["top5"]
             self.hits[name][1] += int((top5[:, 0] == labels).sum())
             self.hits[name][5] += int((top5 == labels[:, None]).any(axis=1).sum())
-        for name, logits in outputs.items():
-            differ = source.argmax(1) != logits.argmax(1)
+        for name in self.disagreeing:
+            differ = scored["source"]["top1"] != scored[name]["top1"]
             self.disagreeing[name] += [int(p) for p in np.asarray(positions)[differ]]
-            if len(source):
-                self.max_diff[name] = max(self.max_diff[name], float(
-                    np.abs(source.astype(np.float64) - logits.astype(np.float64)).max()))
+            if len(labels):
+                self.max_diff[name] = max(self.max_diff[name],
+                                          float(scored[name]["max_diff"].max()))
         self.images += len(labels)
 
     def percent(self, name: str, k: int) -> float:
