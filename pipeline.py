@@ -17,8 +17,15 @@ With --signing-key, each passed artifact is signed (OUT/NAME/model.sig, OpenSSF
 model-signing) after it is complete and before it becomes visible; failed entries are never
 signed. Subcommands: verify-artifact, publish, keygen, bench (see `python pipeline.py CMD --help`).
 
-Exit status: 0 if every selected entry passed, 1 if any did not, 2 for bad usage or a bad
-manifest.
+Where it runs: --executor local (default) runs everything on this machine, entry after entry;
+--executor ray runs one task per entry and per accuracy shard on Ray: an embedded local
+instance by default, or a cluster with --ray-address (nodes started with `make ray-head` and
+`make ray-worker`). Both report the same figures. Artifacts are written, signed and published
+on this machine either way. --skip-unchanged STORE skips an entry whose latest version in
+STORE was made from the same inputs.
+
+Exit status: 0 if every selected entry passed (or was unchanged), 1 if any did not, 2 for bad
+usage or a bad manifest, 130 when interrupted (no half-written artifact is left).
 
 \b
 Examples:
@@ -26,6 +33,8 @@ Examples:
   python pipeline.py --manifest manifests/all.yaml --only res2net50-w14-s8
   python pipeline.py --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=my.pth --out out/
   python pipeline.py --only res2net50-w14-s8 --data /data/imagenet/val --limit 5000
+  python pipeline.py --executor ray --data /data/imagenet/val       # embedded Ray, all cores
+  python pipeline.py --executor ray --ray-address head:6379 --data /shared/imagenet/val
   python pipeline.py --signing-key key.pem --out out/ && \
       python pipeline.py publish --from out/ --to store/ --public-key key.pub
 """
@@ -42,13 +51,16 @@ from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE
 from manifests.loader import ManifestError, load_manifest, select
 from orchestrator.accuracy import Selection
-from orchestrator.run import RunOptions, convert_entry
+from orchestrator.executor import Reporter, make_executor
+from orchestrator.run import DatasetUnavailable, RunOptions, run_all
 from orchestrator.summary import format_summary
 from release.publish import publish as publish_store
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
 
 HERE = Path(__file__).resolve().parent
+# Accuracy images per Ray task; README "Scale-out" has the measurement behind it.
+DEFAULT_RAY_SHARD_SIZE = 256
 
 
 def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
@@ -97,8 +109,31 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    "--data images spread over the classes, else generated images). Each variant "
                    "is gated against the fp32 source (cosine, top-1 agreement, and with --data "
                    "its top-1 drop); one that fails is not written and does not block fp32.")
-@click.option("--threads", type=int, default=None,
-              help="CPU threads for the framework and ONNX Runtime (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the framework and ONNX Runtime (default: all cores with "
+                   "the local executor; 1 per task with ray, where each task asks Ray for "
+                   "this many CPUs and tasks run side by side).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              envvar="EXECUTOR", show_default=True,
+              help="local: every stage in this process and its workers, entry after entry. "
+                   "ray: one Ray task per entry (fetch..variants) and per accuracy shard, "
+                   "placed on nodes that have the source's environment; an embedded local "
+                   "Ray instance unless --ray-address is given.")
+@click.option("--ray-address", envvar="RAY_ADDRESS", default=None, metavar="HOST:PORT",
+              help="Join this Ray cluster (env RAY_ADDRESS; with --executor ray).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Accuracy images per task, rounded up to whole batches (default: 256 with "
+                   "ray, see README 'Scale-out' for the measurement; one shard per entry "
+                   "with local). Figures do not depend on it.")
+@click.option("--skip-unchanged", type=click.Path(path_type=Path), default=None,
+              metavar="STORE",
+              help="Skip an entry when STORE's latest version of it was made from the same "
+                   "inputs: checkpoint sha256, manifest entry, environment locks, pipeline "
+                   "code, dataset (files, sizes, labels, --limit), precisions and signing key.")
+@click.option("--mirror", envvar="MODEL_CONVERT_MIRROR", default=None, metavar="URL",
+              help="Fetch checkpoints from this internal mirror (same file names; digests "
+                   "still checked) instead of the publishers' hosts (env "
+                   "MODEL_CONVERT_MIRROR).")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
 @click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
               default=None, help="EC private key (PEM) that signs each passed artifact "
@@ -107,7 +142,8 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               help="List the manifest's entries (name, source, model id) and exit.")
 @click.pass_context
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
-        precisions, threads, keep_work, signing_key, list_only):
+        precisions, threads, executor, ray_address, shard_size, skip_unchanged, mirror,
+        keep_work, signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -150,18 +186,40 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
         except DatasetError as exc:
             click.echo(f"error: --data: {exc}", err=True)
             sys.exit(2)
+    if ray_address and executor != "ray":
+        click.echo("error: --ray-address (or RAY_ADDRESS) needs --executor ray", err=True)
+        sys.exit(2)
+    if executor == "ray":
+        threads = threads or 1
+        shard_size = shard_size or DEFAULT_RAY_SHARD_SIZE
     opts = RunOptions(out_dir=out_dir, cache_dir=Path(cache_dir).expanduser(),
                       checkpoints=local, data=data, threads=threads, data_workers=data_workers,
-                      precisions=wanted,
+                      precisions=wanted, shard_size=shard_size, mirror=mirror,
+                      skip_unchanged=skip_unchanged,
                       keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
-    results = []
-    for index, entry in enumerate(chosen, start=1):
-        click.echo(f"[{index}/{len(chosen)}] {entry.name}  "
-                   f"({entry.source} {entry['model_id']})")
-        results.append(convert_entry(entry, entries, opts, say=click.echo))
+    reporter = Reporter(click.echo, bar=executor == "ray")
+    try:
+        runner = make_executor(executor, ray_address, reporter)
+    except (RuntimeError, ConnectionError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    try:
+        click.echo(f"executor: {runner.where()}")
+        results = run_all(chosen, entries, opts, runner, reporter)
+    except DatasetUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the run's tasks were cancelled; no half-written artifact "
+                   "is visible", err=True)
+        sys.exit(130)
+    finally:
+        reporter.close()
+        runner.close()
     click.echo("")
     click.echo(format_summary(results))
-    sys.exit(0 if results and all(r.status == "passed" for r in results) else 1)
+    sys.exit(0 if results and all(r.status in ("passed", "unchanged") for r in results)
+             else 1)
 
 
 def _parse_precisions(text: str) -> tuple[str, ...]:

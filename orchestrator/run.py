@@ -1,9 +1,13 @@
-"""Run one manifest entry through every stage. Imports no deep-learning framework.
+"""Run manifest entries through every stage, on one machine or a Ray cluster.
 
-fetch -> convert (worker: build, load, preprocess, reference logits, export) -> simplify
-(onnx.checker + onnxsim) -> verify (ONNX Runtime vs the source's logits) -> artifact.
-Every stage is timed; whatever happens, the entry ends with a report that says which stage
-or check decided it.
+Per entry: fetch -> convert (worker: build, load, preprocess, reference logits, export) ->
+simplify (onnx.checker + onnxsim) -> verify (ONNX Runtime vs the source's logits) -> variants
+is one task (`prepare_entry`), which can run on any node offering the source's environment
+and returns the files it made as bytes. With --data, the accuracy gate follows as shard tasks
+(orchestrator/accuracy.py). The driver (`run_all`) merges the shards, applies the gates, and
+writes, signs and names the artifact on this machine (`finish_entry`): outputs never go
+through a shared filesystem. Every stage is timed; whatever happens, the entry ends with a
+report that says which stage or check decided it. Imports no deep-learning framework.
 """
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import datetime as dt
 import functools
 import shutil
 import subprocess
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,13 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from converters.protocol import Timer
-from converters.registry import REPO_ROOT, SOURCES, unavailable_reason
+from converters.registry import REPO_ROOT, SOURCES
 from converters.runner import WorkerFailed, run_worker
 from converters.simplify import OnnxCheckFailed, check, simplify
 from converters.variants import VariantFailed, make_fp16, make_int8
-from fetch.download import FetchError, Fetched, fetch, local_checkpoint, sha256_file
+from fetch.download import (FetchError, Fetched, fetch, local_checkpoint, materialize,
+                            sha256_file)
 from manifests.loader import Entry
-from orchestrator.accuracy import AccuracyFailed, Selection, evaluate_accuracy
+from orchestrator.accuracy import (AccuracyFailed, Selection, ShardJob, ShardResult,
+                                   evaluate_shard, merge_shards, plan_shards)
+from orchestrator.executor import Executor, Reporter
+from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
+from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
@@ -48,12 +56,51 @@ class RunOptions:
     signing_key: Path | None = None   # EC private key (PEM); passed artifacts get model.sig
     signing_key_id: str | None = None
     precisions: tuple[str, ...] = ("fp32",)   # fp32 always; fp16 / int8 variants on request
+    shard_size: int | None = None     # accuracy images per task (None: one shard per entry)
+    mirror: str | None = None         # --mirror: checkpoints from an internal mirror
+    skip_unchanged: Path | None = None  # --skip-unchanged STORE
+
+
+@dataclass
+class CheckpointRef:
+    """Where a task finds the entry's checkpoint, on whichever node it runs: the manifest's
+    URL (fetched, digest-checked, into that node's cache; from the mirror when set) or the
+    driver's --checkpoint file (used in place when the node sees it with the same sha256,
+    else written into the node's cache from the bytes the executor ships)."""
+    spec: dict
+    cache_dir: str
+    local: str | None = None
+    sha256: str | None = None
+    mirror: str | None = None
+
+    def resolve(self, blob: bytes | None) -> Fetched:
+        try:
+            if self.local:
+                path = materialize(Path(self.local), self.sha256, blob, Path(self.cache_dir))
+                return local_checkpoint(path, self.spec)
+            return fetch(self.spec, Path(self.cache_dir), mirror=self.mirror)
+        except FetchError as exc:
+            raise StageError("fetch", exc.kind, exc.message) from None
+
+
+@dataclass
+class Prepared:
+    """What an entry task returns: the report so far, its checks, its variants, and the
+    files it made (bytes: they travel back from whichever node ran it)."""
+    report: dict
+    checks: list[Check] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)   # model.onnx, model.P.onnx, log
+    status: str | None = None      # set when decided already: "error" | "unavailable"
+    decided: str | None = None
+    runnable: bool = False         # ONNX I/O fit for the accuracy gate
+    seconds: float = 0.0
 
 
 @dataclass
 class EntryResult:
     name: str
-    status: str            # passed | failed | error | unavailable
+    status: str            # passed | failed | error | unavailable | unchanged
     decided_by: str        # the figure or cause that decided the status
     seconds: float
 
@@ -229,18 +276,16 @@ def _fmt(value) -> str:
 
 
 def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report: dict,
-                timer: Timer, workdir: Path, say) -> list[Check]:
-    """fetch -> convert -> simplify -> verify; fills `report`, returns the checks."""
+                timer: Timer, workdir: Path, checkpoint: CheckpointRef, blob: bytes | None,
+                say) -> tuple[list[Check], dict[str, dict], bool]:
+    """fetch -> convert -> simplify -> verify -> variants; fills `report`, returns the checks,
+    the variants and whether the ONNX model is fit for the accuracy gate."""
     spec = SOURCES[entry.source]
     with timer.stage("fetch"):
-        try:
-            if entry.name in opts.checkpoints:
-                got = local_checkpoint(opts.checkpoints[entry.name], entry["checkpoint"])
-            else:
-                got = fetch(entry["checkpoint"], opts.cache_dir)
-        except FetchError as exc:
-            raise StageError("fetch", exc.kind, exc.message) from None
+        got = checkpoint.resolve(blob)
         report["source"]["checkpoint"] = _checkpoint_report(got)
+        if checkpoint.local:  # the driver's path, wherever the node kept its copy
+            report["source"]["checkpoint"]["path"] = checkpoint.local
         pin = ("the pinned file" if got.pinned else
                "digest not published" if got.digest_check == "unpublished" else
                "NOT the pinned file")
@@ -316,31 +361,7 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                        if "calibration" in result["files"] else None)
         variants = _build_variants(entry, opts, simplified, workdir, inputs, reference,
                                    calibration, timer, say)
-    if opts.data is not None and runnable:
-        with timer.stage("accuracy"):
-            say(f"  accuracy  {len(opts.data.positions)} images, {spec.framework} and ONNX "
-                f"Runtime on the same {entry['preprocess']['pipeline']}-preprocessed tensors")
-            try:
-                acc_checks, accuracy, per_variant = evaluate_accuracy(
-                    entry, opts.data, got.path, simplified, workdir, got.pinned, opts.threads,
-                    opts.data_workers, opts.worker_timeout,
-                    variants={p: v["path"] for p, v in variants.items() if v["passed"]})
-            except AccuracyFailed as exc:
-                raise StageError("accuracy", exc.kind, exc.message, exc.details) from None
-        report["accuracy"] = accuracy
-        checks += acc_checks
-        for precision, (drop, figures) in per_variant.items():
-            variants[precision]["checks"].append(drop)
-            variants[precision]["accuracy"] = figures
-            variants[precision]["passed"] = not failed(variants[precision]["checks"])
-            say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
-                f"{_variant_line(variants[precision])}")
-        src, onx = accuracy["source"], accuracy["onnx"]
-        say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
-            f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
-            f"{accuracy['disagree']} disagree; {accuracy['unreadable']} unreadable; "
-            f"{accuracy['throughput']['images_per_s']} images/s")
-    return checks, variants
+    return checks, variants, runnable
 
 
 def _variants_report(variants: dict[str, dict], shipped: bool) -> dict:
@@ -354,8 +375,8 @@ def _variants_report(variants: dict[str, dict], shipped: bool) -> dict:
             entry["accuracy"] = v["accuracy"]
         if entry["passed"] and shipped:
             entry["file"] = f"model.{precision}.onnx"
-            entry["sha256"] = sha256_file(v["path"])
-            entry["bytes"] = v["path"].stat().st_size
+            entry["sha256"] = v["sha256"]
+            entry["bytes"] = v["bytes"]
         elif not entry["passed"]:
             bad = failed(v["checks"])
             entry["why"] = (v["error"] or
@@ -376,16 +397,8 @@ def _write_passed(entry: Entry, report: dict, files: dict[str, Path], opts: RunO
                           documents={"provenance.json": provenance}, finalize=finalize)
 
 
-def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
-                  say=print) -> EntryResult:
-    start = time.perf_counter()
-    spec = SOURCES[entry.source]
-    reason = unavailable_reason(spec)
-    if reason:
-        say(f"  skipped: {reason}")
-        return EntryResult(entry.name, "unavailable", reason, 0.0)
-
-    report: dict = {
+def new_report(entry: Entry) -> dict:
+    return {
         "name": entry.name, "passed": False,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "pipeline": {"git_commit": git_commit()},
@@ -393,60 +406,347 @@ def convert_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
         "source": {"framework": entry.source, "model_id": entry["model_id"]},
         "checks": [], "timings": {}, "error": None,
     }
+
+
+def _error(report: dict, stage: str, kind: str, message: str, details: dict | None = None
+           ) -> str:
+    report["error"] = {"stage": stage, "kind": kind, "message": message,
+                       "details": details or {}}
+    return f"{stage}: {kind}"
+
+
+def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
+                  checkpoint: CheckpointRef, blob: bytes | None, header: str,
+                  say=print) -> Prepared:
+    """The entry task: every stage up to the accuracy gate, on whichever node runs it."""
+    start = time.perf_counter()
+    say(header)
+    report = new_report(entry)
     timer = Timer()
-    timings = report["timings"] = timer.seconds
-    workdir = Path(tempfile.mkdtemp(prefix=f"convert-{entry.name}-"))
-    files: dict[str, Path] = {}
-    try:
+    report["timings"] = timer.seconds
+    out = Prepared(report)
+    with run_dir(f"entry-{entry.name}", keep=opts.keep_work) as workdir:
         try:
-            checks, variants = _run_stages(entry, all_entries, opts, report, timer, workdir,
-                                           say)
-            report["checks"] = [c.as_dict() for c in checks]
-            report["passed"] = bool(checks) and not failed(checks)
-            if variants:
-                report["variants"] = _variants_report(variants, report["passed"])
-                for precision, v in report["variants"].items():
-                    if "file" in v:
-                        files[v["file"]] = variants[precision]["path"]
-            decided = _decided_by(checks, report["passed"], report.get("accuracy"))
-            say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: "
-                f"{decided}")
-            status = "passed" if report["passed"] else "failed"
-            if report["passed"]:
-                files["model.onnx"] = workdir / "model.onnx"
+            out.checks, variants, out.runnable = _run_stages(
+                entry, all_entries, opts, report, timer, workdir, checkpoint, blob, say)
+            for precision, v in variants.items():
+                path = v.pop("path")
+                if v["passed"]:
+                    v["onnx"] = path.read_bytes()
+                    v["sha256"], v["bytes"] = sha256_file(path), path.stat().st_size
+            out.variants = variants
+            out.files["model.onnx"] = (workdir / "model.onnx").read_bytes()
         except StageError as exc:
-            report["error"] = {"stage": exc.stage, "kind": exc.kind, "message": exc.message,
-                               "details": exc.details}
-            status, decided = "error", f"{exc.stage}: {exc.kind}"
+            out.status = "error"
+            out.decided = _error(report, exc.stage, exc.kind, exc.message, exc.details)
             say(f"  ERROR     [{exc.stage}/{exc.kind}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
-            report["error"] = {"stage": timer.current, "kind": "internal",
-                               "message": f"{type(exc).__name__}: {exc}",
-                               "details": {"traceback": traceback.format_exc(limit=20)}}
-            status, decided = "error", f"{timer.current}: internal error"
+            out.status = "error"
+            out.decided = _error(report, timer.current, "internal",
+                                 f"{type(exc).__name__}: {exc}",
+                                 {"traceback": traceback.format_exc(limit=20)})
+            out.decided = f"{timer.current}: internal error"
             say(f"  ERROR     [{timer.current}/internal] {type(exc).__name__}: {exc}")
-        report["decided_by"] = decided
-        timings["total"] = round(time.perf_counter() - start, 3)
-        if report["passed"]:
-            try:
-                artifact = _write_passed(entry, report, files, opts)
-                if opts.signing_key:
-                    say(f"  sign      {artifact / 'model.sig'} (key {opts.signing_key_id[:12]})")
-            except SigningError as exc:  # fail closed: no unsigned model when signing was asked
-                report["passed"] = False
-                report["error"] = {"stage": "sign", "kind": "signing", "message": str(exc),
-                                   "details": {}}
-                status, decided = "error", "sign: signing"
-                report["decided_by"] = decided
-                files.clear()  # nothing unsigned ships: no fp32 model, no variant
-                say(f"  ERROR     [sign/signing] {exc}")
-        if not report["passed"]:
-            if (workdir / "worker.log").exists():
-                files["worker.log"] = workdir / "worker.log"
-            write_artifact(opts.out_dir, entry.name, report, files)
-    finally:
+        log = workdir / "worker.log"
+        if log.exists():
+            out.files["worker.log"] = log.read_bytes()
         if opts.keep_work:
             say(f"  work dir  kept at {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict], merged,
+                    say) -> list[Check]:
+    acc_checks, accuracy, per_variant = merged
+    report["accuracy"] = accuracy
+    for precision, (drop, figures) in per_variant.items():
+        variants[precision]["checks"].append(drop)
+        variants[precision]["accuracy"] = figures
+        variants[precision]["passed"] = not failed(variants[precision]["checks"])
+        say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
+            f"{_variant_line(variants[precision])}")
+    src, onx = accuracy["source"], accuracy["onnx"]
+    say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
+        f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
+        f"{accuracy['disagree']} disagree; {accuracy['unreadable']} unreadable; "
+        f"{accuracy['throughput']['wall_images_per_s']} images/s "
+        f"({accuracy['throughput']['shards']} shard(s))")
+    return checks + acc_checks
+
+
+def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Path,
+                 accuracy=None, accuracy_error: StageError | None = None,
+                 inputs: dict | None = None, say=print) -> EntryResult:
+    """On the driver: apply the accuracy gate, decide, write (and sign) the artifact."""
+    report, checks, variants = prepared.report, list(prepared.checks), prepared.variants
+    timings = report["timings"]
+    status, decided = prepared.status, prepared.decided
+    if inputs is not None:
+        report["inputs"] = inputs
+    files: dict[str, Path] = {}
+    for name, data in prepared.files.items():
+        (workdir / name).write_bytes(data)
+        files[name] = workdir / name
+    if status is None and accuracy_error is not None:
+        status = "error"
+        decided = _error(report, accuracy_error.stage, accuracy_error.kind,
+                         accuracy_error.message, accuracy_error.details)
+        say(f"  ERROR     [{accuracy_error.stage}/{accuracy_error.kind}] "
+            f"{accuracy_error.message}")
+    artifact_files: dict[str, Path] = {}
+    if status is None:
+        if accuracy is not None:
+            checks = _apply_accuracy(report, checks, variants, accuracy, say)
+        report["checks"] = [c.as_dict() for c in checks]
+        report["passed"] = bool(checks) and not failed(checks)
+        if variants:
+            report["variants"] = _variants_report(variants, report["passed"])
+            for precision, v in report["variants"].items():
+                if "file" in v:
+                    (workdir / v["file"]).write_bytes(variants[precision]["onnx"])
+                    artifact_files[v["file"]] = workdir / v["file"]
+        decided = _decided_by(checks, report["passed"], report.get("accuracy"))
+        say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")
+        status = "passed" if report["passed"] else "failed"
+        if report["passed"]:
+            artifact_files["model.onnx"] = files["model.onnx"]
+    report["decided_by"] = decided
+    timings["total"] = round(prepared.seconds + timings.get("accuracy", 0.0), 3)
+    if report["passed"]:
+        try:
+            artifact = _write_passed(entry, report, artifact_files, opts)
+            if opts.signing_key:
+                say(f"  sign      {artifact / 'model.sig'} (key {opts.signing_key_id[:12]})")
+        except SigningError as exc:  # fail closed: no unsigned model when signing was asked
+            report["passed"] = False
+            status = "error"
+            decided = report["decided_by"] = _error(report, "sign", "signing", str(exc))
+            artifact_files.clear()  # nothing unsigned ships: no fp32 model, no variant
+            say(f"  ERROR     [sign/signing] {exc}")
+    if not report["passed"]:
+        artifact_files = {k: v for k, v in files.items() if k == "worker.log"}
+        write_artifact(opts.out_dir, entry.name, report, artifact_files)
     return EntryResult(entry.name, status, decided, timings["total"])
+
+
+# --------------------------------------------------------------------------- the driver
+@dataclass
+class _EntryState:
+    index: int
+    entry: Entry
+    header: str
+    checkpoint: CheckpointRef
+    blob: object                  # what the executor ships of a --checkpoint file, or None
+    dataset: str | None           # dataset digest (--data), for the inputs fingerprint
+    inputs: dict | None = None
+    prepared: Prepared | None = None
+    shards: dict[int, ShardResult | None] = field(default_factory=dict)   # None: failed
+    planned: int = 0
+    model_blobs: list = field(default_factory=list)
+    accuracy_start: float = 0.0
+    accuracy_error: StageError | None = None
+
+
+def checkpoint_ref(entry: Entry, opts: RunOptions) -> CheckpointRef:
+    local = opts.checkpoints.get(entry.name)
+    if local is None:
+        return CheckpointRef(entry["checkpoint"], str(opts.cache_dir), mirror=opts.mirror)
+    path = Path(local).expanduser().resolve()
+    sha = sha256_file(path) if path.is_file() else None
+    return CheckpointRef(entry["checkpoint"], str(opts.cache_dir), local=str(path), sha256=sha)
+
+
+def _known_sha256(ref: CheckpointRef) -> str | None:
+    """The checkpoint's sha256 without running anything: pinned in full, a local file, or the
+    cached (digest-checked) file. None when only a download would tell."""
+    if ref.local:
+        return ref.sha256
+    if "sha256" in ref.spec:
+        return ref.spec["sha256"]
+    try:
+        return fetch(ref.spec, Path(ref.cache_dir), mirror=ref.mirror).sha256
+    except FetchError:
+        return None
+
+
+def _inputs(entry: Entry, opts: RunOptions, sha: str | None, dataset: str | None) -> dict:
+    return entry_inputs(entry.data, SOURCES[entry.source], sha or "unknown", dataset,
+                        opts.precisions, opts.signing_key_id)
+
+
+def check_dataset_here(selection: Selection, expected: str) -> str | None:
+    """On a node: None when the dataset is there as the driver sees it, else what differs."""
+    root = selection.dataset.root
+    if not root.is_dir():
+        return f"dataset folder {root} does not exist"
+    for position in selection.positions:
+        if not selection.dataset.paths[position].is_file():
+            return f"{selection.dataset.paths[position]} is missing"
+    if dataset_digest(selection) != expected:
+        return f"the images under {root} differ (file sizes) from the driver's"
+    return None
+
+
+def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
+            executor: Executor, reporter: Reporter) -> list[EntryResult]:
+    """Every chosen entry, its tasks on `executor`; results in manifest order."""
+    results: dict[str, EntryResult] = {}
+    speaking = [None]   # the entry whose lines were printed last
+
+    def say_for(name: str):
+        """Lines of one entry; its header first when another entry's lines came between
+        (a cluster finishes entries in any order)."""
+        def say(text: str) -> None:
+            if speaking[0] != name and not text.startswith("["):
+                reporter.say(f"{states[name].header}  (continued)")
+            speaking[0] = name
+            reporter.say(text)
+        return say
+
+    dataset = dataset_digest(opts.data) if opts.data is not None else None
+    reporter.emit_event("plan", entries=len(chosen))
+    states: dict[str, _EntryState] = {}
+    pending: dict = {}   # handle -> (entry name, shard index or None)
+    cpus = opts.threads or 1
+
+    def done(name: str, result: EntryResult) -> None:
+        results[name] = result
+        reporter.emit_event("entry_done", name=name, status=result.status)
+
+    with run_dir("driver", keep=opts.keep_work) as driver_dir:
+        if opts.data is not None:
+            envs = {SOURCES[e.source].env for e in chosen}
+            problems = [f"{node}: {problem}" for node, problem in
+                        executor.on_each_node(check_dataset_here, opts.data, dataset)
+                        if problem]
+            if problems and envs:
+                raise DatasetUnavailable("--data must be readable at the same path on every "
+                                         "node: " + "; ".join(problems))
+        for index, entry in enumerate(chosen, start=1):
+            header = (f"[{index}/{len(chosen)}] {entry.name}  ({entry.source} "
+                      f"{entry['model_id']})")
+            reason = executor.unavailable(entry.source)
+            if reason:
+                reporter.say(header)
+                reporter.say(f"  skipped: {reason}")
+                done(entry.name, EntryResult(entry.name, "unavailable", reason, 0.0))
+                continue
+            ref = checkpoint_ref(entry, opts)
+            state = _EntryState(index, entry, header, ref, None, dataset)
+            if opts.skip_unchanged is not None:
+                sha = _known_sha256(ref)
+                state.inputs = _inputs(entry, opts, sha, dataset)
+                version = sha and unchanged_since(opts.skip_unchanged, entry.name,
+                                                  state.inputs["fingerprint"])
+                if version:
+                    reporter.say(header)
+                    reporter.say(f"  skipped: unchanged since {version} (same checkpoint, "
+                                 "entry, locks, code, dataset, precisions)")
+                    done(entry.name, EntryResult(entry.name, "unchanged",
+                                                 f"unchanged since {version}", 0.0))
+                    continue
+            if ref.local and ref.sha256:
+                state.blob = executor.ship_file(Path(ref.local))
+            states[entry.name] = state
+            handle = executor.submit(prepare_entry, entry, all_entries, opts, ref, state.blob,
+                                     header, env=SOURCES[entry.source].env, cpus=cpus,
+                                     priority=(index, 0), label=f"entry:{entry.name}")
+            pending[handle] = (entry.name, None)
+        try:
+            while pending:
+                outcome = executor.wait_any(list(pending))
+                name, shard = pending.pop(outcome.handle)
+                state = states[name]
+                say = say_for(name)
+                if not outcome.lines:   # it ran in this process: its lines are printed
+                    speaking[0] = name
+                for line in outcome.lines:
+                    say(line)
+                if shard is None:
+                    _entry_returned(state, outcome, opts, executor, pending, reporter, say)
+                else:
+                    _shard_returned(state, shard, outcome, reporter)
+                if state.prepared is not None and len(state.shards) == state.planned:
+                    done(name, _finish(state, opts, driver_dir, say))
+        except BaseException:
+            executor.cancel(list(pending))   # Ctrl-C: the cluster drops this run's tasks
+            raise
+    return [results[e.name] for e in chosen]
+
+
+class DatasetUnavailable(Exception):
+    """--data is not readable on some node; the message names the node."""
+
+
+def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Executor,
+                    pending: dict, reporter: Reporter, say) -> None:
+    entry = state.entry
+    if outcome.error is not None:
+        report = new_report(entry)
+        prepared = Prepared(report, status="error")
+        prepared.decided = _error(report, "executor", "task_failed",
+                                  f"{type(outcome.error).__name__}: {outcome.error}")
+        say(f"  ERROR     [executor/task_failed] {outcome.error}")
+        state.prepared = prepared
+        return
+    state.prepared = prepared = outcome.value
+    if opts.data is None or prepared.status is not None or not prepared.runnable:
+        return
+    selection = opts.data
+    names = ["onnx", *(p for p, v in prepared.variants.items() if v["passed"])]
+    state.model_blobs = [executor.put(prepared.files["model.onnx"]),
+                         *(executor.put(prepared.variants[p]["onnx"]) for p in names[1:])]
+    paths = [str(selection.dataset.paths[i]) for i in selection.positions]
+    slices = plan_shards(len(paths), opts.shard_size, entry["accuracy"]["batch_size"])
+    state.planned = len(slices)
+    state.accuracy_start = time.perf_counter()
+    reporter.emit_event("shards_planned", entry=entry.name, count=len(slices))
+    say(f"  accuracy  {len(paths)} images in {len(slices)} shard(s), "
+        f"{SOURCES[entry.source].framework} and ONNX Runtime on the same "
+        f"{entry['preprocess']['pipeline']}-preprocessed tensors")
+    for k, part in enumerate(slices):
+        job = ShardJob(entry.data, entry.source, k, part.start, paths[part.start:part.stop],
+                       state.checkpoint, names, opts.threads, opts.data_workers,
+                       opts.worker_timeout, opts.keep_work)
+        handle = executor.submit(evaluate_shard, job, state.blob, *state.model_blobs,
+                                 env=SOURCES[entry.source].env, cpus=opts.threads or 1,
+                                 priority=(state.index, 1, k),
+                                 label=f"shard:{entry.name}:{k}")
+        pending[handle] = (entry.name, k)
+
+
+def _shard_returned(state: _EntryState, index: int, outcome, reporter: Reporter) -> None:
+    if outcome.error is not None:
+        err = outcome.error
+        if isinstance(err, AccuracyFailed):
+            error = StageError("accuracy", err.kind, err.message, err.details)
+        elif isinstance(err, StageError):
+            error = err
+        else:
+            error = StageError("accuracy", "task_failed", f"shard {index}: "
+                                                          f"{type(err).__name__}: {err}")
+        state.accuracy_error = state.accuracy_error or error
+        state.shards[index] = None
+        return
+    state.shards[index] = outcome.value
+    reporter.emit_event("shard_done", entry=state.entry.name, images=outcome.value.images)
+
+
+def _finish(state: _EntryState, opts: RunOptions, driver_dir: Path, say) -> EntryResult:
+    entry, prepared = state.entry, state.prepared
+    workdir = driver_dir / entry.name
+    workdir.mkdir(exist_ok=True)
+    merged = None
+    if state.planned and state.accuracy_error is None:
+        wall = time.perf_counter() - state.accuracy_start
+        prepared.report["timings"]["accuracy"] = round(wall, 3)
+        pinned = prepared.report["source"]["checkpoint"]["pinned"]
+        names = [p for p, v in prepared.variants.items() if v["passed"]]
+        merged = merge_shards(entry, opts.data, list(state.shards.values()), pinned, names,
+                              wall)
+    # The fingerprint of what this run used (the checkpoint as the task saw it).
+    sha = prepared.report["source"].get("checkpoint", {}).get("sha256")
+    inputs = _inputs(entry, opts, sha, state.dataset) if sha else state.inputs
+    return finish_entry(entry, prepared, opts, workdir, merged, state.accuracy_error,
+                        inputs, say=say)

@@ -1,0 +1,109 @@
+"""What an artifact was made from, as digests: the basis of `--skip-unchanged` and of placement.
+
+An entry's inputs fingerprint covers everything that can change its figures or its files:
+the checkpoint's sha256, the manifest entry as used (defaults filled in), the lock files of
+the environments it runs in, the pipeline's code, the dataset (file list, sizes, labels,
+layout, --limit) and the precisions shipped, and the signing key. report.json and
+provenance.json record the parts and the digest; a store version whose recorded digest equals
+this run's was made from the same inputs, so `--skip-unchanged STORE` does not redo it.
+
+The code and lock digests also name the Ray resources a node advertises (orchestrator.cluster),
+so a task only ever runs on a node built from the same code and locks as the driver.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+from converters.registry import REPO_ROOT, SourceSpec
+
+# The pipeline's code: every module that can change a figure or a file of an artifact.
+CODE_DIRS = ("converters", "orchestrator", "verify", "release", "fetch", "manifests")
+CODE_FILES = ("pipeline.py", "verify/imagenet_synsets.txt")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 over (path, content digest) of the pipeline's Python code, in path order."""
+    files = sorted({*(p for d in CODE_DIRS for p in (REPO_ROOT / d).rglob("*.py")),
+                    *(REPO_ROOT / f for f in CODE_FILES)})
+    return _sha(canonical([[str(p.relative_to(REPO_ROOT)), _sha(p.read_bytes())]
+                           for p in files if p.is_file()]))
+
+
+def lock_digest(env: str) -> str:
+    """sha256 of envs/ENV.lock.txt (the environment's complete freeze)."""
+    path = REPO_ROOT / "envs" / f"{env}.lock.txt"
+    return _sha(path.read_bytes()) if path.is_file() else "missing"
+
+
+def env_resource(env: str) -> str:
+    """The Ray resource a node offers when ENV is built from this checkout's lock."""
+    return f"env:{env}:{lock_digest(env)[:12]}"
+
+
+def code_resource() -> str:
+    """The Ray resource a node offers when its pipeline code equals this checkout's."""
+    return f"code:{code_digest()[:12]}"
+
+
+def dataset_digest(selection) -> str:
+    """Layout, --limit, and for every selected image: path under the root, size, label."""
+    data = selection.dataset
+    rows = []
+    for position in selection.positions:
+        path = data.paths[position]
+        rows.append([str(path.relative_to(data.root)), path.stat().st_size,
+                     data.labels[position]])
+    return _sha(canonical({"layout": data.layout, "limit": selection.limit, "images": rows}))
+
+
+def entry_inputs(entry_data: dict, spec: SourceSpec, checkpoint_sha256: str,
+                 dataset: str | None, precisions: tuple[str, ...],
+                 signer: str | None) -> dict:
+    """The parts and their digest, as report.json and provenance.json record them."""
+    parts = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "manifest_entry_sha256": _sha(canonical(entry_data)),
+        "locks": {env: lock_digest(env) for env in ("orchestrator", spec.env)},
+        "code_sha256": code_digest(),
+        "dataset_sha256": dataset,
+        "precisions": list(precisions),
+        "signer_public_key_sha256": signer,
+    }
+    return {"fingerprint": _sha(canonical(parts)), "parts": parts}
+
+
+def latest_in_store(store: Path, name: str) -> tuple[str, dict] | None:
+    """(version, report) of the newest published version of NAME, or None."""
+    folder = store / name
+    if not folder.is_dir():
+        return None
+    versions = sorted(v for v in folder.iterdir() if v.is_dir() and not v.name.startswith("."))
+    if not versions:
+        return None
+    try:
+        report = json.loads((versions[-1] / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return versions[-1].name, report
+
+
+def unchanged_since(store: Path, name: str, fingerprint: str) -> str | None:
+    """The store version made from exactly these inputs (the latest one), else None."""
+    latest = latest_in_store(store, name)
+    if latest is None:
+        return None
+    version, report = latest
+    recorded = (report.get("inputs") or {}).get("fingerprint")
+    return version if recorded == fingerprint else None
