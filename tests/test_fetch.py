@@ -110,3 +110,41 @@ def test_local_checkpoint_records_sha_and_pinning(tmp_path):
     assert got.sha256 == SHA and not got.pinned and got.digest_check == "local file"
     with pytest.raises(FetchError, match="not found"):
         local_checkpoint(tmp_path / "nope.pth", {"sha256": SHA})
+
+
+def test_mirror_serves_the_same_file_name_and_its_digest_is_checked(http_server, tmp_path):
+    from fetch.download import mirrored
+
+    # The publisher's host is unreachable (air-gapped site); the mirror has the file.
+    spec = {"url": "http://127.0.0.1:9/publisher/ck/model-abcd.pth", "sha256": SHA}
+    http_server.files["/mirror/model-abcd.pth"] = BODY
+    mirror = http_server.url("/mirror/")
+    assert mirrored(spec["url"], mirror) == http_server.url("/mirror/model-abcd.pth")
+    got = fetch(spec, tmp_path / "a", backoff=0, mirror=mirror)
+    assert got.downloaded and got.pinned and got.path.read_bytes() == BODY
+    assert got.url == http_server.url("/mirror/model-abcd.pth")
+    assert [r["path"] for r in http_server.requests] == ["/mirror/model-abcd.pth"]
+
+    # A mirror serving other bytes under that name is refused, as the publisher would be.
+    http_server.files["/mirror/model-abcd.pth"] = BODY[::-1]
+    with pytest.raises(FetchError) as err:
+        fetch(spec, tmp_path / "b", backoff=0, mirror=mirror)
+    assert err.value.kind == "digest_mismatch" and SHA in err.value.message
+    assert not (tmp_path / "b" / "model-abcd.pth").exists()
+
+
+def test_materialize_writes_shipped_bytes_only_when_they_match(tmp_path):
+    from fetch.download import materialize
+
+    here = tmp_path / "here.pth"
+    here.write_bytes(BODY)
+    assert materialize(here, SHA, None, tmp_path / "cache") == here     # seen in place
+    elsewhere = tmp_path / "not-on-this-node.pth"
+    copy = materialize(elsewhere, SHA, BODY, tmp_path / "cache")
+    assert copy.parent == tmp_path / "cache" / "by-sha256" and copy.read_bytes() == BODY
+    with pytest.raises(FetchError) as err:
+        materialize(tmp_path / "other.pth", SHA, BODY[:-1], tmp_path / "cache2")
+    assert err.value.kind == "digest_mismatch"
+    with pytest.raises(FetchError) as err:
+        materialize(elsewhere, SHA, None, tmp_path / "cache3")
+    assert err.value.kind == "checkpoint_missing"

@@ -1,0 +1,210 @@
+"""Scale-out: the Ray executor gives the local executor's figures, survives a node removed
+mid-shard, reports an environment no node offers at once, and killed runs leave nothing that
+the next start does not sweep. Real frameworks, real Ray (embedded and a multi-node cluster
+on this machine, as `ray.cluster_utils.Cluster` runs it)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, VENV_ROOT, manifest_entries, read_report, run_pipeline, write_manifest
+from verify.images import imagenet_like
+
+pytestmark = pytest.mark.slow
+ENTRIES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-14w",
+           "mindcv-res2net50": "ms-r50"}
+IMAGES = 11   # + 1 undecodable file: 3 shards of 4 with --shard-size 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A flat val.txt set: 11 JPEGs (grayscale, CMYK and a PNG among them) + 1 garbage file."""
+    root = tmp_path_factory.mktemp("val")
+    paths = imagenet_like(root, IMAGES, seed=3, odd_every=4)
+    (root / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not an image")
+    lines = [f"{p.name} {(i * 97) % 1000}" for i, p in enumerate(paths)]
+    lines.insert(5, "ILSVRC2012_val_99999999.JPEG 3")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """The shipped entries, with batches of 4 and the unreadable limit a 12-image set needs."""
+    shipped = manifest_entries()
+    entries = [{**shipped[name], "accuracy": {"batch_size": 4, "unreadable": 10}}
+               for name in ENTRIES]
+    return write_manifest(tmp_path_factory.mktemp("m") / "m.yaml", entries)
+
+
+def _args(manifest: Path, checkpoints, names, out: Path, data: Path, *extra: str) -> list:
+    args = ["--manifest", str(manifest), "--out", str(out), "--data", str(data),
+            "--threads", "1", *extra]
+    for name in names:
+        args += ["--only", name, "--checkpoint", f"{name}={checkpoints(ENTRIES[name])}"]
+    return args
+
+
+def _figures(report: dict) -> dict:
+    """Every measured figure of a report; not timings, dates or where things ran."""
+    acc = {k: v for k, v in report["accuracy"].items() if k != "throughput"}
+    return {"passed": report["passed"], "accuracy": acc,
+            "checks": sorted((c["name"], c["scope"].get("model"), c["measured"])
+                             for c in report["checks"]),
+            "variants": {p: (v["passed"], v.get("accuracy"),
+                             sorted((c["name"], c["measured"]) for c in v["checks"]))
+                         for p, v in (report.get("variants") or {}).items()}}
+
+
+def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, data, tmp_path):
+    names = list(ENTRIES)
+    local = run_pipeline(*_args(manifest, checkpoints, names, tmp_path / "local", data,
+                                "--precisions", "fp32,fp16"))
+    assert local.returncode == 0, local.stdout[-4000:] + local.stderr[-3000:]
+    ray = run_pipeline(*_args(manifest, checkpoints, names, tmp_path / "ray", data,
+                              "--precisions", "fp32,fp16", "--executor", "ray",
+                              "--shard-size", "4"),
+                       env={"MODEL_CONVERT_WORK": str(tmp_path / "work")})
+    assert ray.returncode == 0, ray.stdout[-4000:] + ray.stderr[-3000:]
+    assert "executor: ray (embedded local instance" in ray.stdout
+    for name in names:
+        a, b = read_report(tmp_path / "local", name), read_report(tmp_path / "ray", name)
+        assert a["accuracy"]["throughput"]["shards"] == 1
+        assert b["accuracy"]["throughput"]["shards"] == 3           # 12 images / 4
+        assert b["accuracy"]["source"]["images"] == IMAGES          # no shard lost or doubled
+        assert b["accuracy"]["unreadable"] == 1
+        assert b["variants"]["fp16"]["accuracy"]["images"] == IMAGES
+        assert _figures(a) == _figures(b), name
+        # The fingerprint of the inputs is the same wherever the run happened.
+        assert a["inputs"] == b["inputs"]
+        provenance = json.loads((tmp_path / "ray" / name / "provenance.json").read_text())
+        assert provenance["inputs"]["fingerprint"] == b["inputs"]["fingerprint"]
+    # Every task's work directory is gone once the run is over.
+    assert not list((tmp_path / "work").glob("run-*"))
+
+
+# --------------------------------------------------------------------------- a real cluster
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head (no CPUs: it runs nothing) and two 1-CPU nodes offering only the mmpretrain
+    environment, all on this machine, each node with its own work directory root."""
+    from ray.cluster_utils import Cluster
+
+    from orchestrator.executor import node_resources
+
+    work = tmp_path_factory.mktemp("cluster-work")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "VENV_ROOT", "MODEL_CONVERT_WORK")}
+    os.environ.update(PYTHONPATH=str(REPO), VENV_ROOT=str(VENV_ROOT),
+                      MODEL_CONVERT_WORK=str(work))
+    offered = {k: v for k, v in node_resources().items()
+               if k.startswith("code:") or k.startswith("env:mmpretrain:")}
+    assert len(offered) == 2, f"mmpretrain environment not built: {node_resources()}"
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=1, resources=offered, node_ip_address="127.0.0.1",
+                        object_store_memory=400 * 2**20) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, nodes, work
+    c.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
+                                                       tmp_path):
+    c, nodes, work = cluster
+    name = "res2net50-w14-s8"
+    reference = run_pipeline(*_args(manifest, checkpoints, [name], tmp_path / "local", data))
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-2000:]
+
+    args = _args(manifest, checkpoints, [name], tmp_path / "ray", data, "--executor", "ray",
+                 "--shard-size", "4", "--ray-address", c.address)
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Two shards at once means both 1-CPU nodes are mid-shard: remove the second node then.
+    deadline = time.monotonic() + 600
+    while len(list(work.glob("run-shard-*"))) < 2:
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "no two shards ever ran at once"
+        time.sleep(0.05)
+    c.remove_node(nodes[1], allow_graceful=False)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    a, b = read_report(tmp_path / "local", name), read_report(tmp_path / "ray", name)
+    assert b["accuracy"]["throughput"]["shards"] == 3
+    assert b["accuracy"]["source"]["images"] == IMAGES and b["accuracy"]["unreadable"] == 1
+    assert _figures(a) == _figures(b)
+    # The artifact is whole: every file the report names is there, nothing half-written.
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [name]
+    assert {"model.onnx", "report.json", "provenance.json"} <= {
+        p.name for p in (tmp_path / "ray" / name).iterdir()}
+
+
+def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, manifest, data,
+                                                        tmp_path):
+    c, _, _ = cluster
+    name = "paddleclas-res2net50-14w-8s"
+    start = time.monotonic()
+    proc = run_pipeline(*_args(manifest, checkpoints, [name], tmp_path / "out", data,
+                               "--executor", "ray", "--ray-address", c.address), timeout=120)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "UNAVAILABLE" in proc.stdout
+    assert "no node of the Ray cluster offers the paddle environment" in proc.stdout
+    assert took < 60, f"took {took:.0f} s to say so"
+    assert not (tmp_path / "out" / name / "model.onnx").exists()
+
+
+# --------------------------------------------------------------------------- killed runs
+def test_killed_run_leaves_a_work_dir_that_the_next_start_sweeps(checkpoints, tmp_path):
+    work = tmp_path / "work"
+    env = {**os.environ, "MODEL_CONVERT_WORK": str(work)}
+    name = "res2net50-w14-s8"
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), "--only", name,
+                             "--checkpoint", f"{name}={checkpoints('w14')}", "--out",
+                             str(tmp_path / "out")], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    job = None
+    while job is None:  # the framework worker has started: mid-convert
+        job = next(iter(work.glob("run-entry-*/job.json")), None)
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    left = job.parent
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert left.is_dir() and list(work.glob("run-driver-*")), "nothing was left to sweep"
+    time.sleep(1)  # the worker, started with PDEATHSIG, is gone with its parent
+    assert not _processes_using(left), "a framework worker outlived the killed run"
+
+    # The next start on this machine (here a run that fails at once) sweeps both.
+    again = run_pipeline("--only", name, "--checkpoint", f"{name}={tmp_path / 'missing.pth'}",
+                         "--out", str(tmp_path / "out2"), env={"MODEL_CONVERT_WORK": str(work)})
+    assert again.returncode == 1 and "checkpoint file not found" in again.stdout
+    assert not left.exists()
+    assert not list(work.glob("run-*")), list(work.iterdir())
+    assert not (tmp_path / "out" / name).exists(), "a half-written artifact is visible"
+
+
+def _processes_using(path: Path) -> list[int]:
+    """Pids whose command line names `path` (the worker's job.json)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(path) in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids

@@ -1,0 +1,184 @@
+"""The pieces of scale-out that need no framework: work-dir sweep, shard planning, the shard
+merge, the inputs fingerprint, and the local executor's order."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from conftest import REPO
+from converters.registry import SOURCES
+from orchestrator import fingerprint
+from orchestrator.accuracy import Selection, ShardResult, merge_shards, plan_shards
+from orchestrator.executor import LocalExecutor, Reporter
+from orchestrator.workdir import run_dir, sweep_stale
+from verify.accuracy import AccuracyMeter, concat_scores, score
+from verify.dataset import Dataset
+
+
+# --------------------------------------------------------------------------- work dirs
+def test_sweep_removes_only_directories_whose_owner_died(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_CONVERT_WORK", str(tmp_path))
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]);"
+            "from orchestrator.workdir import run_dir\n"
+            "with run_dir('victim') as d:\n"
+            "    print(d, flush=True); time.sleep(600)")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(REPO)], stdout=subprocess.PIPE,
+                             text=True)
+    victim = Path(owner.stdout.readline().strip())
+    assert victim.is_dir()
+    with run_dir("live") as live:
+        assert sweep_stale(tmp_path) == []              # both owners alive: nothing goes
+        assert victim.is_dir() and live.is_dir()
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert victim.is_dir()                          # SIGKILL ran no cleanup
+        assert sweep_stale(tmp_path) == [victim]        # its lock died with it
+        assert live.is_dir()
+    assert not live.exists()                            # removed by its owner on exit
+    with run_dir("kept", keep=True) as kept:
+        pass
+    assert kept.is_dir() and sweep_stale(tmp_path) == [] and kept.is_dir()  # --keep-work
+    shutil.rmtree(kept)
+
+
+# --------------------------------------------------------------------------- shards
+def test_shards_start_on_batch_boundaries_and_cover_everything_once():
+    assert plan_shards(10, None, 4) == [range(0, 10)]
+    assert plan_shards(10, 100, 4) == [range(0, 10)]
+    assert plan_shards(10, 4, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    # 5 is rounded up to whole batches of 4: 8.
+    assert plan_shards(20, 5, 4) == [range(0, 8), range(8, 16), range(16, 20)]
+    parts = plan_shards(50000, 256, 32)
+    assert all(p.start % 32 == 0 for p in parts)
+    assert [i for p in parts for i in p] == list(range(50000))
+
+
+def _entry():
+    class Entry(dict):
+        data = {"published": None}
+    return Entry(accuracy={"onnx_top1_delta": 0.1, "disagreement": 0.1, "unreadable": 50.0,
+                           "published_top1_delta": 0.3, "batch_size": 4},
+                 preprocess={"pipeline": "x"}, variants={"fp16": {"max_top1_drop": 1.0}})
+
+
+def test_merged_shards_equal_one_pass_over_the_same_logits(tmp_path):
+    rng = np.random.default_rng(1)
+    n, k = 13, 20
+    labels = rng.integers(0, k, n)
+    src = rng.normal(0, 1, (n, k)).astype(np.float32)
+    onnx = src + rng.normal(0, 1e-3, (n, k)).astype(np.float32)
+    fp16 = src + rng.normal(0, 0.5, (n, k)).astype(np.float32)   # flips some top-1s
+    unreadable = {6}
+    used = np.array([i for i in range(n) if i not in unreadable])
+    paths = [tmp_path / f"{i}.JPEG" for i in range(n)]
+    selection = Selection(Dataset(tmp_path, "val.txt", paths, labels.tolist()),
+                          list(range(n)), None)
+
+    one = AccuracyMeter(("onnx", "fp16"))
+    one.add(labels[used], used, src[used], {"onnx": onnx[used], "fp16": fp16[used]})
+
+    shards = []
+    for index, part in enumerate(plan_shards(n, 4, 4)):   # shards of 4, in any order
+        mine = np.array([i for i in part if i not in unreadable])
+        shards.append(ShardResult(index, part.start, len(part), mine, concat_scores([
+            score(src[mine[:2]], {"onnx": onnx[mine[:2]], "fp16": fp16[mine[:2]]}),
+            score(src[mine[2:]], {"onnx": onnx[mine[2:]], "fp16": fp16[mine[2:]]})]),
+            [{"index": 6, "path": str(paths[6]), "error": "bad"}] if 6 in part else []))
+    checks, report, per_variant = merge_shards(_entry(), selection, shards[::-1], False,
+                                               ["fp16"], 1.0)
+    assert report["source"] == one.side("source") and report["onnx"] == one.side("onnx")
+    assert report["disagree"] == len(one.disagree)
+    assert report["max_abs_logit_diff"] == one.max_abs_diff
+    assert report["unreadable"] == 1 and report["source"]["images"] == n - 1
+    assert per_variant["fp16"][1]["disagree"] == len(one.disagreeing["fp16"]) > 0
+    assert per_variant["fp16"][1]["max_abs_logit_diff"] == one.max_diff["fp16"]
+    assert report["disagree_images"] == [str(paths[i]) for i in one.disagree]
+    assert report["throughput"]["shards"] == 4
+
+
+# --------------------------------------------------------------------------- fingerprint
+def test_every_input_changes_the_fingerprint(tmp_path, monkeypatch):
+    spec = SOURCES["mmpretrain"]
+    base = dict(entry_data={"name": "a", "tolerances": {"atol": 1e-4}}, spec=spec,
+                checkpoint_sha256="ab" * 32, dataset="cd" * 32, precisions=("fp32",),
+                signer="ef" * 32)
+    ref = fingerprint.entry_inputs(**base)["fingerprint"]
+    assert fingerprint.entry_inputs(**base)["fingerprint"] == ref      # deterministic
+    changed = {"entry_data": {"name": "a", "tolerances": {"atol": 2e-4}},
+               "checkpoint_sha256": "00" * 32, "dataset": "11" * 32,
+               "precisions": ("fp32", "fp16"), "signer": None}
+    for key, value in changed.items():
+        assert fingerprint.entry_inputs(**{**base, key: value})["fingerprint"] != ref, key
+    # Lock files and code: a copy of the tree where one lock line or one module changes.
+    root = tmp_path / "tree"
+    for part in (*fingerprint.CODE_DIRS, "envs", "verify"):
+        shutil.copytree(REPO / part, root / part, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in fingerprint.CODE_FILES:
+        shutil.copy(REPO / name, root / name)
+    monkeypatch.setattr(fingerprint, "REPO_ROOT", root)
+    fingerprint.code_digest.cache_clear()
+    try:
+        before = fingerprint.entry_inputs(**base)
+        lock = root / "envs" / "mmpretrain.lock.txt"
+        lock.write_text(lock.read_text() + "extra==1.0\n")
+        assert fingerprint.entry_inputs(**base)["fingerprint"] != before["fingerprint"]
+        assert fingerprint.env_resource("mmpretrain") != fingerprint.env_resource("paddle")
+        fingerprint.code_digest.cache_clear()
+        code = fingerprint.code_digest()
+        (root / "README.md").write_text("docs do not change artifacts\n")
+        fingerprint.code_digest.cache_clear()
+        assert fingerprint.code_digest() == code
+        module = root / "verify" / "compare.py"
+        module.write_text(module.read_text() + "\n# changed\n")
+        fingerprint.code_digest.cache_clear()
+        assert fingerprint.code_digest() != code
+    finally:
+        fingerprint.code_digest.cache_clear()
+
+
+def test_dataset_digest_sees_files_sizes_labels_and_limit(tmp_path):
+    paths = [tmp_path / f"{i}.JPEG" for i in range(4)]
+    for p in paths:
+        p.write_bytes(b"x" * 10)
+
+    def digest(labels=(0, 1, 2, 3), positions=(0, 1, 2, 3), limit=None):
+        data = Dataset(tmp_path, "val.txt", paths, list(labels))
+        return fingerprint.dataset_digest(Selection(data, list(positions), limit))
+
+    ref = digest()
+    assert digest() == ref
+    assert digest(labels=(0, 1, 2, 4)) != ref
+    assert digest(positions=(0, 1, 2), limit=3) != ref
+    paths[1].write_bytes(b"x" * 11)
+    assert digest() != ref
+
+
+# --------------------------------------------------------------------------- executor
+def test_local_executor_runs_lowest_priority_first_and_keeps_errors():
+    said = []
+    ex = LocalExecutor(Reporter(said.append))
+    order = []
+
+    def task(name, say):
+        say(f"ran {name}")
+        order.append(name)
+        if name == "bad":
+            raise ValueError("boom")
+        return name
+
+    handles = {ex.submit(task, n, env=None, cpus=1, priority=p, label=n): n
+               for n, p in (("entry2", (2, 0)), ("entry1", (1, 0)), ("bad", (1, 1, 0)))}
+    outcomes = []
+    while handles:
+        out = ex.wait_any(list(handles))
+        handles.pop(out.handle)
+        outcomes.append(out)
+    assert order == ["entry1", "bad", "entry2"]
+    assert said == ["ran entry1", "ran bad", "ran entry2"]        # printed as they ran
+    assert isinstance(outcomes[1].error, ValueError) and outcomes[2].value == "entry2"
