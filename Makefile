@@ -20,13 +20,23 @@ PYTEST_ARGS ?=
 BENCH_JSON ?= bench.json
 
 .PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly \
-        bench-data-path bench
+        bench-data-path bench bench-scale ray-head ray-worker ray-stop
+RAY := $(VENV_ROOT)/orchestrator/bin/ray
+RAY_PORT ?= 6379
+# Options every conversion run takes from make variables (see `python pipeline.py --help`).
+RUN_OPTS = $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE)) \
+           $(if $(THREADS),--threads $(THREADS)) $(if $(SKIP_UNCHANGED),--skip-unchanged $(SKIP_UNCHANGED))
 
 help:
 	@echo "make setup                      build/update the environments (idempotent)"
 	@echo "make demo                       offline: seeded demo checkpoint -> verified ONNX in $(OUT)/"
 	@echo "make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]] [PRECISIONS=fp32,fp16,int8]"
 	@echo "                                DATA (or DATASETS_DIR): labelled ImageNet val -> accuracy gate"
+	@echo "                                EXECUTOR=ray [RAY_ADDRESS=host:port] [SHARD_SIZE=N]: on Ray"
+	@echo "make ray-head                     start a Ray head node offering this checkout's environments"
+	@echo "make ray-worker ADDRESS=host:port join a Ray cluster, offering this checkout's environments"
+	@echo "make ray-stop                     stop the Ray node(s) started on this machine"
+	@echo "make bench-scale                  accuracy gate: local vs ray on 1 and 2 workers (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
@@ -66,14 +76,14 @@ demo: setup $(DEMO_MM) $(DEMO_PD) $(DEMO_MS) $(DEMO_KEY)
 	    --only res2net50-w14-s8 --checkpoint res2net50-w14-s8=$(DEMO_MM) \
 	    --only paddleclas-res2net50-14w-8s --checkpoint paddleclas-res2net50-14w-8s=$(DEMO_PD) \
 	    --only mindcv-res2net50 --checkpoint mindcv-res2net50=$(DEMO_MS) \
-	    --out $(OUT)
+	    --out $(OUT) $(RUN_OPTS)
 
 convert: setup
 	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=NAME [CHECKPOINT=PATH] [OUT=DIR] [DATA=DIR [LIMIT=N]]"; exit 2; }
 	$(PY) pipeline.py --manifest $(MANIFEST) --only $(MODEL) --out $(OUT) \
 	    $(if $(CHECKPOINT),--checkpoint $(MODEL)=$(CHECKPOINT)) $(if $(DATA),--data $(DATA)) \
 	    $(if $(LIMIT),--limit $(LIMIT)) $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY)) \
-	    $(if $(PRECISIONS),--precisions $(PRECISIONS))
+	    $(if $(PRECISIONS),--precisions $(PRECISIONS)) $(RUN_OPTS)
 
 verify-artifact: setup
 	@test -n "$(ARTIFACT)" -a -n "$(PUBLIC_KEY)" || { echo "usage: make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"; exit 2; }
@@ -88,7 +98,27 @@ publish: setup
 nightly: setup
 	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
 	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) PRECISIONS=$(PRECISIONS) KEEP=$(KEEP) \
-	    MANIFEST=$(MANIFEST) scripts/nightly.sh
+	    EXECUTOR=$(EXECUTOR) SHARD_SIZE=$(SHARD_SIZE) MANIFEST=$(MANIFEST) scripts/nightly.sh
+
+# A Ray node advertises, as resources, each environment this checkout has built (from its
+# current lock) and this checkout's code; tasks go only to nodes that can run them as here.
+# Task processes import this checkout (PYTHONPATH) and use its environments (VENV_ROOT).
+ray-head: setup
+	PYTHONPATH=$(CURDIR) $(RAY) start --head --port=$(RAY_PORT) --include-dashboard=false \
+	    --resources='$(shell PYTHONPATH=$(CURDIR) $(PY) -m orchestrator.executor)'
+	@echo "head started: run 'make ray-worker ADDRESS=<this host>:$(RAY_PORT)' on the other nodes, then"
+	@echo "  RAY_ADDRESS=<this host>:$(RAY_PORT) make convert MODEL=... EXECUTOR=ray DATA=..."
+
+ray-worker: setup
+	@test -n "$(ADDRESS)" || { echo "usage: make ray-worker ADDRESS=host:port"; exit 2; }
+	PYTHONPATH=$(CURDIR) $(RAY) start --address=$(ADDRESS) \
+	    --resources='$(shell PYTHONPATH=$(CURDIR) $(PY) -m orchestrator.executor)'
+
+ray-stop:
+	$(RAY) stop
+
+bench-scale: setup
+	$(PY) benchmarks/scale.py $(if $(IMAGES),--images $(IMAGES)) $(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE))
 
 bench: setup
 	@test -n "$(MODEL)" || { echo "usage: make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=fp32,fp16,int8] [DEVICE=cuda]"; exit 2; }

@@ -208,7 +208,7 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
             # checkpoint again, which is the fixed cost of a shard.
             "worker": _summed([s.timings for s in shards]),
             "loader": {**shards[0].loader, **_summed([
-                {k: s.loader[k] for k in ("images", "unreadable", "data_wait_s")}
+                {k: s.loader.get(k, 0) for k in ("images", "unreadable", "data_wait_s")}
                 for s in shards])},
         },
     }

@@ -290,3 +290,11 @@ def make_executor(kind: str, address: str | None, reporter: Reporter,
         return RayExecutor(address, reporter, cpus)
     return LocalExecutor(reporter)
 
+
+
+if __name__ == "__main__":
+    # `python -m orchestrator.executor`: this node's resources as JSON for `ray start
+    # --resources` (make ray-head / ray-worker).
+    import json
+
+    print(json.dumps(node_resources()))

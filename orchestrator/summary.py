@@ -11,5 +11,7 @@ def format_summary(results) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     passed = sum(r.status == "passed" for r in results)
-    lines.append(f"{passed}/{len(results)} passed")
+    unchanged = sum(r.status == "unchanged" for r in results)
+    lines.append(f"{passed}/{len(results)} passed"
+                 + (f", {unchanged} unchanged (skipped)" if unchanged else ""))
     return "\n".join(lines)

@@ -32,5 +32,7 @@ def build_provenance(report: dict, signer_key_id: str | None) -> dict:
                 "onnx", "onnxruntime", "onnxsim", "onnxconverter-common", "numpy",
                 "model-signing")}},
         "onnx_sha256": report["onnx"]["sha256"],
+        # Digest of every input (orchestrator/fingerprint.py): what --skip-unchanged compares.
+        "inputs": report.get("inputs"),
         "signer_public_key_sha256": signer_key_id,
     }

@@ -5,7 +5,10 @@
 #   (checkpoint cache, else download), with the accuracy gate on $DATA (labelled ImageNet val;
 #   $LIMIT images spread over the classes on small machines) if given, the $PRECISIONS
 #   variants (fp16, int8) if asked, signed with
-#   $SIGNING_KEY and published after verification with $PUBLIC_KEY.
+#   $SIGNING_KEY and published after verification with $PUBLIC_KEY. EXECUTOR=ray (with
+#   RAY_ADDRESS for a cluster) fans the work out over Ray.
+# Both modes skip an entry whose latest version in $STORE was made from the same inputs
+#   (--skip-unchanged), so a nightly with nothing changed takes seconds.
 # Otherwise (default; this project's machines reach no checkpoint host): `make demo`, i.e.
 #   the demo checkpoints of each source (random init, not trained weights) signed with the
 #   demo key, and it says so.
@@ -23,13 +26,15 @@ if [ "${ONLINE:-0}" = 1 ]; then
   : "${PUBLIC_KEY:?ONLINE=1 needs PUBLIC_KEY (the public half of SIGNING_KEY)}"
   echo "nightly: $MANIFEST with pinned checkpoints -> $OUT, signed, published to $STORE"
   "$PY" pipeline.py --manifest "$MANIFEST" --out "$OUT" --signing-key "$SIGNING_KEY" \
-      ${DATA:+--data "$DATA"} ${LIMIT:+--limit "$LIMIT"} ${PRECISIONS:+--precisions "$PRECISIONS"}
+      ${DATA:+--data "$DATA"} ${LIMIT:+--limit "$LIMIT"} ${PRECISIONS:+--precisions "$PRECISIONS"} \
+      ${EXECUTOR:+--executor "$EXECUTOR"} ${SHARD_SIZE:+--shard-size "$SHARD_SIZE"} \
+      --skip-unchanged "$STORE"
   run=$?
 else
   echo "nightly (offline): no checkpoint host is reachable from here, so this converts the"
   echo "  DEMO checkpoints (random init, not trained weights) and signs with the DEMO key."
   echo "  Set ONLINE=1 SIGNING_KEY=... PUBLIC_KEY=... for the real job."
-  make --no-print-directory demo OUT="$OUT"
+  make --no-print-directory demo OUT="$OUT" SKIP_UNCHANGED="$STORE"
   run=$?
   PUBLIC_KEY=demo/signing-key.pub
 fi
