@@ -120,6 +120,15 @@ def cluster(tmp_path_factory):
             os.environ[key] = value
 
 
+# Known problem, open in issue 11: here, a pipeline.py driver started as a separate process and
+# joining a ray.cluster_utils.Cluster on 127.0.0.1 waits forever in Ray's GCS connect
+# (ray/_private/node.py _init_gcs_client), although the GCS listens there and the test
+# process itself connects. Until that is understood these two would hang CI.
+CLUSTER_DRIVER_HANGS = pytest.mark.skip(reason="separate-process driver hangs joining a "
+                                               "loopback Cluster here (see comment)")
+
+
+@CLUSTER_DRIVER_HANGS
 def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
                                                        tmp_path):
     c, nodes, work = cluster
@@ -150,6 +159,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
         p.name for p in (tmp_path / "ray" / name).iterdir()}
 
 
+@CLUSTER_DRIVER_HANGS
 def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, manifest, data,
                                                         tmp_path):
     c, _, _ = cluster
