@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import read_report, run_make
+from conftest import REPO, manifest_entries, read_report, run_make, run_pipeline, write_manifest
 
 pytestmark = pytest.mark.slow
 DEMO_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2net50")
@@ -36,3 +36,34 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         assert f"| {name} |" in table
     assert not any(p.suffix == ".pem" for p in out.rglob("*")), "a private key in an artifact"
     assert not any(p.suffix == ".pem" for p in store.rglob("*"))
+
+    # A second nightly with nothing changed skips every entry: each is unchanged since the
+    # version just published, and the store does not grow.
+    before = sorted(str(p.relative_to(store)) for p in store.glob("*/*"))
+    again = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}")
+    assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-3000:]
+    for name in DEMO_ENTRIES:
+        version = next(v.name for v in (store / name).iterdir())
+        assert f"unchanged since {version}" in again.stdout, name
+    assert "0/3 passed, 3 unchanged (skipped)" in again.stdout
+    assert "convert   " not in again.stdout                    # no worker ran
+    assert sorted(str(p.relative_to(store)) for p in store.glob("*/*")) == before
+
+    # Any input that changes makes the entry run again: here the manifest entry.
+    name = DEMO_ENTRIES[0]
+    entry = manifest_entries()[name]
+    changed = write_manifest(tmp_path / "changed.yaml", [
+        {**entry, "tolerances": {**entry.get("tolerances", {}), "atol": 6.0e-4}}])
+    same = write_manifest(tmp_path / "same.yaml", [entry])
+    common = ("--only", name, "--checkpoint", f"{name}={REPO / 'demo' / f'{name}.pth'}",
+              "--signing-key", str(REPO / "demo" / "signing-key.pem"),
+              "--skip-unchanged", str(store), "--out", str(tmp_path / "out2"))
+    skipped = run_pipeline("--manifest", str(same), *common)
+    assert skipped.returncode == 0 and "unchanged since" in skipped.stdout, skipped.stdout
+    rerun = run_pipeline("--manifest", str(changed), *common)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
+    assert "unchanged since" not in rerun.stdout and "1/1 passed" in rerun.stdout
+    fresh = read_report(tmp_path / "out2", name)
+    assert fresh["inputs"]["parts"]["manifest_entry_sha256"] != json.loads(
+        next((store / name).iterdir()).joinpath("report.json").read_text()
+    )["inputs"]["parts"]["manifest_entry_sha256"]
