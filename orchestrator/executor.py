@@ -207,12 +207,9 @@ class RayExecutor(Executor):
         common = {"log_to_driver": False, "include_dashboard": False,
                   "logging_level": "ERROR", "configure_logging": True}
         if address:
-            # A driver joining a cluster on a loopback address is on that machine: say so,
-            # else Ray looks for a raylet on this host's outward address and waits forever.
-            host = address.rsplit(":", 1)[0].strip("[]")
-            local = {"_node_ip_address": "127.0.0.1"} if host in (
-                "127.0.0.1", "localhost", "::1") else {}
-            ray.init(address=address, **local, **common)
+            # Ray rewrites a loopback address to this host's outward one, where nodes started
+            # by `make ray-head` / `ray-worker` listen: nothing to pin (README, "--executor").
+            ray.init(address=address, **common)
         else:
             ray.init(num_cpus=cpus, resources=node_resources(),
                      _node_ip_address="127.0.0.1", **common)

@@ -106,10 +106,11 @@ def cluster(tmp_path_factory):
     offered = {k: v for k, v in node_resources().items()
                if k.startswith("code:") or k.startswith("env:mmpretrain:")}
     assert len(offered) == 2, f"mmpretrain environment not built: {node_resources()}"
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-    nodes = [c.add_node(num_cpus=1, resources=offered, node_ip_address="127.0.0.1",
-                        object_store_memory=400 * 2**20) for _ in range(2)]
+    # On this host's outward address, as `ray start` puts a node: Ray rewrites a loopback
+    # --ray-address to that address, so a cluster pinned to 127.0.0.1 cannot be joined.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=1, resources=offered, object_store_memory=400 * 2**20)
+             for _ in range(2)]
     c.wait_for_nodes()
     yield c, nodes, work
     c.shutdown()
@@ -120,15 +121,7 @@ def cluster(tmp_path_factory):
             os.environ[key] = value
 
 
-# Known problem, open in issue 11: here, a pipeline.py driver started as a separate process and
-# joining a ray.cluster_utils.Cluster on 127.0.0.1 waits forever in Ray's GCS connect
-# (ray/_private/node.py _init_gcs_client), although the GCS listens there and the test
-# process itself connects. Until that is understood these two would hang CI.
-CLUSTER_DRIVER_HANGS = pytest.mark.skip(reason="separate-process driver hangs joining a "
-                                               "loopback Cluster here (see comment)")
 
-
-@CLUSTER_DRIVER_HANGS
 def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
                                                        tmp_path):
     c, nodes, work = cluster
@@ -159,7 +152,6 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
         p.name for p in (tmp_path / "ray" / name).iterdir()}
 
 
-@CLUSTER_DRIVER_HANGS
 def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, manifest, data,
                                                         tmp_path):
     c, _, _ = cluster
