@@ -118,7 +118,8 @@ ray-stop:
 	$(RAY) stop
 
 bench-scale: setup
-	$(PY) benchmarks/scale.py $(if $(IMAGES),--images $(IMAGES)) $(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE))
+	$(PY) benchmarks/scale.py $(if $(IMAGES),--images $(IMAGES)) $(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE)) \
+	    $(if $(SWEEP),--sweep $(SWEEP))
 
 bench: setup
 	@test -n "$(MODEL)" || { echo "usage: make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=fp32,fp16,int8] [DEVICE=cuda]"; exit 2; }

@@ -50,7 +50,7 @@ import click
 from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE
 from manifests.loader import ManifestError, load_manifest, select
-from orchestrator.accuracy import Selection
+from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE, Selection
 from orchestrator.executor import Reporter, make_executor
 from orchestrator.run import DatasetUnavailable, RunOptions, run_all
 from orchestrator.summary import format_summary
@@ -59,9 +59,6 @@ from release.signing import SigningError, check_signing_key, generate_key, verif
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
 
 HERE = Path(__file__).resolve().parent
-# Accuracy images per Ray task: ~5 s fixed cost per shard (worker start, build, load) against
-# ~100 s of work at ~2.6 images/s on one core of this machine kind.
-DEFAULT_RAY_SHARD_SIZE = 256
 
 
 def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
@@ -123,10 +120,11 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None, metavar="HOST:PORT",
               help="Join this Ray cluster (env RAY_ADDRESS; with --executor ray).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Accuracy images per task, rounded up to whole batches (default: 256 with "
-                   "ray: a shard's fixed cost, its worker's start, model build and checkpoint "
-                   "load, was about 5 s here against about 100 s of work; one shard per "
-                   "entry with local). Figures do not depend on it.")
+              help=f"Accuracy images per task, rounded up to whole batches (default: "
+                   f"{DEFAULT_RAY_SHARD_SIZE} with ray: a shard costs about 8 s besides its "
+                   f"images (worker start, model build, checkpoint load) against about 70 s "
+                   f"of work on one core here, `make bench-scale`; one shard per entry with "
+                   f"local). Figures do not depend on it.")
 @click.option("--skip-unchanged", type=click.Path(path_type=Path), default=None,
               metavar="STORE",
               help="Skip an entry when STORE's latest version of it was made from the same "

@@ -4,11 +4,12 @@
 
 Measured here, every run: accuracy-gate images/s (as the run achieved it, worker starts
 included), entries per hour, Ray's scheduling overhead per task (no-op tasks with the same
-placement), the fixed cost of a shard (its worker's model build and checkpoint load), and
-whether the figures (top-1/top-5 of source and ONNX, disagreements, unreadable images) equal
-the local run's.
+placement), what a shard costs besides its images (task time minus its evaluation loop), and
+whether the figures (top-1/top-5 of source and ONNX, disagreements, unreadable images, max
+abs logit difference) equal the local run's. The 2-worker cluster also runs the shard sizes
+of --sweep: the basis of the default shard size.
 
-    make bench-scale [IMAGES=96] [SHARD_SIZE=32]
+    make bench-scale [IMAGES=512] [SHARD_SIZE=256] [SWEEP=64,128]
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE  # noqa: E402
 from orchestrator.executor import node_resources  # noqa: E402
 from verify.images import imagenet_like  # noqa: E402
 
@@ -76,30 +78,38 @@ def _ray_overhead(address: str, tasks: int = 40) -> dict:
 
 def _figures(report: dict) -> dict:
     acc = report["accuracy"]
-    return {k: acc[k] for k in ("source", "onnx", "disagree", "unreadable")}
+    return {k: acc[k] for k in ("source", "onnx", "disagree", "unreadable",
+                                "max_abs_logit_diff")}
 
 
-def _row(label: str, report: dict, wall: float) -> dict:
+def _row(label: str, workers: int, shard_size: int | None, report: dict, wall: float) -> dict:
     acc = report["accuracy"]["throughput"]
-    worker = acc["worker"]
     shards = acc["shards"]
-    return {"run": label, "images": report["accuracy"]["source"]["images"],
+    # What a shard costs besides its images: the task's time minus its evaluation loop
+    # (task start, worker process start and imports, model build, checkpoint load, ONNX
+    # Runtime sessions, the end of the worker).
+    overhead = (sum(acc["shard_s"]) - acc["worker"]["evaluate"]) / shards
+    return {"run": label, "workers": workers, "shard_size": shard_size,
+            "images": report["accuracy"]["source"]["images"],
             "accuracy_images_per_s": acc["wall_images_per_s"],
-            "entry_s": report["timings"]["total"],
+            "loop_images_per_s_per_worker": acc["images_per_s"],
+            "accuracy_s": acc["wall_s"], "entry_s": report["timings"]["total"],
             "entries_per_hour": round(3600 / wall, 1), "pipeline_wall_s": round(wall, 1),
-            "shards": shards,
-            "shard_fixed_cost_s": round((worker.get("build", 0) + worker.get("load", 0))
-                                        / shards, 2),
+            "shards": shards, "shard_overhead_s": round(overhead, 2),
             "figures": _figures(report)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_RAY_SHARD_SIZE,
+                        help="shard size of the 1- and 2-worker runs (default: the pipeline's)")
+    parser.add_argument("--sweep", default="64,128",
+                        help="further shard sizes to run on 2 workers (comma list, '' for none)")
     parser.add_argument("--json", type=Path, default=REPO / "bench-scale.json")
     args = parser.parse_args()
+    sweep = [int(v) for v in args.sweep.split(",") if v.strip()]
     if not DEMO.is_file():
         raise SystemExit(f"{DEMO} missing: run `make demo` once first")
     from ray.cluster_utils import Cluster
@@ -117,28 +127,31 @@ def main() -> None:
               "--data", str(data)]
     rows, overhead = [], {}
 
+    def report(out: Path) -> dict:
+        return json.loads((out / NAME / "report.json").read_text())
+
     out = tmp / "local"
     wall = _pipeline([*common, "--out", str(out)], {})["wall_s"]
-    rows.append(_row(f"local ({os.cpu_count()} threads)", json.loads(
-        (out / NAME / "report.json").read_text()), wall))
+    rows.append(_row(f"local ({os.cpu_count()} threads)", 1, None, report(out), wall))
 
     env = {"PYTHONPATH": str(REPO), "MODEL_CONVERT_WORK": str(tmp / "work")}
     os.environ.update(env)
     offered = node_resources()
     for workers in (1, 2):
+        # Nodes on this host's outward address, as `make ray-head` / `ray-worker` start them.
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+            "num_cpus": 0, "include_dashboard": False})
         for _ in range(workers):
-            cluster.add_node(num_cpus=1, resources=offered, node_ip_address="127.0.0.1",
-                             object_store_memory=400 * 2**20)
+            cluster.add_node(num_cpus=1, resources=offered, object_store_memory=400 * 2**20)
         cluster.wait_for_nodes()
         try:
-            out = tmp / f"ray{workers}"
-            wall = _pipeline([*common, "--out", str(out), "--executor", "ray", "--threads", "1",
-                              "--shard-size", str(args.shard_size), "--ray-address",
-                              cluster.address], env)["wall_s"]
-            rows.append(_row(f"ray, {workers} x 1-CPU worker", json.loads(
-                (out / NAME / "report.json").read_text()), wall))
+            for size in [args.shard_size, *(sweep if workers == 2 else [])]:
+                out = tmp / f"ray{workers}-{size}"
+                wall = _pipeline([*common, "--out", str(out), "--executor", "ray",
+                                  "--threads", "1", "--shard-size", str(size),
+                                  "--ray-address", cluster.address], env)["wall_s"]
+                rows.append(_row(f"ray, {workers} x 1-CPU, shard {size}", workers, size,
+                                 report(out), wall))
             if workers == 2:
                 overhead = _ray_overhead(cluster.address)
         finally:
@@ -151,15 +164,16 @@ def main() -> None:
               "ray_overhead": overhead, "cpu_count": os.cpu_count()}
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\n{args.images} images, shard size {args.shard_size}, {os.cpu_count()} cores\n")
-    print(f"{'run':<26} {'acc img/s':>9} {'vs local':>8} {'entry s':>8} {'entries/h':>9} "
-          f"{'shards':>6} {'shard fixed s':>13} {'same figures':>12}")
+    print(f"\n{args.images} images, {NAME}, {os.cpu_count()} cores\n")
+    print(f"{'run':<28} {'acc img/s':>9} {'vs local':>8} {'loop img/s/worker':>17} "
+          f"{'entry s':>8} {'entries/h':>9} {'shards':>6} {'overhead/shard s':>16} "
+          f"{'same figures':>12}")
     for row in rows:
-        print(f"{row['run']:<26} {row['accuracy_images_per_s']:>9} "
-              f"{row.get('vs_local', 1.0):>8} {row['entry_s']:>8.1f} "
-              f"{row['entries_per_hour']:>9} {row['shards']:>6} "
-              f"{row['shard_fixed_cost_s']:>13} {str(row.get('figures_equal_local', '-')):>12}")
-    print(f"\nRay overhead per task (no-op, same placement): {overhead}")
+        print(f"{row['run']:<28} {row['accuracy_images_per_s']:>9} "
+              f"{row.get('vs_local', 1.0):>8} {row['loop_images_per_s_per_worker']:>17} "
+              f"{row['entry_s']:>8.1f} {row['entries_per_hour']:>9} {row['shards']:>6} "
+              f"{row['shard_overhead_s']:>16} {str(row.get('figures_equal_local', '-')):>12}")
+    print(f"\nRay scheduling per task (no-op task, a shard's placement): {overhead}")
     print(f"wrote {args.json}")
 
 
