@@ -163,6 +163,37 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
         p.name for p in (tmp_path / "ray" / name).iterdir()}
 
 
+def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(cluster, checkpoints, manifest,
+                                                             data, tmp_path):
+    from orchestrator.workdir import sweep_stale
+
+    c, _, work = cluster
+    name = "res2net50-w14-s8"
+    args = _args(manifest, checkpoints, [name], tmp_path / "out", data, "--executor", "ray",
+                 "--shard-size", "4", "--ray-address", c.address)
+    log = tmp_path / "driver.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
+                                stdout=sink, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not list(work.glob("run-shard-*")):      # a shard task is running on a node
+        assert proc.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, "no shard ever started"
+        time.sleep(0.05)
+    started = list(work.glob("run-shard-*"))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()[-4000:]
+    assert "interrupted: the run's tasks were cancelled" in log.read_text()
+    assert not (tmp_path / "out" / name).exists(), "an artifact of an interrupted run"
+    # The cancelled tasks and their framework workers are gone from the nodes: nothing holds
+    # a shard's work directory any more, so the next start's sweep removes them all.
+    deadline = time.monotonic() + 30
+    while list(work.glob("run-shard-*")) or any(_processes_using(p) for p in started):
+        sweep_stale(work)
+        assert time.monotonic() < deadline, f"still running: {list(work.glob('run-shard-*'))}"
+        time.sleep(0.2)
+
+
 def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, manifest, data,
                                                         tmp_path):
     c, _, _ = cluster
