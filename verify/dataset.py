@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manifests.bounded import LABEL_FILE_FACTOR, DocumentTooLarge, read_bounded
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LABEL_FILES = ("val.txt", "val_map.txt")
 SYNSETS_FILE = Path(__file__).with_name("imagenet_synsets.txt")
@@ -81,7 +83,11 @@ def _from_label_file(root: Path, name: str) -> tuple[list[Path], list[int]]:
     label_file = root / name
     paths, labels, missing = [], [], []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = read_bounded(label_file, factor=LABEL_FILE_FACTOR)
+    except (DocumentTooLarge, UnicodeDecodeError) as exc:
+        raise DatasetError(str(exc)) from None
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
