@@ -132,15 +132,44 @@ def _count_aliases(text: str, loader_cls, label: str) -> None:
         loader.dispose()
 
 
+class _TooDeep(Exception):
+    pass
+
+
+class _DepthGuard:
+    """Scanner hooks: stop at the nesting limit while scanning. PyYAML's scanner revisits
+    every open flow level for every token, so 600 kB of '[' would take hours to reject
+    after the fact."""
+
+    def fetch_flow_collection_start(self, token_class):
+        if self.flow_level >= limit("MODEL_CONVERT_MAX_NESTING"):
+            raise _TooDeep
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column):
+        if len(self.indents) >= limit("MODEL_CONVERT_MAX_NESTING"):
+            raise _TooDeep
+        return super().add_indent(column)
+
+
+def _guarded(loader_cls):
+    return type(f"Bounded{loader_cls.__name__}", (_DepthGuard, loader_cls), {})
+
+
 def load_yaml(text: str, label: str, loader_cls=yaml.SafeLoader):
     """Parse one YAML document within the limits; raises DocumentTooLarge or yaml.YAMLError."""
     _check_text(text, label)
-    _count_aliases(text, loader_cls, label)
+    loader_cls = _guarded(loader_cls)
+    try:
+        _count_aliases(text, loader_cls, label)
+    except _TooDeep:
+        raise _refuse(label, f"nested more than {limit('MODEL_CONVERT_MAX_NESTING')} levels "
+                             "deep", "MODEL_CONVERT_MAX_NESTING") from None
     loader = loader_cls(text)
     try:
         try:
             root = loader.get_single_node()
-        except RecursionError:
+        except (RecursionError, _TooDeep):
             raise _refuse(label, "nested too deep to parse", "MODEL_CONVERT_MAX_NESTING"
                           ) from None
         if root is None:

@@ -110,7 +110,11 @@ def _candidates(source: Path, result: PublishResult, say):
         except (OSError, ValueError) as exc:   # DocumentTooLarge and bad JSON included
             result.skipped.append(f"{artifact.name}: report.json unreadable: {exc}")
             continue
-        if not isinstance(report, dict) or not report.get("passed"):
+        if not isinstance(report, dict):
+            result.skipped.append(f"{artifact.name}: report.json unreadable: a JSON "
+                                  f"{type(report).__name__}, not an object")
+            continue
+        if report.get("passed") is not True:
             result.skipped.append(f"{artifact.name}: did not pass "
                                   f"({report.get('decided_by', 'see its report')})")
             continue

@@ -101,12 +101,19 @@ def _from_label_file(root: Path, name: str) -> tuple[list[Path], list[int]]:
             if len(parts) != 2:
                 raise DatasetError(f"{where}: expected 'NAME LABEL', got {raw!r}")
         image, label = parts[0].strip(), _parse_label(parts[1].strip(), where)
+        if Path(image).is_absolute() or ".." in Path(image).parts:
+            raise DatasetError(f"{where}: {image!r} is outside the dataset folder (names are "
+                               "relative to it, without '..')")
         if image in seen:
             raise DatasetError(f"{where}: {image} is listed twice (first on line "
                                f"{seen[image]})")
         seen[image] = number
         path = root / image
-        if not path.is_file():
+        try:
+            present = path.is_file()
+        except OSError as exc:      # e.g. a name longer than the filesystem allows
+            raise DatasetError(f"{where}: cannot use {image[:80]!r}: {exc.strerror}") from None
+        if not present:
             missing.append(image)
         paths.append(path)
         labels.append(label)
