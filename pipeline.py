@@ -47,6 +47,8 @@ from pathlib import Path
 
 import click
 
+from converters.data_loader import DEFAULT_MAX_PIXELS
+from converters.runner import WorkerLimits
 from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE
 from manifests.loader import ManifestError, load_manifest, select
@@ -55,6 +57,7 @@ from orchestrator.executor import Reporter, make_executor
 from orchestrator.run import DatasetUnavailable, RunOptions, run_all
 from orchestrator.summary import format_summary
 from release.publish import publish as publish_store
+from manifests.bounded import read_json
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
 
@@ -134,6 +137,19 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               help="Fetch checkpoints from this internal mirror (same file names; digests "
                    "still checked) instead of the publishers' hosts (env "
                    "MODEL_CONVERT_MIRROR).")
+@click.option("--worker-memory", envvar="MODEL_CONVERT_WORKER_MEMORY", default=None,
+              metavar="SIZE", callback=lambda ctx, param, value: _parse_size(value),
+              help="Resident memory one framework worker may hold (e.g. 6G, 800M; env "
+                   "MODEL_CONVERT_WORKER_MEMORY). Over it the worker is stopped and the entry "
+                   "fails with resource_limit; the run goes on. Default: 80 % of the memory "
+                   "of the machine running the worker, shared by the workers it runs at once "
+                   "(one locally; cores / --threads on a Ray node).")
+@click.option("--max-image-pixels", envvar="MODEL_CONVERT_MAX_IMAGE_PIXELS",
+              type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+              metavar="N",
+              help="An image whose header declares more pixels is not decoded: it counts as "
+                   "unreadable ('too large: W x H'). 0 turns the check off (env "
+                   "MODEL_CONVERT_MAX_IMAGE_PIXELS).")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
 @click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
               default=None, help="EC private key (PEM) that signs each passed artifact "
@@ -143,7 +159,7 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 @click.pass_context
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
         precisions, threads, executor, ray_address, shard_size, skip_unchanged, mirror,
-        keep_work, signing_key, list_only):
+        worker_memory, max_image_pixels, keep_work, signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -196,6 +212,8 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
                       checkpoints=local, data=data, threads=threads, data_workers=data_workers,
                       precisions=wanted, shard_size=shard_size, mirror=mirror,
                       skip_unchanged=skip_unchanged,
+                      limits=WorkerLimits(worker_memory, max_image_pixels,
+                                          threads if executor == "ray" else None),
                       keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
     reporter = Reporter(click.echo, bar=executor == "ray")
     try:
@@ -220,6 +238,25 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
     click.echo(format_summary(results))
     sys.exit(0 if results and all(r.status in ("passed", "unchanged") for r in results)
              else 1)
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _parse_size(text: str | None) -> int | None:
+    """'6G', '800M', '1.5G', '1073741824' -> bytes (binary units; a trailing B or iB is ok)."""
+    if text is None:
+        return None
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[:len(value) - len(unit)])
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise click.BadParameter(f"{text!r}: expected a size such as 6G or 800M",
+                                 param_hint="--worker-memory")
+    return int(number * _UNITS[unit])
 
 
 def _parse_precisions(text: str) -> tuple[str, ...]:
@@ -258,8 +295,8 @@ def verify_artifact(artifact: Path, public_key: Path):
     """
     try:
         verify_directory(artifact, public_key)
-        report = json.loads((artifact / "report.json").read_text())
-    except (SigningError, OSError, ValueError) as exc:
+        report = read_json(artifact / "report.json")
+    except (SigningError, OSError, ValueError) as exc:   # DocumentTooLarge is a ValueError
         click.echo(f"FAILED: {exc}", err=True)
         sys.exit(1)
     if report.get("passed") is not True:

@@ -7,7 +7,11 @@ the GIL), keeps `prefetch` batches decoding ahead of the one being consumed, and
 in file order, so inference on batch k overlaps decoding of batches k+1..k+prefetch.
 
 An image the source's decoder cannot read is not a crash: it is left out of its batch and
-returned with the decoder's error, so the report can count and list it.
+returned with the decoder's error, so the report can count and list it. Nor is an image over
+the pixel limit (`max_pixels`, `--max-image-pixels`): its size is read from its header with
+Pillow before any decoder runs, and it is counted unreadable as "too large: W x H" (a 7 MB
+25,000 x 25,000 JPEG would otherwise cost ~2 GB per decode thread). This check replaces
+Pillow's own bomb guard in the worker (README, "Limits").
 """
 from __future__ import annotations
 
@@ -43,19 +47,59 @@ def stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
 
 
-def _safe(per_image: Callable, path: str):
+# Every real ImageNet image is far below this (the largest val image is about 10 MP).
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageTooLarge(Exception):
+    """An image whose header declares more pixels than the limit; never decoded."""
+
+
+def header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when Pillow cannot identify it (the
+    source's own decoder then decides)."""
+    from PIL import Image
+
     try:
+        with Image.open(path) as img:   # reads the header only
+            return img.size
+    except Exception:  # noqa: BLE001 - unknown or broken header: the decoder reports it
+        return None
+
+
+def check_pixels(path: str, max_pixels: int | None) -> None:
+    size = header_size(path) if max_pixels else None
+    if size and size[0] * size[1] > max_pixels:
+        raise ImageTooLarge(f"too large: {size[0]} x {size[1]} ({size[0] * size[1]:,} pixels, "
+                            f"limit {max_pixels:,}: --max-image-pixels)")
+
+
+def _unbound_pillow() -> None:
+    """Pillow refuses headers over 2 x its MAX_IMAGE_PIXELS before we can read the size;
+    check_pixels runs before every decode here, so it takes over that guard."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+
+
+def _safe(per_image: Callable, path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    try:
+        check_pixels(path, max_pixels)
         return per_image(path), None
+    except ImageTooLarge as exc:
+        return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any decoder failure marks the image unreadable
         text = str(exc).strip().splitlines()
         return None, f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
 def batches(paths: list[str], per_image: Callable, collate: Callable, batch_size: int,
-            workers: int, prefetch: int = 2, stats: LoaderStats | None = None
-            ) -> Iterator[Batch]:
+            workers: int, prefetch: int = 2, stats: LoaderStats | None = None,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Batch]:
     """Yield Batch objects over `paths` in order (see module doc)."""
     stats = stats if stats is not None else LoaderStats()
+    if max_pixels:
+        _unbound_pillow()
     workers = max(1, workers)
     window = batch_size * (prefetch + 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
@@ -65,7 +109,8 @@ def batches(paths: list[str], per_image: Callable, collate: Callable, batch_size
         def top_up():
             nonlocal next_index
             while next_index < len(paths) and len(pending) < window:
-                pending.append((next_index, pool.submit(_safe, per_image, paths[next_index])))
+                pending.append((next_index, pool.submit(_safe, per_image, paths[next_index],
+                                                         max_pixels)))
                 next_index += 1
 
         top_up()

@@ -9,11 +9,14 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from converters.data_loader import DEFAULT_MAX_PIXELS
 from converters.protocol import JOB_FILE, PROTOCOL_VERSION, RESULT_FILE
 from converters.registry import REPO_ROOT, SourceSpec, env_python
 
@@ -63,10 +66,102 @@ def _die_with_parent() -> None:
         pass
 
 
-class Worker:
-    """A started worker process: poll it, wait for it, read its result, stop it."""
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    def __init__(self, spec: SourceSpec, job: dict, workdir: Path):
+
+def machine_memory() -> int:
+    """Physical memory of this machine, in bytes."""
+    return os.sysconf("SC_PHYS_PAGES") * _PAGE
+
+
+def default_worker_memory(parallel: int = 1) -> int:
+    """A worker's memory limit when --worker-memory is not given: 80 % of this machine's
+    memory shared by the workers it runs at once (1 with the local executor; with Ray,
+    the node's cores / CPUs per task). Computed where the worker runs."""
+    return int(machine_memory() * 0.8 / max(1, parallel))
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What bounds a framework worker, as the driver was told (--worker-memory,
+    --max-image-pixels); resolved on the node that starts the worker."""
+    memory: int | None = None          # bytes; None: default_worker_memory on that node
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    parallel_per_core: int | None = None   # Ray: CPUs per task (node cores / this = workers)
+
+    def memory_limit(self) -> int:
+        if self.memory:
+            return self.memory
+        if self.parallel_per_core:
+            return default_worker_memory((os.cpu_count() or 1) // self.parallel_per_core)
+        return default_worker_memory(1)
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (/proc/PID/task/TID/children)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo += [int(c) for c in handle.read().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its descendants, in bytes (0 once it is gone)."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            with open(f"/proc/{member}/statm") as handle:
+                total += int(handle.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class _MemoryWatch(threading.Thread):
+    """Polls the worker's resident memory (itself and its children) every 50 ms and kills
+    its process group the moment it exceeds the limit. A poll, not a kernel limit: the
+    frameworks reserve far more address space than they use, so RLIMIT_AS would refuse
+    them, and cgroups need privileges a node may not grant (README, "Limits")."""
+
+    def __init__(self, worker: "Worker", limit: int, interval: float = 0.05):
+        super().__init__(daemon=True, name="worker-memory-watch")
+        self.worker, self.limit, self.interval = worker, limit, interval
+        self.peak, self.exceeded = 0, False
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        pid = self.worker.proc.pid
+        while not self.done.wait(self.interval) and self.worker.proc.poll() is None:
+            rss = tree_rss(pid)
+            self.peak = max(self.peak, rss)
+            if rss > self.limit:
+                self.exceeded = True
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+class Worker:
+    """A started worker process: poll it, wait for it, read its result, stop it.
+
+    With `memory_limit` (bytes) the worker is killed when it and its children hold more
+    resident memory than that, and result() raises WorkerFailed of kind `resource_limit`."""
+
+    def __init__(self, spec: SourceSpec, job: dict, workdir: Path,
+                 memory_limit: int | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / JOB_FILE).write_text(json.dumps({"protocol": PROTOCOL_VERSION, **job},
                                                    indent=2, default=str))
@@ -81,6 +176,11 @@ class Worker:
             self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.task = job.get("task", "convert")
+        self.watch = None
+        if memory_limit:
+            self.watch = _MemoryWatch(self, memory_limit)
+            self.watch.start()
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -109,6 +209,16 @@ class Worker:
     def result(self) -> dict:
         """The worker's result.json (after exit); raises WorkerFailed for reported errors and
         for a crash without a result."""
+        if self.watch is not None:
+            self.watch.done.set()
+            if self.watch.exceeded:
+                raise WorkerFailed(
+                    "resource_limit",
+                    f"{self.spec.framework} worker ({self.task}) exceeded its memory limit of "
+                    f"{_gib(self.watch.limit)} (held {_gib(self.watch.peak)}) and was stopped; "
+                    f"raise it with --worker-memory (log: {self.log_path})",
+                    {"memory_limit_bytes": self.watch.limit, "peak_bytes": self.watch.peak,
+                     "task": self.task})
         result_path = self.workdir / RESULT_FILE
         if not result_path.exists():
             raise WorkerFailed(
@@ -125,8 +235,9 @@ class Worker:
         return result
 
 
-def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800) -> dict:
+def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800,
+               memory_limit: int | None = None) -> dict:
     """Write job.json, run the worker to its end, return its result (raises WorkerFailed)."""
-    worker = Worker(spec, job, workdir)
+    worker = Worker(spec, job, workdir, memory_limit)
     worker.wait(timeout)
     return worker.result()

@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from converters.data_loader import LoaderStats, batches
+from converters.data_loader import DEFAULT_MAX_PIXELS, LoaderStats, batches
 from converters.protocol import Timer, WorkerError, log
 
 
@@ -158,12 +158,19 @@ def _shapes_ok(inputs: np.ndarray, count: int, entry: dict) -> None:
                                         f"{list(inputs.shape)}, manifest says {expected}")
 
 
-def preprocess_all(paths: list[str], per_image, collate, workers: int
+def _max_pixels(job: dict) -> int | None:
+    """The job's pixel limit (converters/data_loader.py); 0 turns the check off."""
+    value = job.get("max_image_pixels", DEFAULT_MAX_PIXELS)
+    return int(value) if value else None
+
+
+def preprocess_all(paths: list[str], per_image, collate, workers: int,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS
                    ) -> tuple[np.ndarray | None, list[int], list[dict]]:
     """Every image through the source's transforms: (N x C x H x W float32 or None when none
     decoded, positions of the decoded images, the unreadable ones)."""
     parts, used, unreadable = [], [], []
-    for batch in batches(paths, per_image, collate, 32, workers):
+    for batch in batches(paths, per_image, collate, 32, workers, max_pixels=max_pixels):
         unreadable += batch.unreadable
         if batch.array is not None:
             parts.append(batch.array)
@@ -190,7 +197,7 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         log(f"preprocessing {len(images)} images with {adapter.framework}'s transforms")
         per_image, collate = adapter.transform(entry["preprocess"])
         inputs, used, unreadable = preprocess_all(images, per_image, collate,
-                                                  _data_workers(job))
+                                                  _data_workers(job), _max_pixels(job))
         if inputs is None:
             raise WorkerError("preprocess", f"{adapter.framework} could not decode any of the "
                                             f"{len(images)} verification images: "
@@ -205,7 +212,8 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         with timer.stage("calibration"):
             paths = job["calibration_images"]
             log(f"preprocessing {len(paths)} int8 calibration images")
-            calibration, _, _ = preprocess_all(paths, per_image, collate, _data_workers(job))
+            calibration, _, _ = preprocess_all(paths, per_image, collate, _data_workers(job),
+                                               _max_pixels(job))
             if calibration is None:
                 raise WorkerError("preprocess", "no int8 calibration image could be decoded")
             np.save(workdir / "calibration.npy", calibration)
@@ -264,7 +272,7 @@ def evaluate(adapter: Adapter, job: dict, workdir: Path) -> dict:
     forward_s = backpressure_s = 0.0
     start = time.perf_counter()
     for batch in batches(images, per_image, collate, batch_size, _data_workers(job),
-                         int(job.get("prefetch", 2)), stats):
+                         int(job.get("prefetch", 2)), stats, max_pixels=_max_pixels(job)):
         unreadable += batch.unreadable
         if batch.array is None:
             continue

@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from manifests.bounded import DocumentTooLarge, load_yaml, read_bounded
 from manifests.schema import DEFAULTS, ENTRY, MANIFEST
 
 
@@ -104,11 +105,14 @@ def load_manifest(path: str | Path) -> list[Entry]:
     path = Path(path)
     label = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, label)
+        # Composed and measured before anything is expanded (manifests/bounded.py).
+        doc = load_yaml(text, label, _UniqueKeyLoader)
     except OSError as exc:
         raise ManifestError(f"{label}: cannot read manifest: {exc.strerror or exc}") from exc
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except (DocumentTooLarge, UnicodeDecodeError) as exc:
+        raise ManifestError(str(exc) if isinstance(exc, DocumentTooLarge)
+                            else f"{label}: not UTF-8 text: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"{label}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converters.registry import SOURCES
-from converters.runner import Worker, WorkerFailed
+from converters.runner import Worker, WorkerFailed, WorkerLimits
 from orchestrator.workdir import run_dir
 from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, score,
                              variant_drop_check)
@@ -80,6 +80,7 @@ class ShardJob:
     data_workers: int | None
     timeout: float
     keep_work: bool = False
+    limits: WorkerLimits = WorkerLimits()
 
 
 @dataclass
@@ -113,10 +114,11 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
                       "images": job.paths, "threads": job.threads,
                       "data_workers": job.data_workers,
                       "batch_size": entry["accuracy"]["batch_size"], "shard_dir": "batches",
-                      "max_pending_shards": 4}
+                      "max_pending_shards": 4,
+                      "max_image_pixels": job.limits.max_image_pixels}
         eval_dir = workdir / "evaluate"
         batch_dir = eval_dir / "batches"
-        worker = Worker(SOURCES[job.source], worker_job, eval_dir)
+        worker = Worker(SOURCES[job.source], worker_job, eval_dir, job.limits.memory_limit())
         deadline = time.monotonic() + job.timeout
         onnx_s, batches, parts, used = 0.0, 0, [], []
         bar = tqdm(total=len(job.paths), desc="  accuracy", unit="img", disable=None,

@@ -3,11 +3,11 @@
 An entry's inputs fingerprint covers everything that can change its figures or its files:
 the checkpoint's sha256, the manifest entry as used (defaults filled in), the lock files of
 the environments it runs in, the pipeline's code, the dataset (file list, sizes, labels,
-layout, --limit) and the precisions shipped, and the signing key. report.json and
-provenance.json record the parts and the digest; a store version whose recorded digest equals
+layout, --limit), the precisions shipped, the signing key and --max-image-pixels.
+report.json and provenance.json record the parts and the digest; a store version whose recorded digest equals
 this run's was made from the same inputs, so `--skip-unchanged STORE` does not redo it.
 
-The code and lock digests also name the Ray resources a node advertises (orchestrator.cluster),
+The code and lock digests also name the Ray resources a node advertises (orchestrator.executor),
 so a task only ever runs on a node built from the same code and locks as the driver.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from converters.registry import REPO_ROOT, SourceSpec
+from manifests.bounded import read_json
 
 # The pipeline's code: every module that can change a figure or a file of an artifact.
 CODE_DIRS = ("converters", "orchestrator", "verify", "release", "fetch", "manifests")
@@ -70,7 +71,7 @@ def dataset_digest(selection) -> str:
 
 def entry_inputs(entry_data: dict, spec: SourceSpec, checkpoint_sha256: str,
                  dataset: str | None, precisions: tuple[str, ...],
-                 signer: str | None) -> dict:
+                 signer: str | None, options: dict | None = None) -> dict:
     """The parts and their digest, as report.json and provenance.json record them."""
     parts = {
         "checkpoint_sha256": checkpoint_sha256,
@@ -80,6 +81,8 @@ def entry_inputs(entry_data: dict, spec: SourceSpec, checkpoint_sha256: str,
         "dataset_sha256": dataset,
         "precisions": list(precisions),
         "signer_public_key_sha256": signer,
+        # Run options that change a figure (which images count as unreadable).
+        "options": options or {},
     }
     return {"fingerprint": _sha(canonical(parts)), "parts": parts}
 
@@ -93,7 +96,7 @@ def latest_in_store(store: Path, name: str) -> tuple[str, dict] | None:
     if not versions:
         return None
     try:
-        report = json.loads((versions[-1] / "report.json").read_text())
+        report = read_json(versions[-1] / "report.json")
     except (OSError, ValueError):
         return None
     return versions[-1].name, report

@@ -24,7 +24,7 @@ import numpy as np
 
 from converters.protocol import Timer
 from converters.registry import REPO_ROOT, SOURCES
-from converters.runner import WorkerFailed, run_worker
+from converters.runner import WorkerFailed, WorkerLimits, run_worker
 from converters.simplify import OnnxCheckFailed, check, simplify
 from converters.variants import VariantFailed, make_fp16, make_int8
 from fetch.download import (FetchError, Fetched, fetch, local_checkpoint, materialize,
@@ -59,6 +59,7 @@ class RunOptions:
     shard_size: int | None = None     # accuracy images per task (None: one shard per entry)
     mirror: str | None = None         # --mirror: checkpoints from an internal mirror
     skip_unchanged: Path | None = None  # --skip-unchanged STORE
+    limits: WorkerLimits = WorkerLimits()  # --worker-memory, --max-image-pixels
 
 
 @dataclass
@@ -308,7 +309,8 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                 "candidates": _candidates(entry, all_entries),
                 "calibration_images": [str(p) for p in calibration],
                 "threads": opts.threads, "batch_size": len(images),
-            }, workdir, timeout=opts.worker_timeout)
+                "max_image_pixels": opts.limits.max_image_pixels,
+            }, workdir, timeout=opts.worker_timeout, memory_limit=opts.limits.memory_limit())
         except WorkerFailed as exc:
             raise StageError("convert", exc.kind, exc.message, exc.details) from None
     report["source"]["versions"] = result["versions"]
@@ -572,7 +574,8 @@ def _known_sha256(ref: CheckpointRef) -> str | None:
 
 def _inputs(entry: Entry, opts: RunOptions, sha: str | None, dataset: str | None) -> dict:
     return entry_inputs(entry.data, SOURCES[entry.source], sha or "unknown", dataset,
-                        opts.precisions, opts.signing_key_id)
+                        opts.precisions, opts.signing_key_id,
+                        {"max_image_pixels": opts.limits.max_image_pixels})
 
 
 def check_dataset_here(selection: Selection, expected: str) -> str | None:
@@ -708,7 +711,7 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
     for k, part in enumerate(slices):
         job = ShardJob(entry.data, entry.source, k, part.start, paths[part.start:part.stop],
                        state.checkpoint, names, opts.threads, opts.data_workers,
-                       opts.worker_timeout, opts.keep_work)
+                       opts.worker_timeout, opts.keep_work, opts.limits)
         handle = executor.submit(evaluate_shard, job, state.blob, *state.model_blobs,
                                  env=SOURCES[entry.source].env, cpus=opts.threads or 1,
                                  priority=(state.index, 1, k),

@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from release.signing import SIGNATURE, SigningError, verify_directory
+from manifests.bounded import read_json
+from release.signing import SIGNATURE, SigningError, links_in, verify_directory
 
 ARTIFACT_FILES = ("model.onnx", "report.json", "provenance.json", SIGNATURE)
 # Crash tests set this to widen the window between steps (seconds); never set in normal use.
@@ -90,16 +91,30 @@ def version_of(artifact: Path, report: dict) -> str:
     return f"{created}-{digest}"
 
 
-def _candidates(source: Path, result: PublishResult):
+def _candidates(source: Path, result: PublishResult, say):
     """Visible artifact directories of OUT that are passed and signed."""
     for artifact in sorted(p for p in source.iterdir()
                            if p.is_dir() and not p.name.startswith(".")):
+        links = links_in(artifact)
+        if links:   # checked before anything in it is read
+            result.rejected.append(f"{artifact.name}: holds symbolic links, which are never "
+                                   f"followed or published: {', '.join(links[:5])}")
+            say(f"  reject    {result.rejected[-1]}")
+            continue
         report_path = artifact / "report.json"
         if not report_path.is_file():
             result.skipped.append(f"{artifact.name}: no report.json")
             continue
-        report = json.loads(report_path.read_text())
-        if not report.get("passed"):
+        try:
+            report = read_json(report_path, f"{artifact.name}/report.json")
+        except (OSError, ValueError) as exc:   # DocumentTooLarge and bad JSON included
+            result.skipped.append(f"{artifact.name}: report.json unreadable: {exc}")
+            continue
+        if not isinstance(report, dict):
+            result.skipped.append(f"{artifact.name}: report.json unreadable: a JSON "
+                                  f"{type(report).__name__}, not an object")
+            continue
+        if report.get("passed") is not True:
             result.skipped.append(f"{artifact.name}: did not pass "
                                   f"({report.get('decided_by', 'see its report')})")
             continue
@@ -117,13 +132,18 @@ def publish(source: Path, store: Path, public_key: Path, keep: int | None = None
     with store_lock(store):
         for stale in store.glob(".staging-*"):  # left by a killed publisher; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        for artifact, report in _candidates(source, result):
+        for artifact, report in _candidates(source, result, say):
             name = artifact.name
             try:
                 verify_directory(artifact, public_key)
             except SigningError as exc:
                 result.rejected.append(f"{name}: {exc}")
                 say(f"  reject    {exc}")
+                continue
+            if (store / name).is_symlink():
+                result.rejected.append(f"{name}: {store / name} in the store is a symbolic "
+                                       "link; not followed, nothing published through it")
+                say(f"  reject    {result.rejected[-1]}")
                 continue
             version = version_of(artifact, report)
             final = store / name / version
@@ -150,12 +170,18 @@ def publish(source: Path, store: Path, public_key: Path, keep: int | None = None
     return result
 
 
+def _real_dirs(folder: Path) -> list[Path]:
+    """Visible subdirectories, symbolic links left out (never followed: a link could point
+    anywhere outside the store)."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and not p.is_symlink() and p.is_dir())
+
+
 def _versions(store: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
-    for model in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for model in _real_dirs(store):
         # Versions appear only by rename from staging, so every visible one is complete.
-        versions = sorted(v for v in model.iterdir()
-                          if v.is_dir() and not v.name.startswith("."))
+        versions = _real_dirs(model)
         if versions:
             out[model.name] = versions
     return out
@@ -180,7 +206,7 @@ def _figure(report: dict, name: str, model: str = "simplified"):
 
 
 def _index_row(name: str, version: Path) -> dict:
-    report = json.loads((version / "report.json").read_text())
+    report = read_json(version / "report.json")
     published = dt.datetime.fromtimestamp(version.stat().st_mtime, dt.timezone.utc)
     worst = _figure(report, "max_abs_diff")
     cosine = _figure(report, "cosine_min")

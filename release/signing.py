@@ -90,11 +90,29 @@ def sign_directory(directory: Path, private_key: Path) -> Path:
     return signature
 
 
+def links_in(directory: Path) -> list[str]:
+    """The symbolic links in `directory` (itself included, nothing followed), as
+    'relative path -> target'."""
+    found = []
+    if directory.is_symlink():
+        return [f"{directory.name} -> {os.readlink(directory)}"]
+    for root, dirs, files in os.walk(directory):   # os.walk does not follow links
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                found.append(f"{path.relative_to(directory)} -> {os.readlink(path)}")
+    return found
+
+
 def verify_directory(directory: Path, public_key: Path) -> None:
     """Raise SigningError naming the changed file, or the key, if verification fails."""
     from model_signing import verifying
 
     directory = Path(directory)
+    links = links_in(directory)
+    if links:   # before anything is read through them
+        raise SigningError(f"{directory.name}: holds symbolic links, which are never followed: "
+                           f"{', '.join(links[:5])}")
     signature = directory / SIGNATURE
     if not signature.is_file():
         raise SigningError(f"{directory} is not signed: no {SIGNATURE}")

@@ -36,3 +36,17 @@ def test_worker_modules_are_not_imported_by_the_orchestrator_package():
 def test_checkpoint_readers_refuse_random_bytes_as_format_errors(source, python, tmp_path):
     run_in_env(python, str(REPO / "tests" / "helpers" / "fuzz_loader.py"), source,
                str(tmp_path), "60")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,python", [("mmpretrain", MM_PYTHON),
+                                           ("paddleclas", PADDLE_PYTHON),
+                                           ("mindcv", MINDSPORE_PYTHON)])
+def test_checkpoint_readers_refuse_crafted_files_within_budget(source, python, tmp_path):
+    """Nesting 200,000 deep, zip members that lie about their size, a deflate bomb, 10^10
+    elements declared over 4 stored (torch view, numpy array, MindSpore protobuf dims),
+    lengths past the end: each a format error in under 20 s, under 3 GiB peak."""
+    proc = run_in_env(python, str(REPO / "tests" / "helpers" / "fuzz_loader.py"), source,
+                      str(tmp_path), "hostile")
+    assert f"{source}: 0 hostile file(s) not refused within budget" in proc.stdout
+

@@ -106,12 +106,13 @@ def test_every_input_changes_the_fingerprint(tmp_path, monkeypatch):
     spec = SOURCES["mmpretrain"]
     base = dict(entry_data={"name": "a", "tolerances": {"atol": 1e-4}}, spec=spec,
                 checkpoint_sha256="ab" * 32, dataset="cd" * 32, precisions=("fp32",),
-                signer="ef" * 32)
+                signer="ef" * 32, options={"max_image_pixels": 50_000_000})
     ref = fingerprint.entry_inputs(**base)["fingerprint"]
     assert fingerprint.entry_inputs(**base)["fingerprint"] == ref      # deterministic
     changed = {"entry_data": {"name": "a", "tolerances": {"atol": 2e-4}},
                "checkpoint_sha256": "00" * 32, "dataset": "11" * 32,
-               "precisions": ("fp32", "fp16"), "signer": None}
+               "precisions": ("fp32", "fp16"), "signer": None,
+               "options": {"max_image_pixels": 1000}}
     for key, value in changed.items():
         assert fingerprint.entry_inputs(**{**base, key: value})["fingerprint"] != ref, key
     # Lock files and code: a copy of the tree where one lock line or one module changes.

@@ -175,6 +175,38 @@ def test_publish_is_idempotent_skips_unsigned_and_failed_refuses_tampered(keys, 
     assert sorted(row["name"] for row in index(store)) == ["a", "b", "c"]
 
 
+def test_symbolic_links_in_an_artifact_or_the_store_are_never_followed(keys, tmp_path):
+    out, store, outside = tmp_path / "out", tmp_path / "store", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for the store\n")
+    # A signed artifact, then one of its files swapped for a link to a file outside it.
+    linked = make_artifact(out, "linked", keys["private"])
+    (linked / "provenance.json").unlink()
+    (linked / "provenance.json").symlink_to(outside / "secret.txt")
+    # An artifact folder that is itself a link to a signed artifact elsewhere.
+    elsewhere = make_artifact(tmp_path / "elsewhere", "real", keys["private"])
+    (out / "aliased").symlink_to(elsewhere, target_is_directory=True)
+    # A good artifact whose store folder is a link pointing outside the store.
+    make_artifact(out, "good", keys["private"])
+    store.mkdir()
+    (store / "good").symlink_to(outside, target_is_directory=True)
+
+    proc = publish(out, store, keys["public"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "linked: holds symbolic links, which are never followed or published: " \
+           f"provenance.json -> {outside / 'secret.txt'}" in proc.stdout
+    assert f"aliased: holds symbolic links" in proc.stdout
+    assert f"good: {store / 'good'} in the store is a symbolic link" in proc.stdout
+    assert "published 0" in proc.stdout and "refused 3" in proc.stdout
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]   # nothing written there
+    assert not [p for p in store.rglob("*") if p.name == "model.onnx"]
+    assert index(store) == []
+
+    verify = verify_cli(linked, keys["public"])
+    assert verify.returncode == 1
+    assert "holds symbolic links, which are never followed: provenance.json ->" in verify.stderr
+
+
 def test_retention_keeps_the_newest(keys, tmp_path):
     store = tmp_path / "store"
     for day in (1, 2, 3):

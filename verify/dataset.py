@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manifests.bounded import LABEL_FILE_FACTOR, DocumentTooLarge, read_bounded
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LABEL_FILES = ("val.txt", "val_map.txt")
 SYNSETS_FILE = Path(__file__).with_name("imagenet_synsets.txt")
@@ -81,7 +83,11 @@ def _from_label_file(root: Path, name: str) -> tuple[list[Path], list[int]]:
     label_file = root / name
     paths, labels, missing = [], [], []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = read_bounded(label_file, factor=LABEL_FILE_FACTOR)
+    except (DocumentTooLarge, UnicodeDecodeError) as exc:
+        raise DatasetError(str(exc)) from None
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -95,12 +101,19 @@ def _from_label_file(root: Path, name: str) -> tuple[list[Path], list[int]]:
             if len(parts) != 2:
                 raise DatasetError(f"{where}: expected 'NAME LABEL', got {raw!r}")
         image, label = parts[0].strip(), _parse_label(parts[1].strip(), where)
+        if Path(image).is_absolute() or ".." in Path(image).parts:
+            raise DatasetError(f"{where}: {image!r} is outside the dataset folder (names are "
+                               "relative to it, without '..')")
         if image in seen:
             raise DatasetError(f"{where}: {image} is listed twice (first on line "
                                f"{seen[image]})")
         seen[image] = number
         path = root / image
-        if not path.is_file():
+        try:
+            present = path.is_file()
+        except OSError as exc:      # e.g. a name longer than the filesystem allows
+            raise DatasetError(f"{where}: cannot use {image[:80]!r}: {exc.strerror}") from None
+        if not present:
             missing.append(image)
         paths.append(path)
         labels.append(label)

@@ -105,6 +105,17 @@ def _unwrap(obj, path: Path) -> tuple[dict, dict]:
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WorkerError("checkpoint_format", f"{path.name} holds no tensors")
+    for key, tensor in tensors.items():
+        # A view can declare far more elements than its storage holds (stride 0): 10^10
+        # "elements" over 4 floats, which any copy would turn into 40 GB. No saved
+        # state_dict does that; refuse it before anything touches the tensor.
+        stored = tensor.untyped_storage().nbytes() // max(1, tensor.element_size())
+        if tensor.numel() > stored:
+            raise WorkerError("checkpoint_format",
+                              f"{path.name}: tensor {key!r} declares {tensor.numel():,} "
+                              f"elements ({list(tensor.shape)}) over a storage of {stored:,}: "
+                              "an expanded view, not saved weights",
+                              {"key": str(key), "shape": list(tensor.shape)})
     info.setdefault("demo", False)
     info["tensors"] = len(tensors)
     return tensors, info
