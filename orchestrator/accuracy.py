@@ -146,7 +146,7 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
                         raise AccuracyFailed("logits_shape", f"ONNX Runtime ({name}) gave "
                                                              f"{list(out.shape)}, the source "
                                                              f"{list(reference.shape)}")
-                parts.append(score(reference, outs))
+                parts.append(score(reference, outs, entry["tolerances"]))
                 used += [job.start + int(i) for i in indices]
                 batches += 1
                 bar.update(len(indices))
@@ -194,6 +194,10 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
     report = {
         **{k: summary[k] for k in ("source", "onnx", "disagree")},
         "disagree_images": [paths[i] for i in meter.disagree[:LISTED]],
+        # Top-1 changes between the source's top two classes when those lie within 2x the
+        # logit limit (verify.accuracy.score): listed apart, not counted as disagreements.
+        "near_ties": summary["near_ties"],
+        "near_tie_images": [paths[i] for i in meter.near_ties["onnx"][:LISTED]],
         "max_abs_logit_diff": summary["max_abs_logit_diff"],
         "unreadable": len(unreadable),
         "unreadable_images": [{"path": u["path"], "error": u["error"]}
@@ -223,6 +227,7 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
     per_variant = {}
     for name in variants:
         figures = {**meter.side(name), "disagree": len(meter.disagreeing[name]),
+                   "near_ties": len(meter.near_ties[name]),
                    "max_abs_logit_diff": meter.max_diff[name]}
         per_variant[name] = (variant_drop_check(meter, name,
                                                 entry["variants"][name]["max_top1_drop"]),

@@ -471,10 +471,16 @@ def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict]
     src, onx = accuracy["source"], accuracy["onnx"]
     say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
         f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
-        f"{accuracy['disagree']} disagree; {accuracy['unreadable']} unreadable; "
+        f"{accuracy['disagree']} disagree{_near_ties(accuracy)}; "
+        f"{accuracy['unreadable']} unreadable; "
         f"{accuracy['throughput']['wall_images_per_s']} images/s "
         f"({accuracy['throughput']['shards']} shard(s))")
     return checks + acc_checks
+
+
+def _near_ties(accuracy: dict) -> str:
+    ties = accuracy.get("near_ties", 0)
+    return f" (+{ties} near-tie{'s' if ties != 1 else ''}, not counted)" if ties else ""
 
 
 def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Path,

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_pipeline
 from converters.data_loader import LoaderStats, batches
-from verify.accuracy import AccuracyMeter, accuracy_checks, sampling_allowance
+from verify.accuracy import AccuracyMeter, accuracy_checks, images_allowed, sampling_allowance
 from verify.dataset import (SYNSETS_FILE, DatasetError, check_num_classes, load_dataset,
                             spread_pick, spread_subset)
 from verify.images import ODD_KINDS, imagenet_like, write_jpeg
@@ -212,6 +212,63 @@ def test_meter_and_gates():
     far.add(labels, np.arange(10), src, src)
     checks, _ = accuracy_checks(far, LIMITS, 10, 0, {"top1": 99.0, "top5": 99.0}, pinned=True)
     assert not {c.name: c for c in checks}["published_top1_delta"].passed
+
+
+TOL = {"atol": 1e-4, "rtol": 1e-5}      # the logit gate's: near-tie margin 2 x (atol + rtol x max|logit|)
+
+
+def _tie_case(gap: float, onnx_class: int):
+    """400 images the source and ONNX agree on, except image 7: its source top-1 is class 2
+    and class 5 is second, `gap` below; ONNX gives `onnx_class` a hair more than class 2."""
+    rng = np.random.default_rng(1)
+    src = rng.normal(0, 1, (400, 10))
+    src[:, 2] = src.max(axis=1) + 2            # class 2 wins everywhere by a clear margin
+    src[7, 5] = src[7, 2] - gap                # image 7: class 5 is `gap` below
+    onnx = src.copy()
+    onnx[7, onnx_class] = src[7, 2] + 1e-6
+    labels = np.full(400, 2)
+    meter = AccuracyMeter()
+    meter.add(labels, np.arange(400), src, onnx, TOL)
+    by = {c.name: c for c in accuracy_checks(meter, LIMITS, 400, 0, None, pinned=False)[0]}
+    return meter, by["top1_disagreement"]
+
+
+def test_a_near_tie_flip_passes_where_a_real_disagreement_of_the_same_count_fails():
+    # margin for image 7: 2 x (1e-4 + 1e-5 x ~5.5) ~ 3.1e-4
+    tie_meter, tie = _tie_case(gap=1e-4, onnx_class=5)       # swapped with the close second
+    assert tie_meter.disagree == [] and tie_meter.near_ties["onnx"] == [7]
+    assert tie.passed and tie.measured == 0.0
+    assert "1 more changed between the source's top two classes" in tie.detail
+    assert tie_meter.summary()["near_ties"] == 1
+
+    far_meter, far = _tie_case(gap=1e-2, onnx_class=5)       # the second is far below: real
+    assert far_meter.disagree == [7] and far_meter.near_ties["onnx"] == []
+    assert not far.passed and far.measured == 0.25
+
+    third_meter, third = _tie_case(gap=1e-4, onnx_class=8)   # close pair, ONNX picks a third
+    assert third_meter.disagree == [7] and not third.passed
+
+    # What each limit lets through at this size is said: 0.1 % of 400 images is 0 images.
+    assert "the limit allows 0 images" in far.detail
+    assert images_allowed(0.1, 1000) == "1 image" and images_allowed(0.1, 50000) == "50 images"
+
+
+def test_near_ties_do_not_depend_on_how_images_are_batched():
+    rng = np.random.default_rng(3)
+    src = rng.normal(0, 1, (64, 10))
+    src[:, 4] = -10
+    src[::3, 4] = src[::3].max(axis=1) - 5e-5                # every third image: a close second
+    onnx = src.copy()
+    flip = np.arange(0, 64, 3)
+    onnx[flip, 4] += 1e-4                                    # ONNX picks the second there
+    whole = AccuracyMeter()
+    whole.add(np.zeros(64, int), np.arange(64), src, onnx, TOL)
+    parts = AccuracyMeter()
+    for start in range(0, 64, 5):
+        sl = slice(start, start + 5)
+        parts.add(np.zeros(len(src[sl]), int), np.arange(64)[sl], src[sl], onnx[sl], TOL)
+    assert whole.near_ties == parts.near_ties and whole.disagree == parts.disagree == []
+    assert whole.near_ties["onnx"] == [int(i) for i in flip]
 
 
 # --------------------------------------------------------------------------- CLI, up front
