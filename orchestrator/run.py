@@ -38,6 +38,7 @@ from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
+from verify.canary import canary_check
 from verify.compare import Check, check_signature, compare_logits, compare_variant, failed
 from verify.dataset import spread_pick, spread_subset
 from verify.images import generate_images
@@ -354,6 +355,12 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                                           "simplified": (simplified, after)},
                                   inputs, reference, opts.threads)
         report["verification"].update(figures)
+        if not failed(checks):   # gate power: a known small fault must fail the same check
+            canary, report["verification"]["canary"] = canary_check(
+                simplified, inputs, reference, entry["tolerances"], opts.threads)
+            checks.append(canary)
+            say(f"  canary    {'caught' if canary.passed else 'NOT caught'}: "
+                f"{canary.detail.split(': ', 1)[0]}")
 
     runnable = not any(not c.passed and c.name in ("opset", "io_names", "io_shapes")
                        for c in checks)

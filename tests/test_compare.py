@@ -90,3 +90,66 @@ def test_signature_checks_names_then_shapes():
     assert not classes[1].passed
     opset = check_signature(_info(), 1000, [3, 224, 224], True, {}, opset=11)
     assert opset[0].name == "opset" and not opset[0].passed and opset[0].measured == 17
+
+
+# --------------------------------------------------------------------------- canary
+def _tiny_cnn(path):
+    """input (N,3,8,8) -> Conv 3->4 -> Relu -> Conv 4->6 -> Relu -> Conv 6->8 -> mean -> Gemm
+    8->10: three convolutions, the middle one is the canary's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, shape):
+        return numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+    inits = [init("w1", (4, 3, 3, 3)), init("w2", (6, 4, 3, 3)), init("w3", (8, 6, 1, 1)),
+             init("fc", (10, 8))]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1] * 4),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                      ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8),
+              str(path))
+    return path
+
+
+def test_canary_is_caught_by_a_sane_tolerance_and_fails_a_loose_one(tmp_path):
+    from verify.canary import canary_check, perturbed, pick_weight
+    from verify.ort_runner import OrtRunner
+    import onnx
+
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    assert pick_weight(onnx.load(str(path))) == ("conv2", "w2")
+    inputs = np.random.default_rng(1).normal(0, 1, (4, 3, 8, 8)).astype(np.float32)
+    reference = OrtRunner(path, 1).infer(inputs, 4)
+    # The canary differs from the model by the perturbation only (1e-3 relative, seeded).
+    faulty = perturbed(onnx.load(str(path)), "w2")
+    w2 = {i.name: onnx.numpy_helper.to_array(i) for i in faulty.graph.initializer}["w2"]
+    w2_clean = {i.name: onnx.numpy_helper.to_array(i)
+                for i in onnx.load(str(path)).graph.initializer}["w2"]
+    relative = np.abs(w2 / w2_clean - 1)
+    assert 1e-4 < relative.mean() < 2e-3
+
+    tight = {**TOL, "atol": 1e-6, "rtol": 0.0}
+    check, info = canary_check(path, inputs, reference, tight)
+    assert check.passed and check.name == "canary_caught"
+    assert info["node"] == "conv2" and info["margin"] == check.measured > 1
+    assert info["limit"] == 1e-6
+    assert abs(info["max_abs_diff"] / info["limit"] - info["margin"]) < 1e-3
+    assert "the logit gate catches a fault of that size" in check.detail
+
+    loose = {**TOL, "atol": 10.0, "rtol": 0.0, "min_cosine": 0.0,
+             "min_top1_agreement": 0.0, "min_top5_agreement": 0.0}
+    check, info = canary_check(path, inputs, reference, loose)
+    assert not check.passed and check.measured < 1 and info["failed_checks"] == []
+    assert "too loose to catch a real fault" in check.detail

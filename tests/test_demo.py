@@ -23,6 +23,10 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         report = read_report(out, name)
         assert report["passed"] and report["source"]["checkpoint"]["demo"] is True, name
         assert "DEMO" in report["source"]["checkpoint"]["note"]
+        # Gate power: the same logit check fails a copy with one conv perturbed by 1e-3.
+        canary = report["verification"]["canary"]
+        assert canary["margin"] > 1 and canary["failed_checks"], (name, canary)
+        assert any(c["name"] == "canary_caught" and c["passed"] for c in report["checks"])
         assert sorted(p.name for p in (out / name).iterdir()) == [
             "model.onnx", "model.sig", "provenance.json", "report.json"]
         verified = run_make("verify-artifact", f"ARTIFACT={out / name}",

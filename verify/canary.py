@@ -1,0 +1,89 @@
+"""Gate power, proven per model: the logit check must catch a small known fault in this very
+model. Knows nothing of frameworks: it sees an ONNX file, input tensors and reference logits.
+
+A copy of the simplified model has one mid-network weight tensor (the middle Conv of the
+graph, else the middle Gemm/MatMul with a constant weight) multiplied by (1 + 1e-3 x N(0, 1)),
+seeded. ONNX Runtime runs the copy on the verification inputs and the same compare_logits
+check as the real model is applied against the source's logits. The check must fail: the
+report records by how much the canary's largest logit difference exceeds the limit (the
+margin). A tolerance so loose that the canary passes is a failed check: the gate could not
+have seen a real fault of that size. On the demo Res2Net50 models the margin is 10-60x.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from verify.compare import Check, compare_logits
+from verify.ort_runner import OrtRunner
+
+NOISE = 1e-3
+SEED = 0
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def pick_weight(model: onnx.ModelProto) -> tuple[str, str] | None:
+    """(node name, initializer name) of the middle Conv with a constant weight, else of the
+    middle Gemm/MatMul with one; None when the graph has none."""
+    constants = {init.name for init in model.graph.initializer}
+    for ops in (("Conv",), ("Gemm", "MatMul")):
+        found = [(node.name or f"{node.op_type}#{k}", name)
+                 for k, node in enumerate(model.graph.node) if node.op_type in ops
+                 for name in node.input[1:2] if name in constants]
+        if found:
+            return found[len(found) // 2]
+    return None
+
+
+def perturbed(model: onnx.ModelProto, weight: str, noise: float = NOISE,
+              seed: int = SEED) -> onnx.ModelProto:
+    """A copy of `model` with initializer `weight` times (1 + noise x N(0, 1))."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    rng = np.random.default_rng(seed)
+    for init in copy.graph.initializer:
+        if init.name == weight:
+            array = numpy_helper.to_array(init)
+            faulty = array * (1 + noise * rng.standard_normal(array.shape))
+            init.CopyFrom(numpy_helper.from_array(faulty.astype(array.dtype), weight))
+    return copy
+
+
+def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, tol: dict,
+                 threads: int | None = None) -> tuple[Check, dict]:
+    """The canary_caught check and report['verification']['canary']."""
+    scope = {"model": "canary", "stage": "verify"}
+    model = onnx.load(str(model_path))
+    picked = pick_weight(model)
+    if picked is None:
+        return (Check("canary_caught", True, None, "> 1", "no Conv/Gemm/MatMul with a "
+                      "constant weight to perturb: no canary for this graph", scope),
+                {"skipped": "no weighted node"})
+    node, weight = picked
+    with tempfile.TemporaryDirectory(prefix="canary-", dir=model_path.parent) as tmp:
+        path = Path(tmp) / "canary.onnx"
+        onnx.save(perturbed(model, weight), str(path))
+        out = OrtRunner(path, threads).infer(inputs, len(inputs))
+    checks = {c.name: c for c in compare_logits(reference, out, tol, scope)}
+    worst = checks.get("max_abs_diff")
+    caught = any(not c.passed for c in checks.values())
+    margin = (worst.measured / worst.limit) if worst and worst.limit else None
+    info = {"node": node, "weight": weight, "noise": NOISE, "seed": SEED,
+            "max_abs_diff": worst.measured if worst else None,
+            "limit": worst.limit if worst else None,
+            "margin": round(margin, 3) if margin is not None else None,
+            "failed_checks": sorted(c.name for c in checks.values() if not c.passed)}
+    if caught:
+        detail = (f"a copy with {node}'s weights x (1 + {NOISE:g} N(0,1)) differs from the "
+                  f"source by {worst.measured:.3g}, {margin:.1f}x the limit {worst.limit:.3g}: "
+                  "the logit gate catches a fault of that size in this model")
+    else:
+        detail = (f"a copy with {node}'s weights x (1 + {NOISE:g} N(0,1)) passes the logit "
+                  f"check ({worst.measured:.3g} <= {worst.limit:.3g}): the tolerance is too "
+                  "loose to catch a real fault of that size; tighten it in the manifest")
+    return (Check("canary_caught", caught, round(margin, 3) if margin is not None else None,
+                  "> 1", detail, scope), info)
