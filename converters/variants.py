@@ -24,6 +24,7 @@ import numpy as np
 from release.provenance import package_version
 
 PRECISIONS = ("fp32", "fp16", "int8")
+FIRST_BELOW_DB = 20.0   # SQNR under which an int8 activation counts as parted from fp32
 
 
 class VariantFailed(Exception):
@@ -96,7 +97,14 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
-            exclude = [n.name for n in graph.node if n.op_type in exclude_types]
+            named = list(cfg.get("exclude_nodes", []))
+            unknown = sorted(set(named) - {n.name for n in graph.node})
+            if unknown:
+                raise VariantFailed(f"variants.int8.exclude_nodes names node(s) the model does "
+                                    f"not have: {', '.join(unknown[:5])} (use the names a "
+                                    "failed int8 report lists under diagnosis)")
+            exclude = sorted({n.name for n in graph.node if n.op_type in exclude_types}
+                             | set(named))
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
                 quantize_static(
                     str(prepared), str(out), _Reader(calibration, stride),
@@ -106,6 +114,8 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
                                       "percentile": CalibrationMethod.Percentile,
                                       "minmax": CalibrationMethod.MinMax}[method],
                     nodes_to_exclude=exclude, extra_options=extra)
+    except VariantFailed:
+        raise
     except Exception as exc:  # noqa: BLE001 - any quantizer failure fails only this variant
         raise VariantFailed(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
     nodes = [n.op_type for n in onnx.load(str(out)).graph.node]
@@ -114,5 +124,53 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
             "calibration": method, "calibration_images": usable,
             **({"percentile": extra["CalibPercentile"]} if method == "percentile" else {}),
             "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
+            "excluded_node_names": list(cfg.get("exclude_nodes", [])),
             "quantize_linear_nodes": nodes.count("QuantizeLinear"),
             "onnxruntime": package_version("onnxruntime")}
+
+
+def int8_tensor_errors(fp32: Path, int8: Path, images: np.ndarray, top: int = 10) -> dict:
+    """Which activations lose the accuracy: ONNX Runtime's QDQ debugging
+    (onnxruntime.quantization.qdq_loss_debug) on `images`, one image at a time. For every
+    activation the int8 model quantizes, the signal-to-quantization-noise ratio (dB, lower is
+    worse) of the int8 model's dequantized tensor against the fp32 model's (`sqnr_db`: the
+    error accumulated up to there) and ORT's figure for that tensor's own quantize/dequantize
+    step (`qdq_sqnr_db`). The `top` furthest from fp32, and the first tensor in graph order
+    below FIRST_BELOW_DB (where the int8 model starts to part from fp32), each with the node
+    that produces it (a name for variants.int8.exclude_nodes). Memory grows with every
+    activation of every image, so the caller passes a few images (2 for Res2Net50: ~1.5 GB)."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations, compute_activation_error, create_activation_matching,
+        modify_model_output_intermediate_tensors)
+
+    with tempfile.TemporaryDirectory(prefix="int8-debug-") as tmp:
+        saved = {}
+        for name, path in (("float", fp32), ("qdq", int8)):
+            saved[name] = Path(tmp) / f"{name}.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(saved[name]))
+        reader = [{"input": np.ascontiguousarray(images[i:i + 1])} for i in range(len(images))]
+        float_acts = collect_activations(str(saved["float"]), iter(reader))
+        qdq_acts = collect_activations(str(saved["qdq"]), iter(reader))
+    matched = create_activation_matching(qdq_acts, float_acts)
+    errors = compute_activation_error({k: v for k, v in matched.items() if "float" in v})
+    nodes = list(onnx.load(str(int8)).graph.node)
+    producers = {out: node for node in nodes for out in node.output}
+    order = {out: k for k, node in enumerate(nodes) for out in node.output}
+    rows = []
+    for tensor, err in errors.items():
+        node = producers.get(tensor)
+        rows.append({"tensor": tensor, "node": node.name if node is not None else None,
+                     "op_type": node.op_type if node is not None else None,
+                     "sqnr_db": round(float(err["xmodel_err"]), 2),
+                     "qdq_sqnr_db": round(float(err["qdq_err"]), 2)})
+    in_order = sorted(rows, key=lambda r: order.get(r["tensor"], len(nodes)))
+    first = next((r for r in in_order if r["sqnr_db"] < FIRST_BELOW_DB), None)
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return {"first_below": {"threshold_db": FIRST_BELOW_DB, **(first or {})} if first else None,
+            "method": "onnxruntime.quantization.qdq_loss_debug: SQNR in dB (lower: more "
+                      "error) of each activation's own quantize/dequantize step "
+                      "(qdq_sqnr_db) and of the int8 activation vs fp32 (sqnr_db)",
+            "images": len(images),
+            "tensors_compared": len(rows), "worst": rows[:top]}
+

@@ -83,6 +83,10 @@ VARIANTS = {
             # Node types kept fp32 (e.g. [Gemm] keeps the classifier in float).
             "exclude_op_types": {"type": "array", "items": {"type": "string"},
                                  "uniqueItems": True},
+            # Nodes kept fp32 by name: the names a failed int8 report lists under
+            # variants.int8.diagnosis (the quantizer's graph, after onnxsim).
+            "exclude_nodes": {"type": "array", "items": {"type": "string"},
+                              "uniqueItems": True},
         }},
     },
 }
@@ -179,6 +183,6 @@ DEFAULTS = {
         "fp16": {"min_cosine": 0.999, "min_top1_agreement": 0.9, "max_top1_drop": 0.1},
         "int8": {"min_cosine": 0.95, "min_top1_agreement": 0.75, "max_top1_drop": 0.5,
                  "calibration": "percentile", "percentile": 99.999,
-                 "calibration_images": 256, "exclude_op_types": []},
+                 "calibration_images": 256, "exclude_op_types": [], "exclude_nodes": []},
     },
 }

@@ -26,7 +26,7 @@ from converters.protocol import Timer
 from converters.registry import REPO_ROOT, SOURCES
 from converters.runner import WorkerFailed, WorkerLimits, run_worker
 from converters.simplify import OnnxCheckFailed, check, simplify
-from converters.variants import VariantFailed, make_fp16, make_int8
+from converters.variants import VariantFailed, int8_tensor_errors, make_fp16, make_int8
 from fetch.download import (FetchError, Fetched, fetch, local_checkpoint, materialize,
                             sha256_file)
 from manifests.loader import Entry
@@ -187,7 +187,28 @@ def _build_variants(entry: Entry, opts: RunOptions, simplified: Path, workdir: P
         result["path"] = path
         results[precision] = result
         say(f"  {precision:<9} {_variant_line(result)}")
+        if precision == "int8" and result["checks"] and not result["passed"]:
+            with timer.stage("int8_diagnosis"):
+                result["diagnosis"] = _diagnose_int8(simplified, path, calibration, say)
     return results
+
+
+DIAGNOSIS_IMAGES = 2   # every activation of every image is held: ~1.5 GB for Res2Net50
+
+
+def _diagnose_int8(simplified: Path, path: Path, calibration: Path, say) -> dict:
+    """Which tensors lost the accuracy of a failed int8 variant (converters.variants)."""
+    try:
+        found = int8_tensor_errors(simplified, path, np.load(calibration)[:DIAGNOSIS_IMAGES])
+    except Exception as exc:  # noqa: BLE001 - a diagnosis failure must not hide the verdict
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    first = found["first_below"]
+    if first:
+        say(f"  int8      parts from fp32 first at {first['node']} ({first['tensor']}: "
+            f"SQNR {first['sqnr_db']} dB < {first['threshold_db']:g}); the "
+            f"{len(found['worst'])} worst tensors are in the report; keep nodes in fp32 "
+            "with variants.int8.exclude_nodes")
+    return found
 
 
 def _variant_line(result: dict) -> str:
@@ -382,6 +403,8 @@ def _variants_report(variants: dict[str, dict], shipped: bool) -> dict:
                  "build": v.get("build"), "error": v["error"]}
         if v.get("accuracy"):
             entry["accuracy"] = v["accuracy"]
+        if v.get("diagnosis"):
+            entry["diagnosis"] = v["diagnosis"]
         if entry["passed"] and shipped:
             entry["file"] = f"model.{precision}.onnx"
             entry["sha256"] = v["sha256"]

@@ -104,3 +104,32 @@ def test_a_variant_failing_its_gate_is_not_written_and_fp32_still_ships(checkpoi
     assert v["passed"] is False and "file" not in v
     assert v["why"].startswith("cosine_min") and "not written" in v["why"]
     assert "int8      NOT SHIPPED: cosine_min" in proc.stdout
+
+    # The failed int8 variant says which tensors lost the accuracy, by the nodes the
+    # quantizer knows, and says how to keep them in fp32.
+    diagnosis = v["diagnosis"]
+    assert diagnosis["images"] == 2 and diagnosis["tensors_compared"] > 100
+    worst = diagnosis["worst"]
+    assert len(worst) == 10 and worst == sorted(worst, key=lambda r: r["sqnr_db"])
+    first = diagnosis["first_below"]
+    assert first["sqnr_db"] < first["threshold_db"] == 20.0 and first["node"]
+    assert f"int8      parts from fp32 first at {first['node']}" in proc.stdout
+    assert "variants.int8.exclude_nodes" in proc.stdout
+    cosine = next(c["measured"] for c in v["checks"] if c["name"] == "cosine_min")
+
+    # Acting on it: those nodes kept in fp32 change the int8 model and its figures.
+    keep = sorted({first["node"], *(r["node"] for r in worst[:3] if r["node"])})
+    again = run_pipeline("--manifest", _manifest(tmp_path, min_cosine=1.0, exclude_nodes=keep),
+                         "--checkpoint", f"{NAME}={checkpoint}", "--out", str(tmp_path / "o2"),
+                         "--precisions", "int8")
+    assert again.returncode == 0, again.stdout + again.stderr
+    v2 = read_report(tmp_path / "o2", NAME)["variants"]["int8"]
+    assert v2["build"]["excluded_node_names"] == keep
+    assert v2["build"]["excluded_nodes"] == v["build"]["excluded_nodes"] + len(keep)
+    assert next(c["measured"] for c in v2["checks"] if c["name"] == "cosine_min") != cosine
+
+    # A name the model does not have is refused, naming it.
+    typo = run_pipeline("--manifest", _manifest(tmp_path, exclude_nodes=["/no/such/Conv"]),
+                        "--checkpoint", f"{NAME}={checkpoint}", "--out", str(tmp_path / "o3"),
+                        "--precisions", "int8")
+    assert "exclude_nodes names node(s) the model does not have: /no/such/Conv" in typo.stdout
