@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 BENCH_JSON ?= bench.json
 
 .PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly \
-        bench-data-path bench bench-scale ray-head ray-worker ray-stop
+        bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
 # Options every conversion run takes from make variables (see `python pipeline.py --help`).
@@ -37,6 +37,7 @@ help:
 	@echo "make ray-worker ADDRESS=host:port join a Ray cluster, offering this checkout's environments"
 	@echo "make ray-stop                     stop the Ray node(s) started on this machine"
 	@echo "make bench-scale                  accuracy gate: local vs ray on 1 and 2 workers (JSON)"
+	@echo "make bench-int8 [CALIBRATION_IMAGES=256]  int8 build: ORT's histograms vs the fast path (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
@@ -129,6 +130,9 @@ bench: setup
 
 bench-data-path: setup
 	$(PY) benchmarks/data_path.py $(if $(DATA),--data $(DATA))
+
+bench-int8: setup
+	$(PY) benchmarks/int8.py $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES))
 
 list: setup
 	@$(PY) pipeline.py --manifest $(MANIFEST) --list

@@ -73,7 +73,48 @@ class _Reader:
         return batch
 
 
-def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict:
+def _absolute_histograms(self, name_to_arr):
+    """onnxruntime's HistogramCollector.collect_absolute_value (the percentile method) with
+    one change: every batch after the first is binned with numpy's uniform-bins path
+    (bins=count, range=(first, last edge)) instead of passing the edge array, which makes
+    numpy sort every activation (74 % of an int8 build here). The edges are uniform by
+    construction (ORT extends them by whole bin widths), so the bins are the same up to
+    float rounding at their edges; `make bench-int8` measures the models against ORT's own."""
+    for tensor, data in name_to_arr.items():
+        data = np.asarray(data).ravel()
+        low = np.nanmin(data) if data.size else np.array(0, dtype=data.dtype)
+        high = np.nanmax(data) if data.size else np.array(0, dtype=data.dtype)
+        data = np.absolute(data)
+        if tensor not in self.histogram_dict:
+            hist, edges = np.histogram(data, bins=self.num_bins)
+            self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), low, high)
+            continue
+        old_hist, edges, old_low, old_high = self.histogram_dict[tensor]
+        top = np.nanmax(data) if data.size else 0
+        if top > edges[-1]:
+            width = edges[1] - edges[0]
+            edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
+        hist, new_edges = np.histogram(data, bins=len(edges) - 1, range=(edges[0], edges[-1]))
+        hist[:len(old_hist)] += old_hist
+        self.histogram_dict[tensor] = (hist, new_edges.astype(data.dtype),
+                                       min(old_low, low), max(old_high, high))
+
+
+@contextlib.contextmanager
+def _fast_histograms(enabled: bool):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    original = HistogramCollector.collect_absolute_value
+    if enabled:
+        HistogramCollector.collect_absolute_value = _absolute_histograms
+    try:
+        yield
+    finally:
+        HistogramCollector.collect_absolute_value = original
+
+
+def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
+              fast_histograms: bool = True) -> dict:
     """cfg: the manifest's variants.int8 block (method, percentile, exclude_op_types)."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -105,7 +146,8 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
                                     "failed int8 report lists under diagnosis)")
             exclude = sorted({n.name for n in graph.node if n.op_type in exclude_types}
                              | set(named))
-            with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
+            with contextlib.redirect_stdout(io.StringIO()), _fast_histograms(fast_histograms):
+                # (the calibrator prints progress)
                 quantize_static(
                     str(prepared), str(out), _Reader(calibration, stride),
                     quant_format=QuantFormat.QDQ, per_channel=True,
@@ -125,6 +167,7 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict) -> dict
             **({"percentile": extra["CalibPercentile"]} if method == "percentile" else {}),
             "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
             "excluded_node_names": list(cfg.get("exclude_nodes", [])),
+            "histograms": "uniform-bins fast path" if fast_histograms else "onnxruntime's",
             "quantize_linear_nodes": nodes.count("QuantizeLinear"),
             "onnxruntime": package_version("onnxruntime")}
 
