@@ -77,9 +77,11 @@ def _absolute_histograms(self, name_to_arr):
     """onnxruntime's HistogramCollector.collect_absolute_value (the percentile method) with
     one change: every batch after the first is binned with numpy's uniform-bins path
     (bins=count, range=(first, last edge)) instead of passing the edge array, which makes
-    numpy sort every activation (74 % of an int8 build here). The edges are uniform by
-    construction (ORT extends them by whole bin widths), so the bins are the same up to
-    float rounding at their edges; `make bench-int8` measures the models against ORT's own."""
+    numpy sort every activation (74 % of an int8 build here). ORT's edges are meant to be
+    uniform (it extends them by whole bin widths) but np.arange in float32 drifts from that
+    grid; here they are exactly uniform, so a value near an edge can land one bin apart
+    (tests/test_variants_units.py: thresholds within 1 %). `make bench-int8` measures the
+    resulting models against ORT's own."""
     for tensor, data in name_to_arr.items():
         data = np.asarray(data).ravel()
         low = np.nanmin(data) if data.size else np.array(0, dtype=data.dtype)
