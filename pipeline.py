@@ -50,7 +50,8 @@ import click
 from converters.data_loader import DEFAULT_MAX_PIXELS
 from converters.runner import WorkerLimits
 from converters.variants import PRECISIONS
-from fetch.download import DEFAULT_CACHE
+from fetch.download import DEFAULT_CACHE, FetchError, fetch, local_checkpoint
+from fetch.lock import LockError, lock_path_for, locked_spec, read_lock, write_lock
 from manifests.loader import ManifestError, load_manifest, select
 from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE, Selection
 from orchestrator.executor import Reporter, make_executor
@@ -150,6 +151,15 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               help="An image whose header declares more pixels is not decoded: it counts as "
                    "unreadable ('too large: W x H'). 0 turns the check off (env "
                    "MODEL_CONVERT_MAX_IMAGE_PIXELS).")
+@click.option("--checkpoint-lock", type=click.Path(path_type=Path), default=None,
+              metavar="FILE",
+              help="Full sha256 and size per entry (default: checkpoints.lock beside the "
+                   "manifest, when it exists). A locked entry's checkpoint must match all 256 "
+                   "bits; `pipeline.py lock-checkpoints` records new lines.")
+@click.option("--require-lock", is_flag=True,
+              help="An entry checked only against the 8 hex digits its publisher gives (32 "
+                   "bits) and not in the checkpoint lock fails at once, naming the command that "
+                   "locks it; the others run. `make nightly ONLINE=1` sets it.")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
 @click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
               default=None, help="EC private key (PEM) that signs each passed artifact "
@@ -159,7 +169,8 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 @click.pass_context
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
         precisions, threads, executor, ray_address, shard_size, skip_unchanged, mirror,
-        worker_memory, max_image_pixels, keep_work, signing_key, list_only):
+        worker_memory, max_image_pixels, checkpoint_lock, require_lock, keep_work, signing_key,
+        list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -173,6 +184,11 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
         for e in entries:
             click.echo(f"{e.name:<{width}}  {e.source:<10}  {e['model_id']}")
         return
+    try:
+        lock, lock_file = _checkpoint_lock(manifest, checkpoint_lock, chosen)
+    except LockError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     local = _parse_checkpoints(checkpoints)
     stray = sorted(set(local) - {e.name for e in chosen})
     if stray:
@@ -212,6 +228,9 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
                       checkpoints=local, data=data, threads=threads, data_workers=data_workers,
                       precisions=wanted, shard_size=shard_size, mirror=mirror,
                       skip_unchanged=skip_unchanged,
+                      checkpoint_lock=lock,
+                      require_lock=(f"python pipeline.py lock-checkpoints --manifest {manifest}",
+                                    lock_file) if require_lock else None,
                       limits=WorkerLimits(worker_memory, max_image_pixels,
                                           threads if executor == "ray" else None),
                       keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
@@ -238,6 +257,16 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
     click.echo(format_summary(results))
     sys.exit(0 if results and all(r.status in ("passed", "unchanged") for r in results)
              else 1)
+
+
+def _checkpoint_lock(manifest: Path, given: Path | None, chosen) -> tuple[dict, Path]:
+    """The lock's lines and its path, checked against the chosen entries (a line that
+    contradicts the manifest's digest raises LockError)."""
+    path = given or lock_path_for(manifest)
+    lock = read_lock(path)
+    for entry in chosen:
+        locked_spec(entry.name, entry["checkpoint"], lock)
+    return lock, path
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -390,6 +419,64 @@ def bench(name, manifest, out_dir, batch_sizes, precisions, device, threads, war
     click.echo("")
     click.echo(format_table(result))
     click.echo(f"\nwrote {json_path}")
+
+
+@cli.command("lock-checkpoints")
+@click.option("--manifest", type=click.Path(path_type=Path), default=HERE / "manifests" /
+              "all.yaml", show_default="manifests/all.yaml")
+@click.option("--only", multiple=True, metavar="NAME", help="Entries to lock (default: all).")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH",
+              help="Use this local file for NAME instead of downloading it.")
+@click.option("--checkpoint-lock", type=click.Path(path_type=Path), default=None,
+              metavar="FILE", help="Default: checkpoints.lock beside the manifest.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE,
+              show_default=True)
+@click.option("--mirror", envvar="MODEL_CONVERT_MIRROR", default=None, metavar="URL")
+def lock_checkpoints(manifest, only, checkpoints, checkpoint_lock, cache_dir, mirror):
+    """Record the full sha256 and size of each entry's checkpoint in the checkpoint lock.
+
+    Downloads the checkpoint (or reads it from the cache or --checkpoint) and checks the
+    digest the publisher gives first. Trust on first use: review each new line before you
+    commit it. An entry already locked is checked, not rewritten: a file that differs from its
+    line is an error naming both digests. Exit 1 if any entry could not be locked.
+    """
+    try:
+        entries = select(load_manifest(manifest), only)
+        path = checkpoint_lock or lock_path_for(manifest)
+        lock = read_lock(path)
+    except (ManifestError, LockError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    local = _parse_checkpoints(checkpoints)
+    problems = 0
+    for entry in entries:
+        spec = entry["checkpoint"]
+        try:
+            got = (local_checkpoint(local[entry.name], spec) if entry.name in local
+                   else fetch(spec, Path(cache_dir).expanduser(), mirror=mirror))
+        except FetchError as exc:
+            click.echo(f"  {entry.name}: not locked: {exc.message}")
+            problems += 1
+            continue
+        published = spec.get("sha256") or spec.get("sha256_prefix")
+        if published and not got.sha256.startswith(published):
+            click.echo(f"  {entry.name}: not locked: {got.path} has sha256 {got.sha256}, the "
+                       f"manifest publishes {published}")
+            problems += 1
+            continue
+        line = lock.get(entry.name)
+        if line and line["sha256"] != got.sha256:
+            click.echo(f"  {entry.name}: the lock has sha256 {line['sha256']} but {got.path} "
+                       f"has {got.sha256}; not changed (delete the line to re-record it)")
+            problems += 1
+            continue
+        state = "already locked" if line else "locked"
+        lock[entry.name] = {"sha256": got.sha256, "bytes": got.bytes}
+        click.echo(f"  {entry.name}: {state}: sha256 {got.sha256}, {got.bytes} bytes")
+    write_lock(path, lock)
+    click.echo(f"wrote {path}: {len(lock)} entr{'y' if len(lock) == 1 else 'ies'}; review "
+               "new lines before you commit them")
+    sys.exit(1 if problems else 0)
 
 
 @cli.command()

@@ -38,7 +38,9 @@ class Fetched:
     path: Path
     sha256: str
     pinned: bool          # the file is the one the manifest's digest names
-    digest_check: str     # "sha256", "sha256_prefix", "unpublished" or "local file"
+    # "sha256", "sha256 (checkpoint lock)", "sha256_prefix (prefix only, 32 bits)",
+    # "unpublished" or "local file"
+    digest_check: str
     downloaded: bool
     url: str | None
     bytes: int
@@ -62,13 +64,19 @@ def digest_matches(sha: str, spec: dict) -> bool | None:
 
 
 def _expected(spec: dict) -> str:
+    if spec.get("locked"):
+        return f"sha256 {spec['sha256']} (the checkpoint lock)"
     if "sha256" in spec:
         return f"sha256 {spec['sha256']}"
     return f"sha256 starting {spec['sha256_prefix']}"
 
 
 def _check_kind(spec: dict) -> str:
-    return next((k for k in ("sha256", "sha256_prefix") if k in spec), "unpublished")
+    if spec.get("locked"):
+        return "sha256 (checkpoint lock)"
+    if "sha256_prefix" in spec and "sha256" not in spec:
+        return "sha256_prefix (prefix only, 32 bits)"
+    return next((k for k in ("sha256",) if k in spec), "unpublished")
 
 
 def cache_path(url: str, cache_dir: Path) -> Path:
@@ -125,7 +133,8 @@ def fetch(spec: dict, cache_dir: Path, *, attempts: int = 5, backoff: float = 1.
         rejected = final.with_name(final.name + ".bad-digest")
         part.replace(rejected)
         raise FetchError("digest_mismatch",
-                         f"downloaded {url} but its sha256 is {sha}, the manifest pins "
+                         f"downloaded {url} but its sha256 is {sha}, the "
+                         f"{'lock' if spec.get('locked') else 'manifest'} pins "
                          f"{_expected(spec)}; the file was set aside as {rejected} and not used")
     part.replace(final)
     return Fetched(final, sha, digest_matches(sha, spec) is True, _check_kind(spec), True,

@@ -29,6 +29,7 @@ from converters.simplify import OnnxCheckFailed, check, simplify
 from converters.variants import VariantFailed, int8_tensor_errors, make_fp16, make_int8
 from fetch.download import (FetchError, Fetched, fetch, local_checkpoint, materialize,
                             sha256_file)
+from fetch.lock import locked_spec, prefix_only
 from manifests.loader import Entry
 from orchestrator.accuracy import (AccuracyFailed, Selection, ShardJob, ShardResult,
                                    evaluate_shard, merge_shards, plan_shards)
@@ -60,6 +61,8 @@ class RunOptions:
     shard_size: int | None = None     # accuracy images per task (None: one shard per entry)
     mirror: str | None = None         # --mirror: checkpoints from an internal mirror
     skip_unchanged: Path | None = None  # --skip-unchanged STORE
+    checkpoint_lock: dict = field(default_factory=dict)  # fetch/lock.py: name -> full digest
+    require_lock: tuple | None = None   # --require-lock: (command that locks, lock file)
     limits: WorkerLimits = WorkerLimits()  # --worker-memory, --max-image-pixels
 
 
@@ -309,7 +312,9 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         report["source"]["checkpoint"] = _checkpoint_report(got)
         if checkpoint.local:  # the driver's path, wherever the node kept its copy
             report["source"]["checkpoint"]["path"] = checkpoint.local
-        pin = ("the pinned file" if got.pinned else
+        pin = ("the pinned file (prefix only, 32 bits: lock it with `pipeline.py "
+               "lock-checkpoints`)" if got.pinned and "prefix only" in got.digest_check else
+               "the pinned file" if got.pinned else
                "digest not published" if got.digest_check == "unpublished" else
                "NOT the pinned file")
         say(f"  fetch     {got.path.name}: sha256 {got.sha256[:12]}..., {pin}")
@@ -587,12 +592,15 @@ class _EntryState:
 
 
 def checkpoint_ref(entry: Entry, opts: RunOptions) -> CheckpointRef:
+    """The entry's checkpoint as a task fetches it: with the lock's full digest when the
+    entry is locked (fetch/lock.py)."""
+    spec = locked_spec(entry.name, entry["checkpoint"], opts.checkpoint_lock)
     local = opts.checkpoints.get(entry.name)
     if local is None:
-        return CheckpointRef(entry["checkpoint"], str(opts.cache_dir), mirror=opts.mirror)
+        return CheckpointRef(spec, str(opts.cache_dir), mirror=opts.mirror)
     path = Path(local).expanduser().resolve()
     sha = sha256_file(path) if path.is_file() else None
-    return CheckpointRef(entry["checkpoint"], str(opts.cache_dir), local=str(path), sha256=sha)
+    return CheckpointRef(spec, str(opts.cache_dir), local=str(path), sha256=sha)
 
 
 def _known_sha256(ref: CheckpointRef) -> str | None:
@@ -672,6 +680,20 @@ def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
                 done(entry.name, EntryResult(entry.name, "unavailable", reason, 0.0))
                 continue
             ref = checkpoint_ref(entry, opts)
+            if opts.require_lock and not ref.local and prefix_only(ref.spec):
+                command, lock_file = opts.require_lock
+                reason = (f"checked only against the 8 hex digits its publisher gives (32 "
+                          f"bits) and not in {lock_file}: run `{command} --only {entry.name}`, "
+                          "review and commit the line")
+                state = _EntryState(index, entry, header, ref, None, dataset)
+                state.prepared = Prepared(new_report(entry), status="error")
+                state.prepared.decided = _error(state.prepared.report, "fetch", "unlocked",
+                                                reason)
+                reporter.say(header)
+                reporter.say(f"  ERROR     [fetch/unlocked] {reason}")
+                speaking[0] = entry.name
+                done(entry.name, _finish(state, opts, driver_dir, reporter.say))
+                continue
             state = _EntryState(index, entry, header, ref, None, dataset)
             if opts.skip_unchanged is not None:
                 sha = _known_sha256(ref)

@@ -2,6 +2,8 @@
 # `make nightly`: convert + verify the manifest, sign what passed, publish it to a store.
 #
 # ONLINE=1 (the scheduled workflow): every entry of $MANIFEST with its pinned checkpoint
+#   (--require-lock: an entry the publisher pins by 8 hex digits only must be in
+#   manifests/checkpoints.lock, recorded with `pipeline.py lock-checkpoints`)
 #   (checkpoint cache, else download), with the accuracy gate on $DATA (labelled ImageNet val;
 #   $LIMIT images spread over the classes on small machines) if given, the $PRECISIONS
 #   variants (fp16, int8) if asked, signed with
@@ -28,7 +30,7 @@ if [ "${ONLINE:-0}" = 1 ]; then
   "$PY" pipeline.py --manifest "$MANIFEST" --out "$OUT" --signing-key "$SIGNING_KEY" \
       ${DATA:+--data "$DATA"} ${LIMIT:+--limit "$LIMIT"} ${PRECISIONS:+--precisions "$PRECISIONS"} \
       ${EXECUTOR:+--executor "$EXECUTOR"} ${SHARD_SIZE:+--shard-size "$SHARD_SIZE"} \
-      --skip-unchanged "$STORE"
+      --skip-unchanged "$STORE" --require-lock
   run=$?
 else
   echo "nightly (offline): no checkpoint host is reachable from here, so this converts the"
