@@ -170,9 +170,13 @@ def assert_passed(report: dict) -> None:
     names = {c["name"] for c in report["checks"]}
     assert {"opset", "io_names", "io_shapes", "max_abs_diff", "cosine_min", "top1_agreement",
             "top5_agreement"} <= names
-    logit_checks = [c for c in report["checks"] if c["scope"].get("stage") != "accuracy"]
+    logit_checks = [c for c in report["checks"]
+                    if c["scope"].get("stage") not in ("accuracy", "verify")]
     assert {c["scope"]["model"] for c in logit_checks} == {"exported", "simplified"}
     assert all(c["passed"] for c in report["checks"])
+    # Gate power: the same logit check failed a copy with one conv perturbed by 1e-3.
+    [canary] = [c for c in report["checks"] if c["name"] == "canary_caught"]
+    assert canary["scope"]["model"] == "canary" and report["verification"]["canary"]["margin"] > 1
     assert report["onnx"]["inputs"][0]["name"] == "input"
     assert report["onnx"]["outputs"][0]["name"] == "logits"
     assert report["onnx"]["inputs"][0]["shape"][0] == "batch"
