@@ -121,6 +121,17 @@ def cluster(tmp_path_factory):
             os.environ[key] = value
 
 
+def _cluster_driver(c, manifest, checkpoints, name, out, data):
+    """pipeline.py joining the cluster in its own process, shards of 4, its output in a log."""
+    args = _args(manifest, checkpoints, [name], out, data, "--executor", "ray",
+                 "--shard-size", "4", "--ray-address", c.address)
+    log = out.parent / f"{out.name}-driver.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
+                                stdout=sink, stderr=subprocess.STDOUT, text=True)
+    return proc, log
+
+
 def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
                                                        tmp_path):
     c, nodes, work = cluster
@@ -128,12 +139,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
     reference = run_pipeline(*_args(manifest, checkpoints, [name], tmp_path / "local", data))
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-2000:]
 
-    args = _args(manifest, checkpoints, [name], tmp_path / "ray", data, "--executor", "ray",
-                 "--shard-size", "4", "--ray-address", c.address)
-    log = tmp_path / "driver.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
-                                stdout=sink, stderr=subprocess.STDOUT, text=True)
+    proc, log = _cluster_driver(c, manifest, checkpoints, name, tmp_path / "ray", data)
     # Every shard task works in its own run-shard-* directory: a task that Ray reruns after
     # its node died shows up as one more directory than there are shards.
     seen: set[str] = set()
@@ -169,12 +175,7 @@ def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(cluster, checkpoint
 
     c, _, work = cluster
     name = "res2net50-w14-s8"
-    args = _args(manifest, checkpoints, [name], tmp_path / "out", data, "--executor", "ray",
-                 "--shard-size", "4", "--ray-address", c.address)
-    log = tmp_path / "driver.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
-                                stdout=sink, stderr=subprocess.STDOUT, text=True)
+    proc, log = _cluster_driver(c, manifest, checkpoints, name, tmp_path / "out", data)
     deadline = time.monotonic() + 600
     while not list(work.glob("run-shard-*")):      # a shard task is running on a node
         assert proc.poll() is None, log.read_text()[-4000:]
