@@ -50,7 +50,7 @@ import click
 from converters.data_loader import DEFAULT_MAX_PIXELS
 from converters.runner import WorkerLimits
 from converters.variants import PRECISIONS
-from fetch.download import DEFAULT_CACHE, FetchError, fetch, local_checkpoint
+from fetch.download import DEFAULT_CACHE, FetchError, fetch, local_checkpoint, sha256_file
 from fetch.lock import LockError, lock_path_for, locked_spec, read_lock, write_lock
 from manifests.loader import ManifestError, load_manifest, select
 from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE, Selection
@@ -59,6 +59,7 @@ from orchestrator.run import DatasetUnavailable, RunOptions, run_all
 from orchestrator.summary import format_summary
 from release.publish import publish as publish_store
 from manifests.bounded import read_json
+from release.provenance import ProvenanceError, check_statement, checkpoint_dependency
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
 
@@ -316,16 +317,24 @@ def _load_data(root: Path, limit: int | None, chosen) -> Selection:
 @click.argument("artifact", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--public-key", type=click.Path(path_type=Path), required=True,
               help="Public key (PEM) the artifact must be signed with.")
-def verify_artifact(artifact: Path, public_key: Path):
-    """Check ARTIFACT's signature over every file and that its report says passed.
+@click.option("--checkpoint-lock", type=click.Path(path_type=Path), default=None,
+              metavar="FILE",
+              help="Also require the checkpoint in the provenance to be this lock's line for "
+                   "the entry (e.g. manifests/checkpoints.lock).")
+def verify_artifact(artifact: Path, public_key: Path, checkpoint_lock: Path | None):
+    """Check ARTIFACT's signature over every file, that its report says passed, and its
+    SLSA provenance: every model file is a subject with its digest, and (with
+    --checkpoint-lock) the checkpoint it was built from is the locked one.
 
     A changed byte in any file fails with the file's name; another key fails naming the key.
-    Exit status 0 when the artifact verifies, 1 otherwise.
+    Prints a summary of the provenance. Exit status 0 when the artifact verifies, 1 otherwise.
     """
     try:
         verify_directory(artifact, public_key)
         report = read_json(artifact / "report.json")
-    except (SigningError, OSError, ValueError) as exc:   # DocumentTooLarge is a ValueError
+        statement = read_json(artifact / "provenance.json")
+        summary = check_artifact_provenance(artifact, report, statement, checkpoint_lock)
+    except (SigningError, OSError, ValueError) as exc:   # DocumentTooLarge, ProvenanceError
         click.echo(f"FAILED: {exc}", err=True)
         sys.exit(1)
     if report.get("passed") is not True:
@@ -334,6 +343,45 @@ def verify_artifact(artifact: Path, public_key: Path):
         sys.exit(1)
     click.echo(f"OK: {artifact.name} is signed by {public_key} and passed "
                f"({report.get('decided_by')})")
+    for line in summary:
+        click.echo(f"  {line}")
+
+
+def check_artifact_provenance(artifact: Path, report: dict, statement: dict,
+                              lock_file: Path | None) -> list[str]:
+    """Subjects = the model files and their digests; checkpoint = the lock's line."""
+    check_statement(statement)
+    subjects = {s["name"]: s["digest"].get("sha256") for s in statement["subject"]}
+    models = sorted(p.name for p in artifact.iterdir() if p.suffix == ".onnx")
+    if sorted(subjects) != models:
+        raise ProvenanceError(f"{artifact.name}: provenance subjects {sorted(subjects)} are not "
+                              f"the model files {models}")
+    for name, digest in subjects.items():
+        actual = sha256_file(artifact / name)
+        if digest != actual:
+            raise ProvenanceError(f"{artifact.name}: provenance gives {name} sha256 {digest}, "
+                                  f"the file has {actual}")
+    checkpoint = checkpoint_dependency(statement) or {}
+    ck_sha = (checkpoint.get("digest") or {}).get("sha256")
+    if lock_file is not None:
+        line = read_lock(lock_file).get(report.get("name"))
+        if line is None:
+            raise ProvenanceError(f"{artifact.name}: {lock_file} has no line for "
+                                  f"{report.get('name')!r}")
+        if line["sha256"] != ck_sha:
+            raise ProvenanceError(f"{artifact.name}: built from checkpoint sha256 {ck_sha}, "
+                                  f"the lock ({lock_file}) has {line['sha256']}")
+    build = statement["predicate"]["buildDefinition"]
+    source = (build["externalParameters"].get("manifest_entry") or {})
+    commit = next((d["digest"].get("gitCommit") for d in build.get("resolvedDependencies", [])
+                   if d.get("name") == "source"), None)
+    times = statement["predicate"]["runDetails"].get("metadata", {})
+    return [f"source      {source.get('source')} {source.get('model_id')}",
+            f"checkpoint  {checkpoint.get('uri')} sha256 {ck_sha}"
+            + (" (matches the lock)" if lock_file is not None else ""),
+            f"commit      {commit or 'unknown'}",
+            f"built       {times.get('startedOn')} .. {times.get('finishedOn')}",
+            f"subjects    " + ", ".join(f"{n} {d[:12]}" for n, d in subjects.items())]
 
 
 @cli.command()

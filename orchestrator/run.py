@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -438,6 +439,7 @@ def new_report(entry: Entry) -> dict:
     return {
         "name": entry.name, "passed": False,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_id": uuid.uuid4().hex,   # provenance's invocationId
         "pipeline": {"git_commit": git_commit()},
         "entry": entry.data,
         "source": {"framework": entry.source, "model_id": entry["model_id"]},

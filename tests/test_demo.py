@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import REPO, manifest_entries, read_report, run_make, run_pipeline, write_manifest
+from release.provenance import check_statement, checkpoint_dependency
 
 pytestmark = pytest.mark.slow
 DEMO_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2net50")
@@ -27,6 +28,14 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         canary = report["verification"]["canary"]
         assert canary["margin"] > 1 and canary["failed_checks"], (name, canary)
         assert any(c["name"] == "canary_caught" and c["passed"] for c in report["checks"])
+        # SLSA v1 provenance: the model file as its subject, the checkpoint as a dependency.
+        statement = json.loads((out / name / "provenance.json").read_text())
+        check_statement(statement)
+        assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+        assert statement["subject"] == [{"name": "model.onnx",
+                                         "digest": {"sha256": report["onnx"]["sha256"]}}]
+        assert checkpoint_dependency(statement)["digest"]["sha256"] == \
+            report["source"]["checkpoint"]["sha256"]
         assert sorted(p.name for p in (out / name).iterdir()) == [
             "model.onnx", "model.sig", "provenance.json", "report.json"]
         verified = run_make("verify-artifact", f"ARTIFACT={out / name}",

@@ -85,7 +85,8 @@ def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, d
         # The fingerprint of the inputs is the same wherever the run happened.
         assert a["inputs"] == b["inputs"]
         provenance = json.loads((tmp_path / "ray" / name / "provenance.json").read_text())
-        assert provenance["inputs"]["fingerprint"] == b["inputs"]["fingerprint"]
+        internal = provenance["predicate"]["buildDefinition"]["internalParameters"]
+        assert internal["inputs"]["fingerprint"] == b["inputs"]["fingerprint"]
     # Every task's work directory is gone once the run is over.
     assert not list((tmp_path / "work").glob("run-*"))
 

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, manifest_entries, run_pipeline, write_manifest
 from release.artifact import write_artifact
+from release.provenance import BUILD_TYPE, BUILDER_ID, PREDICATE_TYPE, STATEMENT_TYPE
 from release.signing import generate_key, sign_directory
 
 MODEL_SIGNING = Path(sys.executable).with_name("model_signing")  # the upstream CLI
@@ -46,7 +47,24 @@ def make_artifact(out: Path, name: str, private_key: Path | None, passed: bool =
     }
     finalize = (lambda staging: sign_directory(staging, private_key)) if private_key else None
     return write_artifact(out, name, report, {"model.onnx": model},
-                          documents={"provenance.json": {"name": name}}, finalize=finalize)
+                          documents={"provenance.json": statement(report["onnx"]["sha256"])},
+                          finalize=finalize)
+
+
+def statement(model_sha: str, checkpoint_sha: str = "c" * 64) -> dict:
+    """A minimal SLSA v1 provenance for an artifact holding one model.onnx."""
+    return {"_type": STATEMENT_TYPE, "predicateType": PREDICATE_TYPE,
+            "subject": [{"name": "model.onnx", "digest": {"sha256": model_sha}}],
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": BUILD_TYPE,
+                    "externalParameters": {"manifest_entry": {"source": "mmpretrain",
+                                                              "model_id": "m"}},
+                    "resolvedDependencies": [{"name": "checkpoint", "uri": "https://h/ck.pth",
+                                              "digest": {"sha256": checkpoint_sha}}]},
+                "runDetails": {"builder": {"id": BUILDER_ID},
+                               "metadata": {"startedOn": "2026-11-22T00:00:00+00:00",
+                                            "finishedOn": "2026-11-22T00:01:00+00:00"}}}}
 
 
 def verify_cli(artifact: Path, public_key: Path) -> subprocess.CompletedProcess:
@@ -205,6 +223,46 @@ def test_symbolic_links_in_an_artifact_or_the_store_are_never_followed(keys, tmp
     verify = verify_cli(linked, keys["public"])
     assert verify.returncode == 1
     assert "holds symbolic links, which are never followed: provenance.json ->" in verify.stderr
+
+
+def _signed_with(out: Path, name: str, keys, provenance: dict) -> Path:
+    """make_artifact, then provenance.json replaced and the directory signed again."""
+    art = make_artifact(out, name, keys["private"])
+    (art / "provenance.json").write_text(json.dumps(provenance))
+    (art / "model.sig").unlink()
+    sign_directory(art, keys["private"])
+    return art
+
+
+def test_verify_artifact_checks_provenance_subjects_and_the_checkpoint_lock(keys, tmp_path):
+    out = tmp_path / "out"
+    art = make_artifact(out, "good", keys["private"])
+    model_sha = hashlib.sha256((art / "model.onnx").read_bytes()).hexdigest()
+    lock = tmp_path / "checkpoints.lock"
+    lock.write_text(f"good {'c' * 64} 10\n")
+    ok = run_pipeline("verify-artifact", str(art), "--public-key", str(keys["public"]),
+                      "--checkpoint-lock", str(lock))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"checkpoint  https://h/ck.pth sha256 {'c' * 64} (matches the lock)" in ok.stdout
+    assert f"subjects    model.onnx {model_sha[:12]}" in ok.stdout
+    assert "source      mmpretrain m" in ok.stdout
+
+    # Built from another checkpoint than the lock's: signed and valid, still refused.
+    lock.write_text(f"good {'d' * 64} 10\n")
+    other = run_pipeline("verify-artifact", str(art), "--public-key", str(keys["public"]),
+                         "--checkpoint-lock", str(lock))
+    assert other.returncode == 1
+    assert f"built from checkpoint sha256 {'c' * 64}, the lock ({lock}) has {'d' * 64}" \
+        in other.stderr
+
+    # A signed provenance whose subject digest is not the file's, or that is not SLSA.
+    wrong = _signed_with(out, "wrong", keys, statement("0" * 64))
+    proc = verify_cli(wrong, keys["public"])
+    assert proc.returncode == 1
+    assert f"provenance gives model.onnx sha256 {'0' * 64}, the file has" in proc.stderr
+    legacy = _signed_with(out, "legacy", keys, {"name": "legacy"})
+    proc = verify_cli(legacy, keys["public"])
+    assert proc.returncode == 1 and "_type is not https://in-toto.io/Statement/v1" in proc.stderr
 
 
 def test_retention_keeps_the_newest(keys, tmp_path):
