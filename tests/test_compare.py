@@ -153,3 +153,20 @@ def test_canary_is_caught_by_a_sane_tolerance_and_fails_a_loose_one(tmp_path):
     check, info = canary_check(path, inputs, reference, loose)
     assert not check.passed and check.measured < 1 and info["failed_checks"] == []
     assert "too loose to catch a real fault" in check.detail
+
+
+def test_canary_skips_a_conv_whose_folded_weights_are_all_zero(tmp_path):
+    """A zero-gamma BatchNorm folded into its conv leaves zeros: relative noise cannot move
+    them, so the canary takes the nearest conv that has weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from verify.canary import candidates, pick_weight
+
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        if init.name == "w2":
+            init.CopyFrom(numpy_helper.from_array(np.zeros((6, 4, 3, 3), np.float32), "w2"))
+    assert pick_weight(model) in {("conv1", "w1"), ("conv3", "w3")}
+    assert "w2" not in {w for _, w in candidates(model)}
