@@ -19,7 +19,7 @@ NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
 BENCH_JSON ?= bench.json
 
-.PHONY: help setup demo convert test test-fast list lock clean verify-artifact publish nightly \
+.PHONY: help setup demo convert test test-fast list lock lock-hashes clean verify-artifact publish nightly \
         bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
@@ -47,7 +47,8 @@ help:
 	@echo "make bench-data-path            accuracy gate: data path vs inference images/s (JSON)"
 	@echo "make test                       full test suite (slow tests included)"
 	@echo "make test-fast                  tests that need no framework worker"
-	@echo "make lock                       re-resolve envs/*.in into envs/*.lock.txt"
+	@echo "make lock                       re-resolve envs/*.in into hash-locked envs/*.lock.txt"
+	@echo "make lock-hashes                keep the pins, recompute the sha256 hashes in envs/*.lock.txt"
 
 setup:
 	@for env in $(ENVS); do scripts/setup_env.sh $$env || exit $$?; done
@@ -144,12 +145,10 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lock:
-	@for env in $(ENVS); do \
-	  rm -rf /tmp/lock-$$env && python3 -m venv /tmp/lock-$$env && \
-	  /tmp/lock-$$env/bin/pip install --quiet -r envs/$$env.in && \
-	  { [ ! -f envs/$$env-nodeps.in ] || /tmp/lock-$$env/bin/pip install --quiet --no-deps -r envs/$$env-nodeps.in; } && \
-	  /tmp/lock-$$env/bin/pip freeze > envs/$$env.lock.txt && rm -rf /tmp/lock-$$env || exit 1; \
-	done
+	@for env in $(ENVS); do scripts/lock_env.sh $$env || exit $$?; done
+
+lock-hashes:
+	@for env in $(ENVS); do scripts/lock_env.sh --hash-only $$env || exit $$?; done
 
 clean:
 	rm -rf $(OUT) $(NIGHTLY_OUT) $(STORE) .pytest_cache
