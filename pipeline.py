@@ -15,7 +15,8 @@ images, and the publisher's top-1 for the pinned checkpoint) are in the manifest
 
 With --signing-key, each passed artifact is signed (OUT/NAME/model.sig, OpenSSF
 model-signing) after it is complete and before it becomes visible; failed entries are never
-signed. Subcommands: verify-artifact, publish, keygen, bench (see `python pipeline.py CMD --help`).
+signed. Subcommands: verify-artifact, publish, keygen, bench, lock-checkpoints, localize
+(see `python pipeline.py CMD --help`).
 
 Where it runs: --executor local (default) runs everything on this machine, entry after entry;
 --executor ray runs one task per entry and per accuracy shard on Ray: an embedded local
@@ -161,6 +162,11 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
               help="An entry checked only against the 8 hex digits its publisher gives (32 "
                    "bits) and not in the checkpoint lock fails at once, naming the command that "
                    "locks it; the others run. `make nightly ONLINE=1` sets it.")
+@click.option("--localize", is_flag=True,
+              help="Find where in the network ONNX first parts from the source (the first "
+                   "conv/linear layer whose output differs by more than 1e-3 of its range) "
+                   "for every entry. Done anyway for an entry whose fp32 logit check fails; "
+                   "costs one more source worker run (README, 'Localising a failure').")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
 @click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
               default=None, help="EC private key (PEM) that signs each passed artifact "
@@ -170,8 +176,8 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 @click.pass_context
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
         precisions, threads, executor, ray_address, shard_size, skip_unchanged, mirror,
-        worker_memory, max_image_pixels, checkpoint_lock, require_lock, keep_work, signing_key,
-        list_only):
+        worker_memory, max_image_pixels, checkpoint_lock, require_lock, localize, keep_work,
+        signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -234,7 +240,8 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
                                     lock_file) if require_lock else None,
                       limits=WorkerLimits(worker_memory, max_image_pixels,
                                           threads if executor == "ray" else None),
-                      keep_work=keep_work, signing_key=signing_key, signing_key_id=key_id)
+                      localize=localize, keep_work=keep_work, signing_key=signing_key,
+                      signing_key_id=key_id)
     reporter = Reporter(click.echo, bar=executor == "ray")
     try:
         runner = make_executor(executor, ray_address, reporter)
@@ -525,6 +532,74 @@ def lock_checkpoints(manifest, only, checkpoints, checkpoint_lock, cache_dir, mi
     click.echo(f"wrote {path}: {len(lock)} entr{'y' if len(lock) == 1 else 'ies'}; review "
                "new lines before you commit them")
     sys.exit(1 if problems else 0)
+
+
+@cli.command("localize")
+@click.argument("onnx_model", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--model", "name", required=True, metavar="NAME",
+              help="Manifest entry the ONNX model was made from (source, model, preprocessing).")
+@click.option("--manifest", type=click.Path(path_type=Path), default=HERE / "manifests" /
+              "all.yaml", show_default="manifests/all.yaml")
+@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="The source checkpoint (default: the entry's, from the cache "
+                                 "or downloaded and digest-checked).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE,
+              show_default=True)
+@click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Image to run both on (default: the entry's first generated "
+                                 "verification image).")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Largest difference a layer may show, relative to its output's range "
+                   "[default: 1e-3].")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the full localisation as JSON here.")
+def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol, threads,
+                 json_path):
+    """Name the first layer where ONNX_MODEL's outputs part from the source framework's.
+
+    Runs the entry's source (its own code, preprocessing and checkpoint) with forward hooks
+    on every conv / linear / norm layer, aligns those layers with ONNX_MODEL's Conv / Gemm /
+    MatMul nodes by weight shape, and compares their outputs in graph order, a few at a time.
+    Works on any ONNX file made from the entry: the pipeline's, or one edited or optimised
+    since. Exit status: 0 when every aligned layer agrees, 1 when one diverges (it is named,
+    with the ONNX node and the difference), 2 for bad usage or when it cannot run.
+    """
+    import tempfile
+
+    from orchestrator.localize import LocalizeFailed, localize_model
+    from verify.images import generate_images
+    from verify.localize import LAYER_RTOL
+
+    try:
+        entry = select(load_manifest(manifest), [name])[0]
+        ck = (local_checkpoint(checkpoint, entry["checkpoint"]).path if checkpoint else
+              fetch(entry["checkpoint"], Path(cache_dir).expanduser()).path)
+    except ManifestError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except FetchError as exc:
+        click.echo(f"error: {entry.name}: {exc.message} (or pass --checkpoint)", err=True)
+        sys.exit(2)
+    with tempfile.TemporaryDirectory(prefix="localize-") as tmp:
+        work = Path(tmp)
+        picture = image or generate_images(work / "images", 1, entry["verify"]["seed"])[0]
+        click.echo(f"{entry.name}: capturing {entry.source}'s layer outputs on {picture.name} "
+                   "...")
+        try:
+            found = localize_model(entry, onnx_model.resolve(), ck, picture, work, threads,
+                                   rtol=rtol or LAYER_RTOL)
+        except LocalizeFailed as exc:
+            click.echo(f"error: [{exc.kind}] {exc.message}", err=True)
+            sys.exit(2)
+    click.echo(f"  aligned {found['aligned']} of {found['source_layers']} source layers with "
+               f"{found['onnx_layers']} ONNX nodes; compared {found['compared']} "
+               f"({found['sessions']} ONNX Runtime sessions)")
+    click.echo(f"  {found['summary']}")
+    if json_path:
+        json_path.write_text(json.dumps(found, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+    sys.exit(1 if found.get("first_diverging") else 0)
 
 
 @cli.command()

@@ -41,6 +41,12 @@ class Adapter(Protocol):
                dynamic_batch: bool, workdir: Path) -> list[str] | None:
         """Write ONNX to `path`; return notes on any fix-up applied to the exported graph."""
 
+    def capture(self, model, inputs: np.ndarray, record: Callable[..., None]) -> None:
+        """Run the eval forward on `inputs` with a hook on every convolution, linear and
+        normalisation layer, calling record(name, kind, weight_shape, output) in execution
+        order: name as the source names the layer (e.g. backbone.layer3.2.convs.1), kind
+        'conv' | 'linear' | 'norm', output a numpy array."""
+
 
 # --------------------------------------------------------------------------- checkpoints
 def require_file(path: Path) -> int:
@@ -141,7 +147,8 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
     threads = int(job.get("threads") or os.cpu_count() or 1)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # adapters size their thread pools from it
     task = job.get("task", "convert")
-    tasks = {"convert": convert, "evaluate": evaluate, "bench": bench, "latency": latency}
+    tasks = {"convert": convert, "evaluate": evaluate, "bench": bench, "latency": latency,
+             "capture": capture}
     if task not in tasks:
         raise WorkerError("job", f"unknown task {task!r} (known: {', '.join(tasks)})")
     return tasks[task](adapter, job, workdir)
@@ -234,6 +241,47 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
             result["export_fixups"] = notes
     result["timings"] = timer.seconds
     return result
+
+
+def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """The source's own layer outputs on one image, for verify/localize.py.
+
+    Each hooked layer's output goes to its own .npy file as soon as the hook fires, so the
+    worker never holds more than one layer's output beyond what the framework keeps."""
+    entry, timer = job["entry"], Timer()
+    out_dir = workdir / "activations"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with timer.stage("build"):
+        model = adapter.build(entry["model_id"], entry["num_classes"])
+    with timer.stage("load"):
+        adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
+    per_image, collate = adapter.transform(entry["preprocess"])
+    inputs, used, unreadable = preprocess_all(job["images"][:1], per_image, collate, 1,
+                                              _max_pixels(job))
+    if inputs is None:
+        raise WorkerError("preprocess", f"could not decode {job['images'][0]}: "
+                                        f"{unreadable[0]['error']}")
+    _shapes_ok(inputs, 1, entry)
+    np.save(workdir / "inputs.npy", inputs)
+    layers: list[dict] = []
+    seen: dict[str, int] = {}
+
+    def record(name: str, kind: str, weight_shape, output) -> None:
+        calls = seen.get(name, 0)       # a layer called twice is recorded as name#2
+        seen[name] = calls + 1
+        array = np.ascontiguousarray(np.asarray(output, dtype=np.float32))
+        file = f"{len(layers):05d}.npy"
+        np.save(out_dir / file, array)
+        layers.append({"name": name if not calls else f"{name}#{calls + 1}", "kind": kind,
+                       "weight_shape": [int(d) for d in weight_shape or []],
+                       "shape": list(array.shape), "file": f"activations/{file}"})
+
+    with timer.stage("capture"):
+        log(f"capturing {adapter.framework}'s layer outputs on {Path(job['images'][0]).name}")
+        adapter.capture(model, inputs, record)
+    log(f"captured {len(layers)} layer outputs")
+    return {"versions": adapter.versions(), "layers": layers, "timings": timer.seconds,
+            "files": {"inputs": "inputs.npy"}}
 
 
 SHARD_GLOB = "shard_*.npz"

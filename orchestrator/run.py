@@ -36,6 +36,7 @@ from orchestrator.accuracy import (AccuracyFailed, Selection, ShardJob, ShardRes
                                    evaluate_shard, merge_shards, plan_shards)
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
+from orchestrator.localize import VALUE_CHECKS, LocalizeFailed, localize_model
 from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
 from release.provenance import build_provenance
@@ -65,6 +66,7 @@ class RunOptions:
     checkpoint_lock: dict = field(default_factory=dict)  # fetch/lock.py: name -> full digest
     require_lock: tuple | None = None   # --require-lock: (command that locks, lock file)
     limits: WorkerLimits = WorkerLimits()  # --worker-memory, --max-image-pixels
+    localize: bool = False            # --localize: first diverging layer even when passing
 
 
 @dataclass
@@ -287,7 +289,10 @@ def _decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None)
     bad = failed(checks)
     if bad:
         c = bad[0]
-        return f"{c.name} ({c.scope.get('model', '')}) {_fmt(c.measured)} vs limit {_fmt(c.limit)}"
+        where = (f"; first diverging layer {c.scope['first_diverging_layer']}"
+                 if c.scope.get("first_diverging_layer") else "")
+        return (f"{c.name} ({c.scope.get('model', '')}) {_fmt(c.measured)} vs limit "
+                f"{_fmt(c.limit)}{where}")
     worst = max((c for c in checks if c.name == "max_abs_diff"), key=lambda c: c.measured,
                 default=None)
     text = (f"max|diff| {_fmt(worst.measured)} <= {_fmt(worst.limit)}" if worst and passed
@@ -388,6 +393,28 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
             checks.append(canary)
             say(f"  canary    {'caught' if canary.passed else 'NOT caught'}: "
                 f"{canary.detail.split(': ', 1)[0]}")
+
+    value_failed = [c for c in failed(checks) if c.name in VALUE_CHECKS]
+    if value_failed or opts.localize:
+        # The model whose check failed first: the exporter's output before onnxsim's.
+        label = value_failed[0].scope.get("model", "simplified") if value_failed \
+            else "simplified"
+        with timer.stage("localize"):
+            say(f"  localize  {label} model: capturing {spec.framework}'s layer outputs ...")
+            try:
+                found = localize_model(entry, exported if label == "exported" else simplified,
+                                       got.path, images[0], workdir, opts.threads,
+                                       opts.worker_timeout, opts.limits)
+                found["model"] = label
+            except LocalizeFailed as exc:
+                found = {"model": label, "error": {"kind": exc.kind, "message": exc.message}}
+                say(f"  localize  could not localise: {exc.message}")
+            else:
+                say(f"  localize  {found['summary']}")
+            report["verification"]["localization"] = found
+            layer = (found.get("first_diverging") or {}).get("layer")
+            for c in value_failed:
+                c.scope["first_diverging_layer"] = layer
 
     runnable = not any(not c.passed and c.name in ("opset", "io_names", "io_shapes")
                        for c in checks)

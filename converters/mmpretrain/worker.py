@@ -200,6 +200,29 @@ class MMPretrainAdapter:
                                         f"{type(exc).__name__}: {exc}") from exc
 
 
+    def capture(self, model, inputs, record) -> None:
+        import torch
+
+        kinds = ((torch.nn.modules.conv._ConvNd, "conv"), (torch.nn.Linear, "linear"),
+                 (torch.nn.modules.batchnorm._BatchNorm, "norm"))
+        handles = []
+        for name, module in model.named_modules():
+            kind = next((k for t, k in kinds if isinstance(module, t)), None)
+            if kind is None:
+                continue
+            shape = tuple(module.weight.shape) if kind != "norm" else None
+
+            def hook(_module, _args, output, name=name, kind=kind, shape=shape):
+                record(name, kind, shape, output.detach().numpy())
+            handles.append(module.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                model(torch.from_numpy(inputs), mode="tensor")
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def handle(job: dict, workdir: Path) -> dict:
     return worker_flow.run(MMPretrainAdapter(), job, workdir)
 

@@ -1,0 +1,53 @@
+"""The localize stage: which layer of the network an ONNX model first parts from its source.
+
+Runs the source's worker once more (task `capture`: build, load, the source's own
+preprocessing of one image, forward hooks on every conv / linear / norm layer), then
+verify/localize.py aligns those layers with the ONNX model's weighted nodes and compares
+their outputs a chunk at a time. Used by the pipeline when an fp32 logit check fails (and
+with --localize on every entry), and by `pipeline.py localize` for any ONNX file.
+Imports no deep-learning framework.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from converters.registry import SOURCES
+from converters.runner import WorkerFailed, WorkerLimits, run_worker
+from manifests.loader import Entry
+from verify.localize import LAYER_RTOL, localize
+
+# fp32 value checks whose failure calls for a localisation (the signature checks do not:
+# there the model cannot even be run on the same inputs).
+VALUE_CHECKS = ("finite", "max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement",
+                "logits_shape")
+
+
+class LocalizeFailed(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def localize_model(entry: Entry, model_path: Path, checkpoint: Path, image: Path,
+                   workdir: Path, threads: int | None = None, timeout: float = 1800,
+                   limits: WorkerLimits = WorkerLimits(), rtol: float = LAYER_RTOL) -> dict:
+    """report['verification']['localization'] for `model_path` against the entry's source."""
+    capture_dir = workdir / "localize"
+    capture_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_worker(SOURCES[entry.source], {
+            "task": "capture", "entry": entry.data, "checkpoint": str(checkpoint),
+            "images": [str(image)], "threads": threads,
+            "max_image_pixels": limits.max_image_pixels,
+        }, capture_dir, timeout=timeout, memory_limit=limits.memory_limit())
+    except WorkerFailed as exc:
+        raise LocalizeFailed(exc.kind, f"capturing the source's layer outputs failed: "
+                                       f"{exc.message}") from None
+    inputs = np.load(capture_dir / result["files"]["inputs"])
+    found = localize(model_path, inputs, result["layers"], capture_dir, rtol=rtol,
+                     threads=threads)
+    found["image"] = image.name
+    found["timings"] = result.get("timings", {})
+    return found
