@@ -4,9 +4,11 @@
   (keep_io_types), so callers feed and read the same tensors as the fp32 model.
 - int8: ONNX Runtime static quantization, QDQ format, per-channel int8 weights, uint8
   activations, calibrated on preprocessed images with the manifest's method (entropy or
-  percentile, as IxRT calibrates). Histograms are collected a few images at a time
-  (CalibStridedMinMax), so 256 calibration images need ~1 GB, not ~25 GB. Node types the
-  manifest lists in `exclude_op_types` stay fp32.
+  percentile, as IxRT calibrates). Percentile ranges are computed in the graph
+  (percentile_ranges: per batch only min, max and the top |x| leave the session); entropy
+  and minmax use ORT's calibrator, a few images at a time (CalibStridedMinMax), so 256
+  calibration images need ~1 GB, not ~25 GB. Node types the manifest lists in
+  `exclude_op_types` stay fp32.
 
 Each function writes its output file or raises VariantFailed with the cause; the gates that
 decide whether a variant ships are in verify/ (same comparator as fp32) and orchestrator/.
@@ -73,54 +75,110 @@ class _Reader:
         return batch
 
 
-def _absolute_histograms(self, name_to_arr):
-    """onnxruntime's HistogramCollector.collect_absolute_value (the percentile method) with
-    one change: every batch after the first is binned with numpy's uniform-bins path
-    (bins=count, range=(first, last edge)) instead of passing the edge array, which makes
-    numpy sort every activation (74 % of an int8 build here). ORT's edges are meant to be
-    uniform (it extends them by whole bin widths) but np.arange in float32 drifts from that
-    grid; here they are exactly uniform, so a value near an edge can land one bin apart
-    (tests/test_variants_units.py: thresholds within 1 %). `make bench-int8` measures the
-    resulting models against ORT's own."""
-    for tensor, data in name_to_arr.items():
-        data = np.asarray(data).ravel()
-        low = np.nanmin(data) if data.size else np.array(0, dtype=data.dtype)
-        high = np.nanmax(data) if data.size else np.array(0, dtype=data.dtype)
-        data = np.absolute(data)
-        if tensor not in self.histogram_dict:
-            hist, edges = np.histogram(data, bins=self.num_bins)
-            self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), low, high)
-            continue
-        old_hist, edges, old_low, old_high = self.histogram_dict[tensor]
-        top = np.nanmax(data) if data.size else 0
-        if top > edges[-1]:
-            width = edges[1] - edges[0]
-            edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
-        hist, new_edges = np.histogram(data, bins=len(edges) - 1, range=(edges[0], edges[-1]))
-        hist[:len(old_hist)] += old_hist
-        self.histogram_dict[tensor] = (hist, new_edges.astype(data.dtype),
-                                       min(old_low, low), max(old_high, high))
+TOPK_BATCH = 32   # calibration images per forward pass of the in-graph percentile model
 
 
-@contextlib.contextmanager
-def _fast_histograms(enabled: bool):
-    from onnxruntime.quantization.calibrate import HistogramCollector
+def percentile_ranges(prepared: Path, calibration: np.ndarray, percentile: float,
+                      op_types: list[str], tmp: Path, batch: int = TOPK_BATCH,
+                      threads: int | None = None):
+    """ONNX Runtime's percentile calibration (symmetric: the `percentile` of |x| over all
+    calibration values of each tensor, clipped to the tensor's min and max), computed in the
+    graph instead of in numpy.
 
-    original = HistogramCollector.collect_absolute_value
-    if enabled:
-        HistogramCollector.collect_absolute_value = _absolute_histograms
-    try:
-        yield
-    finally:
-        HistogramCollector.collect_absolute_value = original
+    ORT's calibrator copies every activation of every batch out of the session and bins it
+    with numpy (2048 bins); that is most of an int8 build. Here a copy of the model computes,
+    per calibrated tensor and batch, ReduceMin, ReduceMax, Size and the k largest |x| (TopK,
+    k = the number of values above the percentile over the whole set, so the global ones are
+    among each batch's); numpy only merges those few values. The threshold is the exact order
+    statistic ORT's histogram approximates to one bin (max|x| / 2048). The tensors are the
+    ones ORT's own calibrator selects (same class, same op types), and the ranges go to
+    quantize_static through its calibration cache file, so the quantizer is ORT's, unchanged.
+    `make bench-int8` compares the resulting models with ORT's own calibration."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, MinMaxCalibrater,
+                                                    TensorData, TensorsData)
+
+    from verify.ort_runner import OrtRunner
+
+    selector = MinMaxCalibrater(prepared, op_types_to_calibrate=op_types)
+    tensors, _ = selector.select_tensors_to_calibrate(selector.model)
+    tensors = sorted(tensors)
+    model = onnx.ModelProto()
+    model.CopyFrom(selector.model)
+    del selector
+    batches = -(-len(calibration) // batch)
+    tail = 1.0 - percentile / 100.0
+    graph = model.graph
+    graph.initializer.extend([
+        helper.make_tensor("_pc_flat", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("_pc_one", TensorProto.INT64, [1], [1]),
+        # k per batch: every value of the whole set above the percentile can be in one batch
+        helper.make_tensor("_pc_share", TensorProto.FLOAT, [], [tail * batches])])
+    outputs = []
+    for i, name in enumerate(tensors):
+        p = f"_pc{i}_"
+        graph.node.extend([
+            helper.make_node("ReduceMin", [name], [p + "min"], keepdims=0),
+            helper.make_node("ReduceMax", [name], [p + "max"], keepdims=0),
+            helper.make_node("Size", [name], [p + "size"]),
+            helper.make_node("Abs", [name], [p + "abs"]),
+            helper.make_node("Reshape", [p + "abs", "_pc_flat"], [p + "flat"]),
+            helper.make_node("Cast", [p + "size"], [p + "sizef"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [p + "sizef", "_pc_share"], [p + "kf"]),
+            helper.make_node("Ceil", [p + "kf"], [p + "kc"]),
+            helper.make_node("Cast", [p + "kc"], [p + "k0"], to=TensorProto.INT64),
+            helper.make_node("Add", [p + "k0", "_pc_one"], [p + "k1"]),
+            helper.make_node("Min", [p + "k1", p + "size"], [p + "k"]),
+            helper.make_node("TopK", [p + "flat", p + "k"], [p + "top", p + "idx"],
+                             largest=1, sorted=0)])
+        outputs += [(p + "min", [], TensorProto.FLOAT), (p + "max", [], TensorProto.FLOAT),
+                    (p + "size", [], TensorProto.INT64), (p + "top", None, TensorProto.FLOAT)]
+    del graph.output[:]
+    graph.output.extend(helper.make_tensor_value_info(n, t, None if shape is None else shape)
+                        for n, shape, t in outputs)
+    path = tmp / "percentile.onnx"
+    onnx.save(model, str(path))
+    runner = OrtRunner(path, threads)
+    names = [n for n, _, _ in outputs]
+    low = {t: np.inf for t in tensors}
+    high = {t: -np.inf for t in tensors}
+    count = dict.fromkeys(tensors, 0)
+    tops: dict[str, list] = {t: [] for t in tensors}
+    for start in range(0, len(calibration), batch):
+        feed = {runner.input_name: np.ascontiguousarray(calibration[start:start + batch])}
+        got = runner.session.run(names, feed)
+        for i, t in enumerate(tensors):
+            mn, mx, size, top = got[4 * i:4 * i + 4]
+            low[t], high[t] = min(low[t], float(mn)), max(high[t], float(mx))
+            count[t] += int(size)
+            tops[t].append(top)
+    del runner
+    ranges = {}
+    for t in tensors:
+        values = np.concatenate(tops[t])
+        n = count[t]
+        # ORT: the first histogram bin where the cumulative share reaches the percentile;
+        # exactly: the smallest v with share(|x| <= v) >= percentile, the k-th largest.
+        k = n - int(np.ceil(percentile / 100.0 * n)) + 1
+        k = min(max(k, 1), len(values))
+        v = float(np.partition(values, len(values) - k)[len(values) - k])
+        ranges[t] = TensorData(lowest=np.array(max(-v, low[t]), dtype=np.float32),
+                               highest=np.array(min(v, high[t]), dtype=np.float32))
+    return TensorsData(CalibrationMethod.Percentile, ranges)
 
 
 def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
-              fast_histograms: bool = True) -> dict:
-    """cfg: the manifest's variants.int8 block (method, percentile, exclude_op_types)."""
+              in_graph_percentile: bool = True, threads: int | None = None) -> dict:
+    """cfg: the manifest's variants.int8 block (method, percentile, exclude_op_types).
+    With `percentile`, the ranges come from percentile_ranges (in-graph, several times
+    faster) unless in_graph_percentile is False (ORT's own histograms: the benchmark's
+    baseline)."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
+    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = cfg.get("calibration", "entropy")
@@ -148,8 +206,16 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
                                     "failed int8 report lists under diagnosis)")
             exclude = sorted({n.name for n in graph.node if n.op_type in exclude_types}
                              | set(named))
-            with contextlib.redirect_stdout(io.StringIO()), _fast_histograms(fast_histograms):
-                # (the calibrator prints progress)
+            cache = None
+            in_graph = method == "percentile" and in_graph_percentile
+            if in_graph:
+                # The op types quantize_static calibrates when given none (its default).
+                op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+                ranges = percentile_ranges(prepared, calibration, extra["CalibPercentile"],
+                                           op_types, Path(tmp), threads=threads)
+                cache = Path(tmp) / "ranges.json"
+                save_tensors_data(ranges, cache)
+            with contextlib.redirect_stdout(io.StringIO()):  # (the calibrator prints progress)
                 quantize_static(
                     str(prepared), str(out), _Reader(calibration, stride),
                     quant_format=QuantFormat.QDQ, per_channel=True,
@@ -157,7 +223,8 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
                     calibrate_method={"entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile,
                                       "minmax": CalibrationMethod.MinMax}[method],
-                    nodes_to_exclude=exclude, extra_options=extra)
+                    nodes_to_exclude=exclude, extra_options=extra,
+                    calibration_cache_path=str(cache) if cache else None)
     except VariantFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - any quantizer failure fails only this variant
@@ -169,7 +236,9 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
             **({"percentile": extra["CalibPercentile"]} if method == "percentile" else {}),
             "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
             "excluded_node_names": list(cfg.get("exclude_nodes", [])),
-            "histograms": "uniform-bins fast path" if fast_histograms else "onnxruntime's",
+            "ranges": ("in-graph percentile (ReduceMin/ReduceMax/TopK), exact order statistic"
+                       if method == "percentile" and in_graph_percentile else
+                       "onnxruntime's calibrator"),
             "quantize_linear_nodes": nodes.count("QuantizeLinear"),
             "onnxruntime": package_version("onnxruntime")}
 

@@ -179,7 +179,8 @@ def _build_variants(entry: Entry, opts: RunOptions, simplified: Path, workdir: P
                 if precision == "fp16":
                     result["build"] = make_fp16(simplified, path)
                 else:
-                    result["build"] = make_int8(simplified, path, np.load(calibration), gates)
+                    result["build"] = make_int8(simplified, path, np.load(calibration), gates,
+                                                threads=opts.threads)
                 info = check(path)
                 checks = check_signature(info, entry["num_classes"], entry["input_shape"],
                                          entry["export"]["dynamic_batch"], scope)
