@@ -37,7 +37,7 @@ help:
 	@echo "make ray-worker ADDRESS=host:port join a Ray cluster, offering this checkout's environments"
 	@echo "make ray-stop                     stop the Ray node(s) started on this machine"
 	@echo "make bench-scale                  accuracy gate: local vs ray on 1 and 2 workers (JSON)"
-	@echo "make bench-int8 [CALIBRATION_IMAGES=256]  int8 build: ORT's histograms vs the fast path (JSON)"
+	@echo "make bench-int8 [CALIBRATION_IMAGES=256]  int8 build: ORT's calibrator vs in-graph ranges; localize time (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"

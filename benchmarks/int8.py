@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""int8 build: onnxruntime's percentile histograms vs the pipeline's uniform-bins fast path.
+"""int8 build: onnxruntime's percentile calibrator vs the pipeline's in-graph percentile
+ranges; and the time `pipeline.py localize` takes on each model.
 
 For each demo entry (one per source; `make demo` makes the checkpoints) it runs the pipeline
 once with --keep-work to get what a real run calibrates on: the simplified fp32 model, the
 calibration images preprocessed by the source's own transforms, the logit-check tensors and
 the source's logits on them. Then it builds int8 twice from the same data, with
-onnxruntime's own histogram collection and with converters/variants.py's fast path, and
-measures for each: build seconds, cosine_min and top-1 agreement against the source's logits
-(the gates' figures), and the two int8 models against each other. Prints a table, writes JSON.
+onnxruntime's own calibrator (2048-bin histograms in numpy) and with converters/variants.py's
+in-graph ranges, and measures for each: build seconds, cosine_min and top-1 agreement against
+the source's logits (the gates' figures), and the two int8 models against each other. Then it
+times `pipeline.py localize` (source capture + layer comparison) on the fp32 model. Prints a
+table, writes JSON.
 
     make bench-int8 [CALIBRATION_IMAGES=256]
 """
@@ -84,27 +87,37 @@ def main() -> None:
         inputs, reference = np.load(files["inputs"]), np.load(files["reference"])
         cfg = {"calibration": "percentile", "percentile": 99.999}
         outs = {}
-        for label, fast in (("onnxruntime", False), ("fast", True)):
+        for label, fast in (("onnxruntime", False), ("in-graph", True)):
             path = tmp / f"{name}-{label}.int8.onnx"
             start = time.perf_counter()
-            make_int8(files["model"], path, calibration, cfg, fast_histograms=fast)
+            make_int8(files["model"], path, calibration, cfg, in_graph_percentile=fast)
             seconds = time.perf_counter() - start
             outs[label] = OrtRunner(path).infer(inputs, len(inputs))
-            rows.append({"entry": name, "histograms": label, "build_s": round(seconds, 1),
+            rows.append({"entry": name, "ranges": label, "build_s": round(seconds, 1),
                          "calibration_images": len(calibration),
                          **_figures(outs[label], reference)})
-        same = _figures(outs["fast"], outs["onnxruntime"])
+        same = _figures(outs["in-graph"], outs["onnxruntime"])
         rows[-1]["vs_onnxruntime_int8"] = same
         rows[-1]["speedup"] = round(rows[-2]["build_s"] / rows[-1]["build_s"], 2)
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "localize",
+                               str(files["model"]), "--model", name, "--checkpoint",
+                               str(REPO / DEMO[name])], cwd=REPO, capture_output=True, text=True)
+        localize_s = round(time.perf_counter() - start, 1)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"{name}: localize failed\n{proc.stdout}{proc.stderr[-2000:]}")
+        rows[-1]["localize_s"] = rows[-2]["localize_s"] = localize_s
     args.json.write_text(json.dumps({"rows": rows, "cpu_count": os.cpu_count()}, indent=2)
                          + "\n")
-    print(f"\n{'entry':<30} {'histograms':<12} {'build s':>8} {'speedup':>8} "
-          f"{'cosine_min':>10} {'top1 agree':>10} {'fast vs ORT int8 (cos, top1)':>28}")
+    print(f"\n{'entry':<30} {'ranges':<12} {'build s':>8} {'speedup':>8} "
+          f"{'cosine_min':>10} {'top1 agree':>10} {'in-graph vs ORT int8 (cos, top1)':>32} "
+          f"{'localize s':>10}")
     for r in rows:
         same = r.get("vs_onnxruntime_int8")
-        print(f"{r['entry']:<30} {r['histograms']:<12} {r['build_s']:>8} "
+        print(f"{r['entry']:<30} {r['ranges']:<12} {r['build_s']:>8} "
               f"{r.get('speedup', ''):>8} {r['cosine_min']:>10} {r['top1_agreement']:>10} "
-              f"{(str(same['cosine_min']) + ', ' + str(same['top1_agreement'])) if same else '':>28}")
+              f"{(str(same['cosine_min']) + ', ' + str(same['top1_agreement'])) if same else '':>32} "
+              f"{r['localize_s'] if same else '':>10}")
     print(f"\n{rows[0]['calibration_images']} calibration images per entry; wrote {args.json}")
 
 
