@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -282,6 +283,28 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
     log(f"captured {len(layers)} layer outputs")
     return {"versions": adapter.versions(), "layers": layers, "timings": timer.seconds,
             "files": {"inputs": "inputs.npy"}}
+
+
+@contextmanager
+def hooked(named_layers, kinds, register, to_numpy, record):
+    """Forward hooks for an adapter's capture: on every (name, layer) whose type is in
+    `kinds` ((types, kind) pairs), `register(layer, hook)` a hook that calls
+    record(name, kind, weight shape, to_numpy(output)); all removed on exit."""
+    handles = []
+    try:
+        for name, layer in named_layers:
+            kind = next((k for types, k in kinds if isinstance(layer, types)), None)
+            if kind is None:
+                continue
+            shape = tuple(layer.weight.shape) if kind != "norm" else None
+
+            def hook(_layer, _args, output, name=name, kind=kind, shape=shape):
+                record(name, kind, shape, to_numpy(output))
+            handles.append(register(layer, hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 SHARD_GLOB = "shard_*.npz"

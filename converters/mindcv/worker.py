@@ -117,21 +117,10 @@ class MindCVAdapter:
         ms.set_context(mode=ms.PYNATIVE_MODE)
         kinds = (((nn.Conv2d, nn.Conv1d, nn.Conv3d), "conv"), (nn.Dense, "linear"),
                  ((nn.BatchNorm2d, nn.BatchNorm1d), "norm"))
-        handles = []
-        for name, cell in model.cells_and_names():
-            kind = next((k for t, k in kinds if isinstance(cell, t)), None)
-            if kind is None:
-                continue
-            shape = tuple(cell.weight.shape) if kind != "norm" else None
-
-            def hook(_cell, _args, output, name=name, kind=kind, shape=shape):
-                record(name, kind, shape, output.asnumpy())
-            handles.append(cell.register_forward_hook(hook))
-        try:
+        with worker_flow.hooked(model.cells_and_names(), kinds,
+                                lambda cell, hook: cell.register_forward_hook(hook),
+                                lambda out: out.asnumpy(), record):
             model(ms.Tensor(inputs))
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:

@@ -205,22 +205,10 @@ class MMPretrainAdapter:
 
         kinds = ((torch.nn.modules.conv._ConvNd, "conv"), (torch.nn.Linear, "linear"),
                  (torch.nn.modules.batchnorm._BatchNorm, "norm"))
-        handles = []
-        for name, module in model.named_modules():
-            kind = next((k for t, k in kinds if isinstance(module, t)), None)
-            if kind is None:
-                continue
-            shape = tuple(module.weight.shape) if kind != "norm" else None
-
-            def hook(_module, _args, output, name=name, kind=kind, shape=shape):
-                record(name, kind, shape, output.detach().numpy())
-            handles.append(module.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                model(torch.from_numpy(inputs), mode="tensor")
-        finally:
-            for handle in handles:
-                handle.remove()
+        with worker_flow.hooked(model.named_modules(), kinds,
+                                lambda module, hook: module.register_forward_hook(hook),
+                                lambda out: out.detach().numpy(), record), torch.no_grad():
+            model(torch.from_numpy(inputs), mode="tensor")
 
 
 def handle(job: dict, workdir: Path) -> dict:

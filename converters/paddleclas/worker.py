@@ -123,22 +123,10 @@ class PaddleClasAdapter:
         # apply an activation itself (act="relu"): verify/localize.py allows for that.
         kinds = ((_ConvNd, "conv"), (paddle.nn.Linear, "linear"),
                  ((_BatchNormBase, paddle.nn.BatchNorm), "norm"))
-        handles = []
-        for name, layer in model.named_sublayers():
-            kind = next((k for t, k in kinds if isinstance(layer, t)), None)
-            if kind is None:
-                continue
-            shape = tuple(layer.weight.shape) if kind != "norm" else None
-
-            def hook(_layer, _inputs, output, name=name, kind=kind, shape=shape):
-                record(name, kind, shape, output.numpy())
-            handles.append(layer.register_forward_post_hook(hook))
-        try:
-            with paddle.no_grad():
-                model(paddle.to_tensor(inputs))
-        finally:
-            for handle in handles:
-                handle.remove()
+        with worker_flow.hooked(model.named_sublayers(), kinds,
+                                lambda layer, hook: layer.register_forward_post_hook(hook),
+                                lambda out: out.numpy(), record), paddle.no_grad():
+            model(paddle.to_tensor(inputs))
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:
