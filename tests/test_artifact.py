@@ -43,3 +43,39 @@ def test_stale_staging_of_a_dead_run_is_cleaned(tmp_path):
     live.mkdir()
     write_artifact(out, "res", {"passed": False})
     assert not dead.exists() and live.exists()
+
+
+def test_a_failing_finalize_step_propagates_and_nothing_becomes_visible(tmp_path):
+    """Signing runs as the finalize step: its exception must reach the caller (which fails
+    the entry) and leave neither the new model nor a staging directory."""
+    from release.signing import SigningError
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    out = tmp_path / "out"
+
+    def failing_signer(staging):
+        assert (staging / "model.onnx").exists()     # called on the complete directory
+        raise SigningError("key unusable")
+
+    with pytest.raises(SigningError, match="key unusable"):
+        write_artifact(out, "res", {"passed": True}, {"model.onnx": model},
+                       finalize=failing_signer)
+    assert list(out.iterdir()) == []
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read_and_names_it_by_digest(tmp_path):
+    import hashlib
+    import stat
+
+    from release.signing import check_signing_key, generate_key
+
+    private = tmp_path / "keys" / "k.pem"
+    public = generate_key(private)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert public == tmp_path / "keys" / "k.pub"
+    assert b"BEGIN PUBLIC KEY" in public.read_bytes()
+    # The key id is the sha256 of the public key's PEM, as reports and the store index say.
+    assert check_signing_key(private) == hashlib.sha256(public.read_bytes().strip()).hexdigest()
+    with pytest.raises(FileExistsError):              # never overwrites a key
+        generate_key(private)

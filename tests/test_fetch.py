@@ -48,6 +48,17 @@ def test_retries_transient_errors_with_backoff(http_server, tmp_path):
     assert got.pinned and len(http_server.requests) == 3
 
 
+def test_backoff_doubles_between_attempts(http_server, tmp_path, monkeypatch):
+    import fetch.download as download
+
+    slept = []
+    monkeypatch.setattr(download.time, "sleep", slept.append)   # record, do not wait
+    http_server.fail_next = 3
+    fetch(_spec(http_server), tmp_path, attempts=5, backoff=0.5)
+    assert slept == [0.5, 1.0, 2.0]                  # before attempts 2, 3 and 4
+    assert len(http_server.requests) == 4
+
+
 def test_gives_up_after_the_attempts(http_server, tmp_path):
     spec = _spec(http_server)
     http_server.fail_next = 10

@@ -60,6 +60,16 @@ def test_missing_field_names_it(tmp_path):
     assert "missing" in msg
 
 
+def test_every_problem_is_reported_at_once(tmp_path):
+    def two_faults(entries):
+        entries[0].pop("num_classes")
+        entries[1]["checkpoint"].update(sha265="00")
+    msg = _broken(tmp_path, two_faults)
+    assert "'res2net50-w14-s8' (#1)" in msg and "field 'num_classes'" in msg
+    assert "res2net50-w26-s8" in msg and "checkpoint.sha265" in msg
+    assert len(msg.splitlines()) >= 2                 # one line per problem
+
+
 def test_unknown_source_names_it(tmp_path):
     msg = _broken(tmp_path, lambda es: es[0].update(source="tensorflow"))
     assert "field 'source'" in msg and "'tensorflow' is not one of" in msg
