@@ -1,5 +1,6 @@
-"""The int8 build's in-graph percentile ranges against ONNX Runtime's own percentile
-calibrator and against numpy's exact order statistic, on a small real model."""
+"""Variants on a small real model: the int8 build's in-graph percentile ranges against ONNX
+Runtime's own percentile calibrator and numpy's exact order statistic; minmax and entropy
+calibration; fp16's clipped-weight count; the variant gates (top-1 agreement, top-1 drop)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,3 +104,73 @@ def test_int8_build_uses_the_in_graph_ranges_and_stays_close_to_onnxruntimes(tmp
     assert not np.array_equal(a, ref)                     # really quantized
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.998
+
+
+def test_minmax_and_entropy_calibrations_are_what_the_manifest_asks(tmp_path, calibration):
+    """minmax: the input's range is exactly the calibration data's min and max; entropy runs
+    ORT's KL search and cuts the heavy tail more than minmax does."""
+    model = _model(tmp_path / "tiny.onnx")
+    built = {}
+    for method in ("minmax", "entropy"):
+        info = make_int8(model, tmp_path / f"{method}.onnx", calibration,
+                         {"calibration": method})
+        assert info["calibration"] == method and info["ranges"] == "onnxruntime's calibrator"
+        # The input's QuantizeLinear scale and zero point, as the quantizer wrote them.
+        q = onnx.load(str(tmp_path / f"{method}.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+        node = next(n for n in q.graph.node if n.op_type == "QuantizeLinear"
+                    and n.input[0] == "input")
+        scale, zero = float(inits[node.input[1]]), int(inits[node.input[2]])
+        built[method] = (-zero * scale, (255 - zero) * scale)   # uint8 range in real units
+    lo, hi = built["minmax"]
+    # uint8 with a zero point rounds the range to whole steps: within one step of the data.
+    step = (hi - lo) / 255
+    assert lo == pytest.approx(float(calibration.min()), abs=step)
+    assert hi == pytest.approx(float(calibration.max()), abs=step)
+    assert built["entropy"][1] - built["entropy"][0] < (hi - lo) * 0.9
+
+
+def test_fp16_counts_the_weights_it_had_to_clip(tmp_path):
+    from converters.variants import make_fp16
+
+    model = onnx.load(str(_model(tmp_path / "tiny.onnx")))
+    assert make_fp16(tmp_path / "tiny.onnx", tmp_path / "ok.onnx")[
+        "weights_clipped_to_fp16_range"] == 0
+    for init in model.graph.initializer:
+        if init.name == "w2":
+            w = numpy_helper.to_array(init).copy()
+            w[0, 0, 0, 0], w[1, 0, 0, 0] = 1e6, 1e-9       # past fp16's max and below its tiny
+            init.CopyFrom(numpy_helper.from_array(w, "w2"))
+    onnx.save(model, str(tmp_path / "big.onnx"))
+    assert make_fp16(tmp_path / "big.onnx", tmp_path / "big16.onnx")[
+        "weights_clipped_to_fp16_range"] >= 1
+
+
+def test_variant_gates_fail_on_disagreement_and_on_a_top1_drop_only():
+    from verify.accuracy import AccuracyMeter, variant_drop_check
+    from verify.compare import compare_variant
+
+    ref = np.tile(-np.arange(10, dtype=np.float64), (4, 1))
+    ref[:, 3] = 10.0
+    out = ref.copy()
+    out[1, 7] = 20.0                                   # image 1: the variant picks class 7
+    by = {c.name: c for c in compare_variant(ref, out, {"min_cosine": -1.0,
+                                                        "min_top1_agreement": 1.0}, {})}
+    assert not by["top1_agreement"].passed and by["top1_agreement"].measured == 0.75
+    assert by["max_abs_diff"].passed and by["max_abs_diff"].limit is None   # reported only
+
+    labels = np.full(4, 3)                             # class 3 is right for every image
+
+    def drop(source, variant):
+        meter = AccuracyMeter(("onnx", "int8"))
+        meter.add(labels, np.arange(4), source, {"onnx": source, "int8": variant})
+        return variant_drop_check(meter, "int8", 1.0)
+
+    worse = out.copy()
+    worse[2, 8] = 20.0                                 # the variant misses images 1 and 2
+    check = drop(ref, worse)                           # source 100 %, variant 50 %
+    assert not check.passed and check.measured == 50.0
+    missing = ref.copy()
+    missing[0, 9] = 20.0                               # the source misses image 0
+    check = drop(missing, ref)                         # source 75 %, variant 100 %: a gain
+    assert check.passed and check.measured == -25.0
