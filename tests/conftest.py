@@ -62,6 +62,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(chunk)
 
 
+# The loopback server must never be reached through a proxy a machine has configured
+# (http_proxy is honoured by urllib, here and in every pipeline subprocess).
+for _var in ("no_proxy", "NO_PROXY"):
+    os.environ[_var] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(_var)]))
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    """Reproducible random bytes: a failure can be rerun with the same data."""
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
 @pytest.fixture
 def http_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import pytest
 
-from conftest import REPO, manifest_entries, run_pipeline, write_manifest
+from conftest import REPO, manifest_entries, random_bytes, run_pipeline, write_manifest
 from fetch.lock import LockError, locked_spec, read_lock
 
-BODY = os.urandom(200_000)
+BODY = random_bytes(200_000, seed=1)
 SHA = hashlib.sha256(BODY).hexdigest()
 NAME = "res2net50-w14-s8"
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 
+from conftest import random_bytes
 from fetch.download import FetchError, fetch, local_checkpoint
 
-BODY = os.urandom(3 * (1 << 20) + 12345)  # several read chunks
+BODY = random_bytes(3 * (1 << 20) + 12345, seed=1)  # several read chunks
 SHA = hashlib.sha256(BODY).hexdigest()
 
 

@@ -3,13 +3,12 @@ own model code), and the three sources side by side in one run."""
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import pytest
 
 from conftest import (MINDSPORE_PYTHON, assert_passed, helper_logits, manifest_entries,
-                      read_report, run_make, run_pipeline, write_manifest)
+                      read_report, run_make, run_pipeline, write_manifest, random_bytes)
 from verify.compare import compare_logits, failed
 from verify.ort_runner import OrtRunner
 
@@ -54,7 +53,7 @@ def test_bad_ckpts_optimizer_state_and_three_sources_side_by_side(checkpoints, t
     bad.mkdir()
     data = good.read_bytes()
     (bad / "truncated.ckpt").write_bytes(data[: len(data) // 2])
-    (bad / "garbage.ckpt").write_bytes(os.urandom(5000))
+    (bad / "garbage.ckpt").write_bytes(random_bytes(5000, seed=1))
 
     base = ENTRIES["mindcv-res2net50"]
 

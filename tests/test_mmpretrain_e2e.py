@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import (MM_PYTHON, assert_passed, helper_logits, manifest_entries, read_report,
-                      run_make, run_mm, run_pipeline, write_manifest)
+                      run_make, run_mm, run_pipeline, write_manifest, random_bytes)
 from verify.compare import compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -117,7 +117,7 @@ def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_pa
     bad.mkdir()
     data = good.read_bytes()
     (bad / "truncated.pth").write_bytes(data[: len(data) // 2])
-    (bad / "garbage.pth").write_bytes(os.urandom(4096))
+    (bad / "garbage.pth").write_bytes(random_bytes(4096, seed=1))
     marker = tmp_path / "PAYLOAD_RAN"
     _malicious_checkpoint(bad / "malicious.pth", marker)
     http_server.files["/res2net50-w14-s8-deadbeef.pth"] = data

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import (PADDLE_PYTHON, assert_passed, helper_logits, manifest_entries, read_report,
-                      run_make, run_pipeline, write_manifest)
+                      run_make, run_pipeline, write_manifest, random_bytes)
 from verify.compare import compare_logits, failed
 from verify.ort_runner import OrtRunner
 
@@ -93,7 +93,7 @@ def test_bad_pdparams_and_sources_side_by_side(checkpoints, tmp_path):
     bad.mkdir()
     data = good_pd.read_bytes()
     (bad / "truncated.pdparams").write_bytes(data[: len(data) // 3])
-    (bad / "garbage.pdparams").write_bytes(os.urandom(5000))
+    (bad / "garbage.pdparams").write_bytes(random_bytes(5000, seed=1))
     marker = tmp_path / "PAYLOAD_RAN"
     (bad / "malicious.pdparams").write_bytes(pickle.dumps(
         {"conv1._conv.weight": np.zeros(1, np.float32), "x": _Payload(marker)}, protocol=4))

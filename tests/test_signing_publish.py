@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import zlib
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, manifest_entries, run_pipeline, write_manifest
+from conftest import REPO, manifest_entries, random_bytes, run_pipeline, write_manifest
 from release.artifact import write_artifact
 from release.provenance import BUILD_TYPE, BUILDER_ID, PREDICATE_TYPE, STATEMENT_TYPE
 from release.signing import generate_key, sign_directory
@@ -33,8 +34,10 @@ def make_artifact(out: Path, name: str, private_key: Path | None, passed: bool =
                   payload: bytes | None = None, created: str | None = None) -> Path:
     model = out.parent / f"{name}-model.bin"
     model.parent.mkdir(parents=True, exist_ok=True)
-    model.write_bytes(payload or os.urandom(64 * 1024))
     created = created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # Different bytes per artifact (as real models differ), reproducible from name and time.
+    seed = zlib.crc32(f"{name}{created}".encode())
+    model.write_bytes(payload or random_bytes(64 * 1024, seed=seed))
     report = {
         "name": name, "passed": passed, "created": created,
         "decided_by": "max|diff| 1e-05 <= 0.0005" if passed else "max_abs_diff 1.0 vs 0.0005",
@@ -307,7 +310,7 @@ def test_publisher_killed_midway_leaves_a_consistent_store(keys, tmp_path, kill_
     out, store = tmp_path / "out", tmp_path / "store"
     names = [f"m{i}" for i in range(4)]
     for name in names:
-        make_artifact(out, name, keys["private"], payload=os.urandom(2 << 20))
+        make_artifact(out, name, keys["private"], payload=random_bytes(2 << 20, seed=2))
     proc = publisher(out, store, keys["public"], delay=0.2)
     if kill_point == "mid-copy":  # a staging copy exists: files half copied
         _wait_for(lambda: any(store.glob(".staging-*/model.onnx")))
