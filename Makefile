@@ -9,11 +9,13 @@ MANIFEST ?= manifests/all.yaml
 OUT ?= artifacts
 # One entry per installed source, each with a seeded random-init checkpoint made by its
 # own framework (not trained weights; the reports say so).
-DEMO_MM := demo/res2net50-w14-s8.pth
-DEMO_PD := demo/paddleclas-res2net50-14w-8s.pdparams
-DEMO_MS := demo/mindcv-res2net50.ckpt
-# Made once for the demo only (demo/ is git-ignored): never sign real artifacts with it.
-DEMO_KEY := demo/signing-key.pem
+# DEMO_DIR: where they are made once (default demo/, git-ignored; tests use a temporary one).
+DEMO_DIR ?= demo
+DEMO_MM := $(DEMO_DIR)/res2net50-w14-s8.pth
+DEMO_PD := $(DEMO_DIR)/paddleclas-res2net50-14w-8s.pdparams
+DEMO_MS := $(DEMO_DIR)/mindcv-res2net50.ckpt
+# Made once for the demo only: never sign real artifacts with it.
+DEMO_KEY := $(DEMO_DIR)/signing-key.pem
 STORE ?= store
 NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
@@ -98,7 +100,7 @@ publish: setup
 # Scheduled job (.github/workflows/nightly.yml runs it with ONLINE=1); offline it converts the
 # demo checkpoints with the demo key and says so.
 nightly: setup
-	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) \
+	ONLINE=$(ONLINE) STORE=$(STORE) OUT=$(NIGHTLY_OUT) DEMO_DIR=$(DEMO_DIR) \
 	    SIGNING_KEY=$(SIGNING_KEY) PUBLIC_KEY=$(PUBLIC_KEY) DATA=$(DATA) LIMIT=$(LIMIT) PRECISIONS=$(PRECISIONS) KEEP=$(KEEP) \
 	    EXECUTOR=$(EXECUTOR) SHARD_SIZE=$(SHARD_SIZE) MANIFEST=$(MANIFEST) scripts/nightly.sh
 

@@ -36,9 +36,9 @@ else
   echo "nightly (offline): no checkpoint host is reachable from here, so this converts the"
   echo "  DEMO checkpoints (random init, not trained weights) and signs with the DEMO key."
   echo "  Set ONLINE=1 SIGNING_KEY=... PUBLIC_KEY=... for the real job."
-  make --no-print-directory demo OUT="$OUT" SKIP_UNCHANGED="$STORE"
+  make --no-print-directory demo OUT="$OUT" SKIP_UNCHANGED="$STORE" DEMO_DIR="${DEMO_DIR:-demo}"
   run=$?
-  PUBLIC_KEY=demo/signing-key.pub
+  PUBLIC_KEY="${DEMO_DIR:-demo}/signing-key.pub"
 fi
 
 "$PY" pipeline.py publish --from "$OUT" --to "$STORE" --public-key "$PUBLIC_KEY" \

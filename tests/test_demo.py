@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import REPO, manifest_entries, read_report, run_make, run_pipeline, write_manifest
+from conftest import manifest_entries, read_report, run_make, run_pipeline, write_manifest
 from release.provenance import check_statement, checkpoint_dependency
 
 pytestmark = pytest.mark.slow
@@ -14,11 +14,17 @@ DEMO_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2n
 
 
 def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
-    out, store = tmp_path / "out", tmp_path / "store"
-    proc = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}")
+    """In a fresh DEMO_DIR, so the demo checkpoints and key are made by this run (each
+    source's make_checkpoint, --mark-demo), not reused from an earlier `make demo`."""
+    out, store, demo = tmp_path / "out", tmp_path / "store", tmp_path / "demo"
+    proc = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}", f"DEMO_DIR={demo}")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "nightly (offline)" in proc.stdout and "DEMO checkpoints" in proc.stdout
     assert "demo checkpoint" in proc.stdout and "3/3 passed" in proc.stdout
+    assert proc.stdout.count("demo: making a seeded random-init checkpoint") == 3
+    assert sorted(p.name for p in demo.iterdir()) == [
+        "mindcv-res2net50.ckpt", "paddleclas-res2net50-14w-8s.pdparams",
+        "res2net50-w14-s8.pth", "signing-key.pem", "signing-key.pub"]
 
     for name in DEMO_ENTRIES:
         report = read_report(out, name)
@@ -39,7 +45,7 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         assert sorted(p.name for p in (out / name).iterdir()) == [
             "model.onnx", "model.sig", "provenance.json", "report.json"]
         verified = run_make("verify-artifact", f"ARTIFACT={out / name}",
-                        "PUBLIC_KEY=demo/signing-key.pub")
+                            f"PUBLIC_KEY={demo / 'signing-key.pub'}")
         assert verified.returncode == 0 and f"OK: {name}" in verified.stdout
 
     rows = json.loads((store / "index.json").read_text())["artifacts"]
@@ -53,7 +59,7 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
     # A second nightly with nothing changed skips every entry: each is unchanged since the
     # version just published, and the store does not grow.
     before = sorted(str(p.relative_to(store)) for p in store.glob("*/*"))
-    again = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}")
+    again = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={store}", f"DEMO_DIR={demo}")
     assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-3000:]
     for name in DEMO_ENTRIES:
         version = next(v.name for v in (store / name).iterdir())
@@ -68,8 +74,8 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
     changed = write_manifest(tmp_path / "changed.yaml", [
         {**entry, "tolerances": {**entry.get("tolerances", {}), "atol": 6.0e-4}}])
     same = write_manifest(tmp_path / "same.yaml", [entry])
-    common = ("--only", name, "--checkpoint", f"{name}={REPO / 'demo' / f'{name}.pth'}",
-              "--signing-key", str(REPO / "demo" / "signing-key.pem"),
+    common = ("--only", name, "--checkpoint", f"{name}={demo / f'{name}.pth'}",
+              "--signing-key", str(demo / "signing-key.pem"),
               "--skip-unchanged", str(store), "--out", str(tmp_path / "out2"))
     skipped = run_pipeline("--manifest", str(same), *common)
     assert skipped.returncode == 0 and "unchanged since" in skipped.stdout, skipped.stdout
