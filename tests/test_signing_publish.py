@@ -329,6 +329,26 @@ def test_publisher_killed_midway_leaves_a_consistent_store(keys, tmp_path, kill_
     assert_store_consistent(store, keys["public"])
 
 
+def test_a_publisher_waits_while_another_holds_the_store_lock(keys, tmp_path):
+    """The serialisation itself, deterministically: while this test holds STORE/.lock, a
+    publisher writes nothing; released, it publishes."""
+    import fcntl
+
+    store, out = tmp_path / "store", tmp_path / "out"
+    make_artifact(out, "waiter", keys["private"])
+    store.mkdir()
+    with open(store / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        proc = publisher(out, store, keys["public"], delay=0)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)                       # blocked on the lock
+        assert not (store / "waiter").exists() and not (store / "index.json").exists()
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert [row["name"] for row in index(store)] == ["waiter"]
+
+
 def test_two_publishers_at_once_do_not_corrupt_the_index(keys, tmp_path):
     store = tmp_path / "store"
     outs = [tmp_path / "out1", tmp_path / "out2"]
