@@ -70,15 +70,8 @@ def prepare(name: str, images: int, tmp: Path) -> dict[str, Path]:
     return files
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calibration-images", type=int, default=256)
-    parser.add_argument("--entries", default=",".join(DEMO))
-    parser.add_argument("--json", type=Path, default=REPO / "bench-int8.json")
-    args = parser.parse_args()
-    rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+def measure(args, rows: list, tmp: Path) -> None:
+    """Rows for each entry: both int8 builds from the same files, and the localize time."""
     for name in args.entries.split(","):
         if not (REPO / DEMO[name]).is_file():
             raise SystemExit(f"{DEMO[name]} missing: run `make demo` once first")
@@ -107,6 +100,18 @@ def main() -> None:
         if proc.returncode not in (0, 1):
             raise SystemExit(f"{name}: localize failed\n{proc.stdout}{proc.stderr[-2000:]}")
         rows[-1]["localize_s"] = rows[-2]["localize_s"] = localize_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--entries", default=",".join(DEMO))
+    parser.add_argument("--json", type=Path, default=REPO / "bench-int8.json")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as scratch:
+        measure(args, rows, Path(scratch))
     args.json.write_text(json.dumps({"rows": rows, "cpu_count": os.cpu_count()}, indent=2)
                          + "\n")
     print(f"\n{'entry':<30} {'ranges':<12} {'build s':>8} {'speedup':>8} "

@@ -143,9 +143,20 @@ def test_paddleclas_accuracy_equals_paddleclas_eval(checkpoints, tmp_path):
     out = tmp_path / "out"
     manifest = _manifest(tmp_path, "paddleclas-res2net50-14w-8s", 5.0)
     proc = run_make("convert", "MODEL=paddleclas-res2net50-14w-8s", f"CHECKPOINT={checkpoint}",
-                    f"OUT={out}", f"DATA={root}", f"MANIFEST={manifest}")
+                    f"OUT={out}", f"DATA={root}", f"MANIFEST={manifest}",
+                    "PRECISIONS=fp32,int8")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _assert_matches(read_report(out, "paddleclas-res2net50-14w-8s"), own, "val_map.txt")
+    report = read_report(out, "paddleclas-res2net50-14w-8s")
+    _assert_matches(report, own, "val_map.txt")
+    # int8 with --data: calibrated on the dataset's images (spread over its classes), scored
+    # on the same tensors, gated on its top-1 drop against the source's own figure.
+    calibration = report["verification"]["int8_calibration"]
+    assert calibration["kind"] == "data" and calibration["count"] >= 8
+    int8 = report["variants"]["int8"]
+    assert int8["accuracy"]["images"] == COUNT
+    drop = next(c for c in int8["checks"] if c["name"] == "top1_drop")
+    assert drop["measured"] == pytest.approx(own["top1"] - int8["accuracy"]["top1"], abs=1e-3)
+    assert drop["passed"] == (drop["measured"] <= drop["limit"] + 1e-9)
 
     # --limit: a deterministic subset spread over the classes; the report says how many.
     proc = run_make("convert", "MODEL=paddleclas-res2net50-14w-8s", f"CHECKPOINT={checkpoint}",
