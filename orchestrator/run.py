@@ -410,6 +410,10 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
             except LocalizeFailed as exc:
                 found = {"model": label, "error": {"kind": exc.kind, "message": exc.message}}
                 say(f"  localize  could not localise: {exc.message}")
+            except Exception as exc:  # noqa: BLE001 - a diagnosis never changes the verdict
+                found = {"model": label, "error": {"kind": "internal",
+                                                   "message": f"{type(exc).__name__}: {exc}"}}
+                say(f"  localize  could not localise: {type(exc).__name__}: {exc}")
             else:
                 say(f"  localize  {found['summary']}")
             report["verification"]["localization"] = found
