@@ -168,6 +168,33 @@ def percentile_ranges(prepared: Path, calibration: np.ndarray, percentile: float
     return TensorsData(CalibrationMethod.Percentile, ranges)
 
 
+PER_CHANNEL_OPSET = 13   # DequantizeLinear's `axis` (per-channel weights) needs opset 13
+
+
+def _opset_for_per_channel(fp32: Path, tmp: Path) -> tuple[Path, str | None]:
+    """The model to quantize: `fp32` itself, or a copy converted to opset 13 when it is older
+    (MindSpore exports opset 11; ORT would otherwise write per-channel DequantizeLinear nodes
+    with an `axis` opset 11 does not have: an invalid model). Measured on the MindCV demo
+    Res2Net50: the converted copy computes the same logits (max diff 0)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(fp32))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= PER_CHANNEL_OPSET:
+        return fp32, None
+    try:
+        converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the variant fails, naming why
+        raise VariantFailed(f"int8 needs opset {PER_CHANNEL_OPSET} for per-channel weights; "
+                            f"converting this opset {opset} model failed: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    path = tmp / f"opset{PER_CHANNEL_OPSET}.onnx"
+    onnx.save(converted, str(path))
+    return path, f"{opset} -> {PER_CHANNEL_OPSET} (per-channel DequantizeLinear needs {PER_CHANNEL_OPSET})"
+
+
 def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
               in_graph_percentile: bool = True, threads: int | None = None) -> dict:
     """cfg: the manifest's variants.int8 block (method, percentile, exclude_op_types).
@@ -196,7 +223,8 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
     try:
         with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            source, upgraded = _opset_for_per_channel(fp32, Path(tmp))
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
             named = list(cfg.get("exclude_nodes", []))
             unknown = sorted(set(named) - {n.name for n in graph.node})
@@ -234,6 +262,7 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
             "per_channel": True, "weights": "int8 symmetric", "activations": "uint8",
             "calibration": method, "calibration_images": usable,
             **({"percentile": extra["CalibPercentile"]} if method == "percentile" else {}),
+            **({"opset_upgraded": upgraded} if upgraded else {}),
             "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
             "excluded_node_names": list(cfg.get("exclude_nodes", [])),
             "ranges": ("in-graph percentile (ReduceMin/ReduceMax/TopK), exact order statistic"

@@ -19,7 +19,7 @@ PERCENTILE = 99.999
 OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def _model(path: Path) -> Path:
+def _model(path: Path, opset: int = 17) -> Path:
     """input (N,3,16,16) -> Conv -> Relu -> Conv -> GlobalAveragePool -> Flatten -> Gemm."""
     rng = np.random.default_rng(0)
     init = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
@@ -34,7 +34,7 @@ def _model(path: Path) -> Path:
         nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                       ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.save(model, str(path))
     return path
 
@@ -174,3 +174,23 @@ def test_variant_gates_fail_on_disagreement_and_on_a_top1_drop_only():
     missing[0, 9] = 20.0                               # the source misses image 0
     check = drop(missing, ref)                         # source 75 %, variant 100 %: a gain
     assert check.passed and check.measured == -25.0
+
+
+@pytest.mark.parametrize("in_graph", [True, False])
+def test_an_opset_11_model_is_upgraded_for_per_channel_int8(tmp_path, calibration, in_graph):
+    """MindSpore exports opset 11, where DequantizeLinear has no `axis`: the int8 build works
+    on an opset 13 copy (before, ORT wrote an invalid model and the variant failed)."""
+    from verify.ort_runner import OrtRunner
+
+    model = _model(tmp_path / "tiny11.onnx", opset=11)
+    info = make_int8(model, tmp_path / "q.onnx", calibration,
+                     {"calibration": "percentile", "percentile": PERCENTILE},
+                     in_graph_percentile=in_graph)
+    assert info["opset_upgraded"].startswith("11 -> 13")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(q)
+    assert {o.version for o in q.opset_import if o.domain in ("", "ai.onnx")} == {13}
+    x = calibration[:8]
+    out, ref = OrtRunner(tmp_path / "q.onnx").infer(x, 8), OrtRunner(model).infer(x, 8)
+    cosine = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cosine.min() > 0.99
