@@ -42,10 +42,10 @@ def _relabel(preds: dict[str, list[int]]) -> dict[str, int]:
     return labels
 
 
-def _manifest(tmp_path: Path, name: str, unreadable: float) -> str:
+def _manifest(tmp_path: Path, name: str, unreadable: float, **extra) -> str:
     """The shipped entry, with the unreadable-image limit a 25-image set needs (1 of 25 is 4%;
     the shipped default, 1%, is for ImageNet-sized sets)."""
-    entry = {**manifest_entries()[name], "accuracy": {"unreadable": unreadable}}
+    entry = {**manifest_entries()[name], "accuracy": {"unreadable": unreadable}, **extra}
     return str(write_manifest(tmp_path / f"{name}-{unreadable}.yaml", [entry]))
 
 
@@ -141,7 +141,10 @@ def test_paddleclas_accuracy_equals_paddleclas_eval(checkpoints, tmp_path):
     (root / GARBAGE).write_bytes(b"GIF89a truncated" * 4)
     (root / "val_map.txt").write_text((root / "own.txt").read_text() + f"{GARBAGE}\t7\n")
     out = tmp_path / "out"
-    manifest = _manifest(tmp_path, "paddleclas-res2net50-14w-8s", 5.0)
+    # A random-init model quantizes badly (top-1 agreement ~0.3 on 24 images, bench-int8):
+    # the int8 logit gates are opened so the variant reaches the accuracy gate under test.
+    manifest = _manifest(tmp_path, "paddleclas-res2net50-14w-8s", 5.0, variants={
+        "int8": {"min_cosine": 0.5, "min_top1_agreement": 0.0}})
     proc = run_make("convert", "MODEL=paddleclas-res2net50-14w-8s", f"CHECKPOINT={checkpoint}",
                     f"OUT={out}", f"DATA={root}", f"MANIFEST={manifest}",
                     "PRECISIONS=fp32,int8")
