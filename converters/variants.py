@@ -89,7 +89,7 @@ def percentile_ranges(prepared: Path, calibration: np.ndarray, percentile: float
     with numpy (2048 bins); that is most of an int8 build. Here a copy of the model computes,
     per calibrated tensor and batch, ReduceMin, ReduceMax, Size and the k largest |x| (TopK,
     k = the number of values above the percentile over the whole set, so the global ones are
-    among each batch's); numpy only merges those few values. The threshold is the exact order
+    among each batch's, a smaller last batch included); numpy only merges those few values. The threshold is the exact order
     statistic ORT's histogram approximates to one bin (max|x| / 2048). The tensors are the
     ones ORT's own calibrator selects (same class, same op types), and the ranges go to
     quantize_static through its calibration cache file, so the quantizer is ORT's, unchanged.
@@ -107,14 +107,14 @@ def percentile_ranges(prepared: Path, calibration: np.ndarray, percentile: float
     model = onnx.ModelProto()
     model.CopyFrom(selector.model)
     del selector
-    batches = -(-len(calibration) // batch)
     tail = 1.0 - percentile / 100.0
     graph = model.graph
     graph.initializer.extend([
         helper.make_tensor("_pc_flat", TensorProto.INT64, [1], [-1]),
-        helper.make_tensor("_pc_one", TensorProto.INT64, [1], [1]),
-        # k per batch: every value of the whole set above the percentile can be in one batch
-        helper.make_tensor("_pc_share", TensorProto.FLOAT, [], [tail * batches])])
+        helper.make_tensor("_pc_one", TensorProto.INT64, [1], [1])])
+    # k per batch = (values per image x all images) x tail: every value of the whole set above
+    # the percentile can lie in one batch. Fed per batch, as the last one may be smaller.
+    graph.input.append(helper.make_tensor_value_info("_pc_share", TensorProto.FLOAT, []))
     outputs = []
     for i, name in enumerate(tensors):
         p = f"_pc{i}_"
@@ -146,7 +146,9 @@ def percentile_ranges(prepared: Path, calibration: np.ndarray, percentile: float
     count = dict.fromkeys(tensors, 0)
     tops: dict[str, list] = {t: [] for t in tensors}
     for start in range(0, len(calibration), batch):
-        feed = {runner.input_name: np.ascontiguousarray(calibration[start:start + batch])}
+        images = np.ascontiguousarray(calibration[start:start + batch])
+        feed = {runner.input_name: images,
+                "_pc_share": np.array(tail * len(calibration) / len(images), np.float32)}
         got = runner.session.run(names, feed)
         for i, t in enumerate(tensors):
             mn, mx, size, top = got[4 * i:4 * i + 4]
@@ -192,7 +194,8 @@ def _opset_for_per_channel(fp32: Path, tmp: Path) -> tuple[Path, str | None]:
                             f"{type(exc).__name__}: {exc}") from exc
     path = tmp / f"opset{PER_CHANNEL_OPSET}.onnx"
     onnx.save(converted, str(path))
-    return path, f"{opset} -> {PER_CHANNEL_OPSET} (per-channel DequantizeLinear needs {PER_CHANNEL_OPSET})"
+    return path, (f"{opset} -> {PER_CHANNEL_OPSET} (per-channel DequantizeLinear needs "
+                  f"{PER_CHANNEL_OPSET})")
 
 
 def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
@@ -266,8 +269,7 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
             "excluded_op_types": sorted(exclude_types), "excluded_nodes": len(exclude),
             "excluded_node_names": list(cfg.get("exclude_nodes", [])),
             "ranges": ("in-graph percentile (ReduceMin/ReduceMax/TopK), exact order statistic"
-                       if method == "percentile" and in_graph_percentile else
-                       "onnxruntime's calibrator"),
+                       if in_graph else "onnxruntime's calibrator"),
             "quantize_linear_nodes": nodes.count("QuantizeLinear"),
             "onnxruntime": package_version("onnxruntime")}
 

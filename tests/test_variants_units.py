@@ -74,6 +74,18 @@ def test_percentile_ranges_are_the_exact_order_statistic(tmp_path, calibration):
     assert high < np.abs(calibration).max()          # the tail really was cut
 
 
+def test_a_tail_concentrated_in_a_smaller_last_batch_is_not_lost(tmp_path, calibration):
+    """48 images in batches of 20, 20 and 8, the largest values all in the last 8: each batch's
+    TopK must be sized for the whole set's tail, not for its own share of it."""
+    model = _model(tmp_path / "tiny.onnx")
+    data = calibration.copy()
+    data[-8:] *= 50.0
+    ranges = percentile_ranges(model, data, 99.0, OP_TYPES, tmp_path, batch=20)
+    values = np.sort(np.abs(data.ravel()).astype(np.float64))
+    v = values[int(np.ceil(0.99 * len(values))) - 1]
+    assert float(ranges.data["input"].range_value[1]) == pytest.approx(v, rel=1e-6)
+
+
 def test_percentile_ranges_match_onnxruntime_within_a_histogram_bin(tmp_path, calibration):
     model = _model(tmp_path / "tiny.onnx")
     ours = {k: tuple(float(x) for x in v.range_value) for k, v in percentile_ranges(
