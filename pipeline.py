@@ -63,6 +63,7 @@ from manifests.bounded import read_json
 from release.provenance import ProvenanceError, check_statement, checkpoint_dependency
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
+from verify.localize import LAYER_RTOL
 
 HERE = Path(__file__).resolve().parent
 
@@ -164,7 +165,8 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    "locks it; the others run. `make nightly ONLINE=1` sets it.")
 @click.option("--localize", is_flag=True,
               help="Find where in the network ONNX first parts from the source (the first "
-                   "conv/linear layer whose output differs by more than 1e-3 of its range) "
+                   "conv/linear layer whose output differs by more than "
+                   f"{LAYER_RTOL:g} of its range) "
                    "for every entry. Done anyway for an entry whose fp32 logit check fails; "
                    "costs one more source worker run (README, 'Localising a failure').")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
@@ -388,7 +390,7 @@ def check_artifact_provenance(artifact: Path, report: dict, statement: dict,
             + (" (matches the lock)" if lock_file is not None else ""),
             f"commit      {commit or 'unknown'}",
             f"built       {times.get('startedOn')} .. {times.get('finishedOn')}",
-            f"subjects    " + ", ".join(f"{n} {d[:12]}" for n, d in subjects.items())]
+            "subjects    " + ", ".join(f"{n} {d[:12]}" for n, d in subjects.items())]
 
 
 @cli.command()
@@ -548,9 +550,9 @@ def lock_checkpoints(manifest, only, checkpoints, checkpoint_lock, cache_dir, mi
 @click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               default=None, help="Image to run both on (default: the entry's first generated "
                                  "verification image).")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Largest difference a layer may show, relative to its output's range "
-                   "[default: 1e-3].")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=LAYER_RTOL,
+              show_default=True,
+              help="Largest difference a layer may show, relative to its output's range.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the full localisation as JSON here.")
@@ -569,7 +571,6 @@ def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol,
 
     from orchestrator.localize import LocalizeFailed, localize_model
     from verify.images import generate_images
-    from verify.localize import LAYER_RTOL
 
     try:
         entry = select(load_manifest(manifest), [name])[0]
@@ -588,7 +589,7 @@ def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol,
                    "...")
         try:
             found = localize_model(entry, onnx_model.resolve(), ck, picture, work, threads,
-                                   rtol=rtol or LAYER_RTOL)
+                                   rtol=rtol)
         except LocalizeFailed as exc:
             click.echo(f"error: [{exc.kind}] {exc.message}", err=True)
             sys.exit(2)

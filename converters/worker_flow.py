@@ -257,7 +257,7 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
     with timer.stage("load"):
         adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
-    inputs, used, unreadable = preprocess_all(job["images"][:1], per_image, collate, 1,
+    inputs, _, unreadable = preprocess_all(job["images"][:1], per_image, collate, 1,
                                               _max_pixels(job))
     if inputs is None:
         raise WorkerError("preprocess", f"could not decode {job['images'][0]}: "

@@ -245,13 +245,16 @@ def _checkpoint_report(got: Fetched) -> dict:
 
 
 def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarray,
-            reference: np.ndarray, threads: int | None) -> tuple[list[Check], dict]:
+            reference: np.ndarray, threads: int | None
+            ) -> tuple[list[Check], dict, dict[str, np.ndarray]]:
     """Signature and logit checks for each ONNX model (path, describe() info from the
-    simplify stage's onnx.checker pass), at the full batch and at batch 1."""
+    simplify stage's onnx.checker pass), at the full batch and at batch 1; also each model's
+    logits at the full batch (the canary compares its copy with them)."""
     tol = entry["tolerances"]
     batch_sizes = sorted({len(inputs), 1}, reverse=True)
     checks: list[Check] = []
     figures: dict = {"batch_sizes": batch_sizes}
+    logits: dict[str, np.ndarray] = {}
     for label, (path, info) in models.items():
         sig = check_signature(info, entry["num_classes"], entry["input_shape"],
                               entry["export"]["dynamic_batch"], {"model": label},
@@ -262,6 +265,7 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
         runner = OrtRunner(path, threads)
         figures["onnxruntime"] = runner.version
         outs = {bs: runner.infer(inputs, bs) for bs in batch_sizes}
+        logits[label] = outs[len(inputs)]
         # The worst batch size decides each check, so report the worst per check name.
         per_check: dict[str, Check] = {}
         for bs, out in outs.items():
@@ -273,7 +277,7 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
             c.scope = {"model": label, "batch_sizes": batch_sizes,
                        "worst_batch": c.scope.get("batch")}
         checks += per_check.values()
-    return checks, figures
+    return checks, figures, logits
 
 
 def _worse(a: Check, b: Check) -> bool:
@@ -384,13 +388,14 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
     with timer.stage("verify"):
         inputs = np.load(workdir / result["files"]["inputs"])
         reference = np.load(workdir / result["files"]["reference_logits"])
-        checks, figures = _verify(entry, {"exported": (exported, before),
-                                          "simplified": (simplified, after)},
-                                  inputs, reference, opts.threads)
+        checks, figures, logits = _verify(entry, {"exported": (exported, before),
+                                                  "simplified": (simplified, after)},
+                                          inputs, reference, opts.threads)
         report["verification"].update(figures)
         if not failed(checks):   # gate power: a known small fault must fail the same check
             canary, report["verification"]["canary"] = canary_check(
-                simplified, inputs, reference, entry["tolerances"], opts.threads)
+                simplified, inputs, reference, entry["tolerances"], opts.threads,
+                clean=logits["simplified"])
             checks.append(canary)
             say(f"  canary    {'caught' if canary.passed else 'NOT caught'}: "
                 f"{canary.detail.split(': ', 1)[0]}")

@@ -68,15 +68,18 @@ NO_EFFECT = 1e-5   # relative to max |logit|: below this the copy computes the s
 
 
 def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, tol: dict,
-                 threads: int | None = None) -> tuple[Check, dict]:
+                 threads: int | None = None, clean: np.ndarray | None = None
+                 ) -> tuple[Check, dict]:
     """The canary_caught check and report['verification']['canary'].
 
     The canary must change the model's function: a conv whose output does not reach the
     logits (a residual branch closed by a zero-gamma BatchNorm, as zero-init checkpoints
-    have) changes nothing, so the next nearest the middle is tried, up to MAX_TRIES."""
+    have) changes nothing, so the next nearest the middle is tried, up to MAX_TRIES.
+    `clean`: the unperturbed model's logits on `inputs` when the caller has them already."""
     scope = {"model": "canary", "stage": "verify"}
     model = onnx.load(str(model_path))
-    clean = OrtRunner(model_path, threads).infer(inputs, len(inputs))
+    if clean is None:
+        clean = OrtRunner(model_path, threads).infer(inputs, len(inputs))
     scale = float(np.abs(clean).max()) or 1.0
     tried = []
     with tempfile.TemporaryDirectory(prefix="canary-", dir=model_path.parent) as tmp:
@@ -88,7 +91,7 @@ def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, to
             if float(np.abs(out - clean).max()) > NO_EFFECT * scale:
                 break
         else:
-            why = (f"no Conv/Gemm/MatMul weight to perturb" if not tried else
+            why = ("no Conv/Gemm/MatMul weight to perturb" if not tried else
                    f"perturbing the weights of {len(tried)} node(s) near the middle "
                    f"({', '.join(tried[:3])}...) left the logits unchanged")
             return (Check("canary_caught", True, None, "> 1", f"no canary: {why}", scope),

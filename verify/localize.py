@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from verify.ort_runner import OrtRunner
 
@@ -164,7 +164,9 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                           "cannot localise")
         return result
     last_ok, first_bad, worst = None, None, None
-    with tempfile.TemporaryDirectory(prefix="localize-", dir=model_path.parent) as tmp:
+    # Scratch beside the capture, never beside the model: it may sit in a signed artifact or a
+    # read-only store.
+    with tempfile.TemporaryDirectory(prefix="localize-", dir=capture_dir) as tmp:
         path = Path(tmp) / "exposed.onnx"
         for start in range(0, len(pairs), chunk):
             part = pairs[start:start + chunk]
