@@ -6,13 +6,16 @@
 #   scripts/lock_env.sh --hash-only NAME  keep today's pins, recompute their hashes
 # Resolution stays with pip (the environments were resolved that way; PaddleClas needs the
 # --no-deps second step); uv only looks up the hashes of the pinned files on the indexes.
+# LOCK_DIR (default ./envs): where NAME.in and NAME.lock.txt are; SETUP_UV: a uv binary to
+# use instead of the pinned one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+envs=${LOCK_DIR:-$here/envs}
 hash_only=0
 if [ "${1:-}" = "--hash-only" ]; then hash_only=1; shift; fi
 name=${1:?usage: lock_env.sh [--hash-only] NAME}
 python=${PYTHON:-python3}
-lock="$here/envs/$name.lock.txt"
+lock="$envs/$name.lock.txt"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ $hash_only = 1 ]; then
@@ -20,13 +23,13 @@ if [ $hash_only = 1 ]; then
   sed -e 's/ *\\$//' -e '/^ *--hash/d' -e '/^ *#/d' -e '/^ *$/d' "$lock" > "$work/pins.txt"
 else
   "$python" -m venv "$work/venv"
-  "$work/venv/bin/pip" install --quiet -r "$here/envs/$name.in"
-  if [ -f "$here/envs/$name-nodeps.in" ]; then
-    "$work/venv/bin/pip" install --quiet --no-deps -r "$here/envs/$name-nodeps.in"
+  "$work/venv/bin/pip" install --quiet -r "$envs/$name.in"
+  if [ -f "$envs/$name-nodeps.in" ]; then
+    "$work/venv/bin/pip" install --quiet --no-deps -r "$envs/$name-nodeps.in"
   fi
   "$work/venv/bin/pip" freeze > "$work/pins.txt"
 fi
-uv=$("$here/scripts/bootstrap_uv.sh")
+uv=${SETUP_UV:-$("$here/scripts/bootstrap_uv.sh")}
 mapfile -t index_args < <("$python" "$here/scripts/uv_index_args.py")
 {
   echo "# envs/$name.lock.txt: written by scripts/lock_env.sh (\`make lock\`) from envs/$name.in;"

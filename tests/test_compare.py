@@ -170,3 +170,16 @@ def test_canary_skips_a_conv_whose_folded_weights_are_all_zero(tmp_path):
             init.CopyFrom(numpy_helper.from_array(np.zeros((6, 4, 3, 3), np.float32), "w2"))
     assert pick_weight(model) in {("conv1", "w1"), ("conv3", "w3")}
     assert "w2" not in {w for _, w in candidates(model)}
+
+
+def test_decided_by_names_the_first_diverging_layer():
+    """The summary line of a failed entry says where the network parts (README)."""
+    from orchestrator.run import _decided_by
+    from verify.compare import Check
+
+    failed = Check("max_abs_diff", False, 0.5, 0.001, "",
+                   {"model": "exported", "first_diverging_layer": "backbone.layer2.2.convs.0"})
+    assert _decided_by([failed], False) == ("max_abs_diff (exported) 0.5 vs limit 0.001; first "
+                                            "diverging layer backbone.layer2.2.convs.0")
+    failed.scope["first_diverging_layer"] = None   # localised, nothing above the limit
+    assert _decided_by([failed], False) == "max_abs_diff (exported) 0.5 vs limit 0.001"

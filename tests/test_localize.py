@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -122,3 +121,14 @@ def test_a_failing_logit_check_localises_by_itself(checkpoints, tmp_path):
     assert found["worst"]["layer"].startswith("backbone.")
     assert "localize" in report["timings"]
     assert "localize  all" in proc.stdout
+
+
+def test_localize_exits_0_when_every_layer_agrees(converted, checkpoints):
+    """`pipeline.py localize` on the untouched model: nothing diverges, exit 0 (--help)."""
+    out, _ = converted
+    name = "mindcv-res2net50"                       # the quickest source to capture
+    proc = run_pipeline("localize", str(out / name / "model.onnx"), "--model", name,
+                        "--checkpoint", str(checkpoints(CASES[name][0])))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "aligned layers agree" in proc.stdout
+

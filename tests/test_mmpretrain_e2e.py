@@ -6,7 +6,6 @@ statistics set from data); nothing is downloaded except from a loopback server.
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import pytest

@@ -63,15 +63,42 @@ def test_uv_gets_the_indexes_pip_is_configured_with():
                                  "--find-links", "/env/wheels"]
 
 
+def _pinned_uv() -> str:
+    """The pinned uv, installed into VENV_ROOT by the project's own bootstrap if it is not
+    there yet (cached environments may predate it)."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "bootstrap_uv.sh")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def _script(tmp_path, script: str, *args: str):
+    """scripts/SCRIPT against the lock files in tmp_path/locks and venvs in tmp_path/venvs."""
+    env = {**os.environ, "VENV_ROOT": str(tmp_path / "venvs"), "LOCK_DIR": str(tmp_path / "locks"),
+           "SETUP_UV": _pinned_uv(),
+           "UV_CACHE_DIR": str(tmp_path / "uv-cache")}    # a cached wheel is no shortcut
+    return subprocess.run(["bash", str(REPO / "scripts" / script), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 def _setup(tmp_path, name: str, lock_line: str):
     locks = tmp_path / "locks"
     locks.mkdir(exist_ok=True)
     (locks / f"{name}.lock.txt").write_text(lock_line + "\n")
-    env = {**os.environ, "VENV_ROOT": str(tmp_path / "venvs"), "LOCK_DIR": str(locks),
-           "SETUP_UV": str(VENV_ROOT / ".uv" / "bin" / "uv"),
-           "UV_CACHE_DIR": str(tmp_path / "uv-cache")}    # a cached wheel is no shortcut
-    return subprocess.run(["bash", str(REPO / "scripts" / "setup_env.sh"), name], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return _script(tmp_path, "setup_env.sh", name)
+
+
+def test_lock_hashes_keeps_the_pins_and_adds_every_published_files_hash(tmp_path):
+    """`make lock-hashes` (lock_env.sh --hash-only): the pins stay, the hashes are those of the
+    index's files for that version (the same the real locks carry)."""
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "tiny.lock.txt").write_text("# hand-written\nsix==1.17.0\n")
+    proc = _script(tmp_path, "lock_env.sh", "--hash-only", "tiny")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = _requirements(tmp_path / "locks" / "tiny.lock.txt")
+    assert list(written) == ["six==1.17.0"]
+    assert set(written["six==1.17.0"]) == set(
+        _requirements(REPO / "envs" / "mindspore.lock.txt")["six==1.17.0"])
 
 
 def test_setup_refuses_a_wheel_whose_hash_does_not_match(tmp_path):
