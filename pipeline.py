@@ -58,12 +58,14 @@ from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE, Selection
 from orchestrator.executor import Reporter, make_executor
 from orchestrator.run import DatasetUnavailable, RunOptions, run_all
 from orchestrator.summary import format_summary
+from release.deployable import LABELS_FILE, PREPROCESS_FILE
 from release.publish import publish as publish_store
 from manifests.bounded import read_json
 from release.provenance import ProvenanceError, check_statement, checkpoint_dependency
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
 from verify.localize import LAYER_RTOL
+from verify.runners import RUNTIMES
 
 HERE = Path(__file__).resolve().parent
 
@@ -332,7 +334,8 @@ def _load_data(root: Path, limit: int | None, chosen) -> Selection:
                    "the entry (e.g. manifests/checkpoints.lock).")
 def verify_artifact(artifact: Path, public_key: Path, checkpoint_lock: Path | None):
     """Check ARTIFACT's signature over every file, that its report says passed, and its
-    SLSA provenance: every model file is a subject with its digest, and (with
+    SLSA provenance: every model file, preprocess.json and labels.txt is a subject with its
+    digest, and (with
     --checkpoint-lock) the checkpoint it was built from is the locked one.
 
     A changed byte in any file fails with the file's name; another key fails naming the key.
@@ -358,13 +361,15 @@ def verify_artifact(artifact: Path, public_key: Path, checkpoint_lock: Path | No
 
 def check_artifact_provenance(artifact: Path, report: dict, statement: dict,
                               lock_file: Path | None) -> list[str]:
-    """Subjects = the model files and their digests; checkpoint = the lock's line."""
+    """Subjects = the model files, preprocess.json and labels.txt with their digests;
+    checkpoint = the lock's line."""
     check_statement(statement)
     subjects = {s["name"]: s["digest"].get("sha256") for s in statement["subject"]}
-    models = sorted(p.name for p in artifact.iterdir() if p.suffix == ".onnx")
-    if sorted(subjects) != models:
+    shipped = sorted(p.name for p in artifact.iterdir()
+                     if p.suffix == ".onnx" or p.name in (PREPROCESS_FILE, LABELS_FILE))
+    if sorted(subjects) != shipped:
         raise ProvenanceError(f"{artifact.name}: provenance subjects {sorted(subjects)} are not "
-                              f"the model files {models}")
+                              f"the shipped files {shipped}")
     for name, digest in subjects.items():
         actual = sha256_file(artifact / name)
         if digest != actual:
@@ -534,6 +539,59 @@ def lock_checkpoints(manifest, only, checkpoints, checkpoint_lock, cache_dir, mi
     click.echo(f"wrote {path}: {len(lock)} entr{'y' if len(lock) == 1 else 'ies'}; review "
                "new lines before you commit them")
     sys.exit(1 if problems else 0)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="Classes printed per image.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime",
+              show_default=True, help="Inference runtime that runs the model.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Which of the artifact's models: model.onnx (fp32) or model.PRECISION.onnx.")
+@click.option("--public-key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Verify the artifact's signature with this key first; "
+                                 "refuse to predict when it does not verify.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Runtime threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def predict(artifact, images, top, runtime, precision, public_key, threads, as_json):
+    """Classify IMAGES with ARTIFACT alone: the preprocessing and class names come from the
+    model file's own metadata (no manifest, no source framework), then the chosen runtime
+    runs it. Prints each image's top classes with probabilities.
+
+    \b
+      python pipeline.py predict artifacts/res2net50-w14-s8 cat.jpg dog.png
+      python pipeline.py predict ARTIFACT img.jpg --public-key signing-key.pub --runtime openvino
+
+    An image that cannot be read is reported and the others still run; the exit status is 1
+    then, and when the signature or the artifact is not valid."""
+    from deploy.predict import PredictError, predict as run_predict
+
+    if public_key is not None:
+        try:
+            verify_directory(artifact, public_key)
+        except SigningError as exc:
+            click.echo(f"FAILED: {exc}", err=True)
+            sys.exit(1)
+    try:
+        results = run_predict(artifact, list(images), top, runtime, precision, threads,
+                              DEFAULT_MAX_PIXELS)
+    except PredictError as exc:
+        click.echo(f"FAILED: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                click.echo(f"{r.image}: ERROR {r.error}", err=True)
+                continue
+            click.echo(f"{r.image}:")
+            for rank, (index, label, p) in enumerate(r.top, start=1):
+                click.echo(f"  {rank}. {p:7.2%}  {label}  [{index}]")
+    sys.exit(1 if any(r.error for r in results) else 0)
 
 
 @cli.command("localize")

@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from deploy.labels import IMAGENET1K, read_label_file, resolve
 from manifests.bounded import DocumentTooLarge, load_yaml, read_bounded
 from manifests.schema import DEFAULTS, ENTRY, MANIFEST
 
@@ -100,6 +101,22 @@ def _merge_defaults(entry: dict) -> dict:
     return merged
 
 
+def _labels(raw: dict, path: Path, where: str, problems: list[str]):
+    """The entry's `labels` as 'imagenet-1k' or a list of num_classes names (a file is read
+    here, relative to the manifest, so the entry carries its names wherever it runs)."""
+    given = raw.get("labels")
+    if given is None:
+        return None
+    try:
+        if isinstance(given, str) and given != IMAGENET1K:
+            given = read_label_file(path.parent / given)
+        resolve(given, raw["num_classes"])
+    except (OSError, ValueError) as exc:
+        problems.append(f"{where}: field 'labels': {exc}")
+        return None
+    return given
+
+
 def load_manifest(path: str | Path) -> list[Entry]:
     """Read, validate and default-fill a manifest. Raises ManifestError."""
     path = Path(path)
@@ -144,8 +161,12 @@ def load_manifest(path: str | Path) -> list[Entry]:
             problems.append(f"{where}: field 'preprocess.pipeline': {pre.get('pipeline')!r} "
                             f"differs from source {raw.get('source')!r}; each source "
                             "preprocesses with its own transform code")
+        labels = _labels(raw, path, where, problems) if not errors else None
         if not errors:
-            entries.append(Entry(_merge_defaults(raw), label))
+            entry = _merge_defaults(raw)
+            if labels is not None:
+                entry["labels"] = labels
+            entries.append(Entry(entry, label))
     if problems:
         raise ManifestError("\n".join(problems))
     return entries

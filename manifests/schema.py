@@ -91,6 +91,21 @@ VARIANTS = {
     },
 }
 
+# The deploy gate: the artifact's preprocessing contract (deploy/preprocess.py) run without
+# any framework, against the source's own transforms on the run's images.
+DEPLOY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        # max |contract tensor - source tensor| over all images, in 8-bit pixel levels
+        # (normalised difference x std / scale): one level allows a JPEG decoder's rounding.
+        "max_level_diff": {"type": "number", "minimum": 0},
+        # With --data: |top-1 of contract preprocessing + ONNX - top-1 of the source's
+        # preprocessing + the source model|, percent points.
+        "max_top1_delta": _percent,
+    },
+}
+
 ENTRY = {
     "type": "object",
     "additionalProperties": False,
@@ -139,8 +154,15 @@ ENTRY = {
                 "dynamic_batch": {"type": "boolean"},
             },
         },
+        # Class names shipped with the model: "imagenet-1k" (deploy/imagenet1k_labels.txt,
+        # the default for 1000 classes), a file (one name per line, relative to the
+        # manifest) or a list; the loader checks there are num_classes of them.
+        "labels": {"oneOf": [{"type": "string", "minLength": 1},
+                             {"type": "array", "items": {"type": "string", "minLength": 1},
+                              "minItems": 1}]},
         "tolerances": TOLERANCES,
         "accuracy": ACCURACY,
+        "deploy": DEPLOY,
         "variants": VARIANTS,
         "verify": {
             "type": "object",
@@ -172,6 +194,8 @@ DEFAULTS = {
     "tolerances": {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.99999,
                    "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
     "verify": {"images": 16, "seed": 0},
+    # Bit-exact on every source here (README "Preprocessing contract"); 1 level of slack.
+    "deploy": {"max_level_diff": 1.0, "max_top1_delta": 0.1},
     "accuracy": {"onnx_top1_delta": 0.1, "disagreement": 0.1, "published_top1_delta": 0.3,
                  "unreadable": 1.0, "batch_size": 32},
     # Measured on seeded random-init Res2Net50-w14-s8 (logits ~2, many near-ties), 16 images:

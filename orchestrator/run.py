@@ -34,11 +34,13 @@ from fetch.lock import locked_spec, prefix_only
 from manifests.loader import Entry
 from orchestrator.accuracy import (AccuracyFailed, Selection, ShardJob, ShardResult,
                                    evaluate_shard, merge_shards, plan_shards)
+from orchestrator.deploy import deploy_gate
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
 from orchestrator.localize import VALUE_CHECKS, LocalizeFailed, localize_model
 from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
+from release.deployable import make_deployable
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
 from verify.canary import canary_check
@@ -400,6 +402,14 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
             say(f"  canary    {'caught' if canary.passed else 'NOT caught'}: "
                 f"{canary.detail.split(': ', 1)[0]}")
 
+    if "simplified" in logits:   # the model passed its signature checks and ran
+        with timer.stage("deploy"):
+            used = [images[i] for i in result.get("images_used", range(len(images)))]
+            deploy_checks, report["deploy"] = deploy_gate(entry, used, inputs, reference,
+                                                          simplified, opts.threads)
+            checks += deploy_checks
+            say(f"  deploy    {_deploy_line(report['deploy'], deploy_checks[0])}")
+
     value_failed = [c for c in failed(checks) if c.name in VALUE_CHECKS]
     if value_failed or opts.localize:
         # The model whose check failed first: the exporter's output before onnxsim's.
@@ -435,6 +445,17 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         variants = _build_variants(entry, opts, simplified, workdir, inputs, reference,
                                    calibration, timer, say)
     return checks, variants, runnable
+
+
+def _deploy_line(figures: dict, check: Check) -> str:
+    if "max_level_diff" not in figures:
+        return f"contract preprocessing FAILED: {check.detail}"
+    libs = ", ".join(f"{k} {v}" for k, v in figures["libraries"].items())
+    exact = figures["exact_images"] == figures["images"]
+    how = ("bit-exact" if exact else f"max {figures['max_level_diff']:.3g} pixel levels")
+    return (f"contract preprocessing ({libs}) vs the source's: {how} on "
+            f"{figures['images']} images{'' if check.passed else ' - FAILED'}; contract + "
+            f"ONNX top-1 agrees on {figures['top1_agreement']:.0%}")
 
 
 def _variants_report(variants: dict[str, dict], shipped: bool) -> dict:
@@ -595,6 +616,15 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
             artifact_files["model.onnx"] = files["model.onnx"]
     report["decided_by"] = decided
     timings["total"] = round(prepared.seconds + timings.get("accuracy", 0.0), 3)
+    if report["passed"]:
+        try:
+            artifact_files = make_deployable(entry, report, artifact_files, workdir)
+        except (OSError, ValueError) as exc:  # fail closed: nothing ships without its metadata
+            report["passed"] = False
+            status = "error"
+            decided = report["decided_by"] = _error(report, "package", "metadata",
+                                                    f"{type(exc).__name__}: {exc}")
+            say(f"  ERROR     [package/metadata] {exc}")
     if report["passed"]:
         try:
             artifact = _write_passed(entry, report, artifact_files, opts)

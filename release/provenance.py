@@ -34,6 +34,9 @@ def _subjects(report: dict) -> list[dict]:
     for variant in (report.get("variants") or {}).values():
         if variant.get("file"):
             subjects.append({"name": variant["file"], "digest": {"sha256": variant["sha256"]}})
+    for name, digest in ((report.get("deploy") or {}).get("files") or {}).items():
+        if not name.endswith(".onnx"):   # preprocess.json, labels.txt
+            subjects.append({"name": name, "digest": {"sha256": digest}})
     return subjects
 
 

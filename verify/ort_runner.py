@@ -9,6 +9,8 @@ import onnxruntime as ort
 
 
 class OrtRunner:
+    name = "onnxruntime"
+
     def __init__(self, path: Path, threads: int | None = None, spinning: bool = True):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
