@@ -161,6 +161,12 @@ def load_manifest(path: str | Path) -> list[Entry]:
             problems.append(f"{where}: field 'preprocess.pipeline': {pre.get('pipeline')!r} "
                             f"differs from source {raw.get('source')!r}; each source "
                             "preprocesses with its own transform code")
+        deploy = raw.get("deploy") if isinstance(raw.get("deploy"), dict) else {}
+        extra = sorted(set(deploy.get("required_runtimes", []))
+                       - set(deploy.get("runtimes", DEFAULTS["deploy"]["runtimes"])))
+        if extra and not errors:
+            problems.append(f"{where}: field 'deploy.required_runtimes': {extra} not in "
+                            "deploy.runtimes (a required runtime must be checked)")
         labels = _labels(raw, path, where, problems) if not errors else None
         if not errors:
             entry = _merge_defaults(raw)

@@ -6,6 +6,7 @@ ignored setting.
 """
 
 SOURCES = ("mmpretrain", "paddleclas", "mindcv")
+RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt")
 
 _number = {"type": "number"}
 _percent = {"type": "number", "minimum": 0, "maximum": 100}
@@ -103,6 +104,12 @@ DEPLOY = {
         # With --data: |top-1 of contract preprocessing + ONNX - top-1 of the source's
         # preprocessing + the source model|, percent points.
         "max_top1_delta": _percent,
+        # Runtimes each shipped model is checked on (orchestrator/runtimes.py) and those that
+        # must pass for it to ship; the GPU ones are skipped, with the reason, without a GPU.
+        "runtimes": {"type": "array", "items": {"enum": list(RUNTIMES)}, "uniqueItems": True,
+                     "minItems": 1},
+        "required_runtimes": {"type": "array", "items": {"enum": list(RUNTIMES)},
+                              "uniqueItems": True},
     },
 }
 
@@ -195,7 +202,8 @@ DEFAULTS = {
                    "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
     "verify": {"images": 16, "seed": 0},
     # Bit-exact on every source here (README "Preprocessing contract"); 1 level of slack.
-    "deploy": {"max_level_diff": 1.0, "max_top1_delta": 0.1},
+    "deploy": {"max_level_diff": 1.0, "max_top1_delta": 0.1, "runtimes": list(RUNTIMES),
+               "required_runtimes": ["onnxruntime"]},
     "accuracy": {"onnx_top1_delta": 0.1, "disagreement": 0.1, "published_top1_delta": 0.3,
                  "unreadable": 1.0, "batch_size": 32},
     # Measured on seeded random-init Res2Net50-w14-s8 (logits ~2, many near-ties), 16 images:

@@ -38,6 +38,7 @@ from orchestrator.deploy import deploy_gate
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
 from orchestrator.localize import VALUE_CHECKS, LocalizeFailed, localize_model
+from orchestrator.runtimes import runtime_matrix
 from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
 from release.deployable import make_deployable
@@ -444,6 +445,16 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                        if "calibration" in result["files"] else None)
         variants = _build_variants(entry, opts, simplified, workdir, inputs, reference,
                                    calibration, timer, say)
+    if runnable and "simplified" in logits:
+        models = {"fp32": simplified,
+                  **{p: v["path"] for p, v in variants.items() if v["passed"]}}
+        with timer.stage("runtimes"):
+            gating, report["runtimes"] = runtime_matrix(entry, models, inputs, reference,
+                                                        opts.threads, say)
+        checks += gating.pop("fp32")
+        for precision, extra in gating.items():
+            variants[precision]["checks"] += extra
+            variants[precision]["passed"] = not failed(variants[precision]["checks"])
     return checks, variants, runnable
 
 

@@ -11,14 +11,15 @@ import onnxruntime as ort
 class OrtRunner:
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, spinning: bool = True):
+    def __init__(self, path: Path, threads: int | None = None, spinning: bool = True,
+                 providers: list[str] | None = None):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         if not spinning:  # sharing the cores with another process: idle threads must sleep
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=providers or ["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
