@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from converters.registry import SOURCES
 from converters.runner import Worker, WorkerFailed, WorkerLimits
+from orchestrator.deploy import contract_accuracy_checks, contract_batch, merge_contract
 from orchestrator.workdir import run_dir
 from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, score,
                              variant_drop_check)
@@ -81,6 +82,7 @@ class ShardJob:
     timeout: float
     keep_work: bool = False
     limits: WorkerLimits = WorkerLimits()
+    contract: dict | None = None    # preprocess.json: also run contract + ONNX (deploy gate)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class ShardResult:
     loader: dict = field(default_factory=dict)
     onnx_s: float = 0.0
     seconds: float = 0.0            # the whole task, as it ran
+    contract: dict | None = None    # orchestrator.deploy figures of this shard
 
 
 def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: bytes,
@@ -120,7 +123,7 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
         batch_dir = eval_dir / "batches"
         worker = Worker(SOURCES[job.source], worker_job, eval_dir, job.limits.memory_limit())
         deadline = time.monotonic() + job.timeout
-        onnx_s, batches, parts, used = 0.0, 0, [], []
+        onnx_s, batches, parts, used, contract = 0.0, 0, [], [], []
         bar = tqdm(total=len(job.paths), desc="  accuracy", unit="img", disable=None,
                    leave=False, dynamic_ncols=True)
         try:
@@ -141,6 +144,11 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
                 t0 = time.perf_counter()
                 outs = {name: r.infer(inputs, len(inputs)) for name, r in runners.items()}
                 onnx_s += time.perf_counter() - t0
+                if job.contract is not None:
+                    ours, diffs, errors = contract_batch(
+                        [job.paths[int(i)] for i in indices], job.contract, inputs)
+                    outs["contract"] = runners["onnx"].infer(ours, len(ours))
+                    contract.append(_contract_part(job, indices, diffs, errors))
                 for name, out in outs.items():
                     if out.shape != reference.shape:
                         raise AccuracyFailed("logits_shape", f"ONNX Runtime ({name}) gave "
@@ -165,7 +173,17 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
     return ShardResult(job.index, job.start, len(job.paths), np.asarray(used, dtype=np.int64),
                        concat_scores(parts) if parts else None, unreadable,
                        result["timings"], result["loader"], onnx_s,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started,
+                       merge_contract(contract) if contract else None)
+
+
+def _contract_part(job: ShardJob, indices: np.ndarray, diffs: np.ndarray,
+                   errors: list[dict]) -> dict:
+    worst = int(np.argmax(diffs)) if len(diffs) else 0
+    return {"images": len(diffs), "exact_images": int((diffs == 0).sum()),
+            "max_level_diff": float(diffs.max()) if len(diffs) else 0.0,
+            "worst_image": job.paths[int(indices[worst])] if len(diffs) else None,
+            "errors": errors}
 
 
 def _summed(dicts: list[dict]) -> dict:
@@ -181,7 +199,8 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
     paths = [str(data.paths[i]) for i in selection.positions]
     labels = np.asarray([data.labels[i] for i in selection.positions], dtype=np.int64)
     limits = entry["accuracy"]
-    meter = AccuracyMeter(("onnx", *variants))
+    contract = [s.contract for s in sorted(shards, key=lambda s: s.start) if s.contract]
+    meter = AccuracyMeter(("onnx", *variants, *(["contract"] if contract else [])))
     unreadable = []
     for shard in sorted(shards, key=lambda s: s.start):
         if shard.scored is not None:
@@ -224,6 +243,12 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
                 for s in shards])},
         },
     }
+    if contract:
+        figures = {**merge_contract(contract), **meter.side("contract"),
+                   "disagree": len(meter.disagreeing["contract"])}
+        checks += contract_accuracy_checks(entry, figures, meter.percent("source", 1),
+                                           meter.percent("contract", 1), meter.images)
+        report["contract"] = figures
     per_variant = {}
     for name in variants:
         figures = {**meter.side(name), "disagree": len(meter.disagreeing[name]),

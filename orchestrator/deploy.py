@@ -75,3 +75,56 @@ def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
     agree = float(np.mean(logits.argmax(1) == source_logits.argmax(1)))
     figures["top1_agreement"] = agree   # contract + ONNX vs the source's own pipeline
     return checks, figures
+
+
+def contract_batch(paths: list[str], spec: dict, source_inputs: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """An accuracy batch through the contract: tensors (the source's tensor stands in for an
+    image the contract cannot read, which is recorded as an error), per-image level
+    differences, errors."""
+    tensors, errors = [], []
+    for path, theirs in zip(paths, source_inputs):
+        try:
+            tensors.append(preprocess(path, spec))
+        except PreprocessError as exc:
+            errors.append({"path": path, "error": str(exc)})
+            tensors.append(theirs)
+    ours = np.stack(tensors) if tensors else source_inputs[:0]
+    if ours.shape != source_inputs.shape:
+        raise PreprocessError(f"the contract makes tensors of {list(ours.shape[1:])}, the "
+                              f"source {list(source_inputs.shape[1:])}")
+    return ours, level_diffs(ours, source_inputs, spec), errors
+
+
+def merge_contract(parts: list[dict]) -> dict:
+    """Shards' contract figures as one (shards in dataset order)."""
+    worst = max(parts, key=lambda p: p["max_level_diff"])
+    return {"images": sum(p["images"] for p in parts),
+            "exact_images": sum(p["exact_images"] for p in parts),
+            "max_level_diff": worst["max_level_diff"], "worst_image": worst["worst_image"],
+            "errors": [e for p in parts for e in p["errors"]]}
+
+
+def contract_accuracy_checks(entry, figures: dict, source_top1: float, contract_top1: float,
+                             images: int) -> list[Check]:
+    """With --data: the contract's tensors against the source's on every evaluated image, and
+    top-1 of contract + ONNX against the source's own pipeline + model (both ways)."""
+    limits = entry["deploy"]
+    scope = {"stage": "accuracy", "model": "contract", "images": images}
+    worst = figures["max_level_diff"] if not figures["errors"] else float("inf")
+    checks = [Check(
+        "contract_preprocess", worst <= limits["max_level_diff"], worst,
+        limits["max_level_diff"],
+        (f"{len(figures['errors'])} image(s) the source reads, the contract cannot "
+         f"(first: {figures['errors'][0]['path']}: {figures['errors'][0]['error']})"
+         if figures["errors"] else
+         f"max over {images} images, worst {figures['worst_image']}; "
+         f"{figures['exact_images']} bit-exact"), scope)]
+    delta = round(contract_top1 - source_top1, 4)
+    checks.append(Check(
+        "contract_top1_delta", abs(delta) <= limits["max_top1_delta"] + 1e-9, delta,
+        limits["max_top1_delta"],
+        f"top-1 {contract_top1:.3f}% with preprocess.json + ONNX vs {source_top1:.3f}% with "
+        f"{entry['source']}'s own preprocessing + model on {images} images (two-sided)",
+        scope))
+    return checks

@@ -574,6 +574,12 @@ def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict]
         variants[precision]["passed"] = not failed(variants[precision]["checks"])
         say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
             f"{_variant_line(variants[precision])}")
+    if "contract" in accuracy:
+        c = accuracy["contract"]
+        say(f"  deploy    preprocess.json + ONNX top-1 {c['top1']:.2f}% vs the source's "
+            f"{accuracy['source']['top1']:.2f}%; tensors within {c['max_level_diff']:.3g} "
+            f"pixel levels ({c['exact_images']}/{c['images']} bit-exact"
+            f"{', %d unreadable by the contract' % len(c['errors']) if c['errors'] else ''})")
     src, onx = accuracy["source"], accuracy["onnx"]
     say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
         f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
@@ -849,7 +855,8 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
     for k, part in enumerate(slices):
         job = ShardJob(entry.data, entry.source, k, part.start, paths[part.start:part.stop],
                        state.checkpoint, names, opts.threads, opts.data_workers,
-                       opts.worker_timeout, opts.keep_work, opts.limits)
+                       opts.worker_timeout, opts.keep_work, opts.limits,
+                       (prepared.report.get("deploy") or {}).get("contract"))
         handle = executor.submit(evaluate_shard, job, state.blob, *state.model_blobs,
                                  env=SOURCES[entry.source].env, cpus=opts.threads or 1,
                                  priority=(state.index, 1, k),
