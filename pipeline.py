@@ -446,12 +446,13 @@ def publish(source: Path, store: Path, public_key: Path, keep: int | None):
               show_default=True)
 def bench(name, manifest, out_dir, batch_sizes, precisions, device, threads, warmup, runs,
           json_path):
-    """Time the source framework and ONNX Runtime on a converted model; print a table and
-    write JSON.
+    """Time the source framework, ONNX Runtime and OpenVINO on a converted model; print a
+    table and write JSON.
 
     Median and p90 latency and images/s over warm runs, every figure measured in this run on
-    this machine: the source framework's eval forward in its own worker, and ONNX Runtime on
-    each precision's model file from OUT/NAME/ (make one with
+    this machine: the source framework's eval forward in its own worker, and ONNX Runtime and
+    OpenVINO (CPU; not with --device cuda) on each precision's model file from OUT/NAME/
+    (make one with
     `make convert MODEL=NAME PRECISIONS=fp32,fp16,int8`).
     """
     from orchestrator.bench import FILES, BenchError, format_table, run_bench

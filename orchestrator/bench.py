@@ -1,5 +1,6 @@
-"""`pipeline.py bench`: the source framework and ONNX Runtime (each shipped precision) on the
-same machine in the same run: median and p90 latency and images/s over warm runs.
+"""`pipeline.py bench`: the source framework, ONNX Runtime and OpenVINO (each shipped
+precision) on the same machine in the same run: median and p90 latency and images/s over warm
+runs.
 
 The source runs in its worker (eval mode, no grad; MindCV in graph mode, as the pipeline runs
 it), with random-init weights (speed does not depend on their values); ONNX Runtime runs the
@@ -67,6 +68,21 @@ def ort_latency(path: Path, batch_sizes: list[int], input_shape: list[int], thre
     return rows, f"onnxruntime {ort.__version__} {used.replace('ExecutionProvider', '')}"
 
 
+def ov_latency(path: Path, batch_sizes: list[int], input_shape: list[int], threads: int,
+               warmup: int, runs: int) -> tuple[list[dict], str]:
+    """OpenVINO CPU, one compiled model, as verify/ov_runner.py runs it."""
+    from verify.ov_runner import OpenVinoRunner
+
+    runner = OpenVinoRunner(path, threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        times = timed_runs(lambda: runner.request.infer({0: x}), warmup, runs)
+        rows.append({"batch_size": batch, **_stats(times, batch)})
+    return rows, f"openvino {runner.version} CPU"
+
+
 def run_bench(entry: Entry, artifact: Path, batch_sizes: list[int], precisions: list[str],
               device: str, threads: int | None, warmup: int, runs: int, say=print) -> dict:
     threads = threads or os.cpu_count() or 1
@@ -103,7 +119,14 @@ def run_bench(entry: Entry, artifact: Path, batch_sizes: list[int], precisions: 
         rows += [{"model": entry.name, "batch_size": r.pop("batch_size"),
                   "precision": precision, "runtime": runtime, "device": device, **r}
                  for r in ort_rows]
-    rows.sort(key=lambda r: (r["batch_size"], r["runtime"].startswith("onnxruntime"),
+        if device == "cpu":
+            say(f"  openvino {precision} ({FILES[precision]}) ...")
+            ov_rows, runtime = ov_latency(artifact / FILES[precision], batch_sizes,
+                                          entry["input_shape"], threads, warmup, runs)
+            rows += [{"model": entry.name, "batch_size": r.pop("batch_size"),
+                      "precision": precision, "runtime": runtime, "device": "cpu", **r}
+                     for r in ov_rows]
+    rows.sort(key=lambda r: (r["batch_size"], RUNTIME_ORDER.get(_family(r), 0),
                              list(FILES).index(r["precision"])))
     report = artifact / "report.json"
     return {"model": entry.name, "artifact": str(artifact),
@@ -123,20 +146,34 @@ def _cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx512", "avx_vnni", "amx")))
 
 
+RUNTIME_ORDER = {"onnxruntime": 1, "openvino": 2}   # the source framework first
+
+
+def _family(row: dict) -> str:
+    name = row["runtime"].split()[0]
+    return name if name in RUNTIME_ORDER else "source"
+
+
 def _ratios(rows: list[dict]) -> list[dict]:
-    """Per batch size: ONNX Runtime fp32 vs source, and each variant vs ONNX Runtime fp32."""
+    """Per batch size: ONNX Runtime fp32 vs source, each variant vs ONNX Runtime fp32, and
+    OpenVINO vs ONNX Runtime at each precision."""
     out = []
     for batch in sorted({r["batch_size"] for r in rows}):
-        at = {(r["runtime"].startswith("onnxruntime"), r["precision"]): r["images_per_s"]
+        at = {(_family(r), r["precision"]): r["images_per_s"]
               for r in rows if r["batch_size"] == batch}
-        ort32 = at.get((True, "fp32"))
+        ort32 = at.get(("onnxruntime", "fp32"))
         entry = {"batch_size": batch}
-        if ort32 and at.get((False, "fp32")):
-            entry["onnxruntime_fp32_vs_source"] = round(ort32 / at[(False, "fp32")], 2)
+        if ort32 and at.get(("source", "fp32")):
+            entry["onnxruntime_fp32_vs_source"] = round(ort32 / at[("source", "fp32")], 2)
         for precision in ("fp16", "int8"):
-            if ort32 and at.get((True, precision)):
-                entry[f"{precision}_vs_onnxruntime_fp32"] = round(at[(True, precision)] / ort32,
-                                                                  2)
+            if ort32 and at.get(("onnxruntime", precision)):
+                entry[f"{precision}_vs_onnxruntime_fp32"] = round(
+                    at[("onnxruntime", precision)] / ort32, 2)
+        for precision in FILES:
+            ours, theirs = at.get(("openvino", precision)), at.get(("onnxruntime", precision))
+            if ours and theirs:
+                entry[f"openvino_{precision}_vs_onnxruntime_{precision}"] = round(
+                    ours / theirs, 2)
         out.append(entry)
     return out
 

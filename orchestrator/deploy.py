@@ -37,11 +37,11 @@ def libraries() -> dict:
 
 
 def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
-                source_logits: np.ndarray, model: Path, threads: int | None
-                ) -> tuple[list[Check], dict]:
+                source_logits: np.ndarray, model: Path, threads: int | None,
+                spec: dict | None = None) -> tuple[list[Check], dict]:
     """Checks and report['deploy'] for the decoded logit-check images (`images`, in the order
-    of `source_inputs`)."""
-    spec = contract(entry["preprocess"], entry["input_shape"])
+    of `source_inputs`); `spec`: the contract to check (default: the entry's)."""
+    spec = spec or contract(entry["preprocess"], entry["input_shape"])
     limit = entry["deploy"]["max_level_diff"]
     figures = {"contract": spec, "libraries": libraries(), "images": len(images)}
     scope = {"stage": "deploy", "images": len(images)}
@@ -66,7 +66,7 @@ def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
                         for i in order[:LISTED] if diffs[i] > 0]
     passed = worst <= limit
     detail = "" if passed else (
-        f"the contract's tensors differ from {entry.source}'s own by up to {worst:.3g} pixel "
+        f"the contract's tensors differ from {entry['source']}'s own by up to {worst:.3g} pixel "
         f"levels ({Path(images[order[0]]).name}): preprocess.json would not reproduce the "
         "source's preprocessing")
     checks = [Check("contract_preprocess", passed, worst, limit, detail, scope)]
