@@ -184,9 +184,13 @@ def assert_passed(report: dict) -> None:
     assert {"opset", "io_names", "io_shapes", "max_abs_diff", "cosine_min", "top1_agreement",
             "top5_agreement"} <= names
     logit_checks = [c for c in report["checks"]
-                    if c["scope"].get("stage") not in ("accuracy", "verify")]
+                    if c["scope"].get("stage") not in ("accuracy", "verify", "deploy")]
     assert {c["scope"]["model"] for c in logit_checks} == {"exported", "simplified"}
     assert all(c["passed"] for c in report["checks"])
+    # The deploy gate: preprocess.json, run without the framework, made the source's tensors.
+    [deploy] = [c for c in report["checks"] if c["name"] == "contract_preprocess"]
+    assert deploy["scope"]["stage"] == "deploy" and deploy["measured"] == 0.0, deploy
+    assert report["deploy"]["exact_images"] == report["deploy"]["images"] > 0
     # Gate power: the same logit check failed a copy with one conv perturbed by 1e-3.
     [canary] = [c for c in report["checks"] if c["name"] == "canary_caught"]
     assert canary["scope"]["model"] == "canary" and report["verification"]["canary"]["margin"] > 1

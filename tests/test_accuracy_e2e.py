@@ -19,6 +19,7 @@ import pytest
 from conftest import (MINDSPORE_PYTHON, MM_PYTHON, MODEL_IDS, PADDLE_PYTHON, REPO,
                       manifest_entries, read_report, run_in_env, run_make, run_pipeline,
                       write_manifest)
+from deploy.metadata import read as read_metadata
 from verify.dataset import SYNSETS_FILE
 from verify.images import imagenet_like
 
@@ -81,8 +82,15 @@ def _assert_matches(report: dict, own: dict, layout: str) -> None:
     assert Path(acc["unreadable_images"][0]["path"]).name == GARBAGE
     assert acc["published"]["applied"] is False          # a local file, not the pinned one
     gates = {c["name"]: c for c in report["checks"] if c["scope"].get("stage") == "accuracy"}
-    assert set(gates) == {"onnx_top1_delta", "top1_disagreement", "unreadable_images"}
+    assert set(gates) == {"onnx_top1_delta", "top1_disagreement", "unreadable_images",
+                          "contract_preprocess", "contract_top1_delta"}
     assert all(g["passed"] for g in gates.values())
+    # preprocess.json, run without the framework on every image the source read (grayscale,
+    # CMYK and PNG-as-JPEG among them), made the source's tensors bit for bit.
+    contract = acc["contract"]
+    assert contract["images"] == contract["exact_images"] == COUNT
+    assert contract["max_level_diff"] == 0.0 and contract["errors"] == []
+    assert contract["top1"] == acc["source"]["top1"] and contract["disagree"] == 0
     assert acc["throughput"]["images_per_s"] > 0
     # Images / s of the data path vs inference, as the worker saw them.
     worker = acc["throughput"]["worker"]
@@ -109,6 +117,10 @@ def test_mmpretrain_accuracy_equals_mmpretrain_eval(checkpoints, tmp_path):
     _assert_matches(report, own, "val.txt")
     assert (out / "res2net50-w14-s8" / "model.onnx").is_file()
     assert "accuracy  source top-1/top-5" in proc.stdout
+    # The model carries the accuracy measured in this run beside the published one.
+    measured = read_metadata(out / "res2net50-w14-s8" / "model.onnx")["accuracy"]["measured"]
+    assert measured["top1"] == report["accuracy"]["onnx"]["top1"]
+    assert measured["images"] == COUNT
     # The store's index shows the measured accuracy and how many images it stands on.
     store = tmp_path / "store"
     proc = run_pipeline("publish", "--from", str(out), "--to", str(store), "--public-key",

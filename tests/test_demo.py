@@ -2,12 +2,17 @@
 source's demo checkpoint, signed with the demo key) and publishes what passed to a store."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import pytest
 
 from conftest import manifest_entries, read_report, run_make, run_pipeline, write_manifest
+from deploy.labels import IMAGENET1K_FILE
+from deploy.metadata import read
 from release.provenance import check_statement, checkpoint_dependency
+from verify.images import imagenet_like
 
 pytestmark = pytest.mark.slow
 DEMO_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2net50")
@@ -38,15 +43,20 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         statement = json.loads((out / name / "provenance.json").read_text())
         check_statement(statement)
         assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
-        assert statement["subject"] == [{"name": "model.onnx",
-                                         "digest": {"sha256": report["onnx"]["sha256"]}}]
+        art = out / name
+        assert statement["subject"] == [
+            {"name": n, "digest": {"sha256": hashlib.sha256((art / n).read_bytes()).hexdigest()}}
+            for n in ("model.onnx", "preprocess.json", "labels.txt")]
+        assert statement["subject"][0]["digest"]["sha256"] == report["onnx"]["sha256"]
         assert checkpoint_dependency(statement)["digest"]["sha256"] == \
             report["source"]["checkpoint"]["sha256"]
-        assert sorted(p.name for p in (out / name).iterdir()) == [
-            "model.onnx", "model.sig", "provenance.json", "report.json"]
-        verified = run_make("verify-artifact", f"ARTIFACT={out / name}",
+        assert sorted(p.name for p in art.iterdir()) == [
+            "labels.txt", "model.onnx", "model.sig", "preprocess.json", "provenance.json",
+            "report.json"]
+        verified = run_make("verify-artifact", f"ARTIFACT={art}",
                             f"PUBLIC_KEY={demo / 'signing-key.pub'}")
         assert verified.returncode == 0 and f"OK: {name}" in verified.stdout
+        _deployable(art, report, demo / "signing-key.pub", tmp_path / name)
 
     rows = json.loads((store / "index.json").read_text())["artifacts"]
     assert sorted(row["name"] for row in rows) == sorted(DEMO_ENTRIES)  # each exactly once
@@ -86,3 +96,41 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
     assert fresh["inputs"]["parts"]["manifest_entry_sha256"] != json.loads(
         next((store / name).iterdir()).joinpath("report.json").read_text()
     )["inputs"]["parts"]["manifest_entry_sha256"]
+
+
+def _deployable(art, report, public_key, tmp):
+    """The artifact alone: its model's metadata equals preprocess.json and labels.txt, the
+    signature covers them, and `predict` classifies images from it (ORT and OpenVINO agree)."""
+    meta = read(art / "model.onnx")
+    assert meta["preprocess"] == json.loads((art / "preprocess.json").read_text()) == \
+        report["deploy"]["contract"]
+    assert meta["labels"] == (art / "labels.txt").read_text().splitlines() == \
+        IMAGENET1K_FILE.read_text().splitlines()
+    assert meta["source"]["checkpoint_sha256"] == report["source"]["checkpoint"]["sha256"]
+    assert meta["source"]["framework"] == report["source"]["framework"]
+    assert meta["accuracy"]["published"]["top1"] > 70 and "measured" not in meta["accuracy"]
+    assert meta["pipeline"]["precision"] == "fp32"
+    assert report["deploy"]["files"]["model.onnx"] == report["onnx"]["sha256"]
+
+    images = imagenet_like(tmp / "images", 3, seed=9, odd_every=2)
+    runs = {}
+    for runtime in ("onnxruntime", "openvino"):
+        proc = run_pipeline("predict", str(art), *map(str, images), "--top", "3", "--json",
+                            "--runtime", runtime, "--public-key", str(public_key))
+        assert proc.returncode == 0, proc.stderr
+        runs[runtime] = json.loads(proc.stdout)
+    names = meta["labels"]
+    for ort_row, ov_row in zip(runs["onnxruntime"], runs["openvino"]):
+        assert [t["index"] for t in ort_row["top"]] == [t["index"] for t in ov_row["top"]]
+        assert all(names[t["index"]] == t["label"] for t in ort_row["top"])
+        probs = [t["probability"] for t in ort_row["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+    text = run_pipeline("predict", str(art), str(images[0]), "--top", "2")
+    assert text.returncode == 0 and runs["onnxruntime"][0]["top"][0]["label"] in text.stdout
+
+    # A changed labels.txt breaks the signature; predict refuses to run with the key.
+    copy = tmp / "tampered"
+    shutil.copytree(art, copy)
+    (copy / "labels.txt").write_text((copy / "labels.txt").read_text().replace("tench", "trout"))
+    proc = run_pipeline("predict", str(copy), str(images[0]), "--public-key", str(public_key))
+    assert proc.returncode == 1 and "labels.txt" in proc.stderr and proc.stdout == ""

@@ -41,7 +41,8 @@ def test_make_convert_openmmlab_checkpoint(checkpoints, tmp_path):
     report = read_report(out, "res2net50-w14-s8")
     assert_passed(report)
     assert sorted(p.name for p in (out / "res2net50-w14-s8").iterdir()) == \
-        ["model.onnx", "provenance.json", "report.json"]  # no key given: not signed
+        ["labels.txt", "model.onnx", "preprocess.json", "provenance.json",
+         "report.json"]  # no key given: not signed
     assert report["signature"] is None
     ck = report["source"]["checkpoint"]
     assert ck["pinned"] is False and ck["digest_check"] == "local file"

@@ -2,6 +2,7 @@
 file, a variant that fails its gate, and the bench table."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import manifest_entries, read_report, run_make, run_pipeline, write_manifest
+from deploy.metadata import read as read_metadata
 from verify.images import synthetic_batch
 
 pytestmark = pytest.mark.slow
@@ -35,7 +37,22 @@ def test_fp16_int8_variants_gated_signed_and_benched(checkpoints, tmp_path):
     assert report["passed"] is True
     assert {p.name for p in art.iterdir()} == {"model.onnx", "model.fp16.onnx",
                                                "model.int8.onnx", "report.json",
-                                               "provenance.json", "model.sig"}
+                                               "provenance.json", "model.sig",
+                                               "preprocess.json", "labels.txt"}
+    # Every shipped model carries the same contract and labels as the files beside it, and
+    # its own precision; the digests in the report are those of the shipped files.
+    contract = json.loads((art / "preprocess.json").read_text())
+    labels = (art / "labels.txt").read_text().splitlines()
+    for precision, file in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"),
+                            ("int8", "model.int8.onnx")):
+        meta = read_metadata(art / file)
+        assert meta["preprocess"] == contract and meta["labels"] == labels, file
+        assert meta["pipeline"]["precision"] == precision
+        assert report["deploy"]["files"][file] == hashlib.sha256(
+            (art / file).read_bytes()).hexdigest()
+        # On the runtime matrix: OpenVINO ran each shipped model against the source's logits.
+        assert report["runtimes"]["openvino"]["models"][precision]["checks"]
+    assert report["runtimes"]["openvino"]["required"] is False
     for precision in ("fp16", "int8"):
         v = report["variants"][precision]
         assert v["passed"] is True and v["file"] == f"model.{precision}.onnx"
@@ -82,7 +99,11 @@ def test_fp16_int8_variants_gated_signed_and_benched(checkpoints, tmp_path):
     rows = {(r["batch_size"], r["precision"], r["runtime"].split()[0]) for r in bench["rows"]}
     assert rows == {(b, p, rt) for b in (1, 2) for p, rt in
                     (("fp32", "mmpretrain"), ("fp32", "onnxruntime"),
-                     ("fp16", "onnxruntime"), ("int8", "onnxruntime"))}
+                     ("fp16", "onnxruntime"), ("int8", "onnxruntime"),
+                     ("fp32", "openvino"), ("fp16", "openvino"), ("int8", "openvino"))}
+    for ratio in bench["ratios"]:
+        assert {f"openvino_{p}_vs_onnxruntime_{p}" for p in ("fp32", "fp16", "int8")} <= \
+            set(ratio)
     assert all(r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] > 0
                for r in bench["rows"])
     assert "onnxruntime fp32 vs source" in proc.stdout and "int8 vs onnxruntime fp32" in \

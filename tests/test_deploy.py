@@ -1,0 +1,247 @@
+"""The deployable artifact's parts: the preprocessing contract against each source's own
+transforms, its rounding rules, the deploy gate refusing a wrong contract, labels, model
+metadata, the manifest's deploy fields and the runtime matrix (OpenVINO refusing a model)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, manifest_entries,
+                      run_in_env, write_manifest)
+from deploy.labels import IMAGENET1K_FILE, read_label_file, resolve
+from deploy.metadata import embed, read
+from deploy.preprocess import (PreprocessError, contract, crop, preprocess, preprocess_batch,
+                               resize_size, validate)
+from manifests.loader import ManifestError, load_manifest
+from orchestrator.deploy import deploy_gate, level_diffs
+from orchestrator.runtimes import runtime_matrix
+from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
+
+PYTHONS = {"mmpretrain": MM_PYTHON, "paddleclas": PADDLE_PYTHON, "mindcv": MINDSPORE_PYTHON}
+ENTRY_OF = {"mmpretrain": "res2net50-w14-s8", "paddleclas": "paddleclas-res2net50-14w-8s",
+            "mindcv": "mindcv-res2net50"}
+# Sizes where the sources' rounding rules disagree: 333x250 -> long side 340 (floor) or 341
+# (round); 511x256 -> crop offset 143.5 (floor 143, half-even 144); near-square and large.
+SIZES = [(333, 250), (250, 333), (511, 256), (257, 255), (600, 457), (375, 500)]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """RGB, grayscale and CMYK JPEGs, PNGs named .JPEG (as ImageNet val holds) and the
+    generated PNGs of the logit check, in the sizes above."""
+    root = tmp_path_factory.mktemp("deploy-images")
+    rng = np.random.default_rng(11)
+    paths = []
+    for i, (h, w) in enumerate(SIZES):
+        for kind in ("rgb", *ODD_KINDS):
+            path = root / f"img_{i}_{kind}.JPEG"
+            write_jpeg(path, synth_image(rng, h, w), kind)
+            paths.append(path)
+    return paths + generate_images(root / "generated", 6, seed=3)
+
+
+def source_tensors(source: str, cfg: dict, paths: list[Path], tmp: Path) -> np.ndarray:
+    (tmp / f"{source}.json").write_text(json.dumps(cfg))
+    (tmp / f"{source}.txt").write_text("\n".join(map(str, paths)))
+    run_in_env(PYTHONS[source], str(REPO / "tests" / "helpers" / "source_tensors.py"), source,
+               str(tmp / f"{source}.json"), str(tmp / f"{source}.txt"),
+               str(tmp / f"{source}.npy"))
+    return np.load(tmp / f"{source}.npy")
+
+
+@pytest.fixture(scope="module")
+def own_tensors(images, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("own")
+    return {source: source_tensors(source, manifest_entries()[name]["preprocess"], images, tmp)
+            for source, name in ENTRY_OF.items()}
+
+
+@pytest.mark.parametrize("source", list(ENTRY_OF))
+def test_contract_reproduces_each_sources_own_transforms_bit_for_bit(source, images,
+                                                                     own_tensors):
+    entry = manifest_entries()[ENTRY_OF[source]]
+    spec = validate(contract(entry["preprocess"], [3, 224, 224]))
+    ours = preprocess_batch(images, spec)
+    theirs = own_tensors[source]
+    assert ours.shape == theirs.shape == (len(images), 3, 224, 224)
+    assert float(level_diffs(ours, theirs, spec).max()) == 0.0, source
+    assert np.abs(ours - theirs).max() < 1e-5   # float rounding of the normalisation only
+
+
+def test_each_rule_matters(images, own_tensors):
+    """Swapping a source's decoder, resize library, long-side or crop rounding for another
+    source's breaks the match on these images: none of the rules is decorative."""
+    entry = manifest_entries()[ENTRY_OF["mindcv"]]
+    spec = contract(entry["preprocess"], [3, 224, 224])
+    theirs = own_tensors["mindcv"]
+    for part, key, other in (("resize", "library", "pillow"), ("resize", "long_side",
+                                                                "round_half_even"),
+                             ("crop", "offset", "round_half_even")):
+        wrong = json.loads(json.dumps(spec))
+        wrong[part][key] = other
+        assert level_diffs(preprocess_batch(images, wrong), theirs, spec).max() > 1.0, key
+    mm = contract(manifest_entries()[ENTRY_OF["mmpretrain"]]["preprocess"], [3, 224, 224])
+    wrong = json.loads(json.dumps(mm))
+    wrong["decode"]["library"] = "pillow"   # cv2 and Pillow decode CMYK JPEGs differently
+    cmyk = [i for i, p in enumerate(images) if "cmyk" in p.name]
+    assert level_diffs(preprocess_batch([images[i] for i in cmyk], wrong),
+                       own_tensors["mmpretrain"][cmyk], mm).max() >= 1.0
+
+
+def test_rounding_rules_by_hand():
+    floor = {"short_side": 256, "long_side": "floor"}
+    half_even = {"short_side": 256, "long_side": "round_half_even"}
+    assert resize_size(333, 250, floor) == (340, 256)       # 333 * 256 / 250 = 340.99
+    assert resize_size(333, 250, half_even) == (341, 256)
+    assert resize_size(250, 333, floor) == (256, 340)
+    assert resize_size(256, 256, floor) == (256, 256)
+    image = np.arange(511 * 256).reshape(511, 256)
+    assert crop(image, {"height": 224, "width": 224, "offset": "floor"})[0, 0] == 143 * 256 + 16
+    assert crop(image, {"height": 224, "width": 224,
+                        "offset": "round_half_even"})[0, 0] == 144 * 256 + 16
+    with pytest.raises(PreprocessError, match="smaller than the 224x224 crop"):
+        crop(np.zeros((200, 300)), {"height": 224, "width": 224, "offset": "floor"})
+
+
+def test_a_wrong_contract_fails_the_deploy_gate(images, own_tensors, tmp_path):
+    """Swapped mean/std, or BGR fed where RGB is expected: the gate fails, naming the image
+    and the size of the difference; a BGR contract is refused by the schema."""
+    raw = manifest_entries()[ENTRY_OF["paddleclas"]]
+    entry = {**raw, "input_shape": [3, 224, 224], "deploy": {"max_level_diff": 1.0}}
+    spec = contract(raw["preprocess"], [3, 224, 224])
+    theirs = own_tensors["paddleclas"]
+    model = _onnx(tmp_path / "flat.onnx", "Flatten", (None, 3, 224, 224))
+    logits = theirs.reshape(len(theirs), -1)
+    checks, figures = deploy_gate(entry, images, theirs, logits, model, 1, spec)
+    assert checks[0].passed and figures["max_level_diff"] == 0.0
+    assert figures["exact_images"] == len(images) and figures["top1_agreement"] == 1.0
+
+    swapped = json.loads(json.dumps(spec))
+    swapped["normalize"]["mean"], swapped["normalize"]["std"] = spec["normalize"]["std"], \
+        spec["normalize"]["mean"]
+    [check], figures = deploy_gate(entry, images, theirs, logits, model, 1, swapped)
+    assert not check.passed and check.measured > 10 and check.limit == 1.0
+    assert figures["worst"][0]["image"] in check.detail and "pixel levels" in check.detail
+
+    bgr = preprocess_batch(images, spec)[:, ::-1]
+    assert level_diffs(bgr, theirs, spec).max() > 10
+    wrong = json.loads(json.dumps(spec))
+    wrong["decode"]["channels"] = "BGR"
+    with pytest.raises(PreprocessError, match="decode/channels"):
+        validate(wrong)
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path):
+    spec = contract(manifest_entries()[ENTRY_OF["mindcv"]]["preprocess"], [3, 224, 224])
+    bad = tmp_path / "broken.JPEG"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(PreprocessError, match="broken.JPEG.*Pillow cannot decode"):
+        preprocess(bad, spec)
+    spec["decode"]["library"] = "opencv"
+    with pytest.raises(PreprocessError, match="broken.JPEG.*OpenCV cannot decode"):
+        preprocess(bad, spec)
+
+
+def test_imagenet_labels_are_the_sources_own_lists():
+    names = read_label_file(IMAGENET1K_FILE)
+    mm = run_in_env(MM_PYTHON, "-c", "import json; from mmpretrain.datasets.categories import "
+                    "IMAGENET_CATEGORIES as c; print(json.dumps(list(c)))")
+    assert json.loads(mm.stdout) == names
+    where = run_in_env(PADDLE_PYTHON, "-c", "import importlib.util; print(importlib.util."
+                       "find_spec('paddleclas').submodule_search_locations[0])")
+    listed = (Path(where.stdout.strip()) / "ppcls" / "utils" / "imagenet1k_label_list.txt")
+    paddle = [line.split(" ", 1)[1] for line in listed.read_text().splitlines() if line]
+    assert paddle == names and len(names) == 1000 and names[0] == "tench, Tinca tinca"
+
+
+def test_labels_resolve_and_manifest_checks(tmp_path):
+    assert resolve(None, 1000)[0] == read_label_file(IMAGENET1K_FILE)
+    names, origin = resolve(None, 3)
+    assert names == ["class_0", "class_1", "class_2"] and "none given" in origin
+    with pytest.raises(ValueError, match="2 labels for 3 classes"):
+        resolve(["a", "b"], 3)
+
+    base = manifest_entries()[ENTRY_OF["mmpretrain"]]
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    (tmp_path / "gap.txt").write_text("cat\n\ndog\n")
+    good = {**base, "name": "good", "num_classes": 2, "labels": "two.txt"}
+    [entry] = load_manifest(write_manifest(tmp_path / "good.yaml", [good]))
+    assert entry["labels"] == ["cat", "dog"]   # read relative to the manifest, carried inline
+    bad = [{**base, "name": "count", "labels": "two.txt"},
+           {**base, "name": "gap", "num_classes": 2, "labels": "gap.txt"},
+           {**base, "name": "runtimes", "deploy": {"runtimes": ["onnxruntime"],
+                                                   "required_runtimes": ["openvino"]}}]
+    with pytest.raises(ManifestError) as err:
+        load_manifest(write_manifest(tmp_path / "bad.yaml", bad))
+    text = str(err.value)
+    assert "entry 'count' (#1): field 'labels': 2 labels for 1000 classes" in text
+    assert "entry 'gap' (#2): field 'labels':" in text and "blank line 2" in text
+    assert "entry 'runtimes' (#3): field 'deploy.required_runtimes': ['openvino']" in text
+
+
+def _onnx(path: Path, op: str, shape, domain: str = "", out_shape=None) -> Path:
+    """A one-node model, input 'input', output 'logits'."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)
+    nodes = [helper.make_node(op, ["input"], ["logits"], domain=domain)]
+    if op == "Inverse":   # (N, 2, 2) -> inverse -> (N, 4)
+        nodes = [helper.make_node(op, ["input"], ["inv"], domain=domain),
+                 helper.make_node("Flatten", ["inv"], ["logits"])]
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets,
+                              ir_version=9)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_metadata_round_trip_keeps_other_props(tmp_path):
+    model = _onnx(tmp_path / "m.onnx", "Flatten", (None, 2, 2))
+    proto = onnx.load(str(model))
+    proto.metadata_props.add(key="onnxsim.note", value="kept")
+    onnx.save(proto, str(model))
+    embed(model, tmp_path / "out.onnx", {"labels": ["a", "b"], "preprocess": {"x": 1}})
+    assert read(tmp_path / "out.onnx") == {"labels": ["a", "b"], "preprocess": {"x": 1}}
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "out.onnx")).metadata_props}
+    assert props["onnxsim.note"] == "kept"
+    assert onnx.load(str(tmp_path / "out.onnx")).graph == onnx.load(str(model)).graph
+    with pytest.raises(ValueError, match="unknown metadata keys"):
+        embed(model, tmp_path / "x.onnx", {"colour": "red"})
+
+
+def test_runtime_matrix_required_openvino_blocks_what_it_cannot_run(tmp_path):
+    """OpenVINO 2026.4 has no conversion rule for com.microsoft.Inverse, which ONNX Runtime
+    runs: a model using it fails the matrix on OpenVINO. Required, that failure gates the
+    model; only reported, it does not."""
+    x = np.random.default_rng(0).normal(size=(4, 2, 2)).astype(np.float32) + \
+        np.eye(2, dtype=np.float32) * 3
+    models = {"fp32": _onnx(tmp_path / "flat.onnx", "Flatten", ("N", 2, 2)),
+              "int8": _onnx(tmp_path / "inv.onnx", "Inverse", ("N", 2, 2), "com.microsoft")}
+    reference = x.reshape(4, 4)
+    entry = {"deploy": {"runtimes": ["onnxruntime", "openvino", "tensorrt"],
+                        "required_runtimes": ["onnxruntime", "openvino"]},
+             "tolerances": {"atol": 1e-5, "rtol": 1e-5, "min_cosine": 0.99,
+                            "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
+             "variants": {"int8": {"min_cosine": -1.0, "min_top1_agreement": 0.0}}}
+    lines = []
+    gating, report = runtime_matrix(entry, models, x, reference, 1, lines.append)
+    assert not any(not c.passed for c in gating["fp32"])          # OpenVINO runs Flatten
+    [refused] = [c for c in gating["int8"] if not c.passed]
+    assert refused.name == "runtime_runs" and "Inverse" in refused.measured
+    assert report["openvino"]["models"]["int8"]["passed"] is False
+    assert report["openvino"]["required"] is True and report["openvino"]["version"]
+    assert "TensorrtExecutionProvider" in report["tensorrt"]["skipped"]
+    assert any("openvino int8: FAILED runtime_runs" in line for line in lines)
+
+    entry["deploy"]["required_runtimes"] = ["onnxruntime"]
+    gating, report = runtime_matrix(entry, models, x, reference, 1, lines.append)
+    assert gating == {"fp32": [], "int8": []}
+    assert report["openvino"]["models"]["int8"]["passed"] is False
+
+    entry["deploy"]["required_runtimes"] = ["onnxruntime", "tensorrt"]
+    gating, _ = runtime_matrix(entry, models, x, reference, 1, lines.append)
+    assert [c.name for c in gating["fp32"] if not c.passed] == ["runtime_available"]
