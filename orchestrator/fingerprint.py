@@ -21,8 +21,8 @@ from converters.registry import REPO_ROOT, SourceSpec
 from manifests.bounded import read_json
 
 # The pipeline's code: every module that can change a figure or a file of an artifact.
-CODE_DIRS = ("converters", "orchestrator", "verify", "release", "fetch", "manifests")
-CODE_FILES = ("pipeline.py", "verify/imagenet_synsets.txt")
+CODE_DIRS = ("converters", "deploy", "orchestrator", "verify", "release", "fetch", "manifests")
+CODE_FILES = ("pipeline.py", "verify/imagenet_synsets.txt", "deploy/imagenet1k_labels.txt")
 
 
 def _sha(data: bytes) -> str:

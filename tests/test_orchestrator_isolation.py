@@ -13,7 +13,8 @@ FRAMEWORKS = ("torch", "torchvision", "paddle", "mindspore", "tensorflow", "jax"
 
 
 SOURCES = ("mmpretrain", "paddleclas", "mindcv")   # converters/<source>/: worker side only
-ORCHESTRATOR_SIDE = ("orchestrator", "verify", "release", "fetch", "manifests", "benchmarks")
+ORCHESTRATOR_SIDE = ("orchestrator", "deploy", "verify", "release", "fetch", "manifests",
+                     "benchmarks")
 
 
 def _orchestrator_modules() -> list[str]:
