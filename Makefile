@@ -21,7 +21,7 @@ NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
 BENCH_JSON ?= bench.json
 
-.PHONY: help setup demo convert test test-fast list lock lock-hashes clean verify-artifact publish nightly \
+.PHONY: help setup demo convert test test-fast list lock lock-hashes mutation clean verify-artifact publish nightly \
         bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
@@ -51,6 +51,7 @@ help:
 	@echo "make test-fast                  tests that need no framework worker"
 	@echo "make lock                       re-resolve envs/*.in into hash-locked envs/*.lock.txt"
 	@echo "make lock-hashes                keep the pins, recompute the sha256 hashes in envs/*.lock.txt"
+	@echo "make mutation [BUDGET=s]        mutation score of the gate/signing/store code (mutation-report/)"
 
 setup:
 	@for env in $(ENVS); do scripts/setup_env.sh $$env || exit $$?; done
@@ -147,10 +148,16 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lock:
-	@for env in $(ENVS); do scripts/lock_env.sh $$env || exit $$?; done
+	@for env in $(ENVS) mutation; do scripts/lock_env.sh $$env || exit $$?; done
 
 lock-hashes:
-	@for env in $(ENVS); do scripts/lock_env.sh --hash-only $$env || exit $$?; done
+	@for env in $(ENVS) mutation; do scripts/lock_env.sh --hash-only $$env || exit $$?; done
+
+# Mutation testing of the gates, signing, store, manifest, fetch and deploy code against the
+# fast tests: score and survivors in MUTATION_OUT/mutation.{md,json} (scripts/mutation.sh).
+mutation: setup
+	MUTATION_BUDGET=$(or $(BUDGET),3600) MUTATION_OUT=$(or $(MUTATION_OUT),mutation-report) \
+	    scripts/mutation.sh
 
 clean:
 	rm -rf $(OUT) $(NIGHTLY_OUT) $(STORE) .pytest_cache

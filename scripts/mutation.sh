@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make mutation`: mutmut (envs/mutation.lock.txt) over the gate, signing, store, manifest,
+# fetch and deploy code ([tool.mutmut] in pyproject.toml says which files) against the fast
+# tests, within a time budget; then scripts/mutation_report.py writes the score and every
+# surviving mutant (with its diff) to MUTATION_OUT/mutation.{md,json}.
+#
+# It runs in a copy of the tree (MUTATION_WORK, kept between runs): mutmut resumes there and
+# re-tests only the functions that changed, so a second run costs little. A run cut by the
+# budget reports what it finished; the next run goes on from there.
+#   MUTATION_BUDGET  seconds for `mutmut run` (default 3600)
+#   MUTATION_JOBS    parallel mutants (default: cores)
+#   MUTATION_OUT     where the report goes (default ./mutation-report)
+#   MUTATION_WORK    the working copy (default ~/.cache/model-convert/mutation/<tree>)
+#   MUTATION_SRC     the tree to test (default this checkout; tests point it at a toy tree)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+src=$(cd "${MUTATION_SRC:-$here}" && pwd)
+budget=${MUTATION_BUDGET:-3600}
+jobs=${MUTATION_JOBS:-$(nproc)}
+out=${MUTATION_OUT:-$here/mutation-report}
+work=${MUTATION_WORK:-$HOME/.cache/model-convert/mutation/$(basename "$src")}
+"$here/scripts/setup_env.sh" mutation >&2
+bin="${VENV_ROOT:-$here/.venvs}/mutation/bin"
+
+mkdir -p "$work" "$out"
+# The tree as git sees it (tracked and untracked, not ignored), into the working copy; what
+# mutmut keeps there (mutants/) stays, so it can resume.
+if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+  (cd "$src" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$work"
+else
+  (cd "$src" && tar --exclude=./mutants -cf - .) | tar -xf - -C "$work"
+fi
+cd "$work"
+echo "mutation: mutmut in $work (a copy of $src), budget ${budget}s, $jobs jobs" >&2
+status=0
+timeout --signal=INT --kill-after=60 "$budget" "$bin/mutmut" run --max-children "$jobs" || status=$?
+case $status in
+  0) finished=true ;;
+  124|130) finished=false; echo "mutation: budget of ${budget}s reached; reporting what ran (run again to go on)" >&2 ;;
+  *) echo "mutation: mutmut run failed (exit $status)" >&2; exit "$status" ;;
+esac
+"$bin/python" "$here/scripts/mutation_report.py" --out "$out" --finished "$finished" \
+    --equivalent "$src/tests/mutation_equivalent.txt"

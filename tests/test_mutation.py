@@ -1,0 +1,81 @@
+"""`make mutation`'s machinery (scripts/mutation.sh + scripts/mutation_report.py) on a toy
+tree: mutmut really runs, the score counts what the tests catch, survivors come with their
+diff, an equivalent entry leaves the denominator, a stale one is named, and a second run
+resumes in the working copy."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from conftest import REPO, VENV_ROOT
+
+
+def _toy(root):
+    (root / "gate").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\npythonpath = ["."]\n\n[tool.mutmut]\n'
+        'source_paths = ["gate/"]\npytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+        'pytest_add_cli_args_test_selection = ["tests/"]\n')
+    (root / "gate" / "__init__.py").write_text("")
+    (root / "gate" / "limits.py").write_text(
+        "def within(measured, limit):\n    return abs(measured) <= limit\n\n\n"
+        "def label(passed):\n    return 'pass' if passed else 'FAIL'\n")
+    # No test at the boundary (<= vs <) and none of label(): those mutants must not count.
+    (root / "tests" / "test_gate.py").write_text(
+        "from gate.limits import within\n\n\ndef test_within():\n"
+        "    assert within(0.5, 1.0) is True\n    assert within(-2.0, 1.0) is False\n")
+
+
+def _run(toy, tmp_path):
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "mutation.sh")], cwd=REPO, capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, "VENV_ROOT": str(VENV_ROOT), "MUTATION_SRC": str(toy),
+             "MUTATION_WORK": str(tmp_path / "work"), "MUTATION_OUT": str(tmp_path / "out"),
+             "MUTATION_BUDGET": "300", "MUTATION_JOBS": "2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, json.loads((tmp_path / "out" / "mutation.json").read_text())
+
+
+def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
+    toy = tmp_path / "toy"
+    _toy(toy)
+    (toy / "tests" / "mutation_equivalent.txt").write_text("gate.limits.x_gone__mutmut_1  # x\n")
+    proc, report = _run(toy, tmp_path)
+    statuses = report["total"]["by_status"]
+    assert report["finished"] is True and statuses.get("killed", 0) >= 1
+    label = [s for s in report["survivors"] if "x_label" in s["name"]]
+    assert label and all(s["status"] == "no tests" for s in label)
+    [boundary] = [s for s in report["survivors"] if "x_within" in s["name"]]
+    assert boundary["status"] == "survived" and "abs(measured) < limit" in boundary["diff"]
+    caught = report["total"]["caught"]
+    assert report["total"]["score_percent"] == round(100 * caught / report["total"]["mutants"], 1)
+    assert report["stale_equivalent"] == ["gate.limits.x_gone__mutmut_1"]
+    assert f"score {report['total']['score_percent']}%" in proc.stdout
+    md = (tmp_path / "out" / "mutation.md").read_text()
+    assert boundary["name"] in md and "abs(measured) < limit" in md
+
+    # The boundary mutant declared equivalent: reported with its reason, out of the score.
+    (toy / "tests" / "mutation_equivalent.txt").write_text(
+        f"{boundary['name']}  # toy: documented as equivalent\n")
+    _, again = _run(toy, tmp_path)
+    assert again["equivalent"] == [{"name": boundary["name"], "status": "survived",
+                                    "why": "toy: documented as equivalent"}]
+    assert boundary["name"] not in {s["name"] for s in again["survivors"]}
+    total = again["total"]
+    assert total["equivalent"] == 1 and total["score_percent"] == round(
+        100 * total["caught"] / (total["mutants"] - 1), 1)
+    assert again["stale_equivalent"] == []
+
+
+def test_mutation_env_is_the_orchestrator_env_plus_mutmut():
+    """The fast tests run under mutmut as in the orchestrator environment: same pins."""
+    def pins(name):
+        text = (REPO / "envs" / f"{name}.lock.txt").read_text()
+        return {line.split()[0] for line in text.splitlines() if "==" in line.split(" ")[0]}
+
+    orchestrator, mutation = pins("orchestrator"), pins("mutation")
+    assert orchestrator <= mutation
+    assert "mutmut==3.8.1" in mutation - orchestrator
