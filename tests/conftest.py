@@ -188,8 +188,9 @@ def assert_passed(report: dict) -> None:
     assert {c["scope"]["model"] for c in logit_checks} == {"exported", "simplified"}
     assert all(c["passed"] for c in report["checks"])
     # The deploy gate: preprocess.json, run without the framework, made the source's tensors.
-    [deploy] = [c for c in report["checks"] if c["name"] == "contract_preprocess"]
-    assert deploy["scope"]["stage"] == "deploy" and deploy["measured"] == 0.0, deploy
+    [deploy] = [c for c in report["checks"] if c["name"] == "contract_preprocess"
+                and c["scope"]["stage"] == "deploy"]
+    assert deploy["measured"] == 0.0, deploy
     assert report["deploy"]["exact_images"] == report["deploy"]["images"] > 0
     # Gate power: the same logit check failed a copy with one conv perturbed by 1e-3.
     [canary] = [c for c in report["checks"] if c["name"] == "canary_caught"]
