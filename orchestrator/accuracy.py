@@ -30,6 +30,7 @@ from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, scor
 from verify.compare import Check
 from verify.dataset import Dataset
 from verify.ort_runner import OrtRunner
+from verify.runners import CPU_RUNTIMES, make_runner
 
 LISTED = 50   # unreadable / disagreeing images named in the report (the count is always full)
 # Accuracy images per Ray task unless --shard-size says otherwise. A shard costs about 8 s
@@ -100,6 +101,41 @@ class ShardResult:
     contract: dict | None = None    # orchestrator.deploy figures of this shard
 
 
+AT = "@"   # candidate "fp16@openvino": the fp16 model on OpenVINO
+
+
+def shard_runtimes(entry) -> list[str]:
+    """Runtimes besides ONNX Runtime CPU that the accuracy shards run: the CPU ones of the
+    entry's deploy.runtimes (a GPU runtime would make a shard's figures depend on its node)."""
+    return [r for r in entry["deploy"]["runtimes"] if r in CPU_RUNTIMES and r != "onnxruntime"]
+
+
+def runtime_accuracy(entry, meter: AccuracyMeter, names: list[str]) -> dict[str, dict]:
+    """Per extra runtime and model: its top-1/top-5 and the check ONNX Runtime's copy gets
+    (fp32: |top-1 - source| <= onnx_top1_delta; a variant: its top1_drop)."""
+    out: dict[str, dict] = {}
+    for name in names:
+        if AT not in name:
+            continue
+        model, runtime = name.split(AT)
+        scope = {"model": "simplified" if model == "onnx" else model, "runtime": runtime,
+                 "stage": "accuracy"}
+        if model == "onnx":
+            limit = entry["accuracy"]["onnx_top1_delta"]
+            delta = round(meter.percent(name, 1) - meter.percent("source", 1), 4)
+            check = Check("onnx_top1_delta", abs(delta) <= limit + 1e-9, delta, limit,
+                          f"{runtime} top-1 {meter.percent(name, 1):.3f}% vs source "
+                          f"{meter.percent('source', 1):.3f}% on {meter.images} images", scope)
+        else:
+            check = variant_drop_check(meter, name, entry["variants"][model]["max_top1_drop"])
+            check.scope = scope
+        precision = "fp32" if model == "onnx" else model
+        out.setdefault(runtime, {})[precision] = {
+            "check": check, "figures": {**meter.side(name),
+                                        "disagree": len(meter.disagreeing[name])}}
+    return out
+
+
 def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: bytes,
                    say=print) -> ShardResult:
     """Run the source's eval forward and ONNX Runtime on this shard's images."""
@@ -113,6 +149,8 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
             path.write_bytes(blob)
             # ONNX Runtime shares the cores with the worker: idle threads sleep.
             runners[name] = OrtRunner(path, job.threads, spinning=False)
+            for runtime in shard_runtimes(entry):   # the runtime matrix, on the same tensors
+                runners[f"{name}{AT}{runtime}"] = make_runner(runtime, path, job.threads)
         worker_job = {"task": "evaluate", "entry": entry, "checkpoint": str(got.path),
                       "images": job.paths, "threads": job.threads,
                       "data_workers": job.data_workers,
@@ -200,7 +238,8 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
     labels = np.asarray([data.labels[i] for i in selection.positions], dtype=np.int64)
     limits = entry["accuracy"]
     contract = [s.contract for s in sorted(shards, key=lambda s: s.start) if s.contract]
-    meter = AccuracyMeter(("onnx", *variants, *(["contract"] if contract else [])))
+    extra = [f"{m}{AT}{r}" for m in ("onnx", *variants) for r in shard_runtimes(entry)]
+    meter = AccuracyMeter(("onnx", *variants, *(["contract"] if contract else []), *extra))
     unreadable = []
     for shard in sorted(shards, key=lambda s: s.start):
         if shard.scored is not None:
@@ -249,6 +288,7 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
         checks += contract_accuracy_checks(entry, figures, meter.percent("source", 1),
                                            meter.percent("contract", 1), meter.images)
         report["contract"] = figures
+    report["runtimes"] = runtime_accuracy(entry, meter, extra)
     per_variant = {}
     for name in variants:
         figures = {**meter.side(name), "disagree": len(meter.disagreeing[name]),

@@ -38,7 +38,7 @@ from orchestrator.deploy import deploy_gate
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
 from orchestrator.localize import VALUE_CHECKS, LocalizeFailed, localize_model
-from orchestrator.runtimes import runtime_matrix
+from orchestrator.runtimes import runtime_matrix, runtimes_line
 from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
 from release.deployable import make_deployable
@@ -114,6 +114,7 @@ class EntryResult:
     status: str            # passed | failed | error | unavailable | unchanged
     decided_by: str        # the figure or cause that decided the status
     seconds: float
+    runtimes: str = ""     # the runtime matrix in one line (orchestrator/runtimes.py)
 
 
 class StageError(Exception):
@@ -567,6 +568,7 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
 def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict], merged,
                     say) -> list[Check]:
     acc_checks, accuracy, per_variant = merged
+    runtimes = accuracy.pop("runtimes", {})
     report["accuracy"] = accuracy
     for precision, (drop, figures) in per_variant.items():
         variants[precision]["checks"].append(drop)
@@ -574,6 +576,7 @@ def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict]
         variants[precision]["passed"] = not failed(variants[precision]["checks"])
         say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
             f"{_variant_line(variants[precision])}")
+    acc_checks = acc_checks + _runtime_accuracy(report, variants, runtimes, say)
     if "contract" in accuracy:
         c = accuracy["contract"]
         say(f"  deploy    preprocess.json + ONNX top-1 {c['top1']:.2f}% vs the source's "
@@ -588,6 +591,31 @@ def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict]
         f"{accuracy['throughput']['wall_images_per_s']} images/s "
         f"({accuracy['throughput']['shards']} shard(s))")
     return checks + acc_checks
+
+
+def _runtime_accuracy(report: dict, variants: dict[str, dict], runtimes: dict,
+                      say) -> list[Check]:
+    """The runtime matrix with --data: each runtime's top-1 on the accuracy images
+    (orchestrator.accuracy.runtime_accuracy), into report['runtimes']; a required runtime's
+    check gates its model. Returns the fp32 checks to gate on."""
+    gating: list[Check] = []
+    for runtime, per_model in runtimes.items():
+        section = report.setdefault("runtimes", {}).setdefault(runtime, {})
+        required = section.get("required", False)
+        for precision, result in per_model.items():
+            check = result["check"]
+            section.setdefault("accuracy", {})[precision] = {
+                "passed": check.passed, "check": check.as_dict(), **result["figures"]}
+            if required and precision == "fp32":
+                gating.append(check)
+            elif required:
+                variants[precision]["checks"].append(check)
+                variants[precision]["passed"] = not failed(variants[precision]["checks"])
+            say(f"  runtime   {runtime} {precision} top-1 {result['figures']['top1']:.2f}%: "
+                f"{check.name} {_fmt(check.measured)} vs limit {_fmt(check.limit)} "
+                f"{'passed' if check.passed else 'FAILED'}"
+                f"{'' if required else ' (reported, not required)'}")
+    return gating
 
 
 def _near_ties(accuracy: dict) -> str:
@@ -656,7 +684,8 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
     if not report["passed"]:
         artifact_files = {k: v for k, v in files.items() if k == "worker.log"}
         write_artifact(opts.out_dir, entry.name, report, artifact_files)
-    return EntryResult(entry.name, status, decided, timings["total"])
+    return EntryResult(entry.name, status, decided, timings["total"],
+                       runtimes_line(report.get("runtimes") or {}))
 
 
 # --------------------------------------------------------------------------- the driver

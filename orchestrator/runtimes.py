@@ -92,3 +92,21 @@ def runtime_matrix(entry, models: dict[str, Path], inputs: np.ndarray,
                 "passed" if passed else f"FAILED {bad[0].name} {bad[0].measured!s:.12} vs "
                 f"{bad[0].limit}") + ("" if runtime in required else " (reported, not required)"))
     return gating, report
+
+
+def runtimes_line(section: dict) -> str:
+    """report['runtimes'] in one line for the run's summary: each runtime's models, passed
+    or FAILED (with --data, the accuracy check too), required or not, or skipped."""
+    parts = []
+    for runtime, info in section.items():
+        if "skipped" in info:
+            parts.append(f"{runtime} skipped")
+            continue
+        models = []
+        for precision, result in (info.get("models") or {}).items():
+            accuracy = (info.get("accuracy") or {}).get(precision)
+            ok = result["passed"] and (accuracy is None or accuracy["passed"])
+            models.append(f"{precision} {'ok' if ok else 'FAILED'}")
+        parts.append(f"{runtime} {', '.join(models) or 'nothing ran'}"
+                     f"{' (required)' if info.get('required') else ''}")
+    return "; ".join(parts)

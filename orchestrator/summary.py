@@ -1,4 +1,5 @@
-"""The table printed at the end of a run: entry, status, the figure that decided it, time."""
+"""The table printed at the end of a run: entry, status, the figure that decided it, time;
+then each entry's runtime matrix in one line."""
 from __future__ import annotations
 
 
@@ -12,6 +13,10 @@ def format_summary(results) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     passed = sum(r.status == "passed" for r in results)
     unchanged = sum(r.status == "unchanged" for r in results)
+    matrix = [(r.name, r.runtimes) for r in results if getattr(r, "runtimes", "")]
+    if matrix:
+        lines.append("runtimes (besides ONNX Runtime CPU):")
+        lines += [f"  {name}: {line}" for name, line in matrix]
     lines.append(f"{passed}/{len(results)} passed"
                  + (f", {unchanged} unchanged (skipped)" if unchanged else ""))
     return "\n".join(lines)

@@ -91,6 +91,11 @@ def _assert_matches(report: dict, own: dict, layout: str) -> None:
     assert contract["images"] == contract["exact_images"] == COUNT
     assert contract["max_level_diff"] == 0.0 and contract["errors"] == []
     assert contract["top1"] == acc["source"]["top1"] and contract["disagree"] == 0
+    # The runtime matrix on the same tensors: OpenVINO's top-1 beside ONNX Runtime's.
+    ov = report["runtimes"]["openvino"]["accuracy"]["fp32"]
+    assert ov["images"] == COUNT and ov["check"]["name"] == "onnx_top1_delta"
+    assert ov["check"]["measured"] == pytest.approx(ov["top1"] - acc["source"]["top1"],
+                                                    abs=1e-3)
     assert acc["throughput"]["images_per_s"] > 0
     # Images / s of the data path vs inference, as the worker saw them.
     worker = acc["throughput"]["worker"]

@@ -245,3 +245,36 @@ def test_runtime_matrix_required_openvino_blocks_what_it_cannot_run(tmp_path):
     entry["deploy"]["required_runtimes"] = ["onnxruntime", "tensorrt"]
     gating, _ = runtime_matrix(entry, models, x, reference, 1, lines.append)
     assert [c.name for c in gating["fp32"] if not c.passed] == ["runtime_available"]
+
+
+def test_runtime_accuracy_gates_only_required_runtimes_and_the_summary_says_so():
+    """--data figures of another runtime: a failing check of a required runtime fails the
+    fp32 entry or drops the variant; of another runtime it is only reported."""
+    from orchestrator.run import EntryResult, _runtime_accuracy
+    from orchestrator.runtimes import runtimes_line
+    from orchestrator.summary import format_summary
+    from verify.compare import Check
+
+    def result(passed):
+        return {"check": Check("top1_drop", passed, 0.0 if passed else 2.0, 0.5),
+                "figures": {"top1": 70.0, "top5": 90.0, "images": 100, "disagree": 2}}
+
+    for required in (True, False):
+        report = {"runtimes": {"openvino": {"required": required, "models": {
+            "fp32": {"passed": True, "checks": []}, "int8": {"passed": True, "checks": []}}},
+            "tensorrt": {"required": False, "skipped": "no GPU"}}}
+        variants = {"int8": {"checks": [], "passed": True}}
+        lines = []
+        gating = _runtime_accuracy(report, variants, {"openvino": {
+            "fp32": result(False), "int8": result(False)}}, lines.append)
+        accuracy = report["runtimes"]["openvino"]["accuracy"]
+        assert accuracy["int8"]["passed"] is False and accuracy["int8"]["top1"] == 70.0
+        assert [c.passed for c in gating] == ([False] if required else [])
+        assert variants["int8"]["passed"] is (not required)
+        assert all("FAILED" in line for line in lines)
+        assert ("not required" in lines[0]) is (not required)
+        line = runtimes_line(report["runtimes"])
+        assert line == ("openvino fp32 FAILED, int8 FAILED" + (" (required)" if required else "")
+                        + "; tensorrt skipped")
+    summary = format_summary([EntryResult("m", "failed", "x", 1.0, line)])
+    assert f"  m: {line}" in summary and summary.endswith("0/1 passed")

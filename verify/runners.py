@@ -10,6 +10,7 @@ from verify.ov_runner import OpenVinoRunner
 
 RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner}
 RUNTIMES = tuple(RUNNERS)
+CPU_RUNTIMES = RUNTIMES   # both run on any node's CPU (the GPU ones: orchestrator/runtimes.py)
 
 
 def make_runner(runtime: str, path: Path, threads: int | None = None, spinning: bool = True):
