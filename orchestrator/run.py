@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import shutil
 import subprocess
 import time
 import traceback
