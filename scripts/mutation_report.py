@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 CAUGHT = {"killed", "timeout"}
+DIFFED = {"survived", "suspicious"}
 
 
 def read_equivalent(path: Path) -> dict[str, str]:
@@ -84,11 +85,16 @@ def main() -> None:
     equivalent = read_equivalent(args.equivalent)
     files = collect()
     result = score(files, equivalent)
-    result["finished"] = args.finished == "true"
+    # mutmut exits 0 when stopped with Ctrl-C too: unrun mutants say whether it finished.
+    result["finished"] = args.finished == "true" and not result["total"]["by_status"].get(
+        "not checked")
     found = {name: (path, status) for path, mutants in files.items()
              for name, status in mutants.items()}
+    # Diffs for the mutants a test ran and missed; the uncovered and unrun ones by name (a
+    # diff each would cost a parse of its file, thousands of times).
     result["survivors"] = [
-        {"name": name, "file": path, "status": status, "diff": diff_of(name, path)}
+        {"name": name, "file": path, "status": status,
+         "diff": diff_of(name, path) if status in DIFFED else ""}
         for name, (path, status) in sorted(found.items())
         if status not in CAUGHT and name not in equivalent]
     result["equivalent"] = [{"name": n, "why": why, "status": found[n][1]}
@@ -125,10 +131,18 @@ def markdown(result: dict) -> str:
         lines += [f"- `{n}`" for n in result["stale_equivalent"]]
     lines += ["", "## Equivalent (survive by design)", ""]
     lines += [f"- `{e['name']}`: {e['why']}" for e in result["equivalent"]] or ["(none)"]
-    lines += ["", f"## Survivors ({len(result['survivors'])})", ""]
-    for s in result["survivors"]:
+    diffed = [s for s in result["survivors"] if s["diff"]]
+    lines += ["", f"## Survivors a test ran and missed ({len(diffed)})", ""]
+    for s in diffed:
         lines += [f"### `{s['name']}` ({s['status']})", "", "```diff", s["diff"].rstrip(), "```",
                   ""]
+    rest = [s for s in result["survivors"] if not s["diff"]]
+    lines += ["", f"## Not covered by a fast test, or not run ({len(rest)})", ""]
+    by_function: dict[tuple[str, str], int] = Counter()
+    for s in rest:
+        by_function[(s["status"], s["name"].rsplit("__mutmut_", 1)[0])] += 1
+    lines += [f"- {status}: `{function}` ({count})"
+              for (status, function), count in sorted(by_function.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -92,6 +92,42 @@ def test_signature_checks_names_then_shapes():
     assert opset[0].name == "opset" and not opset[0].passed and opset[0].measured == 17
 
 
+def test_signature_checks_in_full():
+    """Every field of every signature check, as the report shows it, in the cases that decide:
+    all well; another opset; a fixed batch where it must be symbolic (input or output alone);
+    a fixed batch where that is allowed; another class count."""
+    scope = {"model": "simplified"}
+    want_shapes = {"input": ["N", 3, 224, 224], "logits": ["N", 1000]}
+    good = check_signature(_info(), 1000, [3, 224, 224], True, scope, opset=17)
+    assert [c.as_dict() for c in good] == [
+        {"name": "opset", "passed": True, "measured": 17, "limit": 17, "scope": scope},
+        {"name": "io_names", "passed": True,
+         "measured": {"inputs": ["input"], "outputs": ["logits"]},
+         "limit": {"inputs": ["input"], "outputs": ["logits"]}, "scope": scope},
+        {"name": "io_shapes", "passed": True,
+         "measured": {"input": ["batch", 3, 224, 224], "logits": ["batch", 1000]},
+         "limit": want_shapes, "scope": scope}]
+    opset = check_signature(_info(), 1000, [3, 224, 224], True, scope, opset=11)[0]
+    assert opset.passed is False and (opset.measured, opset.limit) == (17, 11)
+    assert opset.detail == "the exporter wrote another opset than the manifest asks"
+    names = check_signature(_info(in_name="x"), 1000, [3, 224, 224], True, scope)
+    assert names[0].passed is False and names[0].measured == {"inputs": ["x"],
+                                                              "outputs": ["logits"]}
+    assert names[0].detail == ("downstream users rely on one interface: input 'input', "
+                               "output 'logits'") and names[0].scope == scope
+    fixed_out = _info()
+    fixed_out["outputs"][0]["shape"][0] = 1       # input symbolic, logits fixed
+    for info in (_info(batch=1), fixed_out):
+        shapes = check_signature(info, 1000, [3, 224, 224], True, scope)[1]
+        assert shapes.passed is False and shapes.limit == want_shapes
+        assert shapes.detail == ("shapes differ from the manifest (N must be symbolic when "
+                                 "dynamic_batch is on)")
+    assert check_signature(_info(batch=1), 1000, [3, 224, 224], False, scope)[1].passed is True
+    assert check_signature(_info(classes=1001), 1000, [3, 224, 224], False, scope)[1].passed \
+        is False
+    assert check_signature(_info(), 1000, [3, 256, 224], False, scope)[1].passed is False
+
+
 # --------------------------------------------------------------------------- canary
 def _tiny_cnn(path):
     """input (N,3,8,8) -> Conv 3->4 -> Relu -> Conv 4->6 -> Relu -> Conv 6->8 -> mean -> Gemm
