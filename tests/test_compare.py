@@ -128,6 +128,52 @@ def test_signature_checks_in_full():
     assert check_signature(_info(), 1000, [3, 256, 224], False, scope)[1].passed is False
 
 
+def test_variant_comparison_in_full():
+    """compare_variant's four checks with figures worked out by hand: per-image cosine (a
+    zero row counts as 1), top-1 agreement, max |diff| reported only; each gate passes at
+    equality and fails just above it; NaN and a shape mismatch each stop the comparison."""
+    import math
+
+    import pytest
+
+    from verify.compare import compare_variant
+
+    ref = np.array([[2.0, 0, 0], [0.5, 0, 0], [0, 0, 0]])
+    out = np.array([[1.0, 1, 0], [0.1, 0.4, 0], [0, 0, 0]])
+    cosine = 0.05 / (0.5 * math.sqrt(0.1 ** 2 + 0.4 ** 2))    # row 1, the smallest
+    scope = {"model": "int8"}
+    gates = {"min_cosine": cosine, "min_top1_agreement": 2 / 3}
+    checks = compare_variant(ref, out, gates, scope)
+    assert [c.name for c in checks] == ["finite", "cosine_min", "top1_agreement",
+                                        "max_abs_diff"]
+    finite, cos, agree, diff = checks
+    assert finite.as_dict() == {"name": "finite", "passed": True, "measured": True,
+                                "limit": True, "scope": scope}
+    assert cos.passed is True and cos.measured == pytest.approx(cosine, rel=1e-12)
+    assert cos.limit == cosine and cos.scope == scope
+    assert cos.detail == "smallest per-image cosine similarity to the fp32 source's logits"
+    assert agree.as_dict() == {"name": "top1_agreement", "passed": True, "measured": 2 / 3,
+                               "limit": 2 / 3, "scope": scope,
+                               "detail": "2/3 images have the fp32 source's top-1"}
+    assert diff.as_dict() == {"name": "max_abs_diff", "passed": True, "measured": 1.0,
+                              "limit": None, "scope": scope,
+                              "detail": "reported, not gated (max|ref| 2)"}
+    above = compare_variant(ref, out, {"min_cosine": cosine + 1e-9,
+                                       "min_top1_agreement": 2 / 3 + 1e-9}, scope)
+    assert [c.passed for c in above] == [True, False, False, True]
+
+    nan = out.copy()
+    nan[2, 1] = np.nan
+    [bad] = compare_variant(ref, nan, gates, scope)
+    assert bad.as_dict() == {"name": "finite", "passed": False, "measured": False,
+                             "limit": True, "detail": "NaN or Inf in the logits",
+                             "scope": scope}
+    [shape] = compare_variant(ref, out[:, :2], gates, scope)
+    assert shape.as_dict() == {"name": "logits_shape", "passed": False, "measured": [3, 2],
+                               "limit": [3, 3], "scope": scope,
+                               "detail": "variant and reference logits differ in shape"}
+
+
 # --------------------------------------------------------------------------- canary
 def _tiny_cnn(path):
     """input (N,3,8,8) -> Conv 3->4 -> Relu -> Conv 4->6 -> Relu -> Conv 6->8 -> mean -> Gemm

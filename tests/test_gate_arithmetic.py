@@ -103,3 +103,97 @@ def test_sampling_allowance_is_three_standard_errors_with_the_finite_population_
     # Without the correction it would be 3.795; with 2 standard errors 2.504.
     assert sampling_allowance(80.0, 1000) == pytest.approx(3.7566, abs=1e-3)
     assert sampling_allowance(80.0, N) == 0.0 and sampling_allowance(80.0, 0) == 0.0
+
+
+def test_accuracy_checks_in_full_at_their_boundaries():
+    """Every field of every accuracy gate, worked out by hand, with each limit set exactly at
+    the measured value (passes: the gates are <=) and then just under it (fails)."""
+    labels = [1] * 10
+    meter = _meter(labels, [1] * 6 + [0] * 4, [1] * 5 + [0] * 5)   # 60 % vs 50 %, 1 differs
+    p, n = 0.6025, 10
+    allowance = 300 * math.sqrt(p * (1 - p) / n * (50000 - n) / (50000 - 1))
+    limits = {"onnx_top1_delta": 10.0, "disagreement": 10.0, "published_top1_delta": 0.3,
+              "unreadable": 10.0}
+    published = {"top1": 60.25, "top5": 90.0, "reference": "paper"}
+    checks, info = accuracy_checks(meter, limits, 10, 1, published, pinned=True)
+    scope = {"model": "simplified", "stage": "accuracy"}
+    assert [c.as_dict() for c in checks[:3]] == [
+        {"name": "onnx_top1_delta", "passed": True, "measured": 10.0, "limit": 10.0,
+         "detail": "ONNX top-1 50.000% vs source top-1 60.000% on 10 images (percent points; "
+                   "the limit allows 1 image)", "scope": scope},
+        {"name": "top1_disagreement", "passed": True, "measured": 10.0, "limit": 10.0,
+         "detail": "1 of 10 images have a different top-1 (percent of images; the limit "
+                   "allows 1 image)", "scope": scope},
+        {"name": "unreadable_images", "passed": True, "measured": 10.0, "limit": 10.0,
+         "detail": "1 of 10 images could not be decoded by the source's decoder (percent of "
+                   "images; the limit allows 1 image)",
+         "scope": {"model": "dataset", "stage": "accuracy"}}]
+    pub = checks[3].as_dict()
+    assert pub == {"name": "published_top1_delta", "passed": True, "measured": 0.25,
+                   "limit": round(0.3 + allowance, 4),
+                   "detail": f"source top-1 60.000% vs published 60.25% (paper); limit 0.3 pt "
+                             f"+ {allowance:.2f} pt sampling allowance (3 standard errors for "
+                             "10 of 50000 images)",
+                   "scope": {"model": "source", "stage": "accuracy"}}
+    assert info == {"applied": True, "top1": 60.25, "top5": 90.0, "delta": -0.25,
+                    "limit": round(0.3 + allowance, 4),
+                    "sampling_allowance": round(allowance, 4)}
+
+    under = {k: v - 1e-3 for k, v in limits.items()}
+    under["published_top1_delta"] = 0.25 - allowance - 1e-3
+    checks, _ = accuracy_checks(meter, under, 10, 1, published, pinned=True)
+    assert [c.passed for c in checks] == [False, False, False, False]
+
+    # Without a published figure, or not the pinned file: reported why, no check.
+    assert accuracy_checks(meter, limits, 10, 1, None, pinned=True)[1] == {
+        "applied": False, "why": "the entry names no published accuracy"}
+    checks, info = accuracy_checks(meter, limits, 10, 1, published, pinned=False)
+    assert len(checks) == 3 and info == {
+        "applied": False, "top1": 60.25, "top5": 90.0, "delta": -0.25,
+        "why": "the checkpoint is not the pinned published file (local file or digest not "
+               "published), so the publisher's figure does not apply"}
+    # The whole of ImageNet val: no sampling allowance, and the detail does not mention one.
+    full = AccuracyMeter()
+    full.images, full.hits["source"][1], full.hits["onnx"][1] = 50000, 30000, 30000
+    [*_, whole], info = accuracy_checks(full, limits, 50000, 0, published, pinned=True)
+    assert whole.limit == 0.3 and info["sampling_allowance"] == 0.0
+    assert whole.detail.endswith("limit 0.3 pt")
+    # Nothing decoded: one failing check says so.
+    checks, info = accuracy_checks(AccuracyMeter(), limits, 7, 7, published, pinned=True)
+    assert [c.as_dict() for c in checks] == [
+        {"name": "accuracy_images", "passed": False, "measured": 0, "limit": ">= 1",
+         "detail": "none of the 7 dataset images could be decoded", "scope": scope}]
+    assert info == {"applied": False, "why": "no image decoded"}
+
+
+def test_near_ties_are_listed_not_counted_and_the_margin_is_twice_the_logit_limit():
+    from verify.accuracy import near_tie_margin, score
+
+    tol = {"atol": 0.25, "rtol": 0.01}
+    source = np.array([[3.0, 2.5, 0.0], [0.0, -10.0, 1.0]])
+    assert near_tie_margin(source, tol).tolist() == [2 * (0.25 + 0.01 * 3.0),
+                                                     2 * (0.25 + 0.01 * 10.0)]
+    assert near_tie_margin(source[:0], tol).shape == (0,)
+    assert near_tie_margin(source, None).tolist() == [0.0, 0.0]
+    # Gap exactly at the margin is a near-tie (<=): row 0's top two are 0.5 apart.
+    exact = {"atol": 0.25, "rtol": 0.0}
+    swapped = np.array([[2.5, 3.0, 0.0], [0.0, -10.0, 1.0]])
+    scored = score(source, {"onnx": swapped}, exact)
+    assert scored["onnx"]["near_tie"].tolist() == [True, False]
+    assert scored["onnx"]["max_diff"].tolist() == [0.5, 0.0]
+    assert score(source, {"onnx": swapped}, {"atol": 0.2499, "rtol": 0.0})[
+        "onnx"]["near_tie"].tolist() == [False, False]
+    meter = AccuracyMeter()
+    meter.add(np.array([0, 2]), np.array([0, 1]), source, swapped, exact)
+    checks, _ = accuracy_checks(meter, {**LIMITS, "disagreement": 0.0}, 2, 0, None, False)
+    by = _by_name(checks)
+    assert by["top1_disagreement"].passed and by["top1_disagreement"].measured == 0.0
+    assert by["top1_disagreement"].detail.endswith(
+        "; 1 more changed between the source's top two classes, which lie within 2x the logit "
+        "limit of each other: near-ties, listed, not counted")
+    # Two classes: still a near-tie; one class: nothing to swap with.
+    two = score(source[:, :2], {"onnx": swapped[:, :2]}, exact)
+    assert two["onnx"]["near_tie"].tolist() == [True, False]
+    one = score(source[:, :1], {"onnx": source[:, :1]}, exact)
+    assert one["onnx"]["near_tie"].tolist() == [False, False]
+    assert one["source"]["top5"].shape == (2, 1)

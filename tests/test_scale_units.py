@@ -63,7 +63,10 @@ def _entry():
         data = {"published": None}
     return Entry(accuracy={"onnx_top1_delta": 0.1, "disagreement": 0.1, "unreadable": 50.0,
                            "published_top1_delta": 0.3, "batch_size": 4},
-                 preprocess={"pipeline": "x"}, variants={"fp16": {"max_top1_drop": 1.0}})
+                 preprocess={"pipeline": "x"}, variants={"fp16": {"max_top1_drop": 1.0}},
+                 source="mmpretrain",
+                 deploy={"runtimes": ["onnxruntime"], "max_level_diff": 1.0,
+                         "max_top1_delta": 0.1})
 
 
 def test_merged_shards_equal_one_pass_over_the_same_logits(tmp_path):
@@ -99,6 +102,86 @@ def test_merged_shards_equal_one_pass_over_the_same_logits(tmp_path):
     assert per_variant["fp16"][1]["max_abs_logit_diff"] == one.max_diff["fp16"]
     assert report["disagree_images"] == [str(paths[i]) for i in one.disagree]
     assert report["throughput"]["shards"] == 4
+
+
+def test_merged_report_in_full_with_contract_variant_and_another_runtime(tmp_path):
+    """Every field merge_shards reports, worked out by hand for two shards of three images:
+    the fp32 gates, the contract's (tensors and top-1), a failing fp16 variant, OpenVINO's
+    figures on the same tensors, and the throughput sums."""
+    k, labels = 5, [0, 1, 2, 3, 4, 0]
+
+    def logits(top1):
+        x = np.tile(-np.arange(k, dtype=np.float64), (len(top1), 1))
+        x[np.arange(len(top1)), top1] = 100.0
+        return x
+
+    src = logits([0, 1, 2, 3, 0, 1])              # 4 of 6 right: 66.6667 %
+    fp16 = logits([0, 1, 2, 0, 0, 1])             # 3 of 6: a 16.67 point drop
+    ov = logits([0, 1, 2, 3, 4, 1])               # 5 of 6 on OpenVINO: +16.67 points
+    paths = [tmp_path / f"{i}.JPEG" for i in range(6)]
+    selection = Selection(Dataset(tmp_path, "val.txt", paths, labels), list(range(6)), None)
+    parts = [{"images": 3, "exact_images": 3, "max_level_diff": 0.0, "worst_image": "a",
+              "errors": []},
+             {"images": 3, "exact_images": 2, "max_level_diff": 0.5, "worst_image": "e",
+              "errors": []}]
+    shards = []
+    for index, rows in enumerate((slice(0, 3), slice(3, 6))):
+        scored = score(src[rows], {"onnx": src[rows], "fp16": fp16[rows],
+                                   "contract": src[rows], "onnx@openvino": ov[rows],
+                                   "fp16@openvino": fp16[rows]})
+        shards.append(ShardResult(
+            index, rows.start, 3, np.arange(rows.start, rows.stop), scored, [],
+            {"evaluate": 2.0 * (index + 1), "forward": 1.0 + index / 2},
+            {"workers": 2, "images": 3, "unreadable": 0, "data_wait_s": 0.5 / (index + 1)},
+            0.5 / (index + 1), 10.0 + 2 * index, parts[index]))
+    entry = _entry()
+    entry["deploy"]["runtimes"] = ["onnxruntime", "openvino"]
+    checks, report, per_variant = merge_shards(entry, selection, shards[::-1], False,
+                                               ["fp16"], 20.0)
+    assert [(c.name, c.passed) for c in checks] == [
+        ("onnx_top1_delta", True), ("top1_disagreement", True), ("unreadable_images", True),
+        ("contract_preprocess", True), ("contract_top1_delta", True)]
+    scope = {"stage": "accuracy", "model": "contract", "images": 6}
+    assert checks[3].as_dict() == {"name": "contract_preprocess", "passed": True,
+                                   "measured": 0.5, "limit": 1.0, "scope": scope,
+                                   "detail": "max over 6 images, worst e; 5 bit-exact"}
+    assert checks[4].as_dict() == {
+        "name": "contract_top1_delta", "passed": True, "measured": 0.0, "limit": 0.1,
+        "scope": scope, "detail": "top-1 66.667% with preprocess.json + ONNX vs 66.667% with "
+                                  "mmpretrain's own preprocessing + model on 6 images "
+                                  "(two-sided)"}
+    runtimes = report.pop("runtimes")
+    assert report == {
+        "source": {"top1": 66.6667, "top5": 100.0, "images": 6},
+        "onnx": {"top1": 66.6667, "top5": 100.0, "images": 6},
+        "disagree": 0, "disagree_images": [], "near_ties": 0, "near_tie_images": [],
+        "max_abs_logit_diff": 0.0, "unreadable": 0, "unreadable_images": [],
+        "dataset": selection.describe(), "preprocess": "x",
+        "published": {"applied": False, "why": "the entry names no published accuracy"},
+        "limits": {"onnx_top1_delta": 0.1, "disagreement": 0.1, "unreadable": 50.0,
+                   "published_top1_delta": 0.3},
+        "throughput": {"images_per_s": 1.0, "wall_s": 20.0, "wall_images_per_s": 0.3,
+                       "onnxruntime_s": 0.75, "shards": 2, "shard_s": [10.0, 12.0],
+                       "worker": {"evaluate": 6.0, "forward": 2.5},
+                       "loader": {"workers": 2, "images": 6, "unreadable": 0,
+                                  "data_wait_s": 0.75}},
+        "contract": {"images": 6, "exact_images": 5, "max_level_diff": 0.5,
+                     "worst_image": "e", "errors": [], "top1": 66.6667, "top5": 100.0,
+                     "disagree": 0},
+        "variants": {"fp16": {"top1": 50.0, "top5": 100.0, "images": 6, "disagree": 1,
+                              "near_ties": 0, "max_abs_logit_diff": 103.0}}}
+    drop, figures = per_variant["fp16"]
+    assert (drop.name, drop.passed, drop.measured, drop.limit) == ("top1_drop", False,
+                                                                   16.6667, 1.0)
+    assert figures == report["variants"]["fp16"]
+    fp32_ov, fp16_ov = runtimes["openvino"]["fp32"], runtimes["openvino"]["fp16"]
+    assert fp32_ov["figures"] == {"top1": 83.3333, "top5": 100.0, "images": 6, "disagree": 1}
+    assert (fp32_ov["check"].name, fp32_ov["check"].passed, fp32_ov["check"].measured) == (
+        "onnx_top1_delta", False, 16.6667)
+    assert fp32_ov["check"].scope == {"model": "simplified", "runtime": "openvino",
+                                      "stage": "accuracy"}
+    assert (fp16_ov["check"].name, fp16_ov["check"].passed) == ("top1_drop", False)
+    assert fp16_ov["check"].scope["runtime"] == "openvino"
 
 
 # --------------------------------------------------------------------------- fingerprint
