@@ -44,7 +44,7 @@ def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
     spec = spec or contract(entry["preprocess"], entry["input_shape"])
     limit = entry["deploy"]["max_level_diff"]
     figures = {"contract": spec, "libraries": libraries(), "images": len(images)}
-    scope = {"stage": "deploy", "images": len(images)}
+    scope = {"stage": "deploy", "model": "contract", "images": len(images)}
     try:
         ours = np.stack([preprocess(p, spec) for p in images])
     except PreprocessError as exc:
