@@ -89,8 +89,7 @@ def contract(cfg: dict, input_shape: list[int], input_name: str = "input") -> di
         raise PreprocessError(f"no preprocessing contract for pipeline {pipeline!r}")
     rules = SOURCE_RULES[pipeline]
     backend = cfg.get("resize_backend") or DEFAULT_BACKEND[pipeline]
-    crop = cfg["crop"]
-    height, width = (crop, crop) if isinstance(crop, int) else crop
+    size = int(cfg["crop"])   # a square crop: the manifest schema takes one integer
     return {
         "format": FORMAT,
         "input": {"name": input_name, "layout": "NCHW", "dtype": "float32",
@@ -99,7 +98,7 @@ def contract(cfg: dict, input_shape: list[int], input_name: str = "input") -> di
                    "exif_orientation": rules["decode"] == "opencv"},
         "resize": {"short_side": int(cfg["resize_short"]), "long_side": rules["long_side"],
                    "interpolation": cfg["interpolation"], "library": BACKENDS[backend]},
-        "crop": {"height": int(height), "width": int(width), "offset": rules["crop_offset"]},
+        "crop": {"height": size, "width": size, "offset": rules["crop_offset"]},
         "normalize": {"scale": float(cfg.get("scale", 1.0)),
                       "mean": [float(m) for m in cfg["mean"]],
                       "std": [float(s) for s in cfg["std"]],

@@ -46,17 +46,15 @@ def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
     figures = {"contract": spec, "libraries": libraries(), "images": len(images)}
     scope = {"stage": "deploy", "model": "contract", "images": len(images)}
     try:
-        ours = np.stack([preprocess(p, spec) for p in images])
-    except PreprocessError as exc:
+        ours, diffs, errors = contract_batch([str(p) for p in images], spec, source_inputs)
+    except PreprocessError as exc:     # tensors of another shape than the source's
         figures["error"] = str(exc)
+        return [Check("contract_preprocess", False, None, limit, str(exc), scope)], figures
+    if errors:
+        figures["error"] = errors[0]["error"]
         return [Check("contract_preprocess", False, None, limit,
-                      f"the contract's preprocessing could not run: {exc}", scope)], figures
-    if ours.shape != source_inputs.shape:
-        detail = (f"the contract makes tensors of {list(ours.shape[1:])}, the source "
-                  f"{list(source_inputs.shape[1:])}")
-        return [Check("contract_preprocess", False, list(ours.shape[1:]),
-                      list(source_inputs.shape[1:]), detail, scope)], figures
-    diffs = level_diffs(ours, source_inputs, spec)
+                      f"the contract's preprocessing could not read {len(errors)} image(s) "
+                      f"the source read: {errors[0]['error']}", scope)], figures
     order = np.argsort(-diffs, kind="stable")
     worst = float(diffs[order[0]])
     figures["max_level_diff"] = worst

@@ -451,11 +451,18 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         with timer.stage("runtimes"):
             gating, report["runtimes"] = runtime_matrix(entry, models, inputs, reference,
                                                         opts.threads, say)
-        checks += gating.pop("fp32")
-        for precision, extra in gating.items():
+        checks += _gate_on(variants, gating)
+    return checks, variants, runnable
+
+
+def _gate_on(variants: dict[str, dict], gating: dict[str, list[Check]]) -> list[Check]:
+    """Required runtimes' checks per precision: a variant's join its own (and may stop it
+    shipping); the fp32 ones are returned for the entry's verdict."""
+    for precision, extra in gating.items():
+        if precision != "fp32" and extra:
             variants[precision]["checks"] += extra
             variants[precision]["passed"] = not failed(variants[precision]["checks"])
-    return checks, variants, runnable
+    return gating.get("fp32", [])
 
 
 def _deploy_line(figures: dict, check: Check) -> str:
@@ -597,7 +604,7 @@ def _runtime_accuracy(report: dict, variants: dict[str, dict], runtimes: dict,
     """The runtime matrix with --data: each runtime's top-1 on the accuracy images
     (orchestrator.accuracy.runtime_accuracy), into report['runtimes']; a required runtime's
     check gates its model. Returns the fp32 checks to gate on."""
-    gating: list[Check] = []
+    gating: dict[str, list[Check]] = {}
     for runtime, per_model in runtimes.items():
         section = report.setdefault("runtimes", {}).setdefault(runtime, {})
         required = section.get("required", False)
@@ -605,16 +612,13 @@ def _runtime_accuracy(report: dict, variants: dict[str, dict], runtimes: dict,
             check = result["check"]
             section.setdefault("accuracy", {})[precision] = {
                 "passed": check.passed, "check": check.as_dict(), **result["figures"]}
-            if required and precision == "fp32":
-                gating.append(check)
-            elif required:
-                variants[precision]["checks"].append(check)
-                variants[precision]["passed"] = not failed(variants[precision]["checks"])
+            if required:
+                gating.setdefault(precision, []).append(check)
             say(f"  runtime   {runtime} {precision} top-1 {result['figures']['top1']:.2f}%: "
                 f"{check.name} {_fmt(check.measured)} vs limit {_fmt(check.limit)} "
                 f"{'passed' if check.passed else 'FAILED'}"
                 f"{'' if required else ' (reported, not required)'}")
-    return gating
+    return _gate_on(variants, gating)
 
 
 def _near_ties(accuracy: dict) -> str:

@@ -36,8 +36,13 @@ def _runner(runtime: str, path: Path, threads: int | None):
     if runtime in GPU_PROVIDERS:
         from verify.ort_runner import OrtRunner
 
-        return OrtRunner(path, threads, providers=[GPU_PROVIDERS[runtime],
-                                                   "CPUExecutionProvider"])
+        runner = OrtRunner(path, threads, providers=[GPU_PROVIDERS[runtime],
+                                                     "CPUExecutionProvider"])
+        used = runner.session.get_providers()[0]
+        if used != GPU_PROVIDERS[runtime]:   # ORT falls back to CPU silently (CUDA libs)
+            raise RuntimeError(f"ONNX Runtime ran the model on {used}, not "
+                               f"{GPU_PROVIDERS[runtime]}")
+        return runner
     from verify.runners import make_runner
 
     return make_runner(runtime, path, threads)

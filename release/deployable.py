@@ -27,8 +27,7 @@ def _accuracy(entry, report: dict, precision: str) -> dict:
         ((report.get("variants") or {}).get(precision) or {}).get("accuracy")
     if measured:
         out["measured"] = {"top1": measured["top1"], "top5": measured["top5"],
-                           "images": measured.get("images",
-                                                  report["accuracy"]["onnx"].get("images")),
+                           "images": measured["images"],
                            "dataset": (report.get("inputs") or {}).get("parts", {}).get(
                                "dataset_sha256")}
     return out

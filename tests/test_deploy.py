@@ -278,3 +278,65 @@ def test_runtime_accuracy_gates_only_required_runtimes_and_the_summary_says_so()
                         + "; tensorrt skipped")
     summary = format_summary([EntryResult("m", "failed", "x", 1.0, line)])
     assert f"  m: {line}" in summary and summary.endswith("0/1 passed")
+
+
+def test_predict_uses_only_the_model_file_and_keeps_going_past_a_bad_image(tmp_path):
+    """A one-layer 'classifier' (mean of each channel: 3 classes) with the contract and labels
+    in its metadata: predict's probabilities are the softmax of what the contract makes of the
+    image, an unreadable image gets its error while the other is classified (exit 1), and a
+    model without metadata is refused by name."""
+    from conftest import run_pipeline
+    from deploy.predict import softmax
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+                               helper.make_node("Flatten", ["pooled"], ["logits"])],
+                              "g", [x], [y])
+    bare = tmp_path / "bare.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=9), str(bare))
+    art = tmp_path / "art"
+    art.mkdir()
+    spec = contract(manifest_entries()[ENTRY_OF["mmpretrain"]]["preprocess"], [3, 224, 224])
+    embed(bare, art / "model.onnx", {"preprocess": spec, "labels": ["red", "green", "blue"]})
+    [good] = generate_images(tmp_path / "img", 1, seed=5)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+
+    proc = run_pipeline("predict", str(art), str(good), str(bad), "--top", "3", "--json")
+    assert proc.returncode == 1, proc.stderr
+    ok, err = json.loads(proc.stdout)
+    assert err == {"image": str(bad), "error": err["error"]} and "broken.jpg" in err["error"]
+    means = preprocess(good, spec).reshape(3, -1).mean(axis=1, dtype=np.float64)
+    probs = softmax(means[None])[0]
+    order = np.argsort(-probs)
+    assert [t["label"] for t in ok["top"]] == [["red", "green", "blue"][i] for i in order]
+    assert [t["probability"] for t in ok["top"]] == pytest.approx(probs[order].tolist(),
+                                                                  rel=1e-5)
+    text = run_pipeline("predict", str(art), str(good), "--top", "1")
+    assert text.returncode == 0 and ["red", "green", "blue"][order[0]] in text.stdout
+    (art / "model.onnx").write_bytes(bare.read_bytes())
+    refused = run_pipeline("predict", str(art), str(good))
+    assert refused.returncode == 1 and "no model_convert.preprocess metadata" in refused.stderr
+    missing = run_pipeline("predict", str(art), str(good), "--precision", "int8")
+    assert missing.returncode == 1 and "no model.int8.onnx" in missing.stderr
+
+
+def test_gate_fails_on_an_image_the_contract_cannot_read_and_shards_skip_gpu_runtimes(
+        images, own_tensors, tmp_path):
+    from orchestrator.accuracy import shard_runtimes
+
+    raw = manifest_entries()[ENTRY_OF["mindcv"]]
+    entry = {**raw, "input_shape": [3, 224, 224], "deploy": {"max_level_diff": 1.0}}
+    theirs = own_tensors["mindcv"][:2]
+    gone = tmp_path / "gone.JPEG"
+    [check], figures = deploy_gate(entry, [images[0], gone], theirs, theirs.reshape(2, -1),
+                                   _onnx(tmp_path / "f.onnx", "Flatten", (None, 3, 224, 224)),
+                                   1)
+    assert not check.passed and "could not read 1 image(s)" in check.detail
+    assert "gone.JPEG" in check.detail and "max_level_diff" not in figures
+    # A GPU runtime would make a shard's figures depend on its node: shards run CPU ones only.
+    assert shard_runtimes({"deploy": {"runtimes": ["onnxruntime", "openvino",
+                                                   "onnxruntime-cuda", "tensorrt"]}}) == \
+        ["openvino"]
