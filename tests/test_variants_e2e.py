@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 NAME = "res2net50-w14-s8"
 
 
-def _manifest(tmp_path, **int8):
+def _manifest(tmp_path, required=("onnxruntime",), **int8):
     entry = manifest_entries()[NAME]
     entry["variants"] = {"int8": {"calibration_images": 16, **int8}}
+    entry["deploy"] = {"required_runtimes": list(required)}
     return str(write_manifest(tmp_path / f"m{len(int8)}.yaml", [entry]))
 
 
@@ -30,7 +31,7 @@ def test_fp16_int8_variants_gated_signed_and_benched(checkpoints, tmp_path):
     assert run_pipeline("keygen", str(key)).returncode == 0
     proc = run_make("convert", f"MODEL={NAME}", f"CHECKPOINT={checkpoint}", f"OUT={out}",
                     "PRECISIONS=fp32,fp16,int8", f"SIGNING_KEY={key}",
-                    f"MANIFEST={_manifest(tmp_path)}")
+                    f"MANIFEST={_manifest(tmp_path, ('onnxruntime', 'openvino'))}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     art = out / NAME
     report = read_report(out, NAME)
@@ -50,9 +51,13 @@ def test_fp16_int8_variants_gated_signed_and_benched(checkpoints, tmp_path):
         assert meta["pipeline"]["precision"] == precision
         assert report["deploy"]["files"][file] == hashlib.sha256(
             (art / file).read_bytes()).hexdigest()
-        # On the runtime matrix: OpenVINO ran each shipped model against the source's logits.
-        assert report["runtimes"]["openvino"]["models"][precision]["checks"]
-    assert report["runtimes"]["openvino"]["required"] is False
+        # On the runtime matrix: OpenVINO, required here, ran each shipped model against the
+        # source's logits, and its checks are among those that decided the model.
+        assert report["runtimes"]["openvino"]["models"][precision]["passed"] is True
+        decided = report["checks"] if precision == "fp32" else \
+            report["variants"][precision]["checks"]
+        assert any(c["scope"].get("runtime") == "openvino" for c in decided), precision
+    assert report["runtimes"]["openvino"]["required"] is True
     for precision in ("fp16", "int8"):
         v = report["variants"][precision]
         assert v["passed"] is True and v["file"] == f"model.{precision}.onnx"
