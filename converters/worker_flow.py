@@ -8,6 +8,9 @@ Imported inside worker environments only (needs numpy, which every worker env ha
 """
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import importlib
 import os
 import time
 from contextlib import contextmanager
@@ -22,6 +25,9 @@ from converters.protocol import Timer, WorkerError, log
 
 class Adapter(Protocol):
     framework: str
+    # The module reading what the source says about a model (converters/<source>/derive.py):
+    # model_ids(), family(model_id), describe(model_id) -> derived entry fields.
+    derive_module: str
 
     def versions(self) -> dict: ...
 
@@ -38,6 +44,10 @@ class Adapter(Protocol):
 
     def forward(self, model, inputs: np.ndarray, batch_size: int) -> np.ndarray: ...
 
+    def for_inference(self, model) -> list[str]:
+        """Switch the model to the inference form its source uses (switch_to_inference);
+        notes on what was switched."""
+
     def export(self, model, sample: np.ndarray, path: Path, opset: int,
                dynamic_batch: bool, workdir: Path) -> list[str] | None:
         """Write ONNX to `path`; return notes on any fix-up applied to the exported graph."""
@@ -47,6 +57,25 @@ class Adapter(Protocol):
         normalisation layer, calling record(name, kind, weight_shape, output) in execution
         order: name as the source names the layer (e.g. backbone.layer3.2.convs.1), kind
         'conv' | 'linear' | 'norm', output a numpy array."""
+
+
+def switch_to_inference(named_modules, method: str, framework: str) -> list[str]:
+    """Call the source's own re-parameterisation METHOD (switch_to_deploy, re_parameterize)
+    on the outermost modules that have it, in the source's module order; a note per model
+    saying which were switched (empty when none has it)."""
+    switched: list[str] = []
+    for name, module in named_modules:
+        if any(name.startswith(done + ".") for done in switched) or "" in switched:
+            continue
+        if callable(getattr(module, method, None)):
+            getattr(module, method)()
+            switched.append(name)
+    if not switched:
+        return []
+    shown = ", ".join(n or "(model)" for n in switched[:4])
+    more = f" (+{len(switched) - 4} more)" if len(switched) > 4 else ""
+    return [f"exported the inference form: {framework}'s own {method}() on {shown}{more}; "
+            "reference logits are from the model as trained"]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -149,10 +178,62 @@ def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # adapters size their thread pools from it
     task = job.get("task", "convert")
     tasks = {"convert": convert, "evaluate": evaluate, "bench": bench, "latency": latency,
-             "capture": capture}
+             "capture": capture, "describe": describe, "list": list_models}
     if task not in tasks:
         raise WorkerError("job", f"unknown task {task!r} (known: {', '.join(tasks)})")
     return tasks[task](adapter, job, workdir)
+
+
+# --------------------------------------------------------------------------- the zoo
+def closest_ids(wanted: str, ids: list[str], limit: int = 5) -> list[str]:
+    """Ids a typo probably meant: those starting with it (case-insensitive), then the most
+    similar by difflib's ratio."""
+    folded = {i.lower(): i for i in ids}
+    prefix = [i for low, i in folded.items() if low.startswith(wanted.lower())]
+    similar = [folded[m] for m in difflib.get_close_matches(wanted.lower(), list(folded),
+                                                            n=limit, cutoff=0.6)]
+    return list(dict.fromkeys(prefix[:limit] + similar))[:limit]
+
+
+def known_model(adapter: Adapter, model_id: str):
+    """The source's derive module, once the id is proven to be in the source's registry;
+    an unknown id is a WorkerError naming the closest ones."""
+    derive = importlib.import_module(adapter.derive_module)
+    ids = derive.model_ids()
+    if model_id not in ids:
+        close = closest_ids(model_id, ids)
+        raise WorkerError("model_id", f"{adapter.framework} has no model {model_id!r}"
+                          + (f"; closest: {', '.join(close)}" if close else ""),
+                          {"closest": close})
+    return derive
+
+
+def describe(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """What the source says about one model: preprocess, input_shape, num_classes, family,
+    published figures and checkpoint where it publishes them, and the files they came from."""
+    if "model_ids" in job:   # many at once (the zoo sweep): one error per model, not per job
+        described = {}
+        for model_id in job["model_ids"]:
+            try:
+                described[model_id] = known_model(adapter, model_id).describe(model_id)
+            except WorkerError as exc:
+                described[model_id] = {"error": {"kind": exc.kind, "message": exc.message}}
+        return {"models": described, "versions": adapter.versions()}
+    derive = known_model(adapter, job["model_id"])
+    out = derive.describe(job["model_id"])
+    out["versions"] = adapter.versions()
+    return out
+
+
+def list_models(adapter: Adapter, job: dict, workdir: Path) -> dict:
+    """The source's classifier ids (matching a shell-style or substring pattern, any case),
+    each with its family."""
+    derive = importlib.import_module(adapter.derive_module)
+    pattern = (job.get("pattern") or "").lower()
+    ids = [i for i in derive.model_ids() if not pattern or pattern in i.lower()
+           or fnmatch.fnmatch(i.lower(), pattern)]
+    return {"models": [{"model_id": i, "family": derive.family(i)} for i in ids],
+            "versions": adapter.versions()}
 
 
 def _data_workers(job: dict) -> int:
@@ -233,10 +314,14 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         np.save(workdir / "reference_logits.npy", np.asarray(logits, dtype=np.float32))
         result["files"]["reference_logits"] = "reference_logits.npy"
     with timer.stage("export"):
+        # The reference logits above came from the model as trained; the export is of the
+        # inference form the source itself switches to (RepVGG-style re-parameterisation),
+        # so the logit gate checks that switch too.
+        notes = adapter.for_inference(model)
         opset, dynamic = entry["export"]["opset"], entry["export"]["dynamic_batch"]
         log(f"exporting ONNX opset {opset}, dynamic batch {dynamic}")
-        notes = adapter.export(model, inputs[:1], workdir / "exported.onnx", opset, dynamic,
-                               workdir)
+        notes += adapter.export(model, inputs[:1], workdir / "exported.onnx", opset, dynamic,
+                                workdir) or []
         result["files"]["onnx"] = "exported.onnx"
         if notes:
             result["export_fixups"] = notes

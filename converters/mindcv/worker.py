@@ -40,6 +40,7 @@ def build_model(model_id: str, num_classes: int, **kwargs):
 
 class MindCVAdapter:
     framework = "mindcv"
+    derive_module = "converters.mindcv.derive"
 
     def versions(self) -> dict:
         import mindcv
@@ -121,6 +122,9 @@ class MindCVAdapter:
                                 lambda cell, hook: cell.register_forward_hook(hook),
                                 lambda out: out.asnumpy(), record):
             model(ms.Tensor(inputs))
+
+    def for_inference(self, model) -> list[str]:
+        return worker_flow.switch_to_inference(model.cells_and_names(), "switch_to_deploy", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:

@@ -84,6 +84,7 @@ def config_differences(config, cfg: dict) -> list[str]:
 
 class MMPretrainAdapter:
     framework = "mmpretrain"
+    derive_module = "converters.mmpretrain.derive"
 
     def versions(self) -> dict:
         import mmcv
@@ -183,6 +184,9 @@ class MMPretrainAdapter:
             outs = [model(x[i:i + batch_size], mode="tensor")
                     for i in range(0, len(x), batch_size)]
         return torch.cat(outs).numpy()
+
+    def for_inference(self, model) -> list[str]:
+        return worker_flow.switch_to_inference(model.named_modules(), "switch_to_deploy", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:

@@ -42,6 +42,7 @@ def build_model(model_id: str, num_classes: int):
 
 class PaddleClasAdapter:
     framework = "paddleclas"
+    derive_module = "converters.paddleclas.derive"
 
     def versions(self) -> dict:
         import numpy
@@ -127,6 +128,9 @@ class PaddleClasAdapter:
                                 lambda layer, hook: layer.register_forward_post_hook(hook),
                                 lambda out: out.numpy(), record), paddle.no_grad():
             model(paddle.to_tensor(inputs))
+
+    def for_inference(self, model) -> list[str]:
+        return worker_flow.switch_to_inference(model.named_sublayers(include_self=True), "re_parameterize", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:

@@ -1,0 +1,91 @@
+"""What MindCV itself says about a model, read from the installed package: the eval
+preprocessing and input size (the model's default cfg: input_size, crop_pct, interpolation,
+mean, std, with transforms_imagenet_eval's defaults where the cfg is silent) and the
+checkpoint URL (the cfg's url). The package ships no accuracy table, so nothing is published
+here: an entry that wants the published-top-1 gate writes `published:` itself.
+
+Runs in the mindspore environment only. README "Adding a model" lists what comes from where.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from converters.protocol import WorkerError
+
+
+def model_ids() -> list[str]:
+    import mindcv
+
+    return list(mindcv.list_models())
+
+
+def _cfg(model_id: str) -> dict:
+    from mindcv.models import registry
+
+    if model_id not in registry._model_entrypoints:
+        raise WorkerError("model_id", f"mindcv has no model {model_id!r}")
+    return dict(registry._model_pretrained_cfgs.get(model_id) or {})
+
+
+def family(model_id: str) -> str:
+    from mindcv.models import registry
+
+    return registry._model_to_module.get(model_id, "?")
+
+
+def preprocess_from_cfg(model_id: str, cfg: dict) -> dict:
+    """The manifest `preprocess` block equal to what mindcv's transforms_imagenet_eval does
+    with this cfg (the resize side as it computes it: floor(crop / crop_pct))."""
+    from mindcv.data.constants import DEFAULT_CROP_PCT
+
+    size = tuple(cfg.get("input_size") or (3, 224, 224))
+    if len(size) != 3 or size[1] != size[2]:
+        raise WorkerError("unsupported", f"{model_id}: non-square input_size {list(size)}")
+    crop, pct = int(size[1]), float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)
+    resize = int(math.floor(crop / pct))
+    if resize < crop:
+        raise WorkerError("unsupported", f"{model_id}: crop_pct {pct} resizes to {resize} px, "
+                                         f"below the {crop} px crop (the contract crops inside "
+                                         "the image)")
+    # The worker passes crop_pct = crop / resize_short back to mindcv: it must land on the
+    # same side, or the tensor would silently differ.
+    if int(math.floor(crop / (crop / resize))) != resize:
+        raise WorkerError("unsupported", f"{model_id}: crop_pct {pct} does not round-trip "
+                                         f"through resize {resize} / crop {crop}")
+    interpolation = cfg.get("interpolation") or "bilinear"
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise WorkerError("unsupported", f"{model_id}: interpolation {interpolation!r}")
+    # Most cfgs give mean/std on 0..1 (timm's convention), a few (volo) on 0..255 already;
+    # mindcv's Normalize works on 0..255.
+    mean = [float(m) for m in cfg.get("mean") or (0.485, 0.456, 0.406)]
+    std = [float(s) for s in cfg.get("std") or (0.229, 0.224, 0.225)]
+    if max(mean) <= 1.0:
+        mean, std = [m * 255 for m in mean], [s * 255 for s in std]
+    return {"pipeline": "mindcv", "decode": "mindspore", "resize_short": resize, "crop": crop,
+            "interpolation": interpolation, "mean": mean, "std": std, "scale": 1.0,
+            "to_rgb": True}
+
+
+def describe(model_id: str) -> dict:
+    from mindcv.models import registry
+
+    cfg = _cfg(model_id)
+    module = registry._model_to_module.get(model_id, "?")
+    where = f"mindcv/models/{module}.py (default_cfgs[{model_id!r}])"
+    pre = preprocess_from_cfg(model_id, cfg)
+    out = {"model_id": model_id, "family": module,
+           "num_classes": int(cfg.get("num_classes") or 1000),
+           "preprocess": pre, "input_shape": [3, pre["crop"], pre["crop"]],
+           "derived_from": {"preprocess": f"{where} + mindcv/data/transforms_factory.py "
+                                          "(transforms_imagenet_eval defaults)",
+                            "input_shape": f"{where} (input_size)"},
+           "notes": ["MindCV's package publishes no accuracy table: write `published:` in "
+                     "the entry to gate the source's top-1 against it"]}
+    url = cfg.get("url")
+    if url:
+        found = re.search(r"-([0-9a-f]{8})\.ckpt$", url)
+        out["checkpoint"] = ({"url": url, "sha256_prefix": found.group(1)} if found
+                             else {"url": url, "digest_unpublished": True})
+        out["derived_from"]["checkpoint"] = f"{where} (url)"
+    return out
