@@ -24,10 +24,18 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One validated manifest entry, defaults filled in."""
+    """One validated manifest entry, defaults filled in. Fields the manifest leaves to the
+    source (preprocess, input_shape, published: manifests/schema.py DERIVED) are filled in
+    by orchestrator/derive.py before any stage needs them; `declared` then keeps the entry
+    as the manifest wrote it (what the run's fingerprint covers)."""
 
     data: dict
     file: str
+    declared: dict | None = None
+
+    @property
+    def as_written(self) -> dict:
+        return self.declared if self.declared is not None else self.data
 
     @property
     def name(self) -> str:
@@ -98,6 +106,9 @@ def _merge_defaults(entry: dict) -> dict:
     merged = copy.deepcopy(entry)
     for key, default in DEFAULTS.items():
         merged[key] = _merge(default, merged.get(key))
+    if "preprocess" in merged and "input_shape" not in merged:
+        crop = merged["preprocess"]["crop"]   # the model sees what the crop leaves
+        merged["input_shape"] = [3, crop, crop]
     return merged
 
 

@@ -116,8 +116,8 @@ DEPLOY = {
 ENTRY = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["name", "source", "model_id", "num_classes", "checkpoint", "preprocess",
-                 "published"],
+    # The rest (DERIVED) the source's own config and model index give, when left out.
+    "required": ["name", "source", "model_id", "num_classes", "checkpoint"],
     "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
         "source": {"enum": list(SOURCES)},
@@ -194,8 +194,12 @@ MANIFEST = {
     },
 }
 
+# Left out of an entry, these come from the source itself (orchestrator/derive.py): the
+# eval preprocessing and input size from the model's config, the published top-1/top-5 from
+# its model index when the entry's checkpoint is the file those figures are for.
+DERIVED = ("preprocess", "input_shape", "published")
+
 DEFAULTS = {
-    "input_shape": [3, 224, 224],
     "export": {"opset": 17, "dynamic_batch": True},
     # max|onnx - ref| <= atol + rtol * max|ref|; torch vs ORT fp32 differ by ~1e-6 here.
     "tolerances": {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.99999,

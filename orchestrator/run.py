@@ -34,6 +34,7 @@ from manifests.loader import Entry
 from orchestrator.accuracy import (AccuracyFailed, Selection, ShardJob, ShardResult,
                                    evaluate_shard, merge_shards, plan_shards)
 from orchestrator.deploy import deploy_gate
+from orchestrator.derive import DeriveFailed, needs_source, resolve
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
 from orchestrator.localize import VALUE_CHECKS, LocalizeFailed, localize_model
@@ -101,7 +102,8 @@ class Prepared:
     checks: list[Check] = field(default_factory=list)
     variants: dict[str, dict] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)   # model.onnx, model.P.onnx, log
-    status: str | None = None      # set when decided already: "error" | "unavailable"
+    status: str | None = None      # set when decided already: "error" | "unsupported"
+    entry: dict | None = None      # the entry with its derived fields (orchestrator/derive.py)
     decided: str | None = None
     runnable: bool = False         # ONNX I/O fit for the accuracy gate
     seconds: float = 0.0
@@ -110,7 +112,7 @@ class Prepared:
 @dataclass
 class EntryResult:
     name: str
-    status: str            # passed | failed | error | unavailable | unchanged
+    status: str            # passed | failed | error | unsupported | unavailable | unchanged
     decided_by: str        # the figure or cause that decided the status
     seconds: float
     runtimes: str = ""     # the runtime matrix in one line (orchestrator/runtimes.py)
@@ -542,6 +544,10 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
     out = Prepared(report)
     with run_dir(f"entry-{entry.name}", keep=opts.keep_work) as workdir:
         try:
+            if needs_source(entry):
+                with timer.stage("derive"):
+                    entry, report["derived"] = _derive(entry, opts, say)
+                report["entry"] = out.entry = entry.data
             out.checks, variants, out.runnable = _run_stages(
                 entry, all_entries, opts, report, timer, workdir, checkpoint, blob, say)
             for precision, v in variants.items():
@@ -552,9 +558,9 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             out.variants = variants
             out.files["model.onnx"] = (workdir / "model.onnx").read_bytes()
         except StageError as exc:
-            out.status = "error"
+            out.status = "unsupported" if (exc.stage, exc.kind) in UNSUPPORTED else "error"
             out.decided = _error(report, exc.stage, exc.kind, exc.message, exc.details)
-            say(f"  ERROR     [{exc.stage}/{exc.kind}] {exc.message}")
+            say(f"  {out.status.upper():<9} [{exc.stage}/{exc.kind}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
             out.status = "error"
             out.decided = _error(report, timer.current, "internal",
@@ -569,6 +575,26 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             say(f"  work dir  kept at {workdir}")
     out.seconds = time.perf_counter() - start
     return out
+
+
+# What the source itself cannot do (a config the preprocessing contract cannot express, an
+# exporter that refuses the model): reported as `unsupported`, not as the pipeline's error.
+UNSUPPORTED = {("derive", "unsupported"), ("convert", "export")}
+
+
+def _derive(entry: Entry, opts: RunOptions, say) -> tuple[Entry, dict]:
+    """orchestrator/derive.py on this node; its failure is the entry's (StageError)."""
+    say(f"  derive    asking {SOURCES[entry.source].framework} for the fields the manifest "
+        "left out ...")
+    try:
+        entry, section = resolve(entry, opts.limits.memory_limit())
+    except DeriveFailed as exc:
+        raise StageError("derive", exc.kind, exc.message, exc.details) from None
+    for key, origin in section["fields"].items():
+        say(f"  derive    {key} from {origin}")
+    for note in section["notes"]:
+        say(f"  derive    note: {note}")
+    return entry, section
 
 
 def _apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict], merged,
@@ -663,13 +689,14 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
         if report["passed"]:
             artifact_files["model.onnx"] = files["model.onnx"]
     report["decided_by"] = decided
+    report["status"] = status   # passed | failed | error | unsupported
     timings["total"] = round(prepared.seconds + timings.get("accuracy", 0.0), 3)
     if report["passed"]:
         try:
             artifact_files = make_deployable(entry, report, artifact_files, workdir)
         except (OSError, ValueError) as exc:  # fail closed: nothing ships without its metadata
             report["passed"] = False
-            status = "error"
+            status = report["status"] = "error"
             decided = report["decided_by"] = _error(report, "package", "metadata",
                                                     f"{type(exc).__name__}: {exc}")
             say(f"  ERROR     [package/metadata] {exc}")
@@ -680,7 +707,7 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
                 say(f"  sign      {artifact / 'model.sig'} (key {opts.signing_key_id[:12]})")
         except SigningError as exc:  # fail closed: no unsigned model when signing was asked
             report["passed"] = False
-            status = "error"
+            status = report["status"] = "error"
             decided = report["decided_by"] = _error(report, "sign", "signing", str(exc))
             artifact_files.clear()  # nothing unsigned ships: no fp32 model, no variant
             say(f"  ERROR     [sign/signing] {exc}")
@@ -735,7 +762,7 @@ def _known_sha256(ref: CheckpointRef) -> str | None:
 
 
 def _inputs(entry: Entry, opts: RunOptions, sha: str | None, dataset: str | None) -> dict:
-    return entry_inputs(entry.data, SOURCES[entry.source], sha or "unknown", dataset,
+    return entry_inputs(entry.as_written, SOURCES[entry.source], sha or "unknown", dataset,
                         opts.precisions, opts.signing_key_id,
                         {"max_image_pixels": opts.limits.max_image_pixels})
 
@@ -870,6 +897,8 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
         state.prepared = prepared
         return
     state.prepared = prepared = outcome.value
+    if prepared.entry is not None:   # fields the manifest left to the source, now filled in
+        state.entry = entry = Entry(prepared.entry, entry.file, declared=entry.as_written)
     if opts.data is None or prepared.status is not None or not prepared.runnable:
         return
     selection = opts.data

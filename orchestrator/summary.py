@@ -13,10 +13,13 @@ def format_summary(results) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     passed = sum(r.status == "passed" for r in results)
     unchanged = sum(r.status == "unchanged" for r in results)
+    unsupported = sum(r.status == "unsupported" for r in results)
     matrix = [(r.name, r.runtimes) for r in results if getattr(r, "runtimes", "")]
     if matrix:
         lines.append("runtimes (besides ONNX Runtime CPU):")
         lines += [f"  {name}: {line}" for name, line in matrix]
     lines.append(f"{passed}/{len(results)} passed"
-                 + (f", {unchanged} unchanged (skipped)" if unchanged else ""))
+                 + (f", {unchanged} unchanged (skipped)" if unchanged else "")
+                + (f", {unsupported} unsupported by the source's own code or the "
+                   "preprocessing contract" if unsupported else ""))
     return "\n".join(lines)

@@ -20,9 +20,9 @@ LABELS_FILE = "labels.txt"
 
 
 def _accuracy(entry, report: dict, precision: str) -> dict:
-    published = entry["published"]
+    published = entry.data.get("published")   # None: the source publishes no figure
     out = {"published": {"top1": published["top1"], "top5": published["top5"],
-                         "reference": published["reference"]}}
+                         "reference": published["reference"]} if published else None}
     measured = (report.get("accuracy") or {}).get("onnx") if precision == "fp32" else \
         ((report.get("variants") or {}).get(precision) or {}).get("accuracy")
     if measured:
