@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -53,7 +54,9 @@ from converters.runner import WorkerLimits
 from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE, FetchError, fetch, local_checkpoint, sha256_file
 from fetch.lock import LockError, lock_path_for, locked_spec, read_lock, write_lock
-from manifests.loader import ManifestError, load_manifest, select
+from converters.registry import SOURCES
+from manifests.loader import Entry, ManifestError, load_manifest, select
+from manifests.schema import DERIVED
 from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE, Selection
 from orchestrator.executor import Reporter, make_executor
 from orchestrator.run import DatasetUnavailable, RunOptions, run_all
@@ -271,6 +274,18 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
              else 1)
 
 
+def _complete(entry):
+    """The entry with the fields its manifest leaves to the source (orchestrator/derive.py);
+    exits 2 naming the entry when the source cannot give them."""
+    from orchestrator.derive import DeriveFailed, resolve
+
+    try:
+        return resolve(entry)[0]
+    except DeriveFailed as exc:
+        click.echo(f"error: entry {entry.name!r}: [{exc.kind}] {exc.message}", err=True)
+        sys.exit(2)
+
+
 def _checkpoint_lock(manifest: Path, given: Path | None, chosen) -> tuple[dict, Path]:
     """The lock's lines and its path, checked against the chosen entries (a line that
     contradicts the manifest's digest raises LockError)."""
@@ -458,7 +473,7 @@ def bench(name, manifest, out_dir, batch_sizes, precisions, device, threads, war
     from orchestrator.bench import FILES, BenchError, format_table, run_bench
 
     try:
-        entry = select(load_manifest(manifest), (name,))[0]
+        entry = _complete(select(load_manifest(manifest), (name,))[0])
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
         if not sizes or min(sizes) < 1:
             raise ValueError
@@ -632,7 +647,7 @@ def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol,
     from verify.images import generate_images
 
     try:
-        entry = select(load_manifest(manifest), [name])[0]
+        entry = _complete(select(load_manifest(manifest), [name])[0])
         ck = (local_checkpoint(checkpoint, entry["checkpoint"]).path if checkpoint else
               fetch(entry["checkpoint"], Path(cache_dir).expanduser()).path)
     except ManifestError as exc:
@@ -660,6 +675,110 @@ def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol,
         json_path.write_text(json.dumps(found, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
     sys.exit(1 if found.get("first_diverging") else 0)
+
+
+@cli.command()
+@click.argument("source", type=click.Choice(list(SOURCES)))
+@click.argument("model_id")
+@click.option("--name", default=None, help="Entry name (default: from the model id; "
+              "PaddleClas and MindCV names start with the source).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="Classes of the checkpoint's head (default: the source's, 1000 for "
+                   "ImageNet-1k models).")
+@click.option("--checkpoint-url", default=None, metavar="URL",
+              help="Where the checkpoint is (https:// or file://). Default: the file the "
+                   "source publishes for this model.")
+@click.option("--sha256", default=None, metavar="HEX",
+              help="Full sha256 of --checkpoint-url's file (without it the entry says "
+                   "digest_unpublished; `pipeline.py lock-checkpoints` pins it later).")
+@click.option("--manifest", type=click.Path(path_type=Path), default=HERE / "manifests" /
+              "all.yaml", show_default="manifests/all.yaml",
+              help="Manifest to append to (created when missing).")
+def add(source, model_id, name, num_classes, checkpoint_url, sha256, manifest):
+    """Add SOURCE's MODEL_ID to the manifest, with every field the source gives spelled out.
+
+    Checks MODEL_ID against the source's own registry (a typo gets the closest ids), asks the
+    source (its own code, in its worker environment, no network) for the eval preprocessing,
+    input size, published top-1/top-5 and checkpoint URL, and appends the entry with a
+    comment naming the package files they came from, so the diff can be reviewed. Refuses a
+    duplicate name or the same model and checkpoint twice; the manifest is validated before
+    it is replaced and is left untouched when anything is refused.
+
+    \b
+    Examples:
+      python pipeline.py list-models mmpretrain deit-tiny
+      python pipeline.py add mmpretrain deit-tiny_4xb256_in1k
+      python pipeline.py add paddleclas MobileNetV3_large_x1_0 --manifest manifests/mine.yaml
+      make convert MODEL=deit-tiny_4xb256_in1k
+    """
+    from manifests.add import append, default_name, provenance_comment
+    from orchestrator.derive import DeriveFailed, describe, merge
+
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        click.echo("error: --sha256 must be 64 lowercase hex digits", err=True)
+        sys.exit(2)
+    if sha256 and not checkpoint_url:
+        click.echo("error: --sha256 needs --checkpoint-url", err=True)
+        sys.exit(2)
+    click.echo(f"asking {source} about {model_id} ...")
+    try:
+        described = describe(source, model_id)
+    except DeriveFailed as exc:
+        click.echo(f"error: [{exc.kind}] {exc.message}", err=True)
+        sys.exit(2)
+    if checkpoint_url:
+        checkpoint = ({"url": checkpoint_url, "sha256": sha256} if sha256 else
+                      {"url": checkpoint_url, "digest_unpublished": True})
+    elif described.get("checkpoint"):
+        checkpoint = described["checkpoint"]
+    else:
+        click.echo(f"error: {source} publishes no checkpoint for {model_id}: pass "
+                   "--checkpoint-url", err=True)
+        sys.exit(2)
+    entry = {"name": name or default_name(source, model_id), "source": source,
+             "model_id": model_id,
+             "num_classes": num_classes or int(described["num_classes"]),
+             "checkpoint": checkpoint}
+    full, derived = merge(Entry(dict(entry), str(manifest)), described)
+    for key in DERIVED:
+        if key in full.data:
+            entry[key] = full.data[key]
+    try:
+        block = append(manifest, entry, provenance_comment(source, described, derived))
+    except ManifestError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(block.rstrip())
+    click.echo(f"added entry {entry['name']!r} to {manifest}; convert it with "
+               f"`python pipeline.py --manifest {manifest} --only {entry['name']}`")
+    if "digest_unpublished" in checkpoint:
+        click.echo("note: the checkpoint's digest is not published: pin it with "
+                   f"`python pipeline.py lock-checkpoints --manifest {manifest} --only "
+                   f"{entry['name']}`")
+
+
+@cli.command("list-models")
+@click.argument("source", type=click.Choice(list(SOURCES)))
+@click.argument("pattern", default="")
+def list_models_cmd(source, pattern):
+    """List SOURCE's image classifiers (id and family), optionally only those matching
+    PATTERN (a substring or shell pattern such as 'res2net*', any case). Asks the installed
+    source package itself; `pipeline.py add SOURCE ID` turns one into a manifest entry."""
+    from orchestrator.derive import DeriveFailed, list_models
+
+    try:
+        models = list_models(source, pattern)
+    except DeriveFailed as exc:
+        click.echo(f"error: [{exc.kind}] {exc.message}", err=True)
+        sys.exit(2)
+    if not models:
+        click.echo(f"no {source} model matches {pattern!r}", err=True)
+        sys.exit(1)
+    width = max(len(m["model_id"]) for m in models)
+    for m in models:
+        click.echo(f"{m['model_id']:<{width}}  {m['family']}")
+    click.echo(f"{len(models)} {source} model(s)" + (f" matching {pattern!r}" if pattern
+                                                      else ""))
 
 
 @cli.command()
