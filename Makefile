@@ -21,7 +21,7 @@ NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
 BENCH_JSON ?= bench.json
 
-.PHONY: help setup demo convert test test-fast list lock lock-hashes mutation clean verify-artifact publish nightly \
+.PHONY: help setup demo convert test test-fast list lock lock-hashes mutation zoo-sweep clean verify-artifact publish nightly \
         bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
@@ -41,6 +41,8 @@ help:
 	@echo "make bench-scale                  accuracy gate: local vs ray on 1 and 2 workers (JSON)"
 	@echo "make bench-int8 [CALIBRATION_IMAGES=256]  int8 build: ORT's calibrator vs in-graph ranges; localize time (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
+	@echo "make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN='res*'] [SEED=0]"
+	@echo "                                add + convert + gate zoo models (random init); coverage in $(ZOO_OUT)/"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
 	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR LIMIT=N] [STORE=store]"
@@ -155,6 +157,15 @@ lock-hashes:
 
 # Mutation testing of the gates, signing, store, manifest, fetch and deploy code against the
 # fast tests: score and survivors in MUTATION_OUT/mutation.{md,json} (scripts/mutation.sh).
+# Every model of a zoo (or SAMPLE of them, drawn with SEED) from a 5-field entry; a nightly
+# job can run it whole (EXECUTOR=ray fans the conversions out). scripts/zoo_sweep.py.
+ZOO_OUT ?= zoo-sweep
+zoo-sweep: setup
+	@test -n "$(SOURCE)" || { echo "usage: make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN=...] [SEED=0] [MODELS=a,b]"; exit 2; }
+	$(PY) scripts/zoo_sweep.py --source $(SOURCE) --out $(ZOO_OUT) $(if $(SAMPLE),--sample $(SAMPLE)) \
+	    $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(SEED),--seed $(SEED)) $(if $(MODELS),--models $(MODELS)) \
+	    $(if $(EXECUTOR),--executor $(EXECUTOR))
+
 mutation: setup
 	MUTATION_BUDGET=$(or $(BUDGET),3600) MUTATION_OUT=$(or $(MUTATION_OUT),mutation-report) \
 	    scripts/mutation.sh

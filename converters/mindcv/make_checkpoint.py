@@ -23,6 +23,18 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 
+def batch_stats_only(model) -> None:
+    """Every BatchNorm's moving statistics := the next train-mode batch's (MindSpore keeps
+    1 - momentum in the layer and bakes it into its BatchNorm primitive at construction)."""
+    from mindspore import nn, ops
+
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, nn.layer.normalization._BatchNorm):
+            cell.momentum = 1.0
+            cell.bn_train = ops.BatchNorm(is_training=True, epsilon=cell.eps, momentum=1.0,
+                                          data_format=cell.format)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-id", required=True)
@@ -30,6 +42,8 @@ def main(argv=None) -> None:
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=["weights", "training"], default="weights")
+    parser.add_argument("--size", type=int, default=224,
+                        help="side of the synthetic images (the model's input size)")
     parser.add_argument("--mark-demo", action="store_true",
                         help="add a 'demo_checkpoint' entry so reports say this is a demo")
     args = parser.parse_args(argv)
@@ -43,11 +57,15 @@ def main(argv=None) -> None:
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(args.seed)
-    model = build_model(args.model_id, args.num_classes,
-                        norm=functools.partial(nn.BatchNorm2d, momentum=0.0))
+    try:
+        model = build_model(args.model_id, args.num_classes,
+                            norm=functools.partial(nn.BatchNorm2d, momentum=0.0))
+    except TypeError:  # a model without mindcv's `norm=` argument: same effect, set after
+        model = build_model(args.model_id, args.num_classes)
+        batch_stats_only(model)
     model.set_train(True)
     x = ms.Tensor(synthetic_batch(args.seed, 8, mean=[123.675, 116.28, 103.53],
-                                  std=[58.395, 57.12, 57.375]))
+                                  std=[58.395, 57.12, 57.375], size=args.size))
     model(x)  # moving statistics := this batch's statistics
     model.set_train(False)
 

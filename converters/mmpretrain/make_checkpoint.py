@@ -37,7 +37,8 @@ def build(arch: str, num_classes: int):
     raise SystemExit(f"--arch must be mmpretrain:MODEL_ID or timm:NAME, got {arch!r}")
 
 
-def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4) -> None:
+def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4,
+                        size: int = 224) -> None:
     """Set BatchNorm running statistics from train-mode passes over synthetic images."""
     import torch
 
@@ -52,7 +53,7 @@ def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4)
         for index in range(batches):
             x = torch.from_numpy(synthetic_batch(seed + index, batch_size,
                                                  mean=[123.675, 116.28, 103.53],
-                                                 std=[58.395, 57.12, 57.375]))
+                                                 std=[58.395, 57.12, 57.375], size=size))
             if hasattr(model, "data_preprocessor"):
                 model(x, mode="tensor")
             else:
@@ -66,6 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=224,
+                        help="side of the synthetic images (the model's input size)")
     parser.add_argument("--format", choices=["openmmlab", "bare", "module"], default=None,
                         help="default: openmmlab for mmpretrain, bare for timm")
     args = parser.parse_args(argv)
@@ -75,7 +78,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)
     model = build(args.arch, args.num_classes)
-    calibrate_batchnorm(model, args.seed)
+    calibrate_batchnorm(model, args.seed, size=args.size)
     state = model.state_dict()
     fmt = args.format or ("openmmlab" if args.arch.startswith("mmpretrain:") else "bare")
     if fmt == "openmmlab":

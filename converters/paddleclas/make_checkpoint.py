@@ -23,7 +23,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 
-def calibrate_batchnorm(model, seed: int, batch_size: int = 8) -> None:
+def calibrate_batchnorm(model, seed: int, batch_size: int = 8, size: int = 224) -> None:
     import paddle
 
     from verify.images import synthetic_batch
@@ -32,7 +32,7 @@ def calibrate_batchnorm(model, seed: int, batch_size: int = 8) -> None:
         if hasattr(layer, "_momentum") and "BatchNorm" in type(layer).__name__:
             layer._momentum = 0.0  # running stats := this batch's stats
     x = synthetic_batch(seed, batch_size, mean=[0.485, 0.456, 0.406],
-                        std=[0.229, 0.224, 0.225], scale=1 / 255.0)
+                        std=[0.229, 0.224, 0.225], scale=1 / 255.0, size=size)
     model.train()
     with paddle.no_grad():
         model(paddle.to_tensor(x))
@@ -45,6 +45,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=224,
+                        help="side of the synthetic images (the model's input size)")
     parser.add_argument("--mark-demo", action="store_true",
                         help="add a 'demo_checkpoint@@' metadata key (Paddle's own '@@' "
                              "convention) so reports say this is not trained weights")
@@ -60,7 +62,7 @@ def main(argv=None) -> None:
 
     paddle.seed(args.seed)
     model = build_model(args.model_id, args.num_classes)
-    calibrate_batchnorm(model, args.seed)
+    calibrate_batchnorm(model, args.seed, size=args.size)
     state = model.state_dict()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""How much of a model zoo converts: add + convert + gate every (or a sampled) classifier.
+
+    python scripts/zoo_sweep.py --source mmpretrain --sample 10 --pattern 'mobilenet*'
+    make zoo-sweep SOURCE=mindcv SAMPLE=5
+
+For each model of SOURCE (its own registry, `pipeline.py list-models`), no network:
+1. asks the source what it says about the model (orchestrator/derive.py `describe`); a
+   model whose config the preprocessing contract cannot express is `unsupported`, by cause;
+2. makes a seeded random-init checkpoint with the source's own code at the model's input
+   size (converters/<source>/make_checkpoint.py), kept under OUT/checkpoints/ for reruns;
+3. writes a manifest of minimal entries (name, source, model_id, num_classes, checkpoint:
+   everything else is derived at run time, as a user's 5-line entry is) and runs the
+   pipeline on it once (`--executor ray` fans the entries out like any other run);
+4. reads each entry's report.json: passed / failed (which check, by how much) /
+   unsupported (the exporter's or the contract's message) / error.
+Writes OUT/<source>.json and OUT/<source>.md (a coverage table and the causes, counted).
+Exit status 0 when the sweep ran (whatever the coverage), 2 for bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import fnmatch
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from converters.registry import SOURCES, env_python  # noqa: E402
+from fetch.download import sha256_file  # noqa: E402
+from manifests.add import default_name, render  # noqa: E402
+from orchestrator.derive import describe_many, list_models  # noqa: E402
+
+MAKERS = {"mmpretrain": (".pth", lambda m: ["--arch", f"mmpretrain:{m}"]),
+          "paddleclas": (".pdparams", lambda m: ["--model-id", m]),
+          "mindcv": (".ckpt", lambda m: ["--model-id", m])}
+
+
+def pick(models: list[dict], sample: int | None, seed: int, pattern: str,
+         names: list[str]) -> list[dict]:
+    """The models to sweep: the named ones, else those matching PATTERN, SAMPLE of them
+    drawn with SEED (sorted, so a rerun with the same arguments sweeps the same models)."""
+    if names:
+        by_id = {m["model_id"]: m for m in models}
+        unknown = [n for n in names if n not in by_id]
+        if unknown:
+            raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}")
+        return [by_id[n] for n in names]
+    chosen = [m for m in models if not pattern
+              or fnmatch.fnmatch(m["model_id"].lower(), pattern.lower())]
+    if sample is not None and sample < len(chosen):
+        chosen = random.Random(seed).sample(chosen, sample)
+    return sorted(chosen, key=lambda m: m["model_id"])
+
+
+def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, seed: int,
+                    timeout: float) -> Path:
+    """The source's own make_checkpoint at the model's input size; reused when present."""
+    suffix, args = MAKERS[source]
+    path = folder / f"{default_name(source, model_id)}-seed{seed}{suffix}"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = SOURCES[source]
+    command = [str(env_python(spec)), "-m", f"converters.{source}.make_checkpoint",
+               *args(model_id), "--out", str(path), "--seed", str(seed),
+               "--num-classes", str(described["num_classes"]),
+               "--size", str(described["input_shape"][1])]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 or not path.is_file():
+        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise RuntimeError(last[-1] if last else f"exit status {done.returncode}")
+    return path
+
+
+def cause(report: dict) -> str:
+    """Why an entry did not pass, in one line: the failed check and its figures, or the
+    stage, kind and message of the error."""
+    error = report.get("error")
+    if error:
+        return f"{error['stage']}/{error['kind']}: {error['message'].splitlines()[0][:240]}"
+    bad = [c for c in report.get("checks", []) if not c.get("passed")]
+    if bad:
+        c = bad[0]
+        return (f"check {c['name']}: {c.get('measured')} vs limit {c.get('limit')}"
+                + (f" ({c['detail'][:160]})" if c.get("detail") else ""))
+    return report.get("decided_by", "")
+
+
+def cause_class(row: dict) -> str:
+    """The cause without its figures, for counting (e.g. 'derive/unsupported: test
+    pipeline step EfficientNetCenterCrop')."""
+    text = row.get("cause", "").replace(f"{row['model_id']}: ", "")
+    head = text.split(":", 1)[0]
+    if head.startswith("check "):
+        return head
+    detail = text.split(": ", 1)[1] if ": " in text else ""
+    return f"{head}: {detail.split(':')[0][:90]}".rstrip(": ")
+
+
+def markdown(summary: dict, rows: list[dict]) -> str:
+    counts = summary["counts"]
+    lines = [f"# Zoo sweep: {summary['source']}", "",
+             f"{summary['date']}; {summary['versions']}; {summary['selected']} of "
+             f"{summary['zoo_size']} models (pattern {summary['pattern'] or '*'!r}, sample "
+             f"{summary['sample']}, seed {summary['seed']}); seeded random-init checkpoints "
+             "made with the source's own code; minimal 5-field entries (everything else "
+             "derived).", "",
+             f"**{counts.get('passed', 0)} of {len(rows)} passed "
+             f"({summary['coverage_percent']:.0f} %)**; "
+             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "passed"), ""]
+    if summary["causes"]:
+        lines += ["| cause | models |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in summary["causes"].items()]
+        lines.append("")
+    lines += ["| model | family | status | cause | nodes | seconds |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model_id']} | {r.get('family') or ''} | {r['status']} | "
+                     f"{(r.get('cause') or '').replace('|', '/')} | {r.get('nodes') or ''} | "
+                     f"{r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("--source", required=True, choices=list(SOURCES))
+    parser.add_argument("--sample", type=int, default=None,
+                        help="sweep this many models drawn at random (default: all)")
+    parser.add_argument("--pattern", default="", help="shell pattern on model ids, any case")
+    parser.add_argument("--models", default="", help="comma-separated ids (overrides the rest)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling and checkpoint seed")
+    parser.add_argument("--out", type=Path, default=REPO / "zoo-sweep")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds one checkpoint may take to make")
+    args = parser.parse_args(argv)
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    zoo = list_models(args.source)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    chosen = pick(zoo, args.sample, args.seed, args.pattern, names)
+    print(f"zoo sweep: {args.source}, {len(chosen)} of {len(zoo)} models")
+    start = time.perf_counter()
+    described_all = describe_many(args.source, [m["model_id"] for m in chosen])
+    each = (time.perf_counter() - start) / max(len(chosen), 1)
+    rows, entries, checkpoints, versions = [], [], {}, ""
+    for number, model in enumerate(chosen, start=1):
+        model_id, start = model["model_id"], time.perf_counter()
+        row = {"model_id": model_id, "family": model["family"], "name":
+               default_name(args.source, model_id)}
+        described = described_all[model_id]
+        error = described.get("error")
+        versions = versions or ", ".join(f"{k} {v}" for k, v in
+                                         described["versions"].items() if k != "framework")
+        if error:
+            row.update(status="unsupported" if error["kind"] == "unsupported" else "error",
+                       cause=f"derive/{error['kind']}: {error['message']}")
+        else:
+            try:
+                path = make_checkpoint(args.source, model_id, described, out / "checkpoints",
+                                       args.seed, args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                row.update(status="error", cause=f"checkpoint/build: {exc}")
+            else:
+                entries.append({"name": row["name"], "source": args.source,
+                                "model_id": model_id, "num_classes": described["num_classes"],
+                                "checkpoint": {"url": path.as_uri(),
+                                               "sha256": sha256_file(path)}})
+                checkpoints[row["name"]] = path
+        row["seconds"] = each + time.perf_counter() - start
+        rows.append(row)
+        print(f"[{number}/{len(chosen)}] {model_id}: "
+              f"{row.get('status', 'checkpoint ready')} {row.get('cause', '')}", flush=True)
+
+    if entries:
+        manifest = out / f"{args.source}.manifest.yaml"
+        manifest.write_text("version: 1\nmodels:\n" + "".join(render(e, []) for e in entries))
+        command = [sys.executable, str(REPO / "pipeline.py"), "--manifest", str(manifest),
+                   "--out", str(out / "artifacts" / args.source), "--executor", args.executor]
+        print(f"running the pipeline on {len(entries)} entries: {' '.join(command)}", flush=True)
+        subprocess.run(command, cwd=REPO)
+        for row in rows:
+            if row["name"] not in checkpoints:
+                continue
+            report_file = out / "artifacts" / args.source / row["name"] / "report.json"
+            if not report_file.is_file():
+                row.update(status="error", cause="pipeline wrote no report")
+                continue
+            report = json.loads(report_file.read_text())
+            row["status"] = report.get("status") or ("passed" if report["passed"] else "failed")
+            if row["status"] != "passed":
+                row["cause"] = cause(report)
+            row["nodes"] = (report.get("onnx") or {}).get("nodes_simplified")
+            row["seconds"] += report.get("timings", {}).get("total", 0.0)
+
+    counts = collections.Counter(r["status"] for r in rows)
+    causes = collections.Counter(cause_class(r) for r in rows if r["status"] != "passed")
+    summary = {"source": args.source, "date": dt.date.today().isoformat(),
+               "versions": versions, "zoo_size": len(zoo), "selected": len(chosen),
+               "pattern": args.pattern, "sample": args.sample, "seed": args.seed,
+               "counts": dict(counts), "causes": dict(causes.most_common()),
+               "coverage_percent": 100.0 * counts.get("passed", 0) / max(len(rows), 1)}
+    (out / f"{args.source}.json").write_text(json.dumps({"summary": summary, "models": rows},
+                                                        indent=2) + "\n")
+    (out / f"{args.source}.md").write_text(markdown(summary, rows))
+    print(markdown(summary, rows))
+    print(f"wrote {out / (args.source + '.md')} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
