@@ -1,0 +1,296 @@
+"""Whole model zoos from a five-field entry (issue 16): fields derived from the source's own
+files, `add` / `list-models`, model families beyond Res2Net, `unsupported` reported cleanly,
+and the zoo sweep on a small sample per source."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, run_in_env,
+                      run_pipeline)
+from converters.worker_flow import closest_ids
+from deploy.preprocess import contract, preprocess_batch, validate
+from manifests.add import append, default_name
+from manifests.loader import ManifestError, load_manifest
+from orchestrator.derive import describe, merge
+from orchestrator.deploy import level_diffs
+from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
+
+PYTHONS = {"mmpretrain": MM_PYTHON, "paddleclas": PADDLE_PYTHON, "mindcv": MINDSPORE_PYTHON}
+sys.path.insert(0, str(REPO / "scripts"))
+import zoo_sweep  # noqa: E402
+
+
+def _five_fields(tmp_path: Path, url: str, **extra) -> object:
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"version": 1, "models": [{
+        "name": "m", "source": "mmpretrain", "model_id": "some-model", "num_classes": 1000,
+        "checkpoint": {"url": url, "sha256_prefix": "abcdef12"}, **extra}]}))
+    return load_manifest(tmp_path / "m.yaml")[0]
+
+
+DESCRIBED = {
+    "model_id": "some-model", "family": "fam", "num_classes": 1000,
+    "preprocess": {"pipeline": "mmpretrain", "decode": "cv2", "resize_short": 292,
+                   "crop": 256, "interpolation": "bicubic", "resize_backend": "pillow",
+                   "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "scale": 1.0,
+                   "to_rgb": True},
+    "input_shape": [3, 256, 256],
+    "published": {"top1": 70.0, "top5": 90.0, "reference": "ref"},
+    "checkpoint": {"url": "https://host/a/some-model_2021-abcdef12.pth"},
+    "derived_from": {"preprocess": "cfg.py", "input_shape": "cfg.py", "published": "meta.yml"},
+    "versions": {"mmpretrain": "1.2.0"},
+}
+
+
+# --------------------------------------------------------------------------- no framework
+def test_five_field_entry_loads_and_takes_every_other_field_from_the_source(tmp_path):
+    entry = _five_fields(tmp_path, "https://mirror/x/some-model_2021-abcdef12.pth")
+    assert "preprocess" not in entry.data and "published" not in entry.data
+    assert "input_shape" not in entry.data           # no 224 default: the source says
+    full, section = merge(entry, DESCRIBED)
+    assert full["preprocess"] == DESCRIBED["preprocess"]
+    assert full["input_shape"] == [3, 256, 256]
+    # The checkpoint is the file the figures are for (same name on another host).
+    assert full["published"] == DESCRIBED["published"]
+    assert section["fields"] == {"preprocess": "cfg.py", "input_shape": "cfg.py",
+                                 "published": "meta.yml"}
+    # What the run fingerprints is the entry as written, not the derived fields.
+    assert full.as_written == entry.data and "preprocess" not in full.as_written
+
+
+def test_published_figures_are_not_taken_for_another_checkpoint(tmp_path):
+    entry = _five_fields(tmp_path, "file:///ckpt/my-finetune.pth")
+    full, section = merge(entry, DESCRIBED)
+    assert "published" not in full.data and "published" not in section["fields"]
+    assert any("my-finetune.pth" in n and "some-model_2021-abcdef12.pth" in n
+               for n in section["notes"])
+
+
+def test_a_written_field_wins_and_input_shape_follows_its_crop(tmp_path):
+    written = dict(DESCRIBED["preprocess"], resize_short=256, crop=224,
+                   interpolation="bilinear")
+    entry = _five_fields(tmp_path, "file:///c.pth", preprocess=written)
+    assert entry["input_shape"] == [3, 224, 224]     # from the written crop, at load
+    full, section = merge(entry, DESCRIBED)
+    assert full["preprocess"] == written and full["input_shape"] == [3, 224, 224]
+    assert section["fields"] == {}                   # nothing taken: both were written,
+    assert "published" not in full.data              # and the figures are another file's
+
+
+def test_closest_ids_for_a_typo():
+    ids = ["deit-tiny_4xb256_in1k", "deit-small_4xb256_in1k", "resnet50_8xb32_in1k",
+           "ResNet50_vd"]
+    assert closest_ids("deit-tiny", ids)[0] == "deit-tiny_4xb256_in1k"
+    assert "resnet50_8xb32_in1k" in closest_ids("resnet50_8xb32_in1", ids)
+    assert closest_ids("resnet50_VD", ids)[0] == "ResNet50_vd"   # any case
+    assert closest_ids("zzz", ids) == []
+
+
+def test_default_names_are_valid_and_prefixed_where_zoos_collide():
+    assert default_name("mmpretrain", "deit-tiny_4xb256_in1k") == "deit-tiny_4xb256_in1k"
+    assert default_name("paddleclas", "ResNet50_vd") == "paddleclas-resnet50_vd"
+    assert default_name("mindcv", "resnet50") == "mindcv-resnet50"
+
+
+MANIFEST = """# a comment that must survive
+version: 1
+shared:
+  tol: &tol
+    atol: 0.001
+models:
+  - name: first
+    source: mindcv
+    model_id: resnet50
+    num_classes: 1000
+    checkpoint: {url: "https://h/resnet50-12345678.ckpt", sha256_prefix: "12345678"}
+    tolerances: *tol
+"""
+
+
+def _new(name="second", model_id="mobilenet_v2_100"):
+    return {"name": name, "source": "mindcv", "model_id": model_id, "num_classes": 1000,
+            "checkpoint": {"url": f"https://h/{model_id}-abcdef12.ckpt",
+                           "sha256_prefix": "abcdef12"},
+            "input_shape": [3, 224, 224]}
+
+
+def test_append_keeps_the_file_and_adds_a_valid_entry(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST)
+    block = append(path, _new(), ["why it is here"])
+    text = path.read_text()
+    assert text.startswith(MANIFEST) and text.endswith(block)   # appended, nothing rewritten
+    assert "  # why it is here\n  - name: second\n" in block
+    entries = load_manifest(path)
+    assert [e.name for e in entries] == ["first", "second"]
+    assert entries[1]["input_shape"] == [3, 224, 224]
+    assert entries[0]["tolerances"]["atol"] == 0.001              # the anchor still works
+
+
+_SAME_FILE = {"url": "https://h/resnet50-12345678.ckpt", "sha256_prefix": "12345678"}
+
+
+@pytest.mark.parametrize("entry, words", [
+    (dict(_new(name="first"), model_id="other"), "an entry named 'first' exists"),
+    (dict(_new(name="other", model_id="resnet50"), checkpoint=_SAME_FILE),
+     "already entry 'first'"),
+    (_new(name="Bad Name"), "field 'name'"),          # the loader's own check, by field
+])
+def test_append_refuses_and_leaves_the_manifest_untouched(tmp_path, entry, words):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST)
+    with pytest.raises(ManifestError) as caught:
+        append(path, entry, [])
+    assert words in str(caught.value) and str(path) in str(caught.value)
+    assert path.read_text() == MANIFEST
+    assert not [p for p in tmp_path.iterdir() if p.name != "m.yaml"]   # no staged file left
+
+
+def test_append_refuses_a_manifest_whose_models_list_is_not_last(tmp_path):
+    path = tmp_path / "m.yaml"
+    text = MANIFEST.replace("version: 1\n", "") + "version: 1\n"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match="not the file's last top-level key"):
+        append(path, _new(), [])
+    assert path.read_text() == text
+
+
+def test_sweep_picks_the_same_sample_for_the_same_seed_and_explains_causes():
+    zoo = [{"model_id": f"net{i}", "family": "f"} for i in range(40)]
+    first = zoo_sweep.pick(zoo, 5, 7, "", [])
+    assert first == zoo_sweep.pick(zoo, 5, 7, "", []) and len(first) == 5
+    assert first != zoo_sweep.pick(zoo, 5, 8, "", [])
+    assert [m["model_id"] for m in zoo_sweep.pick(zoo, None, 0, "net1*", [])] == \
+        ["net1"] + [f"net1{i}" for i in range(10)]
+    failed = {"checks": [{"name": "cosine_min", "passed": False, "measured": 0.9,
+                          "limit": 0.99999, "detail": "row 3"}], "error": None}
+    assert zoo_sweep.cause(failed) == "check cosine_min: 0.9 vs limit 0.99999 (row 3)"
+    error = {"error": {"stage": "convert", "kind": "export", "message": "Unsupported op X\n.."}}
+    assert zoo_sweep.cause(error) == "convert/export: Unsupported op X"
+    assert zoo_sweep.cause_class({"model_id": "m1", "cause": "convert/export: Exporting the "
+                                                            "operator 'x': y"}) \
+        == "convert/export: Exporting the operator 'x'"
+    # Counted by cause, not by model: the id inside a message is left out.
+    assert zoo_sweep.cause_class({"model_id": "m1", "cause": "derive/unsupported: m1: step X "
+                                                            "has no equivalent: z"}) \
+        == "derive/unsupported: step X has no equivalent"
+
+
+# --------------------------------------------------------------------------- the sources
+def _images(root: Path) -> list[Path]:
+    """JPEGs (RGB, grayscale, CMYK, PNG named .JPEG) at sizes where rounding rules differ,
+    and the logit check's generated images."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i, (h, w) in enumerate([(333, 250), (511, 256), (257, 300), (600, 457)]):
+        for kind in ("rgb", *ODD_KINDS):
+            paths.append(root / f"i{i}_{kind}.JPEG")
+            write_jpeg(paths[-1], synth_image(rng, h, w), kind)
+    return paths + generate_images(root / "generated", 4, seed=9)
+
+
+# A transformer with bicubic Pillow resizing, a 256-px model, one PaddleClas model (its
+# package has one inference config), MindCV models with crop_pct 0.9 + bicubic and 256 px.
+DERIVED_CASES = [("mmpretrain", "deit-tiny_4xb256_in1k"),
+                 ("mmpretrain", "edgenext-xxsmall_3rdparty_in1k"),
+                 ("paddleclas", "MobileNetV3_small_x0_35"),
+                 ("mindcv", "pit_ti"), ("mindcv", "edgenext_xx_small")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, model_id", DERIVED_CASES)
+def test_derived_preprocessing_equals_the_sources_own_configured_transforms(
+        source, model_id, tmp_path):
+    described = describe(source, model_id)
+    spec = validate(contract(described["preprocess"], described["input_shape"]))
+    paths = _images(tmp_path)
+    (tmp_path / "images.txt").write_text("\n".join(map(str, paths)))
+    run_in_env(PYTHONS[source], str(REPO / "tests" / "helpers" / "config_tensors.py"), source,
+               model_id, str(tmp_path / "images.txt"), str(tmp_path / "theirs.npy"))
+    theirs = np.load(tmp_path / "theirs.npy")
+    ours = preprocess_batch(paths, spec)
+    assert ours.shape == theirs.shape == (len(paths), *described["input_shape"])
+    assert float(level_diffs(ours, theirs, spec).max()) == 0.0, (source, model_id)
+
+
+@pytest.mark.slow
+def test_add_for_each_source_writes_a_reviewable_entry_and_refuses_a_typo(tmp_path):
+    manifest = tmp_path / "zoo.yaml"
+    added = {"mmpretrain": "deit-tiny_4xb256_in1k", "paddleclas": "MobileNetV3_small_x0_35",
+             "mindcv": "pit_ti"}
+    for source, model_id in added.items():
+        done = run_pipeline("add", source, model_id, "--manifest", str(manifest))
+        assert done.returncode == 0, done.stderr
+    entries = {e["model_id"]: e for e in load_manifest(manifest)}
+    text = manifest.read_text()
+    deit = entries["deit-tiny_4xb256_in1k"]
+    # mmpretrain's own config and metafile, spelled out and named in a comment.
+    assert deit["preprocess"]["interpolation"] == "bicubic" and deit["input_shape"][1] == 224
+    assert deit["published"]["top1"] > 0 and "metafile.yml" in deit["published"]["reference"]
+    assert deit["checkpoint"]["url"].startswith("https://download.openmmlab.com/")
+    assert len(deit["checkpoint"]["sha256_prefix"]) == 8
+    assert "configs/deit/deit-tiny_4xb256_in1k.py" in text
+    paddle = entries["MobileNetV3_small_x0_35"]
+    assert paddle["name"] == "paddleclas-mobilenetv3_small_x0_35"
+    assert paddle["checkpoint"]["digest_unpublished"] is True and "published" not in paddle.data
+    assert "inference_cls.yaml" in text
+    pit = entries["pit_ti"]
+    assert pit["preprocess"]["resize_short"] == 248   # floor(224 / 0.9), as mindcv computes
+    assert pit["preprocess"]["interpolation"] == "bicubic"
+
+    before = manifest.read_text()
+    again = run_pipeline("add", "mindcv", "pit_ti", "--manifest", str(manifest))
+    assert again.returncode == 2 and "already entry 'mindcv-pit_ti'" in again.stderr
+    typo = run_pipeline("add", "mmpretrain", "deit-tiny", "--manifest", str(manifest))
+    assert typo.returncode == 2
+    assert "no model 'deit-tiny'" in typo.stderr and "deit-tiny_4xb256_in1k" in typo.stderr
+    assert manifest.read_text() == before
+
+    listed = run_pipeline("list-models", "paddleclas", "mobilenetv3_small*")
+    assert listed.returncode == 0
+    assert "MobileNetV3_small_x0_35" in listed.stdout and "mobilenet_v3" in listed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, models, expect", [
+    # a transformer, a 256-px model, RepVGG (exported in its inference form) and one whose
+    # eval pipeline the preprocessing contract cannot express
+    ("mmpretrain", "deit-tiny_4xb256_in1k,edgenext-xxsmall_3rdparty_in1k,"
+                   "repvgg-a0_8xb32_in1k,efficientnet-b0_3rdparty_8xb32_in1k",
+     {"deit-tiny_4xb256_in1k": "passed", "edgenext-xxsmall_3rdparty_in1k": "passed",
+      "repvgg-a0_8xb32_in1k": "passed", "efficientnet-b0_3rdparty_8xb32_in1k": "unsupported"}),
+    ("paddleclas", "MobileNetV3_small_x0_35", {"MobileNetV3_small_x0_35": "passed"}),
+    ("mindcv", "pit_ti", {"pit_ti": "passed"}),
+])
+def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "zoo_sweep.py"),
+                           "--source", source, "--models", models, "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=2400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / f"{source}.json").read_text())
+    got = {r["model_id"]: r["status"] for r in result["models"]}
+    assert got == expect, [r for r in result["models"] if r["status"] != expect[r["model_id"]]]
+    passed = sum(s == "passed" for s in expect.values())
+    assert result["summary"]["coverage_percent"] == pytest.approx(100 * passed / len(expect))
+    table = (tmp_path / f"{source}.md").read_text()
+    assert all(m in table for m in expect)
+    for row in result["models"]:
+        if row["status"] == "unsupported":   # the cause, in the source's words
+            assert "EfficientNetCenterCrop" in row["cause"]
+            continue
+        report = json.loads((tmp_path / "artifacts" / source / row["name"] /
+                             "report.json").read_text())
+        # Derived at run time from the five fields, and recorded where they came from.
+        assert set(report["derived"]["fields"]) >= {"preprocess", "input_shape"}
+        assert report["status"] == "passed" and row["nodes"] > 0
+        if row["model_id"].startswith("edgenext"):
+            assert report["entry"]["input_shape"] == [3, 256, 256]
+            assert report["onnx"]["inputs"][0]["shape"][1:] == [3, 256, 256]
+        if row["model_id"].startswith("repvgg"):
+            assert any("switch_to_deploy" in n for n in report["source"]["export_fixups"])
