@@ -68,7 +68,12 @@ def switch_to_inference(named_modules, method: str, framework: str) -> list[str]
         if any(name.startswith(done + ".") for done in switched) or "" in switched:
             continue
         if callable(getattr(module, method, None)):
-            getattr(module, method)()
+            try:
+                getattr(module, method)()
+            except Exception as exc:  # noqa: BLE001 - the source's own code: its failure
+                raise WorkerError("export", f"{framework}'s own {method}() failed on "
+                                            f"{name or 'the model'}: {type(exc).__name__}: "
+                                            f"{exc}") from exc
             switched.append(name)
     if not switched:
         return []

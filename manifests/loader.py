@@ -15,7 +15,7 @@ import yaml
 
 from deploy.labels import IMAGENET1K, read_label_file, resolve
 from manifests.bounded import DocumentTooLarge, load_yaml, read_bounded
-from manifests.schema import DEFAULTS, ENTRY, MANIFEST
+from manifests.schema import DEFAULTS, ENTRY, MANIFEST, SOURCE_DEFAULTS
 
 
 class ManifestError(ValueError):
@@ -105,6 +105,7 @@ def _merge(default, given):
 def _merge_defaults(entry: dict) -> dict:
     merged = copy.deepcopy(entry)
     for key, default in DEFAULTS.items():
+        default = _merge(default, SOURCE_DEFAULTS.get(entry["source"], {}).get(key))
         merged[key] = _merge(default, merged.get(key))
     if "preprocess" in merged and "input_shape" not in merged:
         crop = merged["preprocess"]["crop"]   # the model sees what the crop leaves
