@@ -53,14 +53,15 @@ def render(entry: dict, comment: list[str]) -> str:
 
 def duplicate(entries, entry: dict) -> str | None:
     """Why ENTRY is already in the manifest, or None."""
-    for index, other in enumerate(entries, start=1):
-        if other.name == entry["name"]:
-            return (f"an entry named {entry['name']!r} exists (#{index}, {other.source} "
-                    f"{other['model_id']}): pass --name")
+    for index, other in enumerate(entries, start=1):   # the same model first: the clearer
         if (other.source, other["model_id"], other["checkpoint"]["url"]) == (
                 entry["source"], entry["model_id"], entry["checkpoint"]["url"]):
             return (f"{entry['source']} {entry['model_id']} with this checkpoint is already "
                     f"entry {other.name!r} (#{index})")
+    for index, other in enumerate(entries, start=1):
+        if other.name == entry["name"]:
+            return (f"an entry named {entry['name']!r} exists (#{index}, {other.source} "
+                    f"{other['model_id']}): pass --name")
     return None
 
 
