@@ -15,7 +15,8 @@ images, and the publisher's top-1 for the pinned checkpoint) are in the manifest
 
 With --signing-key, each passed artifact is signed (OUT/NAME/model.sig, OpenSSF
 model-signing) after it is complete and before it becomes visible; failed entries are never
-signed. Subcommands: verify-artifact, publish, keygen, bench, lock-checkpoints, localize
+signed. Subcommands: add, list-models, verify-artifact, publish, keygen, bench, lock-checkpoints,
+localize
 (see `python pipeline.py CMD --help`).
 
 Where it runs: --executor local (default) runs everything on this machine, entry after entry;
