@@ -558,7 +558,7 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             out.variants = variants
             out.files["model.onnx"] = (workdir / "model.onnx").read_bytes()
         except StageError as exc:
-            out.status = "unsupported" if (exc.stage, exc.kind) in UNSUPPORTED else "error"
+            out.status = "unsupported" if exc.kind in UNSUPPORTED_KINDS else "error"
             out.decided = _error(report, exc.stage, exc.kind, exc.message, exc.details)
             say(f"  {out.status.upper():<9} [{exc.stage}/{exc.kind}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
@@ -578,8 +578,9 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
 
 
 # What the source itself cannot do (a config the preprocessing contract cannot express, an
-# exporter that refuses the model): reported as `unsupported`, not as the pipeline's error.
-UNSUPPORTED = {("derive", "unsupported"), ("convert", "export")}
+# exporter or inference switch that refuses the model), at whichever stage the worker finds
+# it: reported as `unsupported`, not as the pipeline's error.
+UNSUPPORTED_KINDS = {"unsupported", "export"}
 
 
 def _derive(entry: Entry, opts: RunOptions, say) -> tuple[Entry, dict]:

@@ -20,6 +20,6 @@ def format_summary(results) -> str:
         lines += [f"  {name}: {line}" for name, line in matrix]
     lines.append(f"{passed}/{len(results)} passed"
                  + (f", {unchanged} unchanged (skipped)" if unchanged else "")
-                + (f", {unsupported} unsupported by the source's own code or the "
-                   "preprocessing contract" if unsupported else ""))
+                 + (f", {unsupported} unsupported by the source's own code or the "
+                    "preprocessing contract" if unsupported else ""))
     return "\n".join(lines)

@@ -73,12 +73,12 @@ def test_published_figures_are_not_taken_for_another_checkpoint(tmp_path):
 
 
 def test_a_written_field_wins_and_input_shape_follows_its_crop(tmp_path):
-    written = dict(DESCRIBED["preprocess"], resize_short=256, crop=224,
+    written = dict(DESCRIBED["preprocess"], resize_short=219, crop=192,
                    interpolation="bilinear")
     entry = _five_fields(tmp_path, "file:///c.pth", preprocess=written)
-    assert entry["input_shape"] == [3, 224, 224]     # from the written crop, at load
+    assert entry["input_shape"] == [3, 192, 192]     # from the written crop, at load
     full, section = merge(entry, DESCRIBED)
-    assert full["preprocess"] == written and full["input_shape"] == [3, 224, 224]
+    assert full["preprocess"] == written and full["input_shape"] == [3, 192, 192]
     assert section["fields"] == {}                   # nothing taken: both were written,
     assert "published" not in full.data              # and the figures are another file's
 
@@ -180,6 +180,48 @@ def test_sweep_picks_the_same_sample_for_the_same_seed_and_explains_causes():
     assert zoo_sweep.cause_class({"model_id": "m1", "cause": "derive/unsupported: m1: step X "
                                                             "has no equivalent: z"}) \
         == "derive/unsupported: step X has no equivalent"
+
+
+def test_inference_switch_calls_outermost_modules_once_and_a_failing_one_is_unsupported():
+    from converters.protocol import WorkerError
+    from converters.worker_flow import switch_to_inference
+
+    calls = []
+
+    class Block:
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def switch_to_deploy(self):
+            calls.append(self)
+            if self.fail:
+                raise AttributeError("no attribute 'conv'")
+
+    outer, inner, other = Block(), Block(), Block()
+    notes = switch_to_inference([("", object()), ("backbone", outer),
+                                 ("backbone.0", inner), ("head", other)],
+                                "switch_to_deploy", "mmpretrain")
+    assert calls == [outer, other]          # the block inside a switched one is left to it
+    assert len(notes) == 1 and "switch_to_deploy() on backbone, head" in notes[0]
+    assert switch_to_inference([("x", object())], "switch_to_deploy", "m") == []
+    with pytest.raises(WorkerError) as caught:
+        switch_to_inference([("stage0", Block(fail=True))], "switch_to_deploy", "mindcv")
+    assert caught.value.kind == "export"    # -> status unsupported (orchestrator/run.py)
+    assert "mindcv's own switch_to_deploy() failed on stage0" in caught.value.message
+
+
+def test_run_summary_counts_unsupported_apart_from_failures():
+    from orchestrator.run import EntryResult
+    from orchestrator.summary import format_summary
+
+    text = format_summary([
+        EntryResult("a", "passed", "max|diff| 1e-06 <= 0.0003", 30.0),
+        EntryResult("b", "unsupported", "convert: export", 12.0),
+        EntryResult("c", "failed", "cosine_min 0.9 < 0.99999", 31.0)])
+    assert [line.split()[:2] for line in text.splitlines()[2:5]] == [
+        ["a", "passed"], ["b", "UNSUPPORTED"], ["c", "FAILED"]]
+    assert text.splitlines()[-1] == ("1/3 passed, 1 unsupported by the source's own code or "
+                                     "the preprocessing contract")
 
 
 # --------------------------------------------------------------------------- the sources

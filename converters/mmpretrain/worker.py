@@ -45,40 +45,27 @@ class _Logits:
         return Wrapper(model).eval()
 
 
-def config_differences(config, cfg: dict) -> list[str]:
+def config_differences(config, cfg: dict, model_id: str) -> list[str]:
     """Where the manifest's preprocess differs from the model config's test pipeline and data
-    preprocessor (the source is the ground truth)."""
+    preprocessor (the source is the ground truth), read once by converters/mmpretrain/derive.py;
+    a config the contract cannot express is WorkerError('unsupported') from there."""
     import numpy as np
 
-    found = []
+    from converters.mmpretrain.derive import preprocess_from_config
+
+    theirs = preprocess_from_config(config, model_id)
     scale = float(cfg.get("scale", 1.0))
-    wanted = {"resize_short": cfg["resize_short"], "crop": cfg["crop"],
-              "resize_backend": cfg.get("resize_backend", "pillow"),
-              "interpolation": cfg["interpolation"],
-              "mean": [m / scale for m in cfg["mean"]], "std": [v / scale for v in cfg["std"]],
-              "to_rgb": bool(cfg.get("to_rgb", True))}
-    seen = {}
-    try:
-        steps = config.test_dataloader.dataset.pipeline
-    except AttributeError:
-        steps = []
-    for step in steps:
-        if step.get("type") == "ResizeEdge":
-            seen.update(resize_short=step.get("scale"), resize_backend=step.get("backend", "cv2"),
-                        interpolation=step.get("interpolation", "bilinear"))
-        elif step.get("type") == "CenterCrop":
-            seen["crop"] = step.get("crop_size")
-    pre = (config.get("model", {}) or {}).get("data_preprocessor") or \
-        config.get("data_preprocessor") or {}
-    for key in ("mean", "std", "to_rgb"):
-        if key in pre:
-            seen[key] = list(pre[key]) if key != "to_rgb" else bool(pre[key])
-    for key, value in seen.items():
-        mine = wanted[key]
-        same = (np.allclose(mine, value, rtol=1e-6) if key in ("mean", "std")
-                else mine == value)
+    mine = {"resize_short": cfg["resize_short"], "crop": cfg["crop"],
+            "resize_backend": cfg.get("resize_backend", "pillow"),
+            "interpolation": cfg["interpolation"],
+            "mean": [m / scale for m in cfg["mean"]], "std": [v / scale for v in cfg["std"]],
+            "to_rgb": bool(cfg.get("to_rgb", True))}
+    found = []
+    for key, value in mine.items():
+        same = (np.allclose(value, theirs[key], rtol=1e-6) if key in ("mean", "std")
+                else value == theirs[key])
         if not same:
-            found.append(f"{key} {mine!r} vs config {value!r}")
+            found.append(f"{key} {value!r} vs config {theirs[key]!r}")
     return found
 
 
@@ -146,7 +133,8 @@ class MMPretrainAdapter:
         if cfg.get("decode", "cv2") != "cv2":
             raise WorkerError("preprocess", f"mmpretrain decodes with cv2, manifest asks "
                                             f"{cfg['decode']!r}")
-        differences = config_differences(self.config, cfg) if self.config else []
+        differences = (config_differences(self.config, cfg, self.model_id) if self.config
+                       else [])
         if differences:
             raise WorkerError(
                 "preprocess", f"the manifest's preprocess disagrees with mmpretrain's own "
