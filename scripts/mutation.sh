@@ -4,14 +4,16 @@
 # tests, within a time budget; then scripts/mutation_report.py writes the score and every
 # surviving mutant (with its diff) to MUTATION_OUT/mutation.{md,json}.
 #
-# It runs in a copy of the tree (MUTATION_WORK, kept between runs): mutmut resumes there and
-# re-tests only the functions that changed, so a second run costs little. A run cut by the
+# It runs in a copy of the tree (MUTATION_WORK, kept between runs): mutmut resumes there; a
+# caught mutant of an unchanged function keeps its result, everything else is re-tested. A run cut by the
 # budget reports what it finished; the next run goes on from there.
 #   MUTATION_BUDGET  seconds for `mutmut run` (default 3600)
 #   MUTATION_JOBS    parallel mutants (default: cores)
 #   MUTATION_OUT     where the report goes (default ./mutation-report)
 #   MUTATION_WORK    the working copy (default ~/.cache/model-convert/mutation/<tree>)
 #   MUTATION_SRC     the tree to test (default this checkout; tests point it at a toy tree)
+#   MUTATION_FRESH   1: forget every earlier result (default: keep catches, re-test the rest
+#                    with a fresh test map; see reopen() in scripts/mutation_report.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 src=$(cd "${MUTATION_SRC:-$here}" && pwd)
@@ -31,6 +33,11 @@ else
   (cd "$src" && tar --exclude=./mutants -cf - .) | tar -xf - -C "$work"
 fi
 cd "$work"
+if [ "${MUTATION_FRESH:-0}" = 1 ]; then
+  rm -rf mutants
+elif [ -d mutants ]; then
+  "$bin/python" "$here/scripts/mutation_report.py" --reopen >&2
+fi
 echo "mutation: mutmut in $work (a copy of $src), budget ${budget}s, $jobs jobs" >&2
 status=0
 timeout --signal=INT --kill-after=60 "$budget" "$bin/mutmut" run --max-children "$jobs" || status=$?

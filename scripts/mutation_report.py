@@ -76,12 +76,44 @@ def score(files: dict[str, dict[str, str]], equivalent: dict[str, str]) -> dict:
             "files": {k: figures(v) for k, v in sorted(by_file.items())}}
 
 
+def reopen() -> int:
+    """Before a resumed run: forget every result that is not a catch, and the test map.
+
+    mutmut keeps a mutant's result until its function changes, and runs a test map for new
+    test names only. A survivor or a "no tests" mutant would then stand after the tests that
+    kill it were written; a catch cannot be undone by adding tests. So a resumed run re-tests
+    what was not caught, with a test map made afresh (one pass of the fast tests). Caught
+    mutants keep their result; MUTATION_FRESH=1 (scripts/mutation.sh) forgets those too.
+    """
+    from mutmut.__main__ import SourceFileMutationData, walk_mutatable_files
+    from mutmut.stats import status_by_exit_code
+
+    reopened = 0
+    for path in walk_mutatable_files():
+        data = SourceFileMutationData(path=path)
+        data.load()
+        for name, code in data.exit_code_by_key.items():
+            if code is not None and status_by_exit_code[code] not in CAUGHT:
+                data.exit_code_by_key[name] = None
+                reopened += 1
+        data.save()
+    Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
+    return reopened
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--equivalent", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--equivalent", type=Path)
     parser.add_argument("--finished", choices=["true", "false"], default="true")
+    parser.add_argument("--reopen", action="store_true",
+                        help="only reopen the results that are not catches (see reopen())")
     args = parser.parse_args()
+    if args.reopen:
+        print(f"mutation: {reopen()} earlier results that were not catches will be re-tested")
+        return
+    if args.out is None or args.equivalent is None:
+        parser.error("--out and --equivalent are required")
     equivalent = read_equivalent(args.equivalent)
     files = collect()
     result = score(files, equivalent)

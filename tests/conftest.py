@@ -68,6 +68,17 @@ for _var in ("no_proxy", "NO_PROXY"):
     os.environ[_var] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(_var)]))
 
 
+# --------------------------------------------------------------------------- mutmut
+# Under `make mutation` subprocesses report the mutated functions they ran, and each test is
+# credited with them (scripts/mutation_hits/); without it, code the tests reach only through
+# `pipeline.py` subprocesses counted as "no tests". Nothing happens outside mutmut.
+sys.path.insert(0, str(REPO / "scripts" / "mutation_hits"))
+from mutation_credit import install as _install_mutation_credit  # noqa: E402
+from mutation_credit import pytest_runtest_teardown  # noqa: E402,F401 - a pytest hook
+
+_install_mutation_credit(REPO)
+
+
 def random_bytes(size: int, seed: int = 0) -> bytes:
     """Reproducible random bytes: a failure can be rerun with the same data."""
     import random

@@ -10,6 +10,8 @@ import subprocess
 
 from conftest import REPO, VENV_ROOT
 
+HITS = REPO / "scripts" / "mutation_hits"
+
 
 def _toy(root):
     (root / "gate").mkdir(parents=True)
@@ -26,6 +28,18 @@ def _toy(root):
     (root / "tests" / "test_gate.py").write_text(
         "from gate.limits import within\n\n\ndef test_within():\n"
         "    assert within(0.5, 1.0) is True\n    assert within(-2.0, 1.0) is False\n")
+    # clip() is reached only by a subprocess, as pipeline.py's code is in the real suite: its
+    # mutants must be run (and caught), not counted as "no tests".
+    (root / "gate" / "clip.py").write_text("def clip(value, top):\n    return min(value, top)\n")
+    (root / "tests" / "test_clip.py").write_text(
+        "import subprocess, sys\nfrom pathlib import Path\n\n\ndef test_clip_in_a_subprocess():\n"
+        "    code = 'from gate.clip import clip; assert clip(5, 3) == 3 and clip(1, 3) == 1'\n"
+        "    subprocess.run([sys.executable, '-c', code], check=True,\n"
+        "                   cwd=Path(__file__).resolve().parent.parent)\n")
+    (root / "tests" / "conftest.py").write_text(
+        f"import sys\nfrom pathlib import Path\n\nsys.path.insert(0, {str(HITS)!r})\n"
+        "from mutation_credit import install, pytest_runtest_teardown  # noqa: E402,F401\n\n"
+        "install(Path(__file__).resolve().parent.parent)\n")
 
 
 def _run(toy, tmp_path):
@@ -48,6 +62,9 @@ def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
     assert report["finished"] is True and statuses.get("killed", 0) >= 1
     label = [s for s in report["survivors"] if "x_label" in s["name"]]
     assert label and all(s["status"] == "no tests" for s in label)
+    # clip's mutants ran through the subprocess: none left as "no tests", and caught.
+    assert not [s for s in report["survivors"] if "x_clip" in s["name"]]
+    assert report["files"]["gate/clip.py"]["caught"] == report["files"]["gate/clip.py"]["mutants"]
     [boundary] = [s for s in report["survivors"] if "x_within" in s["name"]]
     assert boundary["status"] == "survived" and "abs(measured) < limit" in boundary["diff"]
     caught = report["total"]["caught"]
@@ -60,7 +77,13 @@ def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
     # The boundary mutant declared equivalent: reported with its reason, out of the score.
     (toy / "tests" / "mutation_equivalent.txt").write_text(
         f"{boundary['name']}  # toy: documented as equivalent\n")
+    # A test for label() written after the first run: the resumed run must re-test label's
+    # "no tests" mutants with it (mutmut alone would let the old result stand).
+    (toy / "tests" / "test_label.py").write_text(
+        "from gate.limits import label\n\n\ndef test_label():\n"
+        "    assert label(True) == 'pass' and label(False) == 'FAIL'\n")
     _, again = _run(toy, tmp_path)
+    assert not [s for s in again["survivors"] if "x_label" in s["name"]]
     assert again["equivalent"] == [{"name": boundary["name"], "status": "survived",
                                     "why": "toy: documented as equivalent"}]
     assert boundary["name"] not in {s["name"] for s in again["survivors"]}
