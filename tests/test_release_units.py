@@ -1,0 +1,507 @@
+"""release/ called in-process (publish, the index, provenance, the deployable files), each
+result written out by hand here and compared whole, so that one changed field, string or
+condition fails a test. The command-line behaviour is in test_signing_publish.py."""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import sys
+import threading
+from importlib.metadata import version as installed
+from pathlib import Path
+
+import pytest
+
+from release import provenance as prov
+from release.publish import (PublishResult, publish, render_markdown, store_lock, version_of,
+                             write_index)
+from release.signing import generate_key
+from test_signing_publish import make_artifact, statement
+
+SHA = {k: k * 64 for k in "abcdef0123456789"}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    return {"private": root / "key.pem", "public": generate_key(root / "key.pem")}
+
+
+# --------------------------------------------------------------------------- provenance
+def full_report(**over) -> dict:
+    report = {
+        "name": "r2n", "created": "2026-11-20T10:00:00+00:00", "run_id": "run-7",
+        "entry": {"name": "r2n", "source": "mmpretrain", "model_id": "m"},
+        "source": {"framework": "mmpretrain", "model_id": "m",
+                   "versions": {"torch": "2.1.0", "mmpretrain": "1.2.0"},
+                   "checkpoint": {"url": "https://h/r2n.pth", "sha256": SHA["c"],
+                                  "pinned": True, "digest_check": "full", "bytes": 10,
+                                  "layout": None, "demo": False, "note": None}},
+        "pipeline": {"git_commit": "1234abcd+dirty"},
+        "onnx": {"sha256": SHA["a"]},
+        "variants": {"fp16": {"file": "model.fp16.onnx", "sha256": SHA["b"]},
+                     "int8": {"file": None, "sha256": None}},
+        "deploy": {"files": {"model.onnx": SHA["a"], "preprocess.json": SHA["d"],
+                             "labels.txt": SHA["e"]}},
+        "inputs": {"digest": SHA["f"], "parts": {
+            "locks": {"paddle": SHA["1"], "orchestrator": SHA["2"]},
+            "precisions": ["fp32", "fp16"], "dataset_sha256": SHA["3"],
+            "options": {"batch": 8}}},
+    }
+    report.update(over)
+    return report
+
+
+def test_provenance_statement_is_the_documented_slsa_v1_document():
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    got = prov.build_provenance(full_report(), "k" * 64)
+    after = dt.datetime.now(dt.timezone.utc)
+    finished = got["predicate"]["runDetails"]["metadata"].pop("finishedOn")
+    assert before <= dt.datetime.fromisoformat(finished) <= after
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(),
+                **{p: installed(p) for p in ("onnx", "onnxruntime", "onnxsim",
+                                             "onnxconverter-common", "numpy",
+                                             "model-signing")},
+                "source:torch": "2.1.0", "source:mmpretrain": "1.2.0"}
+    assert got == {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "model.onnx", "digest": {"sha256": SHA["a"]}},
+                    {"name": "model.fp16.onnx", "digest": {"sha256": SHA["b"]}},
+                    {"name": "preprocess.json", "digest": {"sha256": SHA["d"]}},
+                    {"name": "labels.txt", "digest": {"sha256": SHA["e"]}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {
+                "buildType": prov.BUILD_TYPE,
+                "externalParameters": {
+                    "manifest_entry": {"name": "r2n", "source": "mmpretrain", "model_id": "m"},
+                    "precisions": ["fp32", "fp16"], "dataset_sha256": SHA["3"],
+                    "options": {"batch": 8}},
+                "internalParameters": {"inputs": full_report()["inputs"],
+                                       "signer_public_key_sha256": "k" * 64},
+                "resolvedDependencies": [
+                    {"name": "checkpoint", "uri": "https://h/r2n.pth",
+                     "digest": {"sha256": SHA["c"]},
+                     "annotations": {"pinned": True, "digest_check": "full", "bytes": 10,
+                                     "demo": False}},
+                    {"name": "source", "uri": "git+file://model-convert",
+                     "digest": {"gitCommit": "1234abcd"},
+                     "annotations": {"uncommitted_changes": True}},
+                    {"name": "envs/orchestrator.lock.txt", "digest": {"sha256": SHA["2"]}},
+                    {"name": "envs/paddle.lock.txt", "digest": {"sha256": SHA["1"]}}]},
+            "runDetails": {
+                "builder": {"id": "https://github.com/model-convert/model-convert/pipeline.py",
+                            "version": versions},
+                "metadata": {"invocationId": "run-7",
+                             "startedOn": "2026-11-20T10:00:00+00:00"}}}}
+    got["predicate"]["runDetails"]["metadata"]["finishedOn"] = finished
+    prov.check_statement(got)
+
+
+def test_provenance_without_url_commit_or_run_id():
+    checkpoint = {"path": "/cache/ck.pth", "sha256": SHA["c"]}
+    report = full_report(source={"framework": "paddleclas", "model_id": "m",
+                                 "checkpoint": checkpoint},
+                         pipeline={"git_commit": "unknown"}, inputs=None, variants=None,
+                         deploy=None)
+    del report["run_id"]
+    got = prov.build_provenance(report, None)
+    build = got["predicate"]["buildDefinition"]
+    assert got["subject"] == [{"name": "model.onnx", "digest": {"sha256": SHA["a"]}}]
+    assert build["resolvedDependencies"] == [
+        {"name": "checkpoint", "uri": "file:///cache/ck.pth", "digest": {"sha256": SHA["c"]},
+         "annotations": {}}]
+    assert build["externalParameters"] == {"manifest_entry": report["entry"], "precisions": None,
+                                           "dataset_sha256": None, "options": None}
+    assert build["internalParameters"] == {"inputs": {}, "signer_public_key_sha256": None}
+    assert got["predicate"]["runDetails"]["metadata"]["invocationId"] == report["created"]
+    assert not [k for k in got["predicate"]["runDetails"]["builder"]["version"]
+                if k.startswith("source:")]
+    # A clean commit: a source dependency without the uncommitted-changes annotation.
+    clean = prov.build_provenance(full_report(pipeline={"git_commit": "beef"}), None)
+    assert clean["predicate"]["buildDefinition"]["resolvedDependencies"][1] == {
+        "name": "source", "uri": "git+file://model-convert", "digest": {"gitCommit": "beef"}}
+    assert prov.checkpoint_dependency(clean)["uri"] == "https://h/r2n.pth"
+    clean["predicate"]["buildDefinition"]["resolvedDependencies"].pop(0)
+    assert prov.checkpoint_dependency(clean) is None
+
+
+def _broken(path: str, value) -> dict:
+    """The valid minimal statement with one field (dotted path) replaced or removed."""
+    doc = statement(SHA["a"])
+    *parents, last = path.split(".")
+    node = doc
+    for key in parents:
+        node = node[key]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("_type", "https://in-toto.io/Statement/v0.1",
+     "_type is not https://in-toto.io/Statement/v1"),
+    ("_type", KeyError, "_type is not https://in-toto.io/Statement/v1"),
+    ("predicateType", "https://slsa.dev/provenance/v0.2",
+     "predicateType is not https://slsa.dev/provenance/v1"),
+    ("subject", [], "subject must be a non-empty list"),
+    ("subject", {"name": "model.onnx"}, "subject must be a non-empty list"),
+    ("subject", [{"name": "model.onnx", "digest": {}}],
+     "subject {'name': 'model.onnx', 'digest': {}} needs a name and a digest"),
+    ("subject", [{"name": 3, "digest": {"sha256": "a"}}],
+     "subject {'name': 3, 'digest': {'sha256': 'a'}} needs a name and a digest"),
+    ("subject", [{"name": "m", "digest": "sha256:a"}],
+     "subject {'name': 'm', 'digest': 'sha256:a'} needs a name and a digest"),
+    ("subject", ["model.onnx"], "subject 'model.onnx' needs a name and a digest"),
+    ("predicate.buildDefinition.buildType", "no-scheme",
+     "predicate.buildDefinition.buildType must be a URI"),
+    ("predicate.buildDefinition.buildType", KeyError,
+     "predicate.buildDefinition.buildType must be a URI"),
+    ("predicate.buildDefinition.externalParameters", [],
+     "predicate.buildDefinition.externalParameters must be an object"),
+    ("predicate.buildDefinition.resolvedDependencies", [{"name": "checkpoint"}],
+     "resolvedDependency {'name': 'checkpoint'} needs a uri, digest or content"),
+    ("predicate.buildDefinition.resolvedDependencies", ["x"],
+     "resolvedDependency 'x' needs a uri, digest or content"),
+    ("predicate.runDetails.builder", {"id": None},
+     "predicate.runDetails.builder.id must be a URI"),
+    ("predicate.runDetails.builder", KeyError, "predicate.runDetails.builder.id must be a URI"),
+    ("predicate.runDetails.metadata.startedOn", "yesterday",
+     "runDetails.metadata.startedOn 'yesterday' is not a timestamp"),
+    ("predicate.runDetails.metadata.finishedOn", 5,
+     "runDetails.metadata.finishedOn 5 is not a timestamp"),
+])
+def test_check_statement_names_what_differs(path, value, message):
+    with pytest.raises(prov.ProvenanceError) as caught:
+        prov.check_statement(_broken(path, value))
+    assert str(caught.value) == f"provenance.json: {message}"
+
+
+@pytest.mark.parametrize("path,value", [
+    ("predicate.runDetails.metadata.startedOn", KeyError),     # optional
+    ("predicate.runDetails.metadata", KeyError),
+    ("predicate.buildDefinition.resolvedDependencies", KeyError),
+    ("predicate.buildDefinition.resolvedDependencies", [{"content": "eA=="}]),
+    ("predicate.buildDefinition.resolvedDependencies", [{"uri": "https://x"}]),
+    ("predicate.buildDefinition.resolvedDependencies", [{"digest": {"sha1": "0"}}]),
+])
+def test_check_statement_accepts_what_slsa_leaves_optional(path, value):
+    prov.check_statement(_broken(path, value))
+
+
+def test_check_statement_refuses_a_non_object():
+    with pytest.raises(prov.ProvenanceError, match=r"^provenance.json: not a JSON object$"):
+        prov.check_statement(["_type"])
+
+
+# --------------------------------------------------------------------------- publish
+def _version(artifact: Path, created: str) -> str:
+    """<creation time>-<first 12 hex of model.sig's sha256>, worked out here."""
+    stamp = dt.datetime.fromisoformat(created).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{hashlib.sha256((artifact / 'model.sig').read_bytes()).hexdigest()[:12]}"
+
+
+def test_publish_in_process_reports_each_artifact_and_says_why(keys, tmp_path):
+    out, store = tmp_path / "out", tmp_path / "store"
+    created = "2026-11-21T08:09:10+00:00"
+    good = make_artifact(out, "good", keys["private"], created=created)
+    make_artifact(out, "unsigned", None)
+    make_artifact(out, "failed", keys["private"], passed=False)
+    (out / "empty").mkdir()
+    (out / "listy").mkdir()
+    (out / "listy" / "report.json").write_text("[1, 2]")
+    (out / "broken").mkdir()
+    (out / "broken" / "report.json").write_text("{not json")
+    (out / ".hidden").mkdir()
+    (out / "a-file").write_text("not a directory")
+    (store / ".staging-left-by-a-killed-publisher").mkdir(parents=True)
+    said: list[str] = []
+    result = publish(out, store, keys["public"], say=said.append)
+
+    version = _version(good, created)
+    assert version_of(good, {"created": created}) == version
+    assert result.published == [f"good/{version}"] and result.unchanged == []
+    assert result.rejected == [] and result.removed == []
+    skipped = dict(s.split(": ", 1) for s in result.skipped)
+    assert skipped.pop("broken").startswith("report.json unreadable: ")
+    assert skipped == {"empty": "no report.json",
+                       "failed": "did not pass (max_abs_diff 1.0 vs 0.0005)",
+                       "listy": "report.json unreadable: a JSON list, not an object",
+                       "unsigned": "not signed (run with --signing-key)"}
+    assert said == [f"  publish   good/{version}"]
+    assert not list(store.glob(".staging-*"))
+    assert sorted(p.name for p in (store / "good" / version).iterdir()) == [
+        "model.onnx", "model.sig", "provenance.json", "report.json"]
+    for name in ("model.onnx", "model.sig", "provenance.json", "report.json"):
+        assert (store / "good" / version / name).read_bytes() == (good / name).read_bytes()
+
+    said.clear()
+    again = publish(out, store, keys["public"], say=said.append)
+    assert again.published == [] and again.unchanged == [f"good/{version}"]
+    assert said == [f"  same      good/{version} is already published"]
+
+    with pytest.raises(FileNotFoundError, match=f"--from {tmp_path / 'nowhere'} is not a"):
+        publish(tmp_path / "nowhere", store, keys["public"])
+
+
+def test_publish_refuses_tampered_links_and_store_links(keys, tmp_path):
+    out, store = tmp_path / "out", tmp_path / "store"
+    tampered = make_artifact(out, "tampered", keys["private"])
+    (tampered / "report.json").write_text((tampered / "report.json").read_text() + " ")
+    linked = make_artifact(out, "linked", keys["private"])
+    (linked / "extra").symlink_to(tmp_path)
+    through = make_artifact(out, "through", keys["private"])
+    (tmp_path / "elsewhere").mkdir()
+    store.mkdir()
+    (store / "through").symlink_to(tmp_path / "elsewhere")
+    said: list[str] = []
+    result = publish(out, store, keys["public"], say=said.append)
+    assert result.published == [] and result.skipped == []
+    assert result.rejected == [
+        f"linked: holds symbolic links, which are never followed or published: "
+        f"extra -> {tmp_path}",
+        "tampered: tampered: signature does not match the files: changed file(s): report.json",
+        f"through: {store / 'through'} in the store is a symbolic link; not followed, nothing "
+        "published through it"]
+    assert said == [f"  reject    {result.rejected[0]}",
+                    "  reject    tampered: signature does not match the files: changed "
+                    "file(s): report.json",
+                    f"  reject    {result.rejected[2]}"]
+    assert not list((tmp_path / "elsewhere").iterdir()) and through.is_dir()
+
+
+def test_retention_in_process_keeps_the_newest_per_model(keys, tmp_path):
+    store = tmp_path / "store"
+    published = {}
+    for day in (1, 2, 3):
+        out = tmp_path / f"out{day}"
+        for name in ("m", "n"):
+            art = make_artifact(out, name, keys["private"],
+                                created=f"2026-11-0{day}T00:00:00+00:00")
+            published[(name, day)] = _version(art, f"2026-11-0{day}T00:00:00+00:00")
+        said: list[str] = []
+        result = publish(out, store, keys["public"], keep=2, say=said.append)
+    assert result.removed == [f"m/{published[('m', 1)]}", f"n/{published[('n', 1)]}"]
+    assert said[-2:] == [f"  retire    m/{published[('m', 1)]} (keeping the newest 2)",
+                         f"  retire    n/{published[('n', 1)]} (keeping the newest 2)"]
+    for name in ("m", "n"):
+        assert sorted(p.name for p in (store / name).iterdir()) == [
+            published[(name, 2)], published[(name, 3)]]
+    assert [(r["name"], r["version"]) for r in json.loads(
+        (store / "index.json").read_text())["artifacts"]] == [
+        ("m", published[("m", 2)]), ("m", published[("m", 3)]),
+        ("n", published[("n", 2)]), ("n", published[("n", 3)])]
+    # keep=0 retires every version; keep=None retires none.
+    assert publish(tmp_path / "out3", store, keys["public"], keep=None).removed == []
+    gone = publish(tmp_path / "out3", store, keys["public"], keep=0)
+    assert sorted(gone.removed) == sorted(f"{n}/{published[(n, d)]}" for n in "mn" for d in (2, 3))
+    assert json.loads((store / "index.json").read_text())["artifacts"] == []
+    assert not list(store.glob(".staging-*"))
+
+
+def test_store_lock_is_exclusive_and_released(tmp_path):
+    store = tmp_path / "store"
+    with store_lock(store):
+        with open(store / ".lock", "a+") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A second publisher in a thread waits until the first lets go.
+        entered = threading.Event()
+
+        def second():
+            with store_lock(store):
+                entered.set()
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not entered.wait(0.3)
+    assert entered.wait(5)
+    waiter.join()
+
+
+def _rich_report(art: Path) -> dict:
+    report = json.loads((art / "report.json").read_text())
+    report["source"]["checkpoint"] = {"pinned": True}
+    report["checks"] = [
+        {"name": "max_abs_diff", "measured": 2e-6, "limit": 1e-4, "scope": {"model": "raw"}},
+        {"name": "max_abs_diff", "measured": 3e-6, "limit": 5e-4,
+         "scope": {"model": "simplified"}},
+        {"name": "cosine_min", "measured": 0.99999, "limit": 0.9999,
+         "scope": {"model": "simplified"}},
+        {"name": "cosine_min", "measured": 0.5, "limit": 0.9999, "scope": {}}]
+    report["variants"] = {"fp16": {"file": "model.fp16.onnx"}, "int8": {"file": None}}
+    report["accuracy"] = {
+        "source": {"top1": 76.5, "top5": 93.25, "images": 50},
+        "onnx": {"top1": 76.0, "top5": 93.0, "images": 50}, "disagree": 1,
+        "dataset": {"layout": "folders", "images": 50, "selected": 50, "extra": "x"},
+        "published": {"top1": 78.2}}
+    report["signature"] = {"public_key_sha256": "0123456789abcdef" * 4}
+    return report
+
+
+def test_index_rows_and_table_hold_every_figure(keys, tmp_path):
+    store = tmp_path / "store"
+    art = make_artifact(tmp_path / "out", "rich", keys["private"],
+                        created="2026-11-21T08:00:00+00:00")
+    version = store / "rich" / "v1"
+    version.mkdir(parents=True)
+    report = _rich_report(art)
+    (version / "report.json").write_text(json.dumps(report))
+    os.utime(version, (1_790_000_000, 1_790_000_000))
+    plain = store / "plain" / "v0"
+    plain.mkdir(parents=True)
+    (plain / "report.json").write_text((art / "report.json").read_text().replace(
+        '"max_abs_diff"', '"other"'))
+    os.utime(plain, (1_790_000_000, 1_790_000_000))
+    (store / "rich" / ".staging-x").mkdir()
+    (store / "linked").symlink_to(store / "rich")
+    (store / "nothing").mkdir()
+
+    rows = write_index(store)
+    when = "2026-09-21T14:13:20+00:00"
+    assert rows[1] == {
+        "name": "rich", "version": "v1", "source": "mmpretrain", "model_id": "m",
+        "precision": "fp32+fp16", "model_sha256": report["onnx"]["sha256"],
+        "signature": "rich/v1/model.sig", "public_key_sha256": "0123456789abcdef" * 4,
+        "logits": {"max_abs_diff": 3e-6, "limit": 5e-4, "cosine_min": 0.99999},
+        "accuracy": {"source": report["accuracy"]["source"],
+                     "onnx": report["accuracy"]["onnx"], "disagree": 1, "unreadable": 0,
+                     "dataset": {"layout": "folders", "images": 50, "selected": 50},
+                     "published": {"top1": 78.2}},
+        "checkpoint_pinned": True, "demo_checkpoint": False,
+        "created": "2026-11-21T08:00:00+00:00", "published": when}
+    assert rows[0]["name"] == "plain" and rows[0]["logits"] == {
+        "max_abs_diff": None, "limit": None, "cosine_min": None}
+    assert rows[0]["accuracy"] is None and rows[0]["public_key_sha256"] == "k" * 64
+    on_disk = json.loads((store / "index.json").read_text())
+    assert on_disk["artifacts"] == rows
+    assert dt.datetime.fromisoformat(on_disk["generated"]).tzinfo is not None
+    table = (store / "index.md").read_text()
+    assert table == render_markdown(rows)
+    assert table.splitlines() == [
+        "# Published ONNX models", "",
+        "| model | version | source | precision | top-1/top-5 source | top-1/top-5 ONNX "
+        "| worst logit diff (limit) | signed | checkpoint | when |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| plain | v0 | mmpretrain | fp32 | not measured | not measured | n/a "
+        f"| yes, key kkkkkkkkkkkk | demo (random init) | {when} |",
+        f"| rich | v1 | mmpretrain | fp32+fp16 | 76.50 / 93.25 (50 images) "
+        f"| 76.00 / 93.00 (50 images) | 3.00e-06 (5.00e-04) | yes, key 0123456789ab "
+        f"| pinned | {when} |"]
+    assert not list(store.glob(".index*.tmp"))
+
+
+def test_table_names_an_unpinned_checkpoint_and_an_empty_store():
+    row = {"name": "x", "version": "v", "source": "mindcv", "precision": "fp32",
+           "accuracy": {"source": {"top1": 1, "top5": 2, "images": 3}},
+           "logits": {"max_abs_diff": 1.5e-5, "limit": 1e-4}, "public_key_sha256": None,
+           "demo_checkpoint": False, "checkpoint_pinned": False, "published": "t"}
+    assert render_markdown([row]).splitlines()[-1] == (
+        "| x | v | mindcv | fp32 | 1.00 / 2.00 (3 images) | not measured "
+        "| 1.50e-05 (1.00e-04) | yes, key None | not the pinned file | t |")
+    assert render_markdown([]).splitlines()[-1] == "| (nothing published yet) | | | | | | | | | |"
+
+
+def test_publish_result_lists_start_empty_and_apart():
+    one, two = PublishResult(), PublishResult()
+    one.published.append("x")
+    assert two.published == [] and one == PublishResult(published=["x"])
+
+
+# --------------------------------------------------------------------------- deployable
+def _tiny_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph)
+    model.metadata_props.add(key="kept", value="yes")
+    onnx.save(model, str(path))
+    return path
+
+
+def test_make_deployable_embeds_each_precisions_figures_and_writes_the_documents(tmp_path):
+    from deploy.metadata import read
+    from manifests.loader import Entry
+    from release.deployable import make_deployable
+
+    fp32, fp16 = _tiny_onnx(tmp_path / "a.onnx"), _tiny_onnx(tmp_path / "b.onnx")
+    contract = {"resize": 3, "crop": 3}
+    entry = Entry({"name": "tiny", "source": "mindcv", "model_id": "t", "num_classes": 3,
+                   "labels": ["cat", "dog", "eel"],
+                   "published": {"top1": 70.0, "top5": 90.0, "reference": "paper"}}, "m.yaml")
+    report = {"deploy": {"contract": contract}, "run_id": "r1", "created": "now",
+              "pipeline": {"git_commit": "c0ffee"},
+              "source": {"checkpoint": {"sha256": SHA["c"], "url": "https://h/t.ckpt"}},
+              "onnx": {"sha256": "graph32", "bytes": 1},
+              "variants": {"fp16": {"sha256": "graph16", "bytes": 1,
+                                    "accuracy": {"top1": 60.0, "top5": 80.0, "images": 9}}},
+              "accuracy": {"onnx": {"top1": 61.0, "top5": 81.0, "images": 9}},
+              "inputs": {"parts": {"dataset_sha256": SHA["d"]}}}
+    other = tmp_path / "notes.txt"
+    other.write_text("kept as is")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = make_deployable(entry, report, {"model.onnx": fp32, "model.fp16.onnx": fp16,
+                                          "notes.txt": other}, work)
+
+    assert out == {"model.onnx": work / "shipped-model.onnx",
+                   "model.fp16.onnx": work / "shipped-model.fp16.onnx", "notes.txt": other,
+                   "preprocess.json": work / "preprocess.json", "labels.txt": work / "labels.txt"}
+    assert json.loads((work / "preprocess.json").read_text()) == contract
+    assert (work / "labels.txt").read_text() == "cat\ndog\neel\n"
+    source = {"framework": "mindcv", "model_id": "t", "num_classes": 3,
+              "checkpoint_sha256": SHA["c"], "checkpoint_url": "https://h/t.ckpt",
+              "manifest_name": "tiny"}
+    published = {"top1": 70.0, "top5": 90.0, "reference": "paper"}
+    for name, precision, measured in (("model.onnx", "fp32", (61.0, 81.0)),
+                                      ("model.fp16.onnx", "fp16", (60.0, 80.0))):
+        meta = read(out[name])
+        assert meta == {
+            "preprocess": contract, "labels": ["cat", "dog", "eel"], "source": source,
+            "accuracy": {"published": published, "measured": {
+                "top1": measured[0], "top5": measured[1], "images": 9,
+                "dataset": SHA["d"]}},
+            "pipeline": {"git_commit": "c0ffee", "precision": precision, "run_id": "r1",
+                         "created": "now"}}
+        import onnx
+
+        assert {p.key: p.value for p in onnx.load(str(out[name])).metadata_props}["kept"] \
+            == "yes"
+    digest = {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in out.items()}
+    assert report["onnx"] == {"sha256": digest["model.onnx"], "sha256_verified_graph": "graph32",
+                              "bytes": out["model.onnx"].stat().st_size}
+    assert report["variants"]["fp16"]["sha256"] == digest["model.fp16.onnx"]
+    assert report["variants"]["fp16"]["sha256_verified_graph"] == "graph16"
+    assert report["variants"]["fp16"]["bytes"] == out["model.fp16.onnx"].stat().st_size
+    assert report["deploy"]["labels"] == {"count": 3, "source": "manifest"}
+    assert report["deploy"]["files"] == {n: digest[n] for n in (
+        "model.onnx", "model.fp16.onnx", "preprocess.json", "labels.txt")}
+
+
+def test_deployable_accuracy_without_published_or_measured_figures(tmp_path):
+    from deploy.metadata import read
+    from manifests.loader import Entry
+    from release.deployable import make_deployable
+
+    entry = Entry({"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2},
+                  "m.yaml")
+    report = {"deploy": {"contract": {}}, "run_id": "r", "created": "c",
+              "pipeline": {"git_commit": "g"}, "source": {"checkpoint": {"sha256": "s"}},
+              "onnx": {"sha256": "x"}}
+    work = tmp_path / "w"
+    work.mkdir()
+    out = make_deployable(entry, report, {"model.onnx": _tiny_onnx(tmp_path / "m.onnx")}, work)
+    meta = read(out["model.onnx"])
+    assert meta["accuracy"] == {"published": None}
+    assert meta["labels"] == ["class_0", "class_1"]
+    assert meta["source"]["checkpoint_url"] is None
+    assert report["deploy"]["labels"]["source"].startswith("none given: index names")
