@@ -15,6 +15,9 @@
 #   MUTATION_FRESH   1: forget every earlier result (default: keep catches, re-test the rest
 #                    with a fresh test map; see reopen() in scripts/mutation_report.py)
 set -euo pipefail
+# A run started from inside another mutmut run (tests/test_mutation.py under `make mutation`)
+# must not inherit that run's state: its mutant, and the subprocess-hit crediting.
+unset MUTANT_UNDER_TEST MUTATION_HITS_DIR MUTATION_ROOT
 here=$(cd "$(dirname "$0")/.." && pwd)
 src=$(cd "${MUTATION_SRC:-$here}" && pwd)
 budget=${MUTATION_BUDGET:-3600}

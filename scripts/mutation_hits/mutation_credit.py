@@ -31,7 +31,7 @@ def pytest_runtest_teardown(item):
     """Before mutmut's own teardown hook reads this test's hits, add its subprocesses'."""
     folder = os.environ.get("MUTATION_HITS_DIR")
     if folder and os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        from mutmut.state import state
+        from mutmut.state import state  # only set while mutmut (and so its package) runs
 
         for hits in sorted(Path(folder).glob("*.json")):
             state()._stats.update(json.loads(hits.read_text(encoding="utf-8")))
