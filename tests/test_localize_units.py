@@ -1,0 +1,203 @@
+"""verify/localize.py on a hand-built ONNX model whose "source" layer outputs are computed
+here with numpy: pairing, follower chains, chunking, the first diverging layer and every
+field of the result. The end-to-end runs on real conversions are in test_localize.py."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verify import localize as loc
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((1, 4)).astype(np.float32)
+W1 = RNG.standard_normal((4, 5)).astype(np.float32)
+B1 = RNG.standard_normal(5).astype(np.float32)
+W2 = RNG.standard_normal((5, 3)).astype(np.float32)
+
+
+def _model(path):
+    """x -> fc1 MatMul (initializer) -> Add bias -> Relu -> fc2 Gemm (weight from a Constant
+    node, unnamed) -> y."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h1"], name="fc1"),
+             helper.make_node("Add", ["h1", "B1"], ["h1b"]),
+             helper.make_node("Relu", ["h1b"], ["r1"]),
+             helper.make_node("Constant", [], ["W2c"], value=numpy_helper.from_array(W2)),
+             helper.make_node("Gemm", ["r1", "W2c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(B1, "B1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)],
+                              ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+def _capture(folder, fc2_scale=1.0, fc1_scale=1.0):
+    """The source's records (torch-style [out, in] weights) and their outputs on X."""
+    h1 = X.astype(np.float64) @ W1
+    r1 = np.maximum(h1 + B1, 0)
+    outputs = {"fc1.npy": h1 * fc1_scale, "act1.npy": r1, "drop.npy": r1,
+               "fc2.npy": (r1 @ W2) * fc2_scale}
+    for name, value in outputs.items():
+        np.save(folder / name, value)
+    return [
+        {"kind": "linear", "name": "head.fc1", "weight_shape": [5, 4], "file": "fc1.npy",
+         "shape": [1, 5]},
+        {"kind": "norm", "name": "head.act1", "weight_shape": None, "file": "act1.npy",
+         "shape": [1, 5]},
+        {"kind": "other", "name": "head.drop", "weight_shape": None, "file": "drop.npy",
+         "shape": [1, 5]},
+        {"kind": "linear", "name": "head.fc2", "weight_shape": [3, 5], "file": "fc2.npy",
+         "shape": [1, 3]}]
+
+
+def test_every_layer_agrees(tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    result = loc.localize(model, X, _capture(tmp_path), tmp_path)
+    worst = result.pop("worst")
+    last = result.pop("last_agreeing")
+    summary = result.pop("summary")
+    assert result == {"onnx_model": "m.onnx", "rtol": 1e-3, "source_layers": 2,
+                      "onnx_layers": 2, "aligned": 2, "compared": 2, "sessions": 1,
+                      "first_diverging": None}
+    assert last["layer"] == "head.fc2" and last["onnx_node"] == "Gemm#4"
+    assert last["onnx_op"] == "Gemm" and last["onnx_output"] == "y"
+    assert last["weight_shape"] == [3, 5] and last["compared_with"] == "head.fc2"
+    assert worst["relative"] < 1e-6 and worst["max_abs_diff"] < 1e-5
+    assert re.fullmatch(r"all 2 aligned layers agree within 0\.001 of their range \(largest "
+                        rf"\S+ at {worst['layer']}\): the difference builds up or arises after "
+                        r"the last aligned layer", summary), summary
+    assert not list(tmp_path.glob("localize-*"))   # scratch beside the capture, removed
+
+
+def test_the_first_diverging_layer_is_named_with_its_measured_difference(tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    result = loc.localize(model, X, _capture(tmp_path, fc2_scale=1.01), tmp_path, chunk=1)
+    bad, last = result["first_diverging"], result["last_agreeing"]
+    reference = (np.maximum(X.astype(np.float64) @ W1 + B1, 0) @ W2) * 1.01
+    expected_diff = float(np.abs(reference / 1.01 - reference).max())
+    assert bad["layer"] == "head.fc2" and bad["onnx_node"] == "Gemm#4" and bad["onnx_op"] == "Gemm"
+    assert bad["compared_with"] == "head.fc2" and bad["onnx_output"] == "y"
+    assert bad["relative"] == pytest.approx(0.01 / 1.01, rel=1e-4)
+    assert bad["max_abs_diff"] == pytest.approx(expected_diff, rel=1e-4)
+    assert result["worst"] == bad
+    # fc1 agrees exactly as the MatMul's own output; compared with its norm, the Relu follower.
+    assert last["layer"] == "head.fc1" and last["onnx_node"] == "fc1"
+    assert last["compared_with"] == "head.fc1" and last["onnx_output"] == "h1"
+    assert result["compared"] == 2 and result["sessions"] == 2
+    assert result["summary"] == (
+        f"first diverging layer: head.fc2 (ONNX node Gemm#4, Gemm): max|diff| "
+        f"{bad['max_abs_diff']:.3g}, 0.0099 of its range (limit 0.001); the last agreeing "
+        "layer is head.fc1")
+    # A looser limit lets the same difference pass.
+    loose = loc.localize(model, X, _capture(tmp_path, fc2_scale=1.01), tmp_path, rtol=0.01)
+    assert loose["first_diverging"] is None and loose["rtol"] == 0.01
+    assert loose["summary"].startswith("all 2 aligned layers agree within 0.01 of their range")
+
+
+def test_the_closer_of_layer_and_norm_is_taken_and_a_first_layer_fault_stops_early(tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    # fc1's own output off by 2x, its norm (Relu of fc1 + bias) right: the ONNX follower
+    # tensor matches the norm, so fc1 agrees (the case of a BatchNorm folded into a Conv).
+    agreed = loc.localize(model, X, _capture(tmp_path, fc1_scale=2.0), tmp_path)
+    assert agreed["first_diverging"] is None
+    assert agreed["last_agreeing"]["layer"] == "head.fc2"
+    captured = _capture(tmp_path, fc1_scale=2.0)
+    np.save(tmp_path / "act1.npy", np.load(tmp_path / "act1.npy") * 2.0)
+    result = loc.localize(model, X, captured, tmp_path, chunk=1)
+    bad = result["first_diverging"]
+    # The closest of {fc1's output, its norm's} x {MatMul, + bias, Relu}, worked out here.
+    h1 = X.astype(np.float64) @ W1
+    onnx_side = [h1, h1 + B1, np.maximum(h1 + B1, 0)]
+    source_side = [2 * h1, 2 * np.maximum(h1 + B1, 0)]
+    closest = min(np.abs(o - s).max() / np.abs(s).max() for o in onnx_side for s in source_side)
+    assert bad["layer"] == "head.fc1" and bad["relative"] == pytest.approx(closest, rel=1e-5)
+    assert result["last_agreeing"] is None and result["compared"] == 1
+    assert result["sessions"] == 1     # the second chunk is never run
+    assert result["summary"].endswith("(limit 0.001); it is the first aligned layer")
+
+
+def test_nothing_aligned_is_said(tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    captured = [{"kind": "conv", "name": "c", "weight_shape": [8, 3, 3, 3], "file": "c.npy",
+                 "shape": [1, 8]}]
+    assert loc.localize(model, X, captured, tmp_path) == {
+        "onnx_model": "m.onnx", "rtol": 1e-3, "source_layers": 1, "onnx_layers": 2,
+        "aligned": 0, "compared": 0, "sessions": 0, "first_diverging": None,
+        "note": "no source layer could be aligned with an ONNX node by weight shape: cannot "
+                "localise"}
+
+
+def test_onnx_layers_follow_single_consumer_chains_up_to_three(tmp_path):
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm"),
+             helper.make_node("Add", ["a", "x"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("Mul", ["c", "x"], ["d"]),
+             helper.make_node("Sigmoid", ["d"], ["e"]),          # a fourth follower: left out
+             helper.make_node("MatMul", ["e", "w"], ["f"]),       # no name: op#index
+             helper.make_node("Relu", ["f"], ["g"]),
+             helper.make_node("Identity", ["f"], ["g2"]),         # f has two consumers
+             helper.make_node("MatMul", ["g", "x"], ["h"], name="dynamic"),  # not a weight
+             helper.make_node("Conv", ["g"], ["i"], name="one_input"),
+             helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("Gemm", ["t", "w"], ["j"], name="gemm"),
+             helper.make_node("Softmax", ["j"], ["k"])]           # not a follower
+    graph = helper.make_graph(nodes, "g", [], [], [w])
+    layers = loc.onnx_layers(helper.make_model(graph))
+    assert layers == [
+        loc.OnnxLayer("mm", "MatMul", "a", (2, 2), ("b", "c", "d")),
+        loc.OnnxLayer("MatMul#5", "MatMul", "f", (2, 2), ()),
+        loc.OnnxLayer("gemm", "Gemm", "j", (2, 2), ())]
+
+
+def test_source_layers_take_a_norm_only_right_after_with_the_same_shape():
+    captured = [
+        {"kind": "conv", "name": "c1", "weight_shape": [4, 3, 1, 1], "file": "c1", "shape": [4]},
+        {"kind": "norm", "name": "bn1", "file": "bn1", "shape": [4]},
+        {"kind": "conv", "name": "c2", "weight_shape": [4, 4, 1, 1], "file": "c2", "shape": [4]},
+        {"kind": "norm", "name": "pooled", "file": "p", "shape": [2]},
+        {"kind": "linear", "name": "fc", "weight_shape": [2, 4], "file": "fc", "shape": [2]},
+        {"kind": "relu", "name": "act", "file": "a", "shape": [2]},
+        {"kind": "linear", "name": "last", "weight_shape": [2, 2], "file": "l", "shape": [2]}]
+    assert loc.source_layers(captured) == [
+        loc.SourceLayer("c1", "conv", (4, 3, 1, 1), "c1", "bn1", "bn1"),
+        loc.SourceLayer("c2", "conv", (4, 4, 1, 1), "c2"),
+        loc.SourceLayer("fc", "linear", (2, 4), "fc"),
+        loc.SourceLayer("last", "linear", (2, 2), "l")]
+
+
+def test_align_pairs_transposed_linear_weights_and_skips_what_does_not_match():
+    src = [loc.SourceLayer("a", "conv", (8, 3, 3, 3), "a"),
+           loc.SourceLayer("extra", "conv", (5, 5, 1, 1), "e"),
+           loc.SourceLayer("fc", "linear", (10, 8), "f")]
+    dst = [loc.OnnxLayer("A", "Conv", "a", (8, 3, 3, 3)),
+           loc.OnnxLayer("B", "Conv", "b", (3, 8, 3, 3)),      # not a's shape in another order
+           loc.OnnxLayer("F", "Gemm", "f", (8, 10))]
+    assert [(s.name, d.node) for s, d in loc.align(src, dst)] == [("a", "A"), ("fc", "F")]
+    assert loc._shape_key([3, 2]) == (2, 3) and loc._shape_key([3, 2, 1]) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("onnx_out,source,expected", [
+    (np.array([1.0, 2.0]), np.array([1.0, 4.0]), (2.0, 0.5)),
+    (np.array([[1.0, 2.0]]), np.array([1.0, 3.0]), (1.0, 1 / 3)),       # reshaped
+    (np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0]), (float("inf"), float("inf"))),
+    (np.array([0.0, 0.0]), np.array([0.0, 0.0]), (0.0, 0.0)),
+    (np.array([0.5, 0.0]), np.array([0.0, 0.0]), (0.5, float("inf"))),
+    (np.zeros(0), np.zeros(0), (0.0, 0.0)),
+    (np.array([-3.0]), np.array([-1.0]), (2.0, 2.0)),
+])
+def test_relative_difference(onnx_out, source, expected):
+    assert loc._relative(onnx_out, source) == pytest.approx(expected)
+
+
+def test_exposed_outputs_are_added_once_and_the_model_is_not_changed(tmp_path):
+    model = onnx.load(str(_model(tmp_path / "m.onnx")))
+    exposed = loc._with_outputs(model, ["h1", "y", "r1"])
+    assert [o.name for o in exposed.graph.output] == ["y", "h1", "r1"]
+    assert [o.name for o in model.graph.output] == ["y"]
