@@ -12,6 +12,8 @@
 #   MUTATION_OUT     where the report goes (default ./mutation-report)
 #   MUTATION_WORK    the working copy (default ~/.cache/model-convert/mutation/<tree>)
 #   MUTATION_SRC     the tree to test (default this checkout; tests point it at a toy tree)
+#   MUTATION_ONLY    mutant name patterns to (re-)test, e.g. "release.* verify.localize.*"
+#                    (default: every mutant not yet caught)
 #   MUTATION_FRESH   1: forget every earlier result (default: keep catches, re-test the rest
 #                    with a fresh test map; see reopen() in scripts/mutation_report.py)
 set -euo pipefail
@@ -43,7 +45,10 @@ elif [ -d mutants ]; then
 fi
 echo "mutation: mutmut in $work (a copy of $src), budget ${budget}s, $jobs jobs" >&2
 status=0
-timeout --signal=INT --kill-after=60 "$budget" "$bin/mutmut" run --max-children "$jobs" || status=$?
+set -f   # MUTATION_ONLY patterns reach mutmut unexpanded
+# shellcheck disable=SC2086 # MUTATION_ONLY is a list of patterns, split on purpose
+timeout --signal=INT --kill-after=60 "$budget" "$bin/mutmut" run --max-children "$jobs" \
+    ${MUTATION_ONLY:-} || status=$?
 case $status in
   0) finished=true ;;
   124|130) finished=false; echo "mutation: budget of ${budget}s reached; reporting what ran (run again to go on)" >&2 ;;

@@ -263,16 +263,18 @@ def test_publish_refuses_tampered_links_and_store_links(keys, tmp_path):
     said: list[str] = []
     result = publish(out, store, keys["public"], say=said.append)
     assert result.published == [] and result.skipped == []
-    assert result.rejected == [
-        f"linked: holds symbolic links, which are never followed or published: "
-        f"extra -> {tmp_path}",
-        "tampered: tampered: signature does not match the files: changed file(s): report.json",
-        f"through: {store / 'through'} in the store is a symbolic link; not followed, nothing "
-        "published through it"]
-    assert said == [f"  reject    {result.rejected[0]}",
-                    "  reject    tampered: signature does not match the files: changed "
-                    "file(s): report.json",
-                    f"  reject    {result.rejected[2]}"]
+    # model_signing's own wording of the mismatch is cut to the file names; how it quotes
+    # them is its business (under mutmut it came with a trailing backslash), so only the
+    # start of that line is pinned.
+    linked_msg, tampered_msg, through_msg = result.rejected
+    assert linked_msg == (f"linked: holds symbolic links, which are never followed or "
+                          f"published: extra -> {tmp_path}")
+    assert tampered_msg.startswith(
+        "tampered: tampered: signature does not match the files: changed file(s): report.json")
+    assert through_msg == (f"through: {store / 'through'} in the store is a symbolic link; "
+                           "not followed, nothing published through it")
+    assert said == [f"  reject    {linked_msg}", f"  reject    {tampered_msg[len('tampered: '):]}",
+                    f"  reject    {through_msg}"]
     assert not list((tmp_path / "elsewhere").iterdir()) and through.is_dir()
 
 
