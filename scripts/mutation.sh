@@ -26,6 +26,11 @@ budget=${MUTATION_BUDGET:-3600}
 jobs=${MUTATION_JOBS:-$(nproc)}
 out=${MUTATION_OUT:-$here/mutation-report}
 work=${MUTATION_WORK:-$HOME/.cache/model-convert/mutation/$(basename "$src")}
+only=${MUTATION_ONLY:-}
+fresh=${MUTATION_FRESH:-0}
+# Read above; not passed on, so a run the tests start (test_mutation) gets only its own.
+unset MUTATION_SRC MUTATION_BUDGET MUTATION_JOBS MUTATION_OUT MUTATION_WORK MUTATION_ONLY \
+    MUTATION_FRESH
 "$here/scripts/setup_env.sh" mutation >&2
 bin="${VENV_ROOT:-$here/.venvs}/mutation/bin"
 
@@ -38,7 +43,7 @@ else
   (cd "$src" && tar --exclude=./mutants -cf - .) | tar -xf - -C "$work"
 fi
 cd "$work"
-if [ "${MUTATION_FRESH:-0}" = 1 ]; then
+if [ "$fresh" = 1 ]; then
   rm -rf mutants
 elif [ -d mutants ]; then
   "$bin/python" "$here/scripts/mutation_report.py" --reopen >&2
@@ -46,9 +51,9 @@ fi
 echo "mutation: mutmut in $work (a copy of $src), budget ${budget}s, $jobs jobs" >&2
 status=0
 set -f   # MUTATION_ONLY patterns reach mutmut unexpanded
-# shellcheck disable=SC2086 # MUTATION_ONLY is a list of patterns, split on purpose
+# shellcheck disable=SC2086 # $only is a list of patterns, split on purpose
 timeout --signal=INT --kill-after=60 "$budget" "$bin/mutmut" run --max-children "$jobs" \
-    ${MUTATION_ONLY:-} || status=$?
+    $only || status=$?
 case $status in
   0) finished=true ;;
   124|130) finished=false; echo "mutation: budget of ${budget}s reached; reporting what ran (run again to go on)" >&2 ;;

@@ -46,7 +46,8 @@ def _run(toy, tmp_path):
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "mutation.sh")], cwd=REPO, capture_output=True,
         text=True, timeout=600,
-        env={**os.environ, "VENV_ROOT": str(VENV_ROOT), "MUTATION_SRC": str(toy),
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MUTATION_")},
+             "VENV_ROOT": str(VENV_ROOT), "MUTATION_SRC": str(toy),
              "MUTATION_WORK": str(tmp_path / "work"), "MUTATION_OUT": str(tmp_path / "out"),
              "MUTATION_BUDGET": "300", "MUTATION_JOBS": "2"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
