@@ -5,21 +5,19 @@
 # surviving mutant (with its diff) to MUTATION_OUT/mutation.{md,json}.
 #
 # It runs in a copy of the tree (MUTATION_WORK, kept between runs): mutmut resumes there; a
-# caught mutant of an unchanged function keeps its result, everything else is re-tested. A run cut by the
-# budget reports what it finished; the next run goes on from there.
+# caught mutant of an unchanged function keeps its result, everything else is re-tested. A
+# run cut by the budget reports what it finished; the next run goes on from there.
 #   MUTATION_BUDGET  seconds for `mutmut run` (default 3600)
 #   MUTATION_JOBS    parallel mutants (default: cores)
 #   MUTATION_OUT     where the report goes (default ./mutation-report)
 #   MUTATION_WORK    the working copy (default ~/.cache/model-convert/mutation/<tree>)
 #   MUTATION_SRC     the tree to test (default this checkout; tests point it at a toy tree)
-#   MUTATION_ONLY    mutant name patterns to (re-)test, e.g. "release.* verify.localize.*"
-#                    (default: every mutant not yet caught)
+#   MUTATION_ONLY    mutant name patterns to (re-)test, e.g. "release.* verify.localize.*";
+#                    other results stay as they are (default: every mutant not yet caught)
 #   MUTATION_FRESH   1: forget every earlier result (default: keep catches, re-test the rest
 #                    with a fresh test map; see reopen() in scripts/mutation_report.py)
 set -euo pipefail
-# A run started from inside another mutmut run (tests/test_mutation.py under `make mutation`)
-# must not inherit that run's state: its mutant, and the subprocess-hit crediting.
-unset MUTANT_UNDER_TEST MUTATION_HITS_DIR MUTATION_ROOT
+set -f   # MUTATION_ONLY patterns reach mutmut and --reopen unexpanded
 here=$(cd "$(dirname "$0")/.." && pwd)
 src=$(cd "${MUTATION_SRC:-$here}" && pwd)
 budget=${MUTATION_BUDGET:-3600}
@@ -28,9 +26,11 @@ out=${MUTATION_OUT:-$here/mutation-report}
 work=${MUTATION_WORK:-$HOME/.cache/model-convert/mutation/$(basename "$src")}
 only=${MUTATION_ONLY:-}
 fresh=${MUTATION_FRESH:-0}
-# Read above; not passed on, so a run the tests start (test_mutation) gets only its own.
+# Settings read above are not passed on, nor is the state of a mutmut run this one was
+# started from (its mutant, the subprocess-hit crediting): a run the tests start
+# (tests/test_mutation.py under `make mutation`) gets only its own.
 unset MUTATION_SRC MUTATION_BUDGET MUTATION_JOBS MUTATION_OUT MUTATION_WORK MUTATION_ONLY \
-    MUTATION_FRESH
+    MUTATION_FRESH MUTANT_UNDER_TEST MUTATION_HITS_DIR MUTATION_ROOT
 "$here/scripts/setup_env.sh" mutation >&2
 bin="${VENV_ROOT:-$here/.venvs}/mutation/bin"
 
@@ -46,11 +46,11 @@ cd "$work"
 if [ "$fresh" = 1 ]; then
   rm -rf mutants
 elif [ -d mutants ]; then
-  "$bin/python" "$here/scripts/mutation_report.py" --reopen >&2
+  # shellcheck disable=SC2086 # $only is a list of patterns, split on purpose
+  "$bin/python" "$here/scripts/mutation_report.py" --reopen $only >&2
 fi
 echo "mutation: mutmut in $work (a copy of $src), budget ${budget}s, $jobs jobs" >&2
 status=0
-set -f   # MUTATION_ONLY patterns reach mutmut unexpanded
 # shellcheck disable=SC2086 # $only is a list of patterns, split on purpose
 timeout --signal=INT --kill-after=60 "$budget" "$bin/mutmut" run --max-children "$jobs" \
     $only || status=$?

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter, defaultdict
+from fnmatch import fnmatch
 from pathlib import Path
 
 CAUGHT = {"killed", "timeout"}
@@ -76,8 +77,10 @@ def score(files: dict[str, dict[str, str]], equivalent: dict[str, str]) -> dict:
             "files": {k: figures(v) for k, v in sorted(by_file.items())}}
 
 
-def reopen() -> int:
+def reopen(patterns: list[str]) -> int:
     """Before a resumed run: forget every result that is not a catch, and the test map.
+    With `patterns` (MUTATION_ONLY), only the results of the mutants they match: the others
+    are not run, so their results stay as they were.
 
     mutmut keeps a mutant's result until its function changes, and runs a test map for new
     test names only. A survivor or a "no tests" mutant would then stand after the tests that
@@ -93,7 +96,8 @@ def reopen() -> int:
         data = SourceFileMutationData(path=path)
         data.load()
         for name, code in data.exit_code_by_key.items():
-            if code is not None and status_by_exit_code[code] not in CAUGHT:
+            if code is not None and status_by_exit_code[code] not in CAUGHT and (
+                    not patterns or any(fnmatch(name, p) for p in patterns)):
                 data.exit_code_by_key[name] = None
                 reopened += 1
         data.save()
@@ -106,11 +110,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--equivalent", type=Path)
     parser.add_argument("--finished", choices=["true", "false"], default="true")
-    parser.add_argument("--reopen", action="store_true",
-                        help="only reopen the results that are not catches (see reopen())")
+    parser.add_argument("--reopen", nargs="*", metavar="PATTERN",
+                        help="only reopen the results that are not catches, of the mutants "
+                             "matching PATTERN if given (see reopen())")
     args = parser.parse_args()
-    if args.reopen:
-        print(f"mutation: {reopen()} earlier results that were not catches will be re-tested")
+    if args.reopen is not None:
+        print(f"mutation: {reopen(args.reopen)} earlier results that were not catches will "
+              "be re-tested")
         return
     if args.out is None or args.equivalent is None:
         parser.error("--out and --equivalent are required")

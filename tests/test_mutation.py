@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from conftest import REPO, VENV_ROOT
@@ -42,14 +43,14 @@ def _toy(root):
         "install(Path(__file__).resolve().parent.parent)\n")
 
 
-def _run(toy, tmp_path):
+def _run(toy, tmp_path, **settings):
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "mutation.sh")], cwd=REPO, capture_output=True,
         text=True, timeout=600,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("MUTATION_")},
              "VENV_ROOT": str(VENV_ROOT), "MUTATION_SRC": str(toy),
              "MUTATION_WORK": str(tmp_path / "work"), "MUTATION_OUT": str(tmp_path / "out"),
-             "MUTATION_BUDGET": "300", "MUTATION_JOBS": "2"})
+             "MUTATION_BUDGET": "300", "MUTATION_JOBS": "2", **settings})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads((tmp_path / "out" / "mutation.json").read_text())
 
@@ -92,6 +93,20 @@ def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
     assert total["equivalent"] == 1 and total["score_percent"] == round(
         100 * total["caught"] / (total["mutants"] - 1), 1)
     assert again["stale_equivalent"] == []
+
+    # MUTATION_ONLY: only the matching mutants are re-tested; the others keep their results.
+    left_over = tmp_path / "work" / "mutants" / "left-over"
+    left_over.write_text("from an earlier run")
+    proc, only = _run(toy, tmp_path, MUTATION_ONLY="gate.clip.*")
+    listed = re.findall(r"(gate\.\w+\.x_\w+__mutmut_\d+)", proc.stdout.split("Mutant results")[1])
+    assert listed and all(n.startswith("gate.clip.") for n in listed), listed
+    assert only["total"]["by_status"] == again["total"]["by_status"]
+    assert only["equivalent"] == again["equivalent"]    # still "survived", not "not checked"
+    assert left_over.exists()
+    # MUTATION_FRESH=1: every earlier result forgotten, the same figures measured again.
+    _, fresh = _run(toy, tmp_path, MUTATION_FRESH="1")
+    assert not left_over.exists()
+    assert fresh["total"]["by_status"] == again["total"]["by_status"]
 
 
 def test_mutation_env_is_the_orchestrator_env_plus_mutmut():

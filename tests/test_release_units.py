@@ -19,16 +19,9 @@ import pytest
 from release import provenance as prov
 from release.publish import (PublishResult, publish, render_markdown, store_lock, version_of,
                              write_index)
-from release.signing import generate_key
-from test_signing_publish import make_artifact, statement
+from test_signing_publish import keys, make_artifact, statement  # noqa: F401 - keys: fixture
 
 SHA = {k: k * 64 for k in "abcdef0123456789"}
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    return {"private": root / "key.pem", "public": generate_key(root / "key.pem")}
 
 
 # --------------------------------------------------------------------------- provenance

@@ -5,8 +5,10 @@ mutmut (no MUTANT_UNDER_TEST) both do nothing.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +22,9 @@ def install(root: Path) -> None:
     `root` is mutmut's working copy (its pyproject.toml holds mutmut's configuration)."""
     if "MUTANT_UNDER_TEST" not in os.environ or "MUTATION_HITS_DIR" in os.environ:
         return
-    os.environ["MUTATION_HITS_DIR"] = tempfile.mkdtemp(prefix="mutation-hits-")
+    folder = tempfile.mkdtemp(prefix="mutation-hits-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.environ["MUTATION_HITS_DIR"] = folder
     os.environ["MUTATION_ROOT"] = str(root)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
