@@ -79,6 +79,16 @@ from mutation_credit import pytest_runtest_teardown  # noqa: E402,F401 - a pytes
 _install_mutation_credit(REPO)
 
 
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """A signing key pair made for the test module, and a second public key (not the signer's)."""
+    from release.signing import generate_key
+
+    root = tmp_path_factory.mktemp("keys")
+    return {"private": root / "key.pem", "public": generate_key(root / "key.pem"),
+            "other_public": generate_key(root / "other.pem")}
+
+
 def random_bytes(size: int, seed: int = 0) -> bytes:
     """Reproducible random bytes: a failure can be rerun with the same data."""
     import random

@@ -19,7 +19,7 @@ import pytest
 from release import provenance as prov
 from release.publish import (PublishResult, publish, render_markdown, store_lock, version_of,
                              write_index)
-from test_signing_publish import keys, make_artifact, statement  # noqa: F401 - keys: fixture
+from test_signing_publish import make_artifact, statement
 
 SHA = {k: k * 64 for k in "abcdef0123456789"}
 

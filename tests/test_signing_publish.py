@@ -18,16 +18,9 @@ import pytest
 from conftest import REPO, manifest_entries, random_bytes, run_pipeline, write_manifest
 from release.artifact import write_artifact
 from release.provenance import BUILD_TYPE, BUILDER_ID, PREDICATE_TYPE, STATEMENT_TYPE
-from release.signing import generate_key, sign_directory
+from release.signing import sign_directory
 
 MODEL_SIGNING = Path(sys.executable).with_name("model_signing")  # the upstream CLI
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    return {"private": root / "key.pem", "public": generate_key(root / "key.pem"),
-            "other_public": generate_key(root / "other.pem")}
 
 
 def make_artifact(out: Path, name: str, private_key: Path | None, passed: bool = True,
@@ -216,7 +209,7 @@ def test_symbolic_links_in_an_artifact_or_the_store_are_never_followed(keys, tmp
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "linked: holds symbolic links, which are never followed or published: " \
            f"provenance.json -> {outside / 'secret.txt'}" in proc.stdout
-    assert f"aliased: holds symbolic links" in proc.stdout
+    assert "aliased: holds symbolic links" in proc.stdout
     assert f"good: {store / 'good'} in the store is a symbolic link" in proc.stdout
     assert "published 0" in proc.stdout and "refused 3" in proc.stdout
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]   # nothing written there
