@@ -135,8 +135,10 @@ def runtime_accuracy(entry, meter: AccuracyMeter, names: list[str]) -> dict[str,
     return out
 
 
+# Not mutated (`make mutation`): a shard runs a framework worker, which only the slow
+# end-to-end tests reach; its arithmetic lives in the functions around it, which are.
 def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: bytes,
-                   say=print) -> ShardResult:
+                   say=print) -> ShardResult:  # pragma: no mutate block
     """Run the source's eval forward and ONNX Runtime on this shard's images."""
     started = time.perf_counter()
     entry = job.entry

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make mutation`: mutmut (envs/mutation.lock.txt) over the gate, signing, store, manifest,
-# fetch and deploy code ([tool.mutmut] in pyproject.toml says which files) against the fast
+# `make mutation`: mutmut (envs/mutation.lock.txt) over the gate, signing, store, manifest
+# and fetch code ([tool.mutmut] in pyproject.toml says which files) against the fast
 # tests, within a time budget; then scripts/mutation_report.py writes the score and every
 # surviving mutant (with its diff) to MUTATION_OUT/mutation.{md,json}.
 #

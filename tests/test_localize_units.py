@@ -201,3 +201,97 @@ def test_exposed_outputs_are_added_once_and_the_model_is_not_changed(tmp_path):
     exposed = loc._with_outputs(model, ["h1", "y", "r1"])
     assert [o.name for o in exposed.graph.output] == ["y", "h1", "r1"]
     assert [o.name for o in model.graph.output] == ["y"]
+
+
+def test_the_scratch_model_lives_beside_the_capture_only(tmp_path, monkeypatch):
+    """No file in the working folder, nothing in the system temp folder (here one that does not
+    exist, so a scratch put there fails), nothing left beside the capture."""
+    import tempfile
+
+    work, capture = tmp_path / "cwd", tmp_path / "capture"
+    work.mkdir()
+    capture.mkdir()
+    model = _model(tmp_path / "m.onnx")
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))
+    result = loc.localize(model, X, _capture(capture), capture)
+    assert result["first_diverging"] is None and result["sessions"] == 1
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in capture.iterdir()) == ["act1.npy", "drop.npy", "fc1.npy",
+                                                         "fc2.npy"]
+
+
+def test_a_tie_names_the_layer_not_its_norm_and_the_limit_is_inclusive(tmp_path):
+    """The norm's output equal to the layer's: the layer itself is named. A difference of
+    exactly the limit agrees (the limit is inclusive)."""
+    model = _model(tmp_path / "m.onnx")
+    captured = _capture(tmp_path, fc2_scale=1.01)           # fc2 diverges: fc1 is the last ok
+    h1 = X.astype(np.float64) @ W1
+    np.save(tmp_path / "fc1.npy", np.maximum(h1 + B1, 0))    # fc1 == its norm act1
+    last = loc.localize(model, X, captured, tmp_path)["last_agreeing"]
+    assert (last["layer"], last["compared_with"], last["onnx_output"]) == (
+        "head.fc1", "head.fc1", "r1")
+    # An exact limit with values chosen so the relative difference is a binary fraction.
+    src = tmp_path / "exact"
+    src.mkdir()
+    w = np.eye(2, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "eye.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)],
+                                ir_version=8), str(path))
+    np.save(src / "fc.npy", np.array([[4.0, 1.5]]))          # ONNX gives [4, 1]: 0.5 / 4
+    rec = [{"kind": "linear", "name": "fc", "weight_shape": [2, 2], "file": "fc.npy",
+            "shape": [1, 2]}]
+    x = np.array([[4.0, 1.0]], dtype=np.float32)
+    assert loc.localize(path, x, rec, src, rtol=0.125)["first_diverging"] is None
+    assert loc.localize(path, x, rec, src, rtol=0.124)["first_diverging"]["relative"] == 0.125
+
+
+def test_the_worst_of_equal_layers_is_the_first(tmp_path):
+    w = np.eye(2, dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"),
+             helper.make_node("MatMul", ["a", "w"], ["b"], name="m2")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)],
+                                ir_version=8), str(path))
+    x = np.array([[4.0, 1.0]], dtype=np.float32)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.array([[4.0, 1.5]]))   # both 0.125 off
+    rec = [{"kind": "linear", "name": n, "weight_shape": [2, 2], "file": f"{n}.npy",
+            "shape": [1, 2]} for n in ("a", "b")]
+    result = loc.localize(path, x, rec, tmp_path, rtol=0.5)
+    assert result["worst"]["layer"] == "a" and result["last_agreeing"]["layer"] == "b"
+
+
+def test_a_norm_as_the_last_record_is_taken():
+    captured = [{"kind": "conv", "name": "c", "weight_shape": [4, 3, 1, 1], "file": "c",
+                 "shape": [4]},
+                {"kind": "norm", "name": "bn", "file": "bn", "shape": [4]}]
+    assert loc.source_layers(captured) == [
+        loc.SourceLayer("c", "conv", (4, 3, 1, 1), "c", "bn", "bn")]
+
+
+def test_align_keeps_order_within_a_block_and_long_repeated_sequences():
+    """difflib's autojunk would treat a shape repeated in a long network as junk and align
+    nothing of it; a block of several layers pairs each with its own."""
+    shapes = [(8, 3, 3, 3), (16, 8, 1, 1), (16, 16, 3, 3)]
+    src = [loc.SourceLayer(f"s{i}", "conv", shapes[i % 3], "f") for i in range(300)]
+    dst = [loc.OnnxLayer(f"d{i}", "Conv", "o", shapes[i % 3]) for i in range(300)]
+    extra = loc.OnnxLayer("x", "Conv", "o", (1, 1))     # an ONNX-only layer in front
+    pairs = loc.align(src, [extra] + dst)
+    assert [(s.name, d.node) for s, d in pairs] == [(f"s{i}", f"d{i}") for i in range(300)]
+    short = loc.align(src[1:4], [extra] + dst[1:4])
+    assert [(s.name, d.node) for s, d in short] == [("s1", "d1"), ("s2", "d2"), ("s3", "d3")]
+
+
+def test_a_column_output_is_reshaped_not_broadcast():
+    # [[1], [2]] against [1, 3]: as the source's shape the difference is 1; broadcast, 2.
+    assert loc._relative(np.array([[1.0], [2.0]]), np.array([1.0, 3.0])) == (1.0, 1 / 3)

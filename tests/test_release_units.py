@@ -292,8 +292,12 @@ def test_retention_in_process_keeps_the_newest_per_model(keys, tmp_path):
         (store / "index.json").read_text())["artifacts"]] == [
         ("m", published[("m", 2)]), ("m", published[("m", 3)]),
         ("n", published[("n", 2)]), ("n", published[("n", 3)])]
-    # keep=0 retires every version; keep=None retires none.
+    # keep=1 the newest only; keep=0 retires every version; keep=None retires none.
     assert publish(tmp_path / "out3", store, keys["public"], keep=None).removed == []
+    one = publish(tmp_path / "out3", store, keys["public"], keep=1)
+    assert one.removed == [f"m/{published[('m', 2)]}", f"n/{published[('n', 2)]}"]
+    assert publish(tmp_path / "out2", store, keys["public"]).published == [
+        f"m/{published[('m', 2)]}", f"n/{published[('n', 2)]}"]
     gone = publish(tmp_path / "out3", store, keys["public"], keep=0)
     assert sorted(gone.removed) == sorted(f"{n}/{published[(n, d)]}" for n in "mn" for d in (2, 3))
     assert json.loads((store / "index.json").read_text())["artifacts"] == []
@@ -500,3 +504,112 @@ def test_deployable_accuracy_without_published_or_measured_figures(tmp_path):
     assert meta["labels"] == ["class_0", "class_1"]
     assert meta["source"]["checkpoint_url"] is None
     assert report["deploy"]["labels"]["source"].startswith("none given: index names")
+
+
+def test_checkpoint_annotations_carry_every_documented_field_that_is_set():
+    checkpoint = {"url": "https://h/c.pth", "sha256": SHA["c"], "pinned": False,
+                  "digest_check": "none", "bytes": 0, "layout": "state_dict", "demo": True,
+                  "note": "made by tests", "path": "/ignored"}
+    got = prov.build_provenance(full_report(source={
+        "framework": "mmpretrain", "model_id": "m", "checkpoint": checkpoint}), None)
+    assert got["predicate"]["buildDefinition"]["resolvedDependencies"][0]["annotations"] == {
+        "pinned": False, "digest_check": "none", "bytes": 0, "layout": "state_dict",
+        "demo": True, "note": "made by tests"}
+
+
+def test_figure_of_a_report_without_checks_or_scopes():
+    from release.publish import _figure
+
+    assert _figure({}, "max_abs_diff") is None
+    unscoped = {"name": "max_abs_diff", "measured": 1.0}
+    assert _figure({"checks": [unscoped]}, "max_abs_diff") is None
+    assert _figure({"checks": [unscoped]}, "max_abs_diff", model=None) is unscoped
+
+
+# --------------------------------------------------------------------------- signing keys
+def test_signing_key_errors_name_the_file_and_the_need(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from release.signing import SigningError, check_signing_key
+
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(SigningError) as err:
+        check_signing_key(missing)
+    assert str(err.value) == f"signing key not found: {missing}"
+    ed = tmp_path / "ed.pem"
+    ed.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    with pytest.raises(SigningError) as err:
+        check_signing_key(ed)
+    assert str(err.value) == (
+        f"signing key {ed} is a Ed25519PrivateKey; model-signing's key signer needs an "
+        "elliptic-curve key (P-256 or P-384)")
+
+
+def test_generate_key_makes_missing_folders(tmp_path):
+    from release.signing import check_signing_key, generate_key, key_id
+
+    private = tmp_path / "a" / "b" / "key.pem"
+    public = generate_key(private)
+    assert private.is_file() and public.parent == private.parent
+    assert check_signing_key(private) == key_id(public.read_bytes())
+
+
+def test_short_mismatch_names_every_changed_file_and_cuts_other_text():
+    from release.signing import _short
+
+    text = ("Signature verification failed: Hash mismatch for 'model.onnx': "
+            "expected deadbeef, got 00ff. Hash mismatch for 'labels.txt': expected 1, got 2")
+    assert _short(text) == "changed file(s): model.onnx, labels.txt"
+    long = "".join(chr(ord("a") + i % 26) for i in range(400))
+    assert _short(long) == long[:300] and len(_short(long)) == 300
+
+
+# --------------------------------------------------------------------------- staging
+def test_a_staging_folder_of_a_process_we_may_not_signal_is_kept(tmp_path, monkeypatch):
+    """os.kill(pid, 0) raising PermissionError means the process exists (another user's)."""
+    from release import artifact
+
+    def denied(pid, sig):
+        assert sig == 0
+        raise PermissionError(1, "Operation not permitted")
+
+    def gone(pid, sig):
+        raise ProcessLookupError(3, "No such process")
+
+    staging = tmp_path / f".m{artifact.STAGING_MARK}123-abc"
+    staging.mkdir()
+    monkeypatch.setattr(artifact.os, "kill", denied)
+    artifact.clean_stale_staging(tmp_path, "m")
+    assert staging.is_dir()
+    monkeypatch.setattr(artifact.os, "kill", gone)
+    artifact.clean_stale_staging(tmp_path, "m")
+    assert not staging.exists()
+
+
+def test_deployable_after_another_file_without_a_dataset_digest(tmp_path, monkeypatch):
+    """A model after a non-model file still gets its metadata; measured figures without the
+    dataset's digest say None; nothing is read from or written to the working folder."""
+    from deploy.metadata import read
+    from manifests.loader import Entry
+    from release.deployable import make_deployable
+
+    entry = Entry({"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2},
+                  "m.yaml")
+    report = {"deploy": {"contract": {}}, "run_id": "r", "created": "c",
+              "pipeline": {"git_commit": "g"}, "source": {"checkpoint": {"sha256": "s"}},
+              "onnx": {"sha256": "x"}, "inputs": {},
+              "accuracy": {"onnx": {"top1": 1.0, "top5": 2.0, "images": 3}}}
+    notes = tmp_path / "notes.txt"
+    notes.write_text("n")
+    model = _tiny_onnx(tmp_path / "m.onnx")
+    work, cwd = tmp_path / "w", tmp_path / "cwd"
+    work.mkdir()
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = make_deployable(entry, report, {"notes.txt": notes, "model.onnx": model}, work)
+    assert read(out["model.onnx"])["accuracy"] == {
+        "published": None, "measured": {"top1": 1.0, "top5": 2.0, "images": 3, "dataset": None}}
+    assert list(cwd.iterdir()) == []
