@@ -174,6 +174,103 @@ def test_variant_comparison_in_full():
                                "detail": "variant and reference logits differ in shape"}
 
 
+def test_compare_logits_in_full_with_each_limit_met_exactly():
+    """Every field of every check, worked out by hand: the worst difference equal to the
+    limit passes; a zero reference row counts as cosine 1; a row of small norm is measured
+    as it is; ties in a top-k set go to the lower class index."""
+    import math
+
+    import pytest
+
+    tol = {"atol": 0.5, "rtol": 0.0, "min_cosine": 0.9, "min_top1_agreement": 1.0,
+           "min_top5_agreement": 1.0}
+    scope = {"model": "simplified", "batch": 3}
+    ref = np.array([[4, 3, 2, 1, 0, -1], [0, 0, 0, 0, 0, 0], [0.5, 0, 0, 0, 0, 0]],
+                   dtype=np.float32)
+    out = np.array([[4, 3, 2, 1, 0, -1.5], [0.5, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0]],
+                   dtype=np.float32)
+    checks = [c.as_dict() for c in compare_logits(ref, out, tol, scope)]
+    cosine = checks[2].pop("measured")
+    assert cosine == pytest.approx(0.25 / (0.5 * math.sqrt(0.5)), rel=1e-12)   # row 2
+    assert checks == [
+        {"name": "finite", "passed": True, "measured": True, "limit": True, "scope": scope},
+        {"name": "max_abs_diff", "passed": True, "measured": 0.5, "limit": 0.5, "scope": scope,
+         "detail": "limit = atol 0.5 + rtol 0 x max|ref| 4; worst at image 0, class 5; mean "
+                   "abs diff 0.0833"},
+        {"name": "cosine_min", "passed": False, "limit": 0.9, "scope": scope,
+         "detail": "smallest per-image cosine similarity"},
+        {"name": "top1_agreement", "passed": True, "measured": 1.0, "limit": 1.0,
+         "scope": scope, "detail": "3/3 images agree on the top-1 set"},
+        {"name": "top5_agreement", "passed": True, "measured": 1.0, "limit": 1.0,
+         "scope": scope, "detail": "3/3 images agree on the top-5 set"}]
+    over = compare_logits(ref, out, {**tol, "atol": 0.4999}, scope)
+    assert [c.passed for c in over] == [True, False, False, True, True]
+
+
+def test_cosine_of_equal_and_of_zero_logits_is_one_and_the_limit_is_inclusive():
+    tol = {**TOL, "min_cosine": 1.0}
+    exact = _by_name(compare_logits(np.array([[3.0, 4.0]]), np.array([[3.0, 4.0]]), tol, {}))
+    assert exact["cosine_min"].measured == 1.0 and exact["cosine_min"].passed
+    zeros = _by_name(compare_logits(np.zeros((2, 3)), np.zeros((2, 3)), tol, {}))
+    assert zeros["cosine_min"].measured == 1.0 and zeros["cosine_min"].passed
+
+
+def test_near_ties_are_counted_up_to_twice_the_limit_and_agreement_is_inclusive():
+    """limit 0.25: a swap with a class 0.5 below the reference's top is a near tie, 0.625
+    below is not; two ties and one real swap out of four images."""
+    tol = {"atol": 0.25, "rtol": 0.0, "min_cosine": 0.0, "min_top1_agreement": 0.25,
+           "min_top5_agreement": 1.0}
+    ref = np.array([[1, 0.5, 0], [1, 0.375, 0], [1, 0.75, 0], [1, 0, 0]])
+    out = np.array([[0.5, 1, 0], [0.375, 1, 0], [0.75, 1, 0], [1, 0, 0]])
+    top1 = _by_name(compare_logits(ref, out, tol, {}))["top1_agreement"]
+    assert top1.as_dict() == {
+        "name": "top1_agreement", "passed": True, "measured": 0.25, "limit": 0.25,
+        "detail": "1/4 images agree on the top-1 set; 2 disagreement(s) are near-ties within "
+                  "2x the logit limit"}
+    # Above the agreement limit, the one real swap fails it; without it, ties alone pass.
+    strict = {**tol, "min_top1_agreement": 0.5}
+    assert not _by_name(compare_logits(ref, out, strict, {}))["top1_agreement"].passed
+    ties_only = _by_name(compare_logits(ref[[0, 2, 3]], out[[0, 2, 3]], strict, {}))
+    assert ties_only["top1_agreement"].passed
+    assert ties_only["top1_agreement"].measured == 1 / 3
+
+
+def test_shape_and_non_finite_checks_in_full():
+    scope = {"model": "fp32"}
+    [shape] = compare_logits(np.zeros((2, 4)), np.zeros((2, 3)), TOL, scope)
+    assert shape.as_dict() == {"name": "logits_shape", "passed": False, "measured": [2, 3],
+                               "limit": [2, 4], "scope": scope,
+                               "detail": "candidate and reference logits differ in shape"}
+    ref = np.zeros((2, 3))
+    ref[1, 2] = np.inf                        # the reference's own Inf fails too
+    [finite] = compare_logits(ref, np.zeros((2, 3)), TOL, scope)
+    assert finite.as_dict() == {"name": "finite", "passed": False, "measured": False,
+                                "limit": True, "detail": "NaN or Inf in the logits",
+                                "scope": scope}
+
+
+def test_topk_breaks_ties_by_the_lower_class_index():
+    from verify.compare import _topk
+
+    x = np.zeros((2, 1000))
+    x[0, ::7] = 1.0
+    x[1, 500] = 2.0
+    assert _topk(x, 5).tolist() == [[0, 7, 14, 21, 28], [500, 0, 1, 2, 3]]
+
+
+def test_variant_top1_is_per_image():
+    from verify.compare import compare_variant
+
+    ref = np.array([[0.0, 1, 0], [0, 0, 1]])           # flat argmax 5, per image [1, 2]
+    checks = compare_variant(ref, ref.copy(), {"min_cosine": 1.0, "min_top1_agreement": 1.0},
+                             {})
+    assert [(c.name, c.measured) for c in checks[1:3]] == [("cosine_min", 1.0),
+                                                           ("top1_agreement", 1.0)]
+    zeros = compare_variant(np.zeros((1, 3)), np.zeros((1, 3)),
+                            {"min_cosine": 1.0, "min_top1_agreement": 1.0}, {})
+    assert zeros[1].measured == 1.0 and zeros[1].passed
+
+
 # --------------------------------------------------------------------------- canary
 def _tiny_cnn(path):
     """input (N,3,8,8) -> Conv 3->4 -> Relu -> Conv 4->6 -> Relu -> Conv 6->8 -> mean -> Gemm
