@@ -351,6 +351,132 @@ def test_canary_skips_a_conv_whose_folded_weights_are_all_zero(tmp_path):
     assert "w2" not in {w for _, w in candidates(model)}
 
 
+
+def test_canary_result_in_full_scratch_beside_the_model(tmp_path, monkeypatch):
+    """The check and the report section field by field; the perturbed copy lives in a
+    scratch folder beside the model (not the working folder or the system temp), removed."""
+    import tempfile
+
+    import onnx
+
+    from verify.canary import NOISE, SEED, canary_check, perturbed
+    from verify.ort_runner import OrtRunner
+
+    models, cwd = tmp_path / "models", tmp_path / "cwd"
+    models.mkdir()
+    cwd.mkdir()
+    path = _tiny_cnn(models / "m.onnx")
+    inputs = np.random.default_rng(1).normal(0, 1, (4, 3, 8, 8)).astype(np.float32)
+    reference = OrtRunner(path, 1).infer(inputs, 4)
+    onnx.save(perturbed(onnx.load(str(path)), "w2"), str(tmp_path / "expected.onnx"))
+    diff = float(np.abs(OrtRunner(tmp_path / "expected.onnx", 1).infer(inputs, 4)
+                        - reference).max())
+    tight = {**TOL, "atol": 1e-6, "rtol": 0.0}
+    failed_names = sorted(c.name for c in failed(compare_logits(
+        reference, OrtRunner(tmp_path / "expected.onnx", 1).infer(inputs, 4), tight, {})))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))
+    check, info = canary_check(path, inputs, reference, tight, threads=1)
+    margin = round(diff / 1e-6, 3)
+    assert info == {"node": "conv2", "weight": "w2", "noise": NOISE, "seed": SEED, "tried": 1,
+                    "max_abs_diff": diff, "limit": 1e-6, "margin": margin,
+                    "failed_checks": failed_names}
+    assert check.as_dict() == {
+        "name": "canary_caught", "passed": True, "measured": margin, "limit": "> 1",
+        "scope": {"model": "canary", "stage": "verify"},
+        "detail": f"a copy with conv2's weights x (1 + 0.001 N(0,1)) differs from the source "
+                  f"by {diff:.3g}, {diff / 1e-6:.1f}x the limit 1e-06: the logit gate catches "
+                  "a fault of that size in this model"}
+    assert list(cwd.iterdir()) == [] and [p.name for p in models.iterdir()] == ["m.onnx"]
+
+    # atol = rtol = 0: no ratio to a zero limit, still caught and said.
+    zero = {**TOL, "atol": 0.0, "rtol": 0.0}
+    check, info = canary_check(path, inputs, reference, zero, clean=reference)
+    assert check.passed and check.measured is None and info["margin"] is None
+    assert check.detail.endswith(f"differs from the source by {diff:.3g}, over the limit 0: "
+                                 "the logit gate catches a fault of that size in this model")
+
+
+def _affine_model(path, scale: float, shift: float):
+    """y = scale * (x @ W) + shift: a MatMul whose weight matters little when scale is small
+    against shift."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(3).normal(0, 1, (4, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["h"], name="mm"),
+         helper.make_node("Mul", ["h", "s"], ["hs"]),
+         helper.make_node("Add", ["hs", "b"], ["logits"])], "affine",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array(scale, np.float32), "s"),
+         numpy_helper.from_array(np.array(shift, np.float32), "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    return path
+
+
+def test_canary_with_no_effect_relative_to_the_logits_is_skipped_and_said(tmp_path):
+    """A change of ~1e-4 on logits of ~1000 is below NO_EFFECT (1e-5 of max |logit|): the
+    copy computes the same function, so there is no canary."""
+    from verify.canary import canary_check
+    from verify.ort_runner import OrtRunner
+
+    path = _affine_model(tmp_path / "m.onnx", 0.1, 1000.0)
+    inputs = np.random.default_rng(4).normal(0, 1, (3, 4)).astype(np.float32)
+    clean = OrtRunner(path, 1).infer(inputs, 3)
+    why = ("perturbing the weights of 1 node(s) near the middle (mm...) left the logits "
+           "unchanged")
+    check, info = canary_check(path, inputs, clean, TOL)
+    assert info == {"skipped": why, "tried": ["mm"]}
+    assert check.as_dict() == {"name": "canary_caught", "passed": True, "measured": None,
+                               "limit": "> 1", "detail": f"no canary: {why}",
+                               "scope": {"model": "canary", "stage": "verify"}}
+    # The same weight with logits near 1: the change counts, and the canary runs.
+    near_one = _affine_model(tmp_path / "n.onnx", 0.1, 0.0)
+    check, info = canary_check(near_one, inputs, OrtRunner(near_one, 1).infer(inputs, 3),
+                               {**TOL, "atol": 1e-7, "rtol": 0.0})
+    assert info["node"] == "mm" and info["tried"] == 1 and check.passed
+
+
+def test_canary_without_a_weight_says_so(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from verify.canary import canary_check
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])], "relu",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    x = np.ones((1, 3), np.float32)
+    check, info = canary_check(path, x, x, TOL)
+    assert info == {"skipped": "no Conv/Gemm/MatMul weight to perturb", "tried": []}
+    assert check.detail == "no canary: no Conv/Gemm/MatMul weight to perturb"
+
+
+def test_canary_candidates_nearest_the_middle_first(tmp_path):
+    """Four convolutions: the middle is the third (index 2), then the second, the fourth and
+    the first (distance, then graph order)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from verify.canary import candidates
+
+    inits = [numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), f"w{i}")
+             for i in range(4)]
+    nodes = [helper.make_node("Conv", [f"t{i}", f"w{i}"], [f"t{i + 1}"], name=f"c{i}")
+             for i in range(4)]
+    nodes.insert(2, helper.make_node("Gemm", ["t2", "w0"], ["g"], name="gemm"))
+    model = helper.make_model(helper.make_graph(nodes, "g", [], [], inits))
+    assert candidates(model) == [("c2", "w2"), ("c1", "w1"), ("c3", "w3"), ("c0", "w0")]
+
+
 def test_decided_by_names_the_first_diverging_layer():
     """The summary line of a failed entry says where the network parts (README)."""
     from orchestrator.run import _decided_by

@@ -106,13 +106,19 @@ def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, to
             "limit": worst.limit if worst else None,
             "margin": round(margin, 3) if margin is not None else None,
             "failed_checks": sorted(c.name for c in checks.values() if not c.passed)}
-    if caught:
-        detail = (f"a copy with {node}'s weights x (1 + {NOISE:g} N(0,1)) differs from the "
-                  f"source by {worst.measured:.3g}, {margin:.1f}x the limit {worst.limit:.3g}: "
-                  "the logit gate catches a fault of that size in this model")
+    change = f"a copy with {node}'s weights x (1 + {NOISE:g} N(0,1))"
+    if worst is None:   # non-finite logits: compare_logits stops before the difference
+        detail = (f"{change} fails {', '.join(info['failed_checks'])}: the logit gate "
+                  "catches a fault of that size in this model")
+    elif caught:
+        # A limit of 0 (atol and rtol 0 in the manifest) has no ratio to it.
+        size = (f"{margin:.1f}x the limit {worst.limit:.3g}" if margin is not None else
+                f"over the limit {worst.limit:.3g}")
+        detail = (f"{change} differs from the source by {worst.measured:.3g}, {size}: the "
+                  "logit gate catches a fault of that size in this model")
     else:
-        detail = (f"a copy with {node}'s weights x (1 + {NOISE:g} N(0,1)) passes the logit "
-                  f"check ({worst.measured:.3g} <= {worst.limit:.3g}): the tolerance is too "
-                  "loose to catch a real fault of that size; tighten it in the manifest")
+        detail = (f"{change} passes the logit check ({worst.measured:.3g} <= "
+                  f"{worst.limit:.3g}): the tolerance is too loose to catch a real fault of "
+                  "that size; tighten it in the manifest")
     return (Check("canary_caught", caught, round(margin, 3) if margin is not None else None,
                   "> 1", detail, scope), info)
