@@ -71,10 +71,14 @@ for _var in ("no_proxy", "NO_PROXY"):
 # --------------------------------------------------------------------------- mutmut
 # Under `make mutation` subprocesses report the mutated functions they ran, and each test is
 # credited with them (scripts/mutation_hits/); without it, code the tests reach only through
-# `pipeline.py` subprocesses counted as "no tests". Nothing happens outside mutmut.
+# `pipeline.py` subprocesses counted as "no tests". A mutant's tests run cheapest first, so
+# that -x stops at a unit test before a framework fixture starts. Nothing happens outside
+# mutmut.
 sys.path.insert(0, str(REPO / "scripts" / "mutation_hits"))
 from mutation_credit import install as _install_mutation_credit  # noqa: E402
-from mutation_credit import pytest_runtest_teardown  # noqa: E402,F401 - a pytest hook
+from mutation_credit import (  # noqa: E402,F401 - pytest hooks, re-exported
+    pytest_collection_modifyitems, pytest_runtest_logreport, pytest_runtest_teardown,
+    pytest_sessionfinish)
 
 _install_mutation_credit(REPO)
 

@@ -91,3 +91,99 @@ def test_contract_batch_stands_in_the_sources_tensor_for_an_unreadable_image(tmp
         with pytest.raises(PreprocessError, match=r"the contract makes tensors of \[3, 4, 4\], "
                                                   r"the source \[3, 2, 2\]"):
             contract_batch([str(bad)], spec, theirs)
+
+
+def _flatten_model(path, shape):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, *shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    return path
+
+
+def test_deploy_gate_in_full_on_tensors_off_by_known_levels(tmp_path):
+    """17 6x6 images through a 4x4 contract; the 'source' tensors are the contract's own
+    with chosen pixel-level offsets, so every figure is known: the worst five in order (ties
+    in image order, exact ones left out), the limit inclusive, top-1 of contract + ONNX."""
+    import cv2
+    import PIL
+    from PIL import Image
+
+    from deploy.preprocess import contract, preprocess_batch
+    from orchestrator.deploy import deploy_gate
+
+    rng = np.random.default_rng(5)
+    names = [f"{c}.png" for c in "abcdefghijklmnopq"]
+    paths = []
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    spec = contract({"pipeline": "mmpretrain", "resize_short": 4, "crop": 4,
+                     "interpolation": "bilinear", "mean": [120.0, 110.0, 100.0],
+                     "std": [60.0, 50.0, 40.0]}, [3, 4, 4])
+    ours = preprocess_batch(paths, spec)
+    levels = [0, 2, 0.5, 1, 1, 0.25, 0.125] + [1] * 10
+    theirs = ours.copy()
+    for i, level in enumerate(levels):               # channel 1, pixel (2, 3): level x 1/std
+        theirs[i, 1, 2, 3] += np.float32(level * spec["normalize"]["scale"] / 50.0)
+    source_logits = theirs.reshape(17, -1).copy()
+    source_logits[3] = -source_logits[3]            # one image whose top-1 differs
+    model = _flatten_model(tmp_path / "flat.onnx", (3, 4, 4))
+    entry = {"source": "mmpretrain", "deploy": {"max_level_diff": 2.0}}
+    checks, figures = deploy_gate(entry, paths, theirs, source_logits, model, 1, spec)
+    scope = {"stage": "deploy", "model": "contract", "images": 17}
+    agree = float(np.mean(ours.reshape(17, -1).argmax(1) == source_logits.argmax(1)))
+    assert agree < 1.0
+    assert checks == [Check("contract_preprocess", True, 2.0, 2.0, "", scope)]
+    assert figures == {
+        "contract": spec, "libraries": {"opencv": cv2.__version__, "pillow": PIL.__version__},
+        "images": 17, "max_level_diff": 2.0, "mean_level_diff": sum(levels) / 17,
+        "exact_images": 1,
+        "worst": [{"image": n, "level_diff": d} for n, d in (
+            ("b.png", 2.0), ("d.png", 1.0), ("e.png", 1.0), ("h.png", 1.0), ("i.png", 1.0))],
+        "top1_agreement": agree}
+
+    strict = {"source": "mmpretrain", "deploy": {"max_level_diff": 1.999}}
+    [check], _ = deploy_gate(strict, paths, theirs, source_logits, model, 1, spec)
+    assert check == Check(
+        "contract_preprocess", False, 2.0, 1.999,
+        "the contract's tensors differ from mmpretrain's own by up to 2 pixel levels (b.png): "
+        "preprocess.json would not reproduce the source's preprocessing", scope)
+    # Every image exact: nothing listed as worst.
+    [check], exact = deploy_gate(entry, paths, ours, source_logits, model, 1, spec)
+    assert check.passed and exact["worst"] == [] and exact["exact_images"] == 17
+
+
+def test_deploy_gate_refuses_tensors_of_another_shape_and_unreadable_images(tmp_path):
+    from PIL import Image
+
+    from deploy.preprocess import contract
+    from orchestrator.deploy import deploy_gate
+
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    cfg = {"pipeline": "mmpretrain", "resize_short": 4, "crop": 4, "interpolation": "bilinear",
+           "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    entry = {"source": "mmpretrain", "deploy": {"max_level_diff": 1.0},
+             "preprocess": cfg, "input_shape": [3, 4, 4]}
+    model = _flatten_model(tmp_path / "flat.onnx", (3, 4, 4))
+    scope = {"stage": "deploy", "model": "contract", "images": 1}
+    wrong = np.zeros((1, 3, 5, 5), np.float32)
+    checks, figures = deploy_gate(entry, [tmp_path / "a.png"], wrong, wrong.reshape(1, -1),
+                                  model, 1)                   # the entry's own contract
+    why = "the contract makes tensors of [3, 4, 4], the source [3, 5, 5]"
+    assert checks == [Check("contract_preprocess", False, None, 1.0, why, scope)]
+    assert figures["error"] == why and figures["contract"] == contract(cfg, [3, 4, 4])
+    two = np.zeros((2, 3, 4, 4), np.float32)
+    checks, figures = deploy_gate(entry, [tmp_path / "a.png", tmp_path / "b.png"], two,
+                                  two.reshape(2, -1), model, 1)
+    assert len(checks) == 1 and not checks[0].passed and checks[0].measured is None
+    assert checks[0].detail.startswith(
+        "the contract's preprocessing could not read 1 image(s) the source read: ")
+    assert str(tmp_path / "b.png") in checks[0].detail
+    assert checks[0].detail.endswith(figures["error"]) and "max_level_diff" not in figures

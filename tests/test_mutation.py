@@ -39,7 +39,8 @@ def _toy(root):
         "                   cwd=Path(__file__).resolve().parent.parent)\n")
     (root / "tests" / "conftest.py").write_text(
         f"import sys\nfrom pathlib import Path\n\nsys.path.insert(0, {str(HITS)!r})\n"
-        "from mutation_credit import install, pytest_runtest_teardown  # noqa: E402,F401\n\n"
+        "from mutation_credit import (install, pytest_collection_modifyitems,  # noqa\n"
+        "    pytest_runtest_logreport, pytest_runtest_teardown, pytest_sessionfinish)\n\n"
         "install(Path(__file__).resolve().parent.parent)\n")
 
 
