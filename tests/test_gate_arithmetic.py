@@ -197,3 +197,88 @@ def test_near_ties_are_listed_not_counted_and_the_margin_is_twice_the_logit_limi
     one = score(source[:, :1], {"onnx": source[:, :1]}, exact)
     assert one["onnx"]["near_tie"].tolist() == [False, False]
     assert one["source"]["top5"].shape == (2, 1)
+
+
+def test_accuracy_figures_keep_four_decimals_and_limits_are_met_exactly():
+    """1 of 3 images differ (33.3333 %, four decimals kept); a published figure without a
+    reference; the published limit equal to the measured difference passes; near ties named."""
+    from verify.accuracy import score
+
+    labels = np.array([1, 1, 1])
+    meter = _meter(labels, [1, 1, 1], [1, 1, 0])                # ONNX 66.67 % vs 100 %
+    # One more image (class 0) whose top-1 changes to the source's second class, 0.5 below
+    # its first: within twice the logit limit 0.5, a near tie.
+    source = np.array([[0.0, 5.0, 4.5]])
+    onnx = np.array([[0.0, 5.0, 6.0]])
+    meter.add_scored(np.array([0]), np.array([3]),
+                     score(source, {"onnx": onnx}, {"atol": 0.5, "rtol": 0.0}))
+    limits = {"onnx_top1_delta": 25.0, "disagreement": 25.0, "published_top1_delta": 0.0,
+              "unreadable": 25.0}
+    published = {"top1": 50.0, "top5": 90.0}
+    allowance = sampling_allowance(50.0, 4)
+    limits["published_top1_delta"] = 25.0 - allowance         # limit == |75 - 50| exactly
+    checks, info = accuracy_checks(meter, limits, 3, 1, published, pinned=True)
+    by = _by_name(checks)
+    assert (by["onnx_top1_delta"].measured, by["onnx_top1_delta"].passed) == (25.0, True)
+    assert by["top1_disagreement"].detail == (
+        "1 of 4 images have a different top-1 (percent of images; the limit allows 1 image); "
+        "1 more changed between the source's top two classes, which lie within 2x the logit "
+        "limit of each other: near-ties, listed, not counted")
+    assert by["unreadable_images"].measured == 33.3333 and not by["unreadable_images"].passed
+    assert by["published_top1_delta"].passed and by["published_top1_delta"].measured == 25.0
+    assert by["published_top1_delta"].detail.startswith(
+        "source top-1 75.000% vs published 50.0% (); limit ")
+    assert info["delta"] == 25.0
+    third = AccuracyMeter()
+    third.images, third.hits["source"][1], third.hits["onnx"][1] = 3, 1, 0
+    checks, info = accuracy_checks(third, {**limits, "onnx_top1_delta": 50.0}, 3, 0,
+                                   {"top1": 33.33, "top5": 0.0}, pinned=True)
+    assert checks[0].measured == 33.3333 and info["delta"] == 0.0033
+    assert checks[3].measured == 0.0033
+    one_of_three = _meter(labels, [1, 1, 1], [1, 1, 0])
+    assert _by_name(accuracy_checks(one_of_three, limits, 3, 0, None, False)[0])[
+        "top1_disagreement"].measured == 33.3333
+
+
+def test_variant_drop_check_in_full_at_its_limit():
+    from verify.accuracy import variant_drop_check
+
+    meter = AccuracyMeter(("fp16",))
+    labels = np.arange(4)
+    source = np.eye(4)
+    fp16 = np.eye(4)
+    fp16[3] = [0, 0, 1, 0]                                     # one of four loses its top-1
+    meter.add(labels, np.arange(4), source, {"fp16": fp16})
+    check = variant_drop_check(meter, "fp16", 25.0)
+    assert check.as_dict() == {
+        "name": "top1_drop", "passed": True, "measured": 25.0, "limit": 25.0,
+        "detail": "fp16 top-1 75.000% vs fp32 source 100.000% on 4 images (1 images change "
+                  "top-1, 0 more between near-tied classes; the limit allows 1 image)",
+        "scope": {"model": "fp16", "stage": "accuracy"}}
+    assert not variant_drop_check(meter, "fp16", 24.5).passed
+
+
+def test_sampling_allowance_of_one_image():
+    assert sampling_allowance(80.0, 1) == pytest.approx(300 * math.sqrt(0.8 * 0.2), rel=1e-12)
+
+
+def test_score_top5_is_five_classes_and_an_empty_batch_is_empty():
+    from verify.accuracy import concat_scores, score
+
+    x = np.tile(-np.arange(8, dtype=np.float64), (1, 1))        # classes in order 0..7
+    scored = score(x, {"onnx": x})
+    assert scored["source"]["top5"].tolist() == [[0, 1, 2, 3, 4]]
+    assert scored["onnx"]["top5"].tolist() == [[0, 1, 2, 3, 4]]
+    meter = AccuracyMeter()
+    meter.add_scored(np.array([5]), np.array([0]), scored)      # the sixth class: no top-5 hit
+    assert meter.hits == {"source": {1: 0, 5: 0}, "onnx": {1: 0, 5: 0}}
+    empty = score(np.zeros((0, 8)), {"onnx": np.zeros((0, 8))})
+    assert empty["onnx"]["max_diff"].shape == (0,) and empty["onnx"]["top5"].shape == (0, 5)
+    assert concat_scores([scored])["onnx"]["top5"].tolist() == [[0, 1, 2, 3, 4]]
+
+
+def test_topk_matches_a_full_sort_on_a_thousand_classes():
+    from verify.accuracy import _topk
+
+    x = np.random.default_rng(11).normal(size=(64, 1000))
+    assert (_topk(x, 5) == np.argsort(-x, axis=1)[:, :5]).all()
