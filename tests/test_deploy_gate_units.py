@@ -187,3 +187,83 @@ def test_deploy_gate_refuses_tensors_of_another_shape_and_unreadable_images(tmp_
         "the contract's preprocessing could not read 1 image(s) the source read: ")
     assert str(tmp_path / "b.png") in checks[0].detail
     assert checks[0].detail.endswith(figures["error"]) and "max_level_diff" not in figures
+
+
+# --------------------------------------------------------------------------- runtime matrix
+TOLERANCES = {"atol": 1e-5, "rtol": 1e-5, "min_cosine": 0.99, "min_top1_agreement": 1.0,
+              "min_top5_agreement": 1.0}
+
+
+def test_runtime_matrix_in_full_with_a_skipped_required_runtime_first(tmp_path):
+    """Every gating check and report field, each say line; a required runtime that cannot run
+    here adds its check before the next runtime's, which are added to it, not put in its
+    place."""
+    import openvino
+
+    from orchestrator.runtimes import runtime_matrix, unavailable
+    from verify.compare import compare_logits, compare_variant
+
+    x = np.random.default_rng(0).normal(size=(4, 2, 3)).astype(np.float32)
+    reference = x.reshape(4, 6)                       # Flatten is exact on every runtime
+    models = {"fp32": _flatten_model(tmp_path / "a.onnx", (2, 3)),
+              "fp16": _flatten_model(tmp_path / "b.onnx", (2, 3))}
+    gates = {"min_cosine": 0.99, "min_top1_agreement": 1.0}
+    entry = {"deploy": {"runtimes": ["onnxruntime", "tensorrt", "openvino"],
+                        "required_runtimes": ["onnxruntime", "tensorrt", "openvino"]},
+             "tolerances": TOLERANCES, "variants": {"fp16": gates}}
+    lines: list[str] = []
+    gating, report = runtime_matrix(entry, models, x, reference, 1, lines.append)
+    why = unavailable("tensorrt")
+    scope = {"runtime": "openvino", "batch": 4}
+    fp32 = compare_logits(reference, reference, TOLERANCES, {"model": "fp32", **scope})
+    fp16 = compare_variant(reference, reference, gates, {"model": "fp16", **scope})
+    missing = Check("runtime_available", False, "tensorrt", "available",
+                    f"tensorrt is required by the manifest but cannot run here: {why}",
+                    {"runtime": "tensorrt"})
+    assert gating == {"fp32": [missing, *fp32], "fp16": fp16}
+    assert report == {
+        "tensorrt": {"required": True, "skipped": why},
+        "openvino": {"required": True, "version": openvino.__version__.split("-")[0],
+                     "models": {"fp32": {"passed": True, "checks": [c.as_dict() for c in fp32]},
+                                "fp16": {"passed": True,
+                                         "checks": [c.as_dict() for c in fp16]}}}}
+    assert lines == [f"  runtime   tensorrt: skipped, {why}", "  runtime   openvino fp32: passed",
+                     "  runtime   openvino fp16: passed"]
+
+    # fp16 held to more than it can give, OpenVINO only reported: FAILED, said, not gated.
+    entry["variants"]["fp16"] = {"min_cosine": 0.99, "min_top1_agreement": 1.5}
+    entry["deploy"]["required_runtimes"] = ["onnxruntime"]
+    lines.clear()
+    gating, report = runtime_matrix(entry, models, x, reference, 1, lines.append)
+    assert gating == {"fp32": [], "fp16": []}
+    assert report["openvino"]["required"] is False and report["tensorrt"]["required"] is False
+    assert report["openvino"]["models"]["fp16"]["passed"] is False
+    assert lines[1:] == ["  runtime   openvino fp32: passed (reported, not required)",
+                         "  runtime   openvino fp16: FAILED top1_agreement 1.0 vs 1.5 "
+                         "(reported, not required)"]
+
+
+def test_a_gpu_runtime_that_falls_back_to_the_cpu_is_refused(tmp_path, monkeypatch):
+    """ONNX Runtime silently runs on the CPU when the GPU provider cannot load; the matrix
+    must not report CPU figures as the GPU runtime's. A provider that is there runs."""
+    import onnxruntime as ort
+
+    from orchestrator import runtimes
+
+    model = _flatten_model(tmp_path / "a.onnx", (2, 3))
+    monkeypatch.setattr(runtimes, "GPU_PROVIDERS", {"cpu-as-gpu": "CPUExecutionProvider",
+                                                    "missing": "NoSuchExecutionProvider"})
+    runner = runtimes._runner("cpu-as-gpu", model, 1)
+    assert runner.session.get_providers() == ["CPUExecutionProvider"]
+    assert runtimes.unavailable("cpu-as-gpu") is None
+    assert runtimes.unavailable("missing") == (
+        f"NoSuchExecutionProvider is not in this onnxruntime build ({ort.__version__}; "
+        "install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+    # Asked for a provider the build lacks, ONNX Runtime warns and runs on the CPU.
+    monkeypatch.setattr(runtimes, "GPU_PROVIDERS", {"cuda": "CUDAExecutionProvider"})
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError) as err:
+        runtimes._runner("cuda", model, 1)
+    assert str(err.value) == ("ONNX Runtime ran the model on CPUExecutionProvider, not "
+                              "CUDAExecutionProvider")
+    x = np.ones((1, 2, 3), np.float32)
+    assert runtimes._runner("openvino", model, 1).infer(x, 1).tolist() == [[1.0] * 6]
