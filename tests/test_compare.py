@@ -395,6 +395,14 @@ def test_canary_result_in_full_scratch_beside_the_model(tmp_path, monkeypatch):
     assert check.passed and check.measured is None and info["margin"] is None
     assert check.detail.endswith(f"differs from the source by {diff:.3g}, over the limit 0: "
                                  "the logit gate catches a fault of that size in this model")
+    # Non-finite logits stop the comparison before any difference: the failed check is named.
+    nan = reference.copy()
+    nan[0, 0] = np.nan
+    check, info = canary_check(path, inputs, nan, tight, clean=reference)
+    assert check.passed and check.measured is None
+    assert info["failed_checks"] == ["finite"] and info["max_abs_diff"] is None
+    assert check.detail == ("a copy with conv2's weights x (1 + 0.001 N(0,1)) fails finite: the "
+                            "logit gate catches a fault of that size in this model")
 
 
 def _affine_model(path, scale: float, shift: float):

@@ -9,6 +9,7 @@ from orchestrator.deploy import contract_accuracy_checks, contract_batch, level_
     merge_contract
 from deploy.preprocess import PreprocessError
 from verify.compare import Check
+from test_deploy import _onnx
 
 ENTRY = {"source": "paddleclas", "deploy": {"max_level_diff": 1.0, "max_top1_delta": 0.1}}
 SCOPE = {"stage": "accuracy", "model": "contract", "images": 40}
@@ -93,19 +94,6 @@ def test_contract_batch_stands_in_the_sources_tensor_for_an_unreadable_image(tmp
             contract_batch([str(bad)], spec, theirs)
 
 
-def _flatten_model(path, shape):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["logits"])], "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, *shape])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                ir_version=8), str(path))
-    return path
-
-
 def test_deploy_gate_in_full_on_tensors_off_by_known_levels(tmp_path):
     """17 6x6 images through a 4x4 contract; the 'source' tensors are the contract's own
     with chosen pixel-level offsets, so every figure is known: the worst five in order (ties
@@ -133,7 +121,7 @@ def test_deploy_gate_in_full_on_tensors_off_by_known_levels(tmp_path):
         theirs[i, 1, 2, 3] += np.float32(level * spec["normalize"]["scale"] / 50.0)
     source_logits = theirs.reshape(17, -1).copy()
     source_logits[3] = -source_logits[3]            # one image whose top-1 differs
-    model = _flatten_model(tmp_path / "flat.onnx", (3, 4, 4))
+    model = _onnx(tmp_path / "flat.onnx", "Flatten", ("N", 3, 4, 4))
     entry = {"source": "mmpretrain", "deploy": {"max_level_diff": 2.0}}
     checks, figures = deploy_gate(entry, paths, theirs, source_logits, model, 1, spec)
     scope = {"stage": "deploy", "model": "contract", "images": 17}
@@ -171,7 +159,7 @@ def test_deploy_gate_refuses_tensors_of_another_shape_and_unreadable_images(tmp_
            "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
     entry = {"source": "mmpretrain", "deploy": {"max_level_diff": 1.0},
              "preprocess": cfg, "input_shape": [3, 4, 4]}
-    model = _flatten_model(tmp_path / "flat.onnx", (3, 4, 4))
+    model = _onnx(tmp_path / "flat.onnx", "Flatten", ("N", 3, 4, 4))
     scope = {"stage": "deploy", "model": "contract", "images": 1}
     wrong = np.zeros((1, 3, 5, 5), np.float32)
     checks, figures = deploy_gate(entry, [tmp_path / "a.png"], wrong, wrong.reshape(1, -1),
@@ -205,8 +193,8 @@ def test_runtime_matrix_in_full_with_a_skipped_required_runtime_first(tmp_path):
 
     x = np.random.default_rng(0).normal(size=(4, 2, 3)).astype(np.float32)
     reference = x.reshape(4, 6)                       # Flatten is exact on every runtime
-    models = {"fp32": _flatten_model(tmp_path / "a.onnx", (2, 3)),
-              "fp16": _flatten_model(tmp_path / "b.onnx", (2, 3))}
+    models = {"fp32": _onnx(tmp_path / "a.onnx", "Flatten", ("N", 2, 3)),
+              "fp16": _onnx(tmp_path / "b.onnx", "Flatten", ("N", 2, 3))}
     gates = {"min_cosine": 0.99, "min_top1_agreement": 1.0}
     entry = {"deploy": {"runtimes": ["onnxruntime", "tensorrt", "openvino"],
                         "required_runtimes": ["onnxruntime", "tensorrt", "openvino"]},
@@ -250,7 +238,7 @@ def test_a_gpu_runtime_that_falls_back_to_the_cpu_is_refused(tmp_path, monkeypat
 
     from orchestrator import runtimes
 
-    model = _flatten_model(tmp_path / "a.onnx", (2, 3))
+    model = _onnx(tmp_path / "a.onnx", "Flatten", ("N", 2, 3))
     monkeypatch.setattr(runtimes, "GPU_PROVIDERS", {"cpu-as-gpu": "CPUExecutionProvider",
                                                     "missing": "NoSuchExecutionProvider"})
     runner = runtimes._runner("cpu-as-gpu", model, 1)

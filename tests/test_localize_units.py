@@ -234,15 +234,7 @@ def test_a_tie_names_the_layer_not_its_norm_and_the_limit_is_inclusive(tmp_path)
     # An exact limit with values chosen so the relative difference is a binary fraction.
     src = tmp_path / "exact"
     src.mkdir()
-    w = np.eye(2, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w, "w")])
-    path = tmp_path / "eye.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)],
-                                ir_version=8), str(path))
+    path = _eye_chain(tmp_path / "eye.onnx", ["y"])
     np.save(src / "fc.npy", np.array([[4.0, 1.5]]))          # ONNX gives [4, 1]: 0.5 / 4
     rec = [{"kind": "linear", "name": "fc", "weight_shape": [2, 2], "file": "fc.npy",
             "shape": [1, 2]}]
@@ -251,17 +243,22 @@ def test_a_tie_names_the_layer_not_its_norm_and_the_limit_is_inclusive(tmp_path)
     assert loc.localize(path, x, rec, src, rtol=0.124)["first_diverging"]["relative"] == 0.125
 
 
-def test_the_worst_of_equal_layers_is_the_first(tmp_path):
-    w = np.eye(2, dtype=np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"),
-             helper.make_node("MatMul", ["a", "w"], ["b"], name="m2")]
+def _eye_chain(path, outputs):
+    """x (1 x 2) through one identity-weight MatMul per name in `outputs`, in that order."""
+    inputs = ["x", *outputs[:-1]]
+    nodes = [helper.make_node("MatMul", [i, "w"], [o], name=f"mm_{o}")
+             for i, o in zip(inputs, outputs)]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w, "w")])
-    path = tmp_path / "two.onnx"
+        [helper.make_tensor_value_info(outputs[-1], TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)],
                                 ir_version=8), str(path))
+    return path
+
+
+def test_the_worst_of_equal_layers_is_the_first(tmp_path):
+    path = _eye_chain(tmp_path / "two.onnx", ["a", "b"])
     x = np.array([[4.0, 1.0]], dtype=np.float32)
     for name in ("a", "b"):
         np.save(tmp_path / f"{name}.npy", np.array([[4.0, 1.5]]))   # both 0.125 off

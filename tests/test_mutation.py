@@ -76,6 +76,11 @@ def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
     assert f"score {report['total']['score_percent']}%" in proc.stdout
     md = (tmp_path / "out" / "mutation.md").read_text()
     assert boundary["name"] in md and "abs(measured) < limit" in md
+    # The stats pass timed every toy test, fixtures included, for the cheapest-first order.
+    took = json.loads((tmp_path / "work" / "mutants" / "mutation-durations.json").read_text())
+    assert set(took) == {"tests/test_gate.py::test_within",
+                         "tests/test_clip.py::test_clip_in_a_subprocess"}, took
+    assert all(t > 0 for t in took.values())
 
     # The boundary mutant declared equivalent: reported with its reason, out of the score.
     (toy / "tests" / "mutation_equivalent.txt").write_text(
@@ -119,3 +124,31 @@ def test_mutation_env_is_the_orchestrator_env_plus_mutmut():
     orchestrator, mutation = pins("orchestrator"), pins("mutation")
     assert orchestrator <= mutation
     assert "mutmut==3.8.1" in mutation - orchestrator
+
+
+def test_a_mutants_tests_run_cheapest_module_first_then_cheapest_test(tmp_path, monkeypatch):
+    """mutation_credit's order for a mutant's run, from the stats pass's timings: modules by
+    their summed time, tests by their own; a test it did not time counts as the slowest."""
+    import mutation_credit
+    from types import SimpleNamespace
+
+    (tmp_path / mutation_credit.DURATIONS).write_text(json.dumps({
+        "tests/test_fw.py::a": 9.0, "tests/test_fw.py::b": 0.1,
+        "tests/test_unit.py::c": 0.3, "tests/test_unit.py::d": 0.2}))
+    items = [SimpleNamespace(nodeid=n) for n in (
+        "tests/test_fw.py::a", "tests/test_fw.py::b", "tests/test_unit.py::c",
+        "tests/test_unit.py::d", "tests/test_new.py::e")]
+    monkeypatch.setattr(mutation_credit, "_root", tmp_path)
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "gate.x_f__mutmut_1")
+    mutation_credit.pytest_collection_modifyitems(items)
+    # test_unit 0.5 s, test_new 9 s (its untimed test counts as the slowest), test_fw 9.1 s.
+    assert [i.nodeid.split("::")[1] for i in items] == ["d", "c", "e", "b", "a"]
+    # Outside a mutant's run (stats pass, or no mutmut) the order is left alone.
+    for value in ("stats", None):
+        if value is None:
+            monkeypatch.delenv("MUTANT_UNDER_TEST")
+        else:
+            monkeypatch.setenv("MUTANT_UNDER_TEST", value)
+        again = list(reversed(items))
+        mutation_credit.pytest_collection_modifyitems(again)
+        assert again == list(reversed(items))
