@@ -42,13 +42,21 @@ def _list(dumper, data):
 _Dumper.add_representer(list, _list)
 
 
-def render(entry: dict, comment: list[str]) -> str:
-    """The entry as a list item indented like manifests/all.yaml's, comments first."""
+def render(entry: dict, comment: list[str], indent: str = "  ") -> str:
+    """The entry as a list item indented by INDENT (manifests/all.yaml's two spaces unless
+    the file's own items say otherwise), comments first."""
     body = yaml.dump([entry], Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      width=100, allow_unicode=True)
-    lines = [f"  # {c}" if c else "  #" for c in comment]
-    lines += ["  " + line if line else line for line in body.splitlines()]
+    lines = [f"{indent}# {c}" if c else f"{indent}#" for c in comment]
+    lines += [indent + line if line else line for line in body.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def _item_indent(text: str) -> str:
+    """The indent of the `models:` list's items in TEXT (two spaces when it has none yet)."""
+    after = re.split(r"^models:", text, maxsplit=1, flags=re.MULTILINE)[-1]
+    found = re.findall(r"^( *)- ", after, flags=re.MULTILINE)
+    return found[0] if found else "  "
 
 
 def duplicate(entries, entry: dict) -> str | None:
@@ -85,11 +93,11 @@ def append(path: Path, entry: dict, comment: list[str]) -> str:
     if not _models_last(text):
         raise ManifestError(f"{path}: `models:` is not the file's last top-level key; add the "
                             "entry by hand (pipeline.py add appends to the end of the file)")
-    block = render(entry, comment)
+    block = render(entry, comment, _item_indent(text))
     new = text + ("" if text.endswith("\n") else "\n") + block
     # Validated beside the manifest (a labels file is read relative to it), then swapped in.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml", dir=path.parent)
+    fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(new)
@@ -108,9 +116,11 @@ def provenance_comment(source: str, described: dict, derived: dict) -> list[str]
     from (so a reviewer can open them)."""
     versions = described.get("versions", {})
     version = versions.get(source) or versions.get("framework", "")
+    about = [f"{source} {version}" if version else source]
+    if described.get("family"):
+        about.append(f"family {described['family']}")
     lines = [f"Added by `pipeline.py add {source} {described['model_id']}` on "
-             f"{dt.date.today().isoformat()} ({source} {version}; family "
-             f"{described.get('family')})."]
+             f"{dt.date.today().isoformat()} ({'; '.join(about)})."]
     for key, origin in derived.get("fields", {}).items():
         lines.append(f"{key}: {origin}")
     lines += derived.get("notes", [])
