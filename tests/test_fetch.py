@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import urllib.error
 
 import pytest
 
@@ -159,3 +160,26 @@ def test_materialize_writes_shipped_bytes_only_when_they_match(tmp_path):
     with pytest.raises(FetchError) as err:
         materialize(elsewhere, SHA, None, tmp_path / "cache3")
     assert err.value.kind == "checkpoint_missing"
+
+
+@pytest.mark.parametrize("error, retried", [
+    (urllib.error.HTTPError("u", 500, "server error", {}, None), True),
+    (urllib.error.HTTPError("u", 501, "not implemented", {}, None), True),
+    (urllib.error.HTTPError("u", 503, "unavailable", {}, None), True),
+    (urllib.error.HTTPError("u", 408, "request timeout", {}, None), True),
+    (urllib.error.HTTPError("u", 429, "too many requests", {}, None), True),
+    (urllib.error.HTTPError("u", 499, "client closed", {}, None), False),
+    (urllib.error.HTTPError("u", 404, "not found", {}, None), False),
+    (urllib.error.HTTPError("u", 409, "conflict", {}, None), False),
+    (urllib.error.HTTPError("u", 430, "unassigned", {}, None), False),
+    (urllib.error.URLError("connection refused"), True),
+    (ConnectionResetError(), True),
+    (TimeoutError(), True),
+    (ValueError("unknown url type"), False),
+])
+def test_which_errors_are_retried(error, retried):
+    """Server errors (5xx), request timeout (408) and rate limiting (429) and network errors
+    are worth another attempt; any other HTTP status is the answer and is not retried."""
+    from fetch.download import _transient
+
+    assert _transient(error) is retried

@@ -1,0 +1,106 @@
+"""verify/dataset.py's arithmetic without image files (the --limit subset, the class check,
+the dataset's description in a report), the synthetic batches the test checkpoints' BatchNorm
+statistics come from (verify/images.py), and the OpenVINO runner's settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verify.dataset import Dataset, DatasetError, check_num_classes, spread_subset
+from verify.images import synthetic_batch
+
+
+def _dataset(labels, note=""):
+    return Dataset(Path("/data/val"), "val.txt", [Path(f"/data/val/{i}.JPEG")
+                                                  for i in range(len(labels))], labels, note)
+
+
+# --------------------------------------------------------------------------- --limit
+def test_the_first_round_takes_each_class_s_first_image_in_file_order():
+    labels = [2, 0, 1, 0, 2, 1, 1, 0, 2]        # images 1, 2, 0 are each class's first
+    assert spread_subset(labels, 3) == [0, 1, 2]
+    # Two full rounds: each class's first two images, not its last ones nor every other one.
+    assert spread_subset(labels, 6) == [0, 1, 2, 3, 4, 5]
+    assert spread_subset(labels, 8) == [0, 1, 2, 3, 4, 5, 7, 8]   # last round: classes 0, 2
+
+
+def test_classes_that_run_out_drop_out_of_later_rounds():
+    labels = [0, 1, 1, 1, 2]
+    assert spread_subset(labels, 3) == [0, 1, 4]
+    assert spread_subset(labels, 4) == [0, 1, 2, 4]   # only class 1 has a second image
+
+
+def test_a_partial_round_takes_evenly_spaced_classes():
+    labels = list(range(100))                      # one image per class
+    assert spread_subset(labels, 10) == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    assert spread_subset(labels, 2) == [0, 99]
+    assert spread_subset(labels, 1) == [0]
+    assert spread_subset(labels, 100) == spread_subset(labels, None) == list(range(100))
+
+
+# --------------------------------------------------------------------------- classes
+def test_a_label_equal_to_num_classes_is_out_of_range():
+    check_num_classes(_dataset([0, 9, 3]), 10, "ok")            # 0..9 are the ten classes
+    with pytest.raises(DatasetError) as caught:
+        check_num_classes(_dataset([3, 10, 12, 10, 9]), 10, "ten")
+    assert str(caught.value) == ("entry 'ten' has num_classes 10, but dataset /data/val has 3 "
+                                 "image(s) labelled up to 12")
+    with pytest.raises(DatasetError, match="has 1 image\\(s\\) labelled up to 10$"):
+        check_num_classes(_dataset([0, 10]), 10, "edge")
+
+
+def test_describe_is_what_a_report_shows_of_the_dataset():
+    assert _dataset([0, 1, 1]).describe() == {"dir": "/data/val", "layout": "val.txt",
+                                              "images": 3, "classes": 2}
+    assert _dataset([5], note="labels from val.txt").describe() == {
+        "dir": "/data/val", "layout": "val.txt", "images": 1, "classes": 1,
+        "note": "labels from val.txt"}
+
+
+# --------------------------------------------------------------------------- synthetic batch
+@pytest.mark.parametrize("mean, std, scale", [
+    ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], 1.0),     # mmpretrain, MindCV
+    ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255),       # PaddleClas
+])
+def test_synthetic_batch_is_normalised_images_in_nchw(mean, std, scale):
+    batch = synthetic_batch(3, 4, mean, std, scale=scale, size=32)
+    assert batch.shape == (4, 3, 32, 32) and batch.dtype == np.float32
+    assert batch.flags["C_CONTIGUOUS"]
+    # Undone with the documented formula, x = (pixel * scale - mean) / std, each channel is
+    # a uint8 image again: whole numbers in 0..255 that use most of the range.
+    mean_, std_ = np.array(mean)[None, :, None, None], np.array(std)[None, :, None, None]
+    pixels = (batch.astype(np.float64) * std_ + mean_) / scale
+    assert np.allclose(pixels, np.round(pixels), atol=1e-3)
+    assert pixels.min() > -0.5 and pixels.max() < 255.5 and np.ptp(pixels) > 150
+    # Images, not noise: neighbouring pixels are strongly correlated.
+    left, right = pixels[..., :-1].ravel(), pixels[..., 1:].ravel()
+    assert np.corrcoef(left, right)[0, 1] > 0.5
+
+
+def test_synthetic_batch_is_reproducible_per_seed_and_its_images_differ():
+    one = synthetic_batch(7, 3, [0, 0, 0], [1, 1, 1], size=24)
+    assert np.array_equal(one, synthetic_batch(7, 3, [0, 0, 0], [1, 1, 1], size=24))
+    assert not np.array_equal(one, synthetic_batch(8, 3, [0, 0, 0], [1, 1, 1], size=24))
+    assert not np.array_equal(one[0], one[1]) and not np.array_equal(one[1], one[2])
+    assert synthetic_batch(7, 3, [0, 0, 0], [1, 1, 1]).shape == (3, 3, 224, 224)  # default
+
+
+# --------------------------------------------------------------------------- OpenVINO
+def test_openvino_runs_on_the_cpu_in_f32_with_the_threads_asked_for(tmp_path):
+    """Without the f32 hint OpenVINO runs bf16 on CPUs that have it (it does on this box's
+    kind): the runtime matrix would compare a lower precision than the ONNX file's."""
+    from test_deploy import _onnx
+    from verify.ov_runner import OpenVinoRunner
+
+    model = _onnx(tmp_path / "m.onnx", "Flatten", (None, 2, 2))
+    one = OpenVinoRunner(model, threads=1)
+    assert one.compiled.get_property("EXECUTION_DEVICES") == ["CPU"]
+    assert one.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert str(one.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    every = OpenVinoRunner(model)
+    assert every.compiled.get_property("INFERENCE_NUM_THREADS") == os.cpu_count()
+    x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    assert np.array_equal(every.infer(x, batch_size=2), x.reshape(3, 4))
