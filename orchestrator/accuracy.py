@@ -226,7 +226,9 @@ def _contract_part(job: ShardJob, indices: np.ndarray, diffs: np.ndarray,
 
 
 def _summed(dicts: list[dict]) -> dict:
-    return {k: round(sum(d.get(k, 0) for d in dicts), 3) for k in dicts[0]}
+    """Each key's sum over DICTS (a key one shard lacks counts 0 there), in first-seen order."""
+    keys = dict.fromkeys(k for d in dicts for k in d)
+    return {k: round(sum(d.get(k, 0) for d in dicts), 3) for k in keys}
 
 
 def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned: bool,

@@ -13,7 +13,8 @@ import numpy as np
 from conftest import REPO
 from converters.registry import SOURCES
 from orchestrator import fingerprint
-from orchestrator.accuracy import Selection, ShardResult, merge_shards, plan_shards
+from orchestrator.accuracy import (Selection, ShardResult, merge_shards, plan_shards,
+                                   runtime_accuracy)
 from orchestrator.executor import LocalExecutor, Reporter
 from orchestrator.workdir import run_dir, sweep_stale
 from verify.accuracy import AccuracyMeter, concat_scores, score
@@ -266,3 +267,91 @@ def test_local_executor_runs_lowest_priority_first_and_keeps_errors():
     assert order == ["entry1", "bad", "entry2"]
     assert said == ["ran entry1", "ran bad", "ran entry2"]        # printed as they ran
     assert isinstance(outcomes[1].error, ValueError) and outcomes[2].value == "entry2"
+
+
+def test_merged_report_keeps_its_decimals_sums_every_shard_s_keys_and_names_images(tmp_path):
+    """The throughput and listing fields with awkward numbers, worked out by hand: shards in
+    any order, with timing and loader keys that only some shards have; a published figure
+    applied for a pinned checkpoint and not for another; the disagreeing and unreadable
+    images named by path."""
+    k, labels = 4, [0, 1, 2, 3]
+    src = np.tile(-np.arange(k, dtype=np.float64), (4, 1))
+    src[np.arange(4), labels] = 10.0                     # the source is right on all four
+    onnx = src.copy()
+    onnx[2] = src[2][::-1] * 3                           # image 2: ONNX picks another class
+    paths = [tmp_path / f"img{i}.JPEG" for i in range(5)]
+    selection = Selection(Dataset(tmp_path, "val.txt", paths, labels + [1]),
+                          list(range(5)), None)
+    first = ShardResult(0, 0, 1, np.array([0]), score(src[:1], {"onnx": onnx[:1]}), [],
+                        {"evaluate": 0.7, "forward": 0.1234},
+                        {"workers": 2, "images": 1, "data_wait_s": 0.0006}, 0.1234, 1.23456)
+    second = ShardResult(1, 1, 4, np.array([1, 2, 3]), score(src[1:], {"onnx": onnx[1:]}),
+                         [{"index": 4, "path": str(paths[4]), "error": "truncated",
+                           "kind": "decode"}],
+                         {"forward": 0.0004, "load": 0.5},
+                         {"workers": 2, "images": 3, "unreadable": 1, "data_wait_s": 0.0001},
+                         0.0004, 2.0004)
+    entry = _entry()
+    entry.data = {"published": {"top1": 75.0, "top5": 100.0, "reference": "the zoo"}}
+    entry["accuracy"]["unreadable"] = 50.0
+    _, report, _ = merge_shards(entry, selection, [second, first], True, [], 7.12345)
+    assert report["throughput"] == {
+        "images_per_s": 7.14,                        # 5 / 0.7: only one shard timed it
+        "wall_s": 7.123, "wall_images_per_s": 0.7,   # 5 / 7.12345 = 0.7019
+        "onnxruntime_s": 0.124, "shards": 2, "shard_s": [1.235, 2.0],
+        "worker": {"forward": 0.124, "load": 0.5, "evaluate": 0.7},
+        "loader": {"workers": 2, "images": 4, "unreadable": 1, "data_wait_s": 0.001}}
+    assert report["disagree_images"] == [str(paths[2])]
+    assert report["unreadable_images"] == [{"path": str(paths[4]), "error": "truncated"}]
+    assert report["published"]["applied"] is True and report["published"]["top1"] == 75.0
+    assert report["published"]["delta"] == 25.0      # the source's 100 % vs 75 %
+    _, unpinned, _ = merge_shards(entry, selection, [first, second], False, [], 7.12345)
+    assert unpinned["published"]["applied"] is False
+    assert "not the pinned published file" in unpinned["published"]["why"]
+    # One shard: the loader's other fields are that shard's.
+    one = ShardResult(0, 0, 5, np.array([0, 1, 2, 3]), score(src, {"onnx": onnx}), [],
+                      {}, {"workers": 3, "images": 4}, 0.0, 0.5)
+    _, alone, _ = merge_shards(entry, selection, [one], True, [], 0.0)
+    assert alone["throughput"]["loader"] == {"workers": 3, "images": 4, "unreadable": 0,
+                                             "data_wait_s": 0}
+    assert alone["throughput"]["images_per_s"] is None           # no evaluate time recorded
+    assert alone["throughput"]["wall_images_per_s"] is None      # no wall time
+    assert alone["throughput"]["worker"] == {}
+
+
+def test_a_selection_describes_the_dataset_and_what_was_taken_of_it(tmp_path):
+    data = Dataset(tmp_path, "imagefolder", [tmp_path / f"{i}.JPEG" for i in range(6)],
+                   [0, 0, 1, 1, 2, 2], note="n")
+    assert Selection(data, [0, 1, 4], 3).describe() == {
+        "dir": str(tmp_path), "layout": "imagefolder", "images": 6, "classes": 3, "note": "n",
+        "limit": 3, "selected": 3, "selected_classes": 2}
+
+
+def test_another_runtime_s_top1_is_gated_like_onnx_runtime_s_at_the_exact_limit():
+    """runtime_accuracy in full: OpenVINO's fp32 top-1 10 points under the source's passes a
+    10-point limit and fails a 9.5-point one; its int8 copy gets the variant's top1_drop
+    check; names without a runtime are not its business."""
+    labels = np.arange(10) % 3
+    src = np.eye(3)[labels] * 5.0
+    ov = src.copy()
+    ov[4] = np.roll(ov[4], 1)                     # one of ten wrong on OpenVINO
+    meter = AccuracyMeter(("onnx", "int8", "onnx@openvino", "int8@openvino"))
+    meter.add(labels, np.arange(10), src, {"onnx": src, "int8": src, "onnx@openvino": ov,
+                                          "int8@openvino": ov})
+    entry = _entry()
+    entry["accuracy"]["onnx_top1_delta"] = 10.0
+    entry["variants"] = {"int8": {"max_top1_drop": 5.0}}
+    out = runtime_accuracy(entry, meter, ["onnx", "onnx@openvino", "int8", "int8@openvino"])
+    assert list(out) == ["openvino"] and list(out["openvino"]) == ["fp32", "int8"]
+    fp32, int8 = out["openvino"]["fp32"], out["openvino"]["int8"]
+    assert fp32["check"].as_dict() == {
+        "name": "onnx_top1_delta", "passed": True, "measured": -10.0, "limit": 10.0,
+        "detail": "openvino top-1 90.000% vs source 100.000% on 10 images",
+        "scope": {"model": "simplified", "runtime": "openvino", "stage": "accuracy"}}
+    assert fp32["figures"] == {"top1": 90.0, "top5": 100.0, "images": 10, "disagree": 1}
+    assert (int8["check"].name, int8["check"].passed, int8["check"].measured,
+            int8["check"].limit) == ("top1_drop", False, 10.0, 5.0)
+    assert int8["check"].scope == {"model": "int8", "runtime": "openvino", "stage": "accuracy"}
+    entry["accuracy"]["onnx_top1_delta"] = 9.5
+    assert runtime_accuracy(entry, meter, ["onnx@openvino"])["openvino"]["fp32"][
+        "check"].passed is False
