@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import numpy as np
 from conftest import REPO
 from converters.registry import SOURCES
 from orchestrator import fingerprint
-from orchestrator.accuracy import (Selection, ShardResult, merge_shards, plan_shards,
-                                   runtime_accuracy)
+from orchestrator.accuracy import (AccuracyFailed, Selection, ShardResult, _contract_part,
+                                   merge_shards, plan_shards, runtime_accuracy)
 from orchestrator.executor import LocalExecutor, Reporter
 from orchestrator.workdir import run_dir, sweep_stale
 from verify.accuracy import AccuracyMeter, concat_scores, score
@@ -355,3 +356,23 @@ def test_another_runtime_s_top1_is_gated_like_onnx_runtime_s_at_the_exact_limit(
     entry["accuracy"]["onnx_top1_delta"] = 9.5
     assert runtime_accuracy(entry, meter, ["onnx@openvino"])["openvino"]["fp32"][
         "check"].passed is False
+
+
+def test_a_shard_s_contract_figures_name_its_worst_image_by_path():
+    """A shard's deploy-contract part: how many images, how many bit-exact, the largest level
+    difference and the path of the image it came from (batch indices are shard positions)."""
+    job = types.SimpleNamespace(paths=[f"img{i}.JPEG" for i in range(8)])
+    errors = [{"path": "img6.JPEG", "error": "cannot identify image"}]
+    assert _contract_part(job, np.array([5, 3, 7]), np.array([0.0, 2.0, 0.5]), errors) == {
+        "images": 3, "exact_images": 1, "max_level_diff": 2.0, "worst_image": "img3.JPEG",
+        "errors": errors}
+    assert _contract_part(job, np.array([], dtype=np.int64), np.array([]), []) == {
+        "images": 0, "exact_images": 0, "max_level_diff": 0.0, "worst_image": None,
+        "errors": []}
+
+
+def test_an_accuracy_failure_carries_its_kind_message_and_details():
+    failed = AccuracyFailed("timeout", "evaluation did not finish", {"images": 3})
+    assert (failed.kind, failed.message, str(failed), failed.details) == (
+        "timeout", "evaluation did not finish", "evaluation did not finish", {"images": 3})
+    assert AccuracyFailed("shards", "x").details == {}
