@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verify.dataset import Dataset, DatasetError, check_num_classes, spread_subset
+from verify.dataset import (SYNSETS_FILE, Dataset, DatasetError, check_num_classes, load_dataset,
+                            spread_subset)
 from verify.images import synthetic_batch
 
 
@@ -58,6 +59,52 @@ def test_describe_is_what_a_report_shows_of_the_dataset():
     assert _dataset([5], note="labels from val.txt").describe() == {
         "dir": "/data/val", "layout": "val.txt", "images": 1, "classes": 1,
         "note": "labels from val.txt"}
+
+
+# --------------------------------------------------------------------------- class folders
+SYNSETS = sorted(SYNSETS_FILE.read_text().split())
+
+
+def _files(root: Path, *names: str) -> None:
+    """Empty files: folder layouts are read from names alone (images are decoded later)."""
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+def test_class_folders_take_image_files_only_and_skip_hidden_folders(tmp_path):
+    _files(tmp_path, f"{SYNSETS[3]}/b.JPEG", f"{SYNSETS[3]}/a.png", f"{SYNSETS[3]}/notes.txt",
+           f"{SYNSETS[0]}/deeper/c.jpg", ".thumbnails/t.jpg", "loose.txt")
+    (tmp_path / SYNSETS[3] / "dir.jpg").mkdir()                 # a folder, not an image
+    data = load_dataset(tmp_path)
+    assert [str(p.relative_to(tmp_path)) for p in data.paths] == [
+        f"{SYNSETS[0]}/deeper/c.jpg", f"{SYNSETS[3]}/a.png", f"{SYNSETS[3]}/b.JPEG"]
+    assert data.labels == [0, 3, 3] and data.layout == "imagefolder"
+    assert data.note == "synset folders mapped in sorted synset order"
+    _files(tmp_path / "idx", "7/a.jpg", "12/b.jpg", "12/c.jpg")
+    indexed = load_dataset(tmp_path / "idx")
+    assert indexed.labels == [12, 12, 7] and indexed.note == "folders named by class index"
+
+
+@pytest.mark.parametrize("names, message", [
+    ([], "dataset {root} is empty: no class sub-folders with images, no val.txt, no "
+         "val_map.txt"),
+    (["a.jpg", "b.png", "c.txt"], "dataset {root} is empty: no class sub-folders with "
+     "images, no val.txt, no val_map.txt; it holds 2 image file(s) but no val.txt or "
+     "val_map.txt to label them"),
+    ([f"n0000000{i}/x.jpg" for i in range(6)], "dataset {root}: folder(s) n00000000, "
+     "n00000001, n00000002, n00000003, n00000004 are not ImageNet-1k synsets"),
+    (["3/x.jpg", "1000/x.jpg"], "dataset {root}: folder '1000': label 1000 is out of range "
+     "(ImageNet class indices are 0..999)"),
+    ([f"{SYNSETS[0]}/x.jpg", "5/x.jpg"] + [f"{n}/x.jpg" for n in "abcdef"],
+     "dataset {root}: class folders must all be ImageNet synsets (n01440764) or all class "
+     "indices (0..999); found a, b, c, d, e"),
+])
+def test_folder_layout_errors_say_what_was_found(tmp_path, names, message):
+    _files(tmp_path, *names)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(tmp_path)
+    assert str(caught.value) == message.format(root=tmp_path)
 
 
 # --------------------------------------------------------------------------- synthetic batch
