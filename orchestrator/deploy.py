@@ -89,7 +89,7 @@ def contract_batch(paths: list[str], spec: dict, source_inputs: np.ndarray
         except PreprocessError as exc:
             errors.append({"path": path, "error": str(exc)})
             tensors.append(theirs)
-    ours = np.stack(tensors) if tensors else source_inputs[:0]
+    ours = np.stack(tensors)   # a batch has images: the worker writes no empty one
     if ours.shape != source_inputs.shape:
         raise PreprocessError(f"the contract makes tensors of {list(ours.shape[1:])}, the "
                               f"source {list(source_inputs.shape[1:])}")

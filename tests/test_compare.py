@@ -485,6 +485,100 @@ def test_canary_candidates_nearest_the_middle_first(tmp_path):
     assert candidates(model) == [("c2", "w2"), ("c1", "w1"), ("c3", "w3"), ("c0", "w0")]
 
 
+def _chain(path, op: str, count: int, scale: float = 1.0, shift: float = 0.0, bias=False):
+    """input (N,4) -> `count` x (op with a 4x4 weight [+ bias]) -> * scale + shift."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes, inits, last = [], [], "input"
+    for i in range(count):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (4, 4)).astype(np.float32),
+                                             f"w{i}"))
+        inputs = [last, f"w{i}"]
+        if bias:
+            inits.append(numpy_helper.from_array(np.ones(4, np.float32), f"b{i}"))
+            inputs.append(f"b{i}")
+        nodes.append(helper.make_node(op, inputs, [f"h{i}"], name=f"{op.lower()}{i}"))
+        last = f"h{i}"
+    inits += [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+              numpy_helper.from_array(np.array(shift, np.float32), "b")]
+    nodes += [helper.make_node("Mul", [last, "s"], ["hs"]),
+              helper.make_node("Add", ["hs", "b"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    return path
+
+
+def test_canary_candidates_are_weights_not_biases_and_gemms_without_convs(tmp_path):
+    """Without a Conv the Gemm/MatMul weights are the candidates (never a bias), the middle
+    of three first, then by distance and graph order."""
+    import onnx
+
+    from verify.canary import candidates, pick_weight
+
+    model = onnx.load(str(_chain(tmp_path / "g.onnx", "Gemm", 3, bias=True)))
+    assert candidates(model) == [("gemm1", "w1"), ("gemm0", "w0"), ("gemm2", "w2")]
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 2)))
+    assert candidates(model) == [("matmul1", "w1"), ("matmul0", "w0")]
+    assert pick_weight(model) == ("matmul1", "w1")
+    model.graph.ClearField("initializer")                   # weights from graph inputs
+    assert candidates(model) == [] and pick_weight(model) is None
+
+
+def test_perturbed_changes_only_that_weight_each_element_by_its_own_draw(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from verify.canary import perturbed
+
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 2)))
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i)
+             for i in perturbed(model, "w1", noise=1e-2).graph.initializer}
+    assert all(np.array_equal(numpy_helper.to_array(i), before[i.name])
+               for i in model.graph.initializer)                      # the original is kept
+    assert all(np.array_equal(after[k], before[k]) for k in before if k != "w1")
+    relative = after["w1"] / before["w1"] - 1
+    assert after["w1"].dtype == np.float32 and 3e-3 < relative.std() < 3e-2
+    assert len(np.unique(np.round(relative, 6))) > 8           # not one factor for all
+
+
+def test_a_canary_that_changes_nothing_names_the_first_three_nodes_it_tried(tmp_path):
+    from verify.canary import canary_check
+    from verify.ort_runner import OrtRunner
+
+    path = _chain(tmp_path / "m.onnx", "MatMul", 5, scale=1e-4, shift=1000.0)
+    inputs = np.random.default_rng(4).normal(0, 1, (3, 4)).astype(np.float32)
+    clean = OrtRunner(path, 1).infer(inputs, 3)
+    check, info = canary_check(path, inputs, clean, TOL)
+    why = ("perturbing the weights of 5 node(s) near the middle (matmul2, matmul1, "
+           "matmul3...) left the logits unchanged")
+    assert info == {"skipped": why,
+                    "tried": ["matmul2", "matmul1", "matmul3", "matmul0", "matmul4"]}
+    assert check.detail == f"no canary: {why}"
+
+
+def test_a_canary_under_a_loose_tolerance_says_to_tighten_it(tmp_path):
+    from verify.canary import canary_check
+    from verify.ort_runner import OrtRunner
+
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    inputs = np.random.default_rng(1).normal(0, 1, (4, 3, 8, 8)).astype(np.float32)
+    reference = OrtRunner(path, 1).infer(inputs, 4)
+    loose = {**TOL, "atol": 10.0, "rtol": 0.0, "min_cosine": 0.0,
+             "min_top1_agreement": 0.0, "min_top5_agreement": 0.0}
+    check, info = canary_check(path, inputs, reference, loose)
+    diff = info["max_abs_diff"]
+    assert check.detail == (
+        f"a copy with conv2's weights x (1 + 0.001 N(0,1)) passes the logit check "
+        f"({diff:.3g} <= 10): the tolerance is too loose to catch a real fault of that size; "
+        "tighten it in the manifest")
+
+
 def test_decided_by_names_the_first_diverging_layer():
     """The summary line of a failed entry says where the network parts (README)."""
     from orchestrator.run import _decided_by

@@ -49,7 +49,7 @@ def _figures(worst=0.5, errors=()):
 @pytest.mark.parametrize("source,contract_top1,passed", [
     (76.0, 76.1, True), (76.0, 75.9, True),            # at the limit, both ways
     (76.0, 76.125, False), (76.0, 75.875, False),      # over it, both ways (two-sided)
-    (76.0, 76.0, True)])
+    (76.0, 76.0, True), (100 / 3, 33.4, True)])        # 0.0667: four decimals kept
 def test_contract_top1_delta_is_two_sided(source, contract_top1, passed):
     checks = contract_accuracy_checks(ENTRY, _figures(), source, contract_top1, 40)
     delta = round(contract_top1 - source, 4)
@@ -170,11 +170,15 @@ def test_deploy_gate_refuses_tensors_of_another_shape_and_unreadable_images(tmp_
     two = np.zeros((2, 3, 4, 4), np.float32)
     checks, figures = deploy_gate(entry, [tmp_path / "a.png", tmp_path / "b.png"], two,
                                   two.reshape(2, -1), model, 1)
-    assert len(checks) == 1 and not checks[0].passed and checks[0].measured is None
-    assert checks[0].detail.startswith(
-        "the contract's preprocessing could not read 1 image(s) the source read: ")
-    assert str(tmp_path / "b.png") in checks[0].detail
-    assert checks[0].detail.endswith(figures["error"]) and "max_level_diff" not in figures
+    from deploy.preprocess import PreprocessError, preprocess
+    with pytest.raises(PreprocessError) as unreadable:
+        preprocess(str(tmp_path / "b.png"), contract(cfg, [3, 4, 4]))
+    error = str(unreadable.value)
+    assert str(tmp_path / "b.png") in error
+    assert checks == [Check("contract_preprocess", False, None, 1.0,
+                            "the contract's preprocessing could not read 1 image(s) the source "
+                            f"read: {error}", {**scope, "images": 2})]
+    assert figures["error"] == error and "max_level_diff" not in figures
 
 
 # --------------------------------------------------------------------------- runtime matrix
@@ -243,6 +247,8 @@ def test_a_gpu_runtime_that_falls_back_to_the_cpu_is_refused(tmp_path, monkeypat
                                                     "missing": "NoSuchExecutionProvider"})
     runner = runtimes._runner("cpu-as-gpu", model, 1)
     assert runner.session.get_providers() == ["CPUExecutionProvider"]
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    assert runner.infer(x, 1).tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]   # this model
     assert runtimes.unavailable("cpu-as-gpu") is None
     assert runtimes.unavailable("missing") == (
         f"NoSuchExecutionProvider is not in this onnxruntime build ({ort.__version__}; "
@@ -253,5 +259,33 @@ def test_a_gpu_runtime_that_falls_back_to_the_cpu_is_refused(tmp_path, monkeypat
         runtimes._runner("cuda", model, 1)
     assert str(err.value) == ("ONNX Runtime ran the model on CPUExecutionProvider, not "
                               "CUDAExecutionProvider")
-    x = np.ones((1, 2, 3), np.float32)
-    assert runtimes._runner("openvino", model, 1).infer(x, 1).tolist() == [[1.0] * 6]
+    assert runtimes._runner("openvino", model, 1).infer(x, 1).tolist() == [
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
+
+
+def test_a_runtime_that_cannot_run_a_model_is_a_finding_in_full(tmp_path):
+    """OpenVINO has no rule for com.microsoft.Inverse (ONNX Runtime runs it): the check names
+    the runtime's own error (cut at 500 characters), is gating when the runtime is required,
+    and the say line gives its first 12 characters against 'runs'."""
+    from orchestrator.runtimes import runtime_matrix
+    from verify.ov_runner import OpenVinoRunner
+
+    x = np.random.default_rng(0).normal(size=(2, 2, 2)).astype(np.float32) + \
+        np.eye(2, dtype=np.float32) * 3
+    models = {"fp32": _onnx(tmp_path / "inv.onnx", "Inverse", ("N", 2, 2), "com.microsoft")}
+    try:
+        OpenVinoRunner(models["fp32"], 1).infer(x, 2)
+    except Exception as exc:  # noqa: BLE001 - what OpenVINO says, however it says it
+        said = f"{type(exc).__name__}: {exc}"
+    assert "com.microsoft.Inverse" in said
+    entry = {"deploy": {"runtimes": ["openvino"], "required_runtimes": ["openvino"]},
+             "tolerances": TOLERANCES, "variants": {}}
+    lines: list[str] = []
+    gating, report = runtime_matrix(entry, models, x, x.reshape(2, 4), 1, lines.append)
+    refused = Check("runtime_runs", False, said[:500], "runs",
+                    "openvino could not run the fp32 model",
+                    {"model": "fp32", "runtime": "openvino", "batch": 2})
+    assert gating == {"fp32": [refused]}
+    assert report["openvino"]["models"] == {"fp32": {"passed": False,
+                                                     "checks": [refused.as_dict()]}}
+    assert lines == [f"  runtime   openvino fp32: FAILED runtime_runs {said[:12]} vs runs"]

@@ -282,3 +282,15 @@ def test_topk_matches_a_full_sort_on_a_thousand_classes():
 
     x = np.random.default_rng(11).normal(size=(64, 1000))
     assert (_topk(x, 5) == np.argsort(-x, axis=1)[:, :5]).all()
+
+
+def test_an_empty_meter_reads_zero_and_top5_keeps_four_decimals():
+    """No image counted: every percentage is 0.0 (no division by zero). Three images with two
+    top-5 hits: 66.6667, as top-1 is rounded."""
+    meter = AccuracyMeter(("onnx",))
+    assert meter.percent("source", 1) == meter.percent("onnx", 5) == 0.0
+    assert meter.side("onnx") == {"top1": 0.0, "top5": 0.0, "images": 0}
+    logits = np.zeros((3, 10))
+    logits[:, :5] = [5.0, 4.0, 3.0, 2.0, 1.0]          # top-5: classes 0..4, top-1: class 0
+    meter.add(np.array([0, 4, 9]), np.arange(3), logits, {"onnx": logits})
+    assert meter.side("onnx") == {"top1": 33.3333, "top5": 66.6667, "images": 3}

@@ -104,7 +104,7 @@ class AccuracyMeter:
             self.hits[name][5] += int((top5 == labels[:, None]).any(axis=1).sum())
         for name in self.disagreeing:
             differ = scored["source"]["top1"] != scored[name]["top1"]
-            tie = scored[name].get("near_tie", np.zeros(len(differ), bool))
+            tie = scored[name]["near_tie"]
             self.disagreeing[name] += [int(p) for p in np.asarray(positions)[differ & ~tie]]
             self.near_ties[name] += [int(p) for p in np.asarray(positions)[differ & tie]]
             if len(labels):
