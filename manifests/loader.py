@@ -69,22 +69,32 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _field(error: jsonschema.ValidationError) -> str:
+def _problems(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    """(field, what is wrong) for one schema error: one pair per unknown or missing key, so
+    a manifest with three misspelt keys hears of all three at once."""
     parts = [str(p) for p in error.absolute_path]
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return ".".join(parts + [extra[0]]) if extra else ".".join(parts)
+        # Every schema with additionalProperties: false lists its properties (schema.py).
+        extra = sorted(set(error.instance) - set(error.schema["properties"]))
+        return [(".".join(parts + [key]), "unknown key (not in the schema: check its spelling)")
+                for key in extra]
     if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
-        return ".".join(parts + missing[:1])
-    return ".".join(parts) or "(entry)"
+        # jsonschema raises this once per missing key, each error with the whole list:
+        # _lines drops the repeats.
+        return [(".".join(parts + [key]), "missing (required)")
+                for key in error.validator_value if key not in error.instance]
+    # Any other rule is about a value, which has a path: the loader refuses a top level or
+    # an entry that is not a mapping before the schema sees it.
+    return [(".".join(parts), _message(error))]
+
+
+def _lines(where: str, errors) -> list[str]:
+    """One line per problem, each once (jsonschema repeats a `required` list per missing key)."""
+    return list(dict.fromkeys(f"{where}: field '{field}': {what}"
+                              for error in errors for field, what in _problems(error)))
 
 
 def _message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        return "unknown key (not in the schema: check its spelling)"
-    if error.validator == "required":
-        return "missing (required)"
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
     if error.validator == "oneOf" and "sha256" in str(error.schema):
@@ -147,8 +157,7 @@ def load_manifest(path: str | Path) -> list[Entry]:
     if not isinstance(doc, dict):
         raise ManifestError(f"{label}: the top level must be a mapping with a 'models' list")
 
-    problems = [f"{label}: field '{_field(e)}': {_message(e)}"
-                for e in jsonschema.Draft202012Validator(MANIFEST).iter_errors(doc)]
+    problems = _lines(label, jsonschema.Draft202012Validator(MANIFEST).iter_errors(doc))
     if problems:
         raise ManifestError("\n".join(problems))
 
@@ -162,7 +171,7 @@ def load_manifest(path: str | Path) -> list[Entry]:
             problems.append(f"{where}: must be a mapping, got {type(raw).__name__}")
             continue
         errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
-        problems += [f"{where}: field '{_field(e)}': {_message(e)}" for e in errors]
+        problems += _lines(where, errors)
         if name in seen:
             problems.append(f"{where}: field 'name': duplicate of entry #{seen[name]}")
         elif name:
