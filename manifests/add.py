@@ -115,7 +115,7 @@ def provenance_comment(source: str, described: dict, derived: dict) -> list[str]
     """The comment above an added entry: when, and which package files the fields came
     from (so a reviewer can open them)."""
     versions = described.get("versions", {})
-    version = versions.get(source) or versions.get("framework", "")
+    version = versions.get(source) or versions.get("framework")
     about = [f"{source} {version}" if version else source]
     if described.get("family"):
         about.append(f"family {described['family']}")

@@ -132,7 +132,9 @@ def test_synthetic_batch_is_reproducible_per_seed_and_its_images_differ():
     assert np.array_equal(one, synthetic_batch(7, 3, [0, 0, 0], [1, 1, 1], size=24))
     assert not np.array_equal(one, synthetic_batch(8, 3, [0, 0, 0], [1, 1, 1], size=24))
     assert not np.array_equal(one[0], one[1]) and not np.array_equal(one[1], one[2])
-    assert synthetic_batch(7, 3, [0, 0, 0], [1, 1, 1]).shape == (3, 3, 224, 224)  # default
+    default = synthetic_batch(7, 3, [0, 0, 0], [1, 1, 1])      # 224 pixels, scale 1
+    assert default.shape == (3, 3, 224, 224) and np.ptp(default) > 150
+    assert default.min() >= 0 and default.max() <= 255
 
 
 # --------------------------------------------------------------------------- OpenVINO

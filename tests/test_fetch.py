@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import urllib.error
+from pathlib import Path
 
 import pytest
 
 from conftest import random_bytes
-from fetch.download import FetchError, fetch, local_checkpoint
+from fetch.download import FetchError, Fetched, fetch, local_checkpoint
 
 BODY = random_bytes(3 * (1 << 20) + 12345, seed=1)  # several read chunks
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -183,3 +184,35 @@ def test_which_errors_are_retried(error, retried):
     from fetch.download import _transient
 
     assert _transient(error) is retried
+
+
+def test_a_cached_file_is_described_whole_and_the_cache_folder_is_made(http_server, tmp_path):
+    cache = tmp_path / "a" / "b" / "cache"                 # folders that do not exist yet
+    first = fetch(_spec(http_server), cache, backoff=0)
+    assert first == Fetched(cache / "model-abcd.pth", SHA, True, "sha256", True,
+                            http_server.url("/ck/model-abcd.pth"), len(BODY))
+    again = fetch(_spec(http_server), cache, backoff=0)   # from the cache: not downloaded
+    assert again == Fetched(cache / "model-abcd.pth", SHA, True, "sha256", False,
+                            http_server.url("/ck/model-abcd.pth"), len(BODY))
+
+
+def test_by_default_five_attempts_one_second_apart_doubling(http_server, tmp_path, monkeypatch):
+    import fetch.download as download
+
+    slept = []
+    monkeypatch.setattr(download.time, "sleep", slept.append)
+    http_server.fail_next = 10
+    with pytest.raises(FetchError):
+        fetch(_spec(http_server), tmp_path)
+    assert len(http_server.requests) == 5 and slept == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_mirror_and_cache_names():
+    from fetch.download import cache_path, mirrored
+
+    url = "https://download.example/a/b/res2net50 w14.pth?x=1"
+    assert mirrored(url, None) == url
+    assert mirrored(url, "http://m.local/CACHEX/") == "http://m.local/CACHEX/res2net50%20w14.pth"
+    assert mirrored(url, "http://m.local/c") == "http://m.local/c/res2net50%20w14.pth"
+    assert cache_path(url, Path("/c")) == Path("/c/res2net50 w14.pth")
+    assert cache_path("https://download.example/", Path("/c")) == Path("/c/checkpoint")
