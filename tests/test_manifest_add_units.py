@@ -30,6 +30,51 @@ def _entry(name="second", model_id="mobilenet_v2_100", **extra):
                            "sha256_prefix": "abcdef12"}, **extra}
 
 
+MANIFEST = ("# a comment that must survive\nversion: 1\nshared:\n  tol: &tol\n    atol: 0.001\n"
+            + FIRST.removeprefix("version: 1\n") + "    tolerances: *tol\n")
+
+
+def test_append_keeps_the_file_and_adds_a_valid_entry(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST)
+    block = append(path, _entry(input_shape=[3, 224, 224]), ["why it is here"])
+    text = path.read_text()
+    assert text.startswith(MANIFEST) and text.endswith(block)   # appended, nothing rewritten
+    assert "  # why it is here\n  - name: second\n" in block
+    entries = load_manifest(path)
+    assert [e.name for e in entries] == ["first", "second"]
+    assert entries[1]["input_shape"] == [3, 224, 224]
+    assert entries[0]["tolerances"]["atol"] == 0.001              # the anchor still works
+
+
+_SAME_FILE = {"url": "https://h/resnet50-12345678.ckpt", "sha256_prefix": "12345678"}
+
+
+@pytest.mark.parametrize("entry, words", [
+    (dict(_entry(name="first"), model_id="other"), "an entry named 'first' exists"),
+    (dict(_entry(name="other", model_id="resnet50"), checkpoint=_SAME_FILE),
+     "already entry 'first'"),
+    (_entry(name="Bad Name"), "field 'name'"),          # the loader's own check, by field
+])
+def test_append_refuses_and_leaves_the_manifest_untouched(tmp_path, entry, words):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST)
+    with pytest.raises(ManifestError) as caught:
+        append(path, entry, [])
+    assert words in str(caught.value) and str(path) in str(caught.value)
+    assert path.read_text() == MANIFEST
+    assert not [p for p in tmp_path.iterdir() if p.name != "m.yaml"]   # no staged file left
+
+
+def test_append_refuses_a_manifest_whose_models_list_is_not_last(tmp_path):
+    path = tmp_path / "m.yaml"
+    text = MANIFEST.replace("version: 1\n", "") + "version: 1\n"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match="not the file's last top-level key"):
+        append(path, _entry(input_shape=[3, 224, 224]), [])
+    assert path.read_text() == text
+
+
 def test_render_writes_the_entry_as_an_indented_list_item_in_the_given_key_order():
     entry = {"name": "zz", "source": "mindcv",
              "preprocess": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],

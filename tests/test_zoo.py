@@ -16,8 +16,8 @@ from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, run_in_e
                       run_pipeline)
 from converters.worker_flow import closest_ids
 from deploy.preprocess import contract, preprocess_batch, validate
-from manifests.add import append, default_name
-from manifests.loader import ManifestError, load_manifest
+from manifests.add import default_name
+from manifests.loader import load_manifest
 from orchestrator.derive import describe, merge
 from orchestrator.deploy import level_diffs
 from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
@@ -96,69 +96,6 @@ def test_default_names_are_valid_and_prefixed_where_zoos_collide():
     assert default_name("mmpretrain", "deit-tiny_4xb256_in1k") == "deit-tiny_4xb256_in1k"
     assert default_name("paddleclas", "ResNet50_vd") == "paddleclas-resnet50_vd"
     assert default_name("mindcv", "resnet50") == "mindcv-resnet50"
-
-
-MANIFEST = """# a comment that must survive
-version: 1
-shared:
-  tol: &tol
-    atol: 0.001
-models:
-  - name: first
-    source: mindcv
-    model_id: resnet50
-    num_classes: 1000
-    checkpoint: {url: "https://h/resnet50-12345678.ckpt", sha256_prefix: "12345678"}
-    tolerances: *tol
-"""
-
-
-def _new(name="second", model_id="mobilenet_v2_100"):
-    return {"name": name, "source": "mindcv", "model_id": model_id, "num_classes": 1000,
-            "checkpoint": {"url": f"https://h/{model_id}-abcdef12.ckpt",
-                           "sha256_prefix": "abcdef12"},
-            "input_shape": [3, 224, 224]}
-
-
-def test_append_keeps_the_file_and_adds_a_valid_entry(tmp_path):
-    path = tmp_path / "m.yaml"
-    path.write_text(MANIFEST)
-    block = append(path, _new(), ["why it is here"])
-    text = path.read_text()
-    assert text.startswith(MANIFEST) and text.endswith(block)   # appended, nothing rewritten
-    assert "  # why it is here\n  - name: second\n" in block
-    entries = load_manifest(path)
-    assert [e.name for e in entries] == ["first", "second"]
-    assert entries[1]["input_shape"] == [3, 224, 224]
-    assert entries[0]["tolerances"]["atol"] == 0.001              # the anchor still works
-
-
-_SAME_FILE = {"url": "https://h/resnet50-12345678.ckpt", "sha256_prefix": "12345678"}
-
-
-@pytest.mark.parametrize("entry, words", [
-    (dict(_new(name="first"), model_id="other"), "an entry named 'first' exists"),
-    (dict(_new(name="other", model_id="resnet50"), checkpoint=_SAME_FILE),
-     "already entry 'first'"),
-    (_new(name="Bad Name"), "field 'name'"),          # the loader's own check, by field
-])
-def test_append_refuses_and_leaves_the_manifest_untouched(tmp_path, entry, words):
-    path = tmp_path / "m.yaml"
-    path.write_text(MANIFEST)
-    with pytest.raises(ManifestError) as caught:
-        append(path, entry, [])
-    assert words in str(caught.value) and str(path) in str(caught.value)
-    assert path.read_text() == MANIFEST
-    assert not [p for p in tmp_path.iterdir() if p.name != "m.yaml"]   # no staged file left
-
-
-def test_append_refuses_a_manifest_whose_models_list_is_not_last(tmp_path):
-    path = tmp_path / "m.yaml"
-    text = MANIFEST.replace("version: 1\n", "") + "version: 1\n"
-    path.write_text(text)
-    with pytest.raises(ManifestError, match="not the file's last top-level key"):
-        append(path, _new(), [])
-    assert path.read_text() == text
 
 
 def test_sweep_picks_the_same_sample_for_the_same_seed_and_explains_causes():
