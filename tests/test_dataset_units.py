@@ -153,3 +153,23 @@ def test_openvino_runs_on_the_cpu_in_f32_with_the_threads_asked_for(tmp_path):
     assert every.compiled.get_property("INFERENCE_NUM_THREADS") == os.cpu_count()
     x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
     assert np.array_equal(every.infer(x, batch_size=2), x.reshape(3, 4))
+
+
+def test_make_runner_passes_threads_and_spinning_on_and_names_the_runtimes_it_knows(tmp_path):
+    """Spinning stays on unless asked (ONNX Runtime's own default); threads reach both
+    runtimes."""
+    from test_deploy import _onnx
+    from verify.runners import make_runner
+
+    model = _onnx(tmp_path / "m.onnx", "Flatten", (None, 2, 2))
+    spinning = "session.intra_op.allow_spinning"
+    options = make_runner("onnxruntime", model, 3, spinning=False).session.get_session_options()
+    assert (options.intra_op_num_threads, options.get_session_config_entry(spinning)) == (3, "0")
+    default = make_runner("onnxruntime", model).session.get_session_options()
+    assert default.intra_op_num_threads == os.cpu_count()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry(spinning)
+    assert make_runner("openvino", model, 2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    with pytest.raises(ValueError) as caught:
+        make_runner("tflite", model)
+    assert str(caught.value) == "unknown runtime 'tflite'; known: onnxruntime, openvino"

@@ -289,3 +289,21 @@ def test_a_runtime_that_cannot_run_a_model_is_a_finding_in_full(tmp_path):
     assert report["openvino"]["models"] == {"fp32": {"passed": False,
                                                      "checks": [refused.as_dict()]}}
     assert lines == [f"  runtime   openvino fp32: FAILED runtime_runs {said[:12]} vs runs"]
+
+
+def test_the_summary_s_runtime_line_says_each_model_s_outcome_in_the_matrix_s_order():
+    """ok only when the model's checks and (with --data) its accuracy passed; a runtime with
+    no model says so; skipped runtimes say only that, wherever they are in the matrix."""
+    from orchestrator.runtimes import runtimes_line
+
+    passed, failed = {"passed": True}, {"passed": False}
+    section = {
+        "tensorrt": {"required": False, "skipped": "no GPU"},
+        "onnxruntime": {"required": True, "models": {"fp32": passed, "fp16": failed,
+                                                     "int8": passed},
+                        "accuracy": {"fp32": passed, "int8": failed}},   # fp16: no --data
+        "openvino": {"required": False, "models": {"fp32": passed}},
+        "coreml": {"models": {}}}
+    assert runtimes_line(section) == (
+        "tensorrt skipped; onnxruntime fp32 ok, fp16 FAILED, int8 FAILED (required); "
+        "openvino fp32 ok; coreml nothing ran")

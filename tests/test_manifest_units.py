@@ -74,3 +74,14 @@ def test_values_name_their_field_and_what_was_expected(tmp_path):
     shape = _entry(input_shape=[3, 224, "224"])
     assert _problems(tmp_path, {"models": [shape]}) == [
         "M: entry 'a' (#1): field 'input_shape.2': '224' is not of type 'integer'"]
+
+
+def test_the_digest_advice_is_only_for_the_checkpoint_s_digest_rule(tmp_path):
+    """Another oneOf (labels), or another rule broken by the checkpoint block (its type), gets
+    jsonschema's own words, not the sha256 advice."""
+    assert _problems(tmp_path, {"models": [_entry(labels=5)]}) == [
+        "M: entry 'a' (#1): field 'labels': 5 is not valid under any of the given schemas"]
+    assert _problems(tmp_path, {"models": [_entry(checkpoint="x.ckpt")]}) == [
+        "M: entry 'a' (#1): field 'checkpoint': 'x.ckpt' is not of type 'object'",
+        "M: entry 'a' (#1): field 'checkpoint': give exactly one of sha256, sha256_prefix, "
+        "or digest_unpublished: true (when the publisher gives no digest)"]

@@ -1,0 +1,73 @@
+"""The test-image writers of verify/images.py, in-process: what ImageNet-like folders the
+accuracy, scale and demo tests are built from (names, sizes, the odd files in turn, the seed),
+and write_jpeg's formats and quality."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from verify.images import imagenet_like, write_jpeg, write_png
+
+RGB = np.random.default_rng(5).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+
+
+def _opened(path):
+    with Image.open(path) as image:
+        return image.format, image.mode, image.size
+
+
+def test_imagenet_like_names_orientations_and_odd_files_in_turn(tmp_path):
+    """Every third image (from the first) is portrait; with odd_every=2 every second image is
+    grayscale, CMYK, then a PNG under a .JPEG name."""
+    paths = imagenet_like(tmp_path, 7, odd_every=2, size=(30, 40))
+    assert [p.name for p in paths] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 8)]
+    assert [_opened(p) for p in paths] == [     # PIL's size is (width, height)
+        ("JPEG", "RGB", (30, 40)), ("JPEG", "L", (40, 30)), ("JPEG", "RGB", (40, 30)),
+        ("JPEG", "CMYK", (30, 40)), ("JPEG", "RGB", (40, 30)), ("PNG", "RGB", (40, 30)),
+        ("JPEG", "RGB", (30, 40))]
+    plain = imagenet_like(tmp_path / "plain", 2)         # defaults: ImageNet val's 375x500, RGB
+    assert [_opened(p) for p in plain] == [("JPEG", "RGB", (375, 500)),
+                                          ("JPEG", "RGB", (500, 375))]
+
+
+def test_imagenet_like_is_the_same_bytes_for_a_seed(tmp_path):
+    def written(name, **seed):
+        return [p.read_bytes() for p in imagenet_like(tmp_path / name, 2, size=(20, 20), **seed)]
+
+    assert written("default") == written("zero", seed=0)
+    assert written("one", seed=1) != written("zero")
+
+
+def test_write_jpeg_is_a_jpeg_at_the_quality_asked_whatever_the_name(tmp_path):
+    """The format comes from `kind`, not the file name; quality 90 unless told."""
+    def pil(mode, **save):
+        buffer = io.BytesIO()
+        image = Image.fromarray(RGB)
+        (image if mode == "RGB" else image.convert(mode)).save(buffer, **save)
+        return buffer.getvalue()
+
+    for kind, mode in (("rgb", "RGB"), ("grayscale", "L"), ("cmyk", "CMYK")):
+        write_jpeg(tmp_path / kind, RGB, kind, quality=60)
+        assert (tmp_path / kind).read_bytes() == pil(mode, format="JPEG", quality=60), kind
+    write_jpeg(tmp_path / "default", RGB)
+    assert (tmp_path / "default").read_bytes() == pil("RGB", format="JPEG", quality=90)
+    write_jpeg(tmp_path / "png", RGB, "png_named_jpeg")
+    assert _opened(tmp_path / "png") == ("PNG", "RGB", (30, 20))
+    with pytest.raises(ValueError) as caught:
+        write_jpeg(tmp_path / "x.JPEG", RGB, "webp")
+    assert str(caught.value) == "unknown image kind 'webp'"
+
+
+def test_write_png_round_trips_and_takes_only_hxwx3_uint8(tmp_path):
+    write_png(tmp_path / "x.png", RGB)
+    with Image.open(tmp_path / "x.png") as image:
+        assert (image.format, image.mode) == ("PNG", "RGB")
+        assert np.array_equal(np.asarray(image), RGB)
+    for bad in (RGB.astype(np.float32), RGB[..., 0], np.dstack([RGB, RGB[..., :1]])):
+        with pytest.raises(ValueError) as caught:
+            write_png(tmp_path / "bad.png", bad)
+        assert str(caught.value) == "write_png expects an HxWx3 uint8 array"
+    assert not (tmp_path / "bad.png").exists()
