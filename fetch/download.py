@@ -107,6 +107,8 @@ def fetch(spec: dict, cache_dir: Path, *, attempts: int = 5, backoff: float = 1.
           mirror: str | None = None) -> Fetched:
     """Return the cached checkpoint for manifest `checkpoint` block `spec` (from `mirror`
     instead of the publisher's host when given)."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
     url = mirrored(spec["url"], mirror)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_path(url, cache_dir)

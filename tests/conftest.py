@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server API
         server = self.server
-        server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        server.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                                "agent": self.headers.get("User-Agent")})
+        if server.stall:
+            time.sleep(server.stall)   # a server that says nothing for a while
         if server.fail_next > 0:
             server.fail_next -= 1
             self.send_error(503, "try again")
@@ -46,11 +50,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         if rng and server.honour_range:
             start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(body):       # RFC 9110: nothing left to send
+                self.send_error(416, "range not satisfiable")
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if server.send_length:           # without it the body ends when the connection does
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         chunk = body[start:]
         if server.cut_after is not None:
@@ -105,6 +113,7 @@ def http_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.files, server.requests = {}, []
     server.fail_next, server.cut_after, server.honour_range = 0, None, True
+    server.stall, server.send_length = 0, True
     server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -216,3 +216,123 @@ def test_mirror_and_cache_names():
     assert mirrored(url, "http://m.local/c") == "http://m.local/c/res2net50%20w14.pth"
     assert cache_path(url, Path("/c")) == Path("/c/res2net50 w14.pth")
     assert cache_path("https://download.example/", Path("/c")) == Path("/c/checkpoint")
+
+
+OFFLINE = (" (its digest is checked), pass --checkpoint NAME=PATH, or serve it from an internal "
+           "mirror (--mirror URL).")
+
+
+def test_an_http_refusal_is_named_with_its_status_and_the_offline_ways_out(http_server, tmp_path):
+    url = http_server.url("/ck/missing.pth")
+    with pytest.raises(FetchError) as err:
+        fetch({"url": url, "sha256": SHA}, tmp_path, backoff=0)
+    assert err.value.kind == "download"
+    assert str(err.value) == err.value.message == (
+        f"GET {url} failed: HTTP 404 no such file. Offline? Put the file at "
+        f"{tmp_path / 'missing.pth'}" + OFFLINE)
+
+
+def test_a_cut_download_keeps_its_part_file_says_so_and_the_next_run_resumes(http_server,
+                                                                             tmp_path):
+    import urllib.request
+
+    spec = _spec(http_server)
+    http_server.cut_after = 1_000_000
+    part = tmp_path / "model-abcd.pth.part"
+    with pytest.raises(FetchError) as err:
+        fetch(spec, tmp_path, attempts=1, backoff=0)
+    assert err.value.kind == "download"
+    assert err.value.message == (
+        f"GET {spec['url']} failed after 1 attempts: ConnectionError: connection closed after "
+        f"1000000 of {len(BODY)} bytes (partial data kept in {part} for the next run to "
+        f"resume). Offline? Put the file at {tmp_path / 'model-abcd.pth'}" + OFFLINE)
+    assert part.read_bytes() == BODY[:1_000_000]
+    assert fetch(spec, tmp_path, backoff=0).path.read_bytes() == BODY
+    assert http_server.requests[-1]["range"] == "bytes=1000000-" and not part.exists()
+
+    refused = "http://127.0.0.1:9/ck/model-abcd.pth"         # nothing listens on port 9
+    try:
+        urllib.request.urlopen(refused, timeout=5)
+    except OSError as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    with pytest.raises(FetchError) as err:
+        fetch({"url": refused, "sha256": SHA}, tmp_path / "b", attempts=2, backoff=0)
+    assert err.value.message.startswith(
+        f"GET {refused} failed after 2 attempts: {why} (partial data kept in "
+        f"{tmp_path / 'b' / 'model-abcd.pth.part'} for the next run to resume)")
+
+
+def test_a_digest_mismatch_says_who_pinned_the_digest(http_server, tmp_path):
+    for spec, pins in (
+            (_spec(http_server, sha256="0" * 64), f"the manifest pins sha256 {'0' * 64}"),
+            (_spec(http_server, sha256="1" * 64, locked=True),
+             f"the lock pins sha256 {'1' * 64} (the checkpoint lock)")):
+        with pytest.raises(FetchError) as err:
+            fetch(spec, tmp_path, backoff=0)
+        assert err.value.message == (
+            f"downloaded {spec['url']} but its sha256 is {SHA}, {pins}; the file was set aside "
+            f"as {tmp_path / 'model-abcd.pth.bad-digest'} and not used")
+
+
+def test_a_silent_server_times_out_and_waits_are_capped_at_30_s(http_server, tmp_path,
+                                                                monkeypatch):
+    import fetch.download as download
+
+    http_server.stall = 2.0
+    with pytest.raises(FetchError, match="TimeoutError: timed out"):
+        fetch(_spec(http_server), tmp_path, attempts=1, timeout=0.2)
+    http_server.stall = 0
+    slept = []
+    monkeypatch.setattr(download.time, "sleep", slept.append)
+    http_server.fail_next = 3
+    fetch(_spec(http_server), tmp_path / "b", attempts=4, backoff=20)
+    assert slept == [20, 30.0, 30.0]
+    with pytest.raises(ValueError) as err:
+        fetch(_spec(http_server), tmp_path / "c", attempts=0)
+    assert str(err.value) == "attempts must be at least 1, not 0"
+
+
+def test_requests_name_the_tool_and_progress_shows_only_when_asked(http_server, tmp_path, capfd):
+    """The bar follows --progress; without it tqdm decides by the terminal (here: none)."""
+    fetch(_spec(http_server), tmp_path / "a", backoff=0, progress=True)
+    assert "model-abcd" in capfd.readouterr().err
+    fetch(_spec(http_server), tmp_path / "b", backoff=0)
+    assert capfd.readouterr().err == ""
+    assert {r["agent"] for r in http_server.requests} == {"model-convert/1"}
+
+
+def test_the_progress_bar_names_the_file_and_counts_from_what_was_kept(http_server, tmp_path,
+                                                                      capfd):
+    """A resumed download's bar starts at the bytes already held, in binary units, names the
+    file (its first 40 characters) and is cleared when done."""
+    name = "res2net50-w14-s8_3rdparty_8xb32_in1k_20210927-bc967bf1.pth"
+    http_server.files[f"/{name}"] = BODY
+    spec = {"url": http_server.url(f"/{name}"), "sha256": SHA}
+    http_server.cut_after = 1_000_000
+    with pytest.raises(FetchError):
+        fetch(spec, tmp_path, attempts=1, progress=False)
+    capfd.readouterr()
+    fetch(spec, tmp_path, progress=True)
+    err = capfd.readouterr().err
+    shown = err.split("\r")
+    start = (f"{name[:-4][:40]}: {100 * 1_000_000 / len(BODY):3.0f}%|")
+    end = f"| {1_000_000 / 1024:.0f}k/{len(BODY) / 1024 ** 2:.2f}M [00:00<?, ?B/s]"
+    assert shown[0] == shown[-1] == "" and len(shown) == 4, err
+    assert shown[1].startswith(start) and shown[1].endswith(end), shown[1]
+    assert shown[2] == " " * len(shown[1])                         # cleared, not left
+
+
+def test_a_part_file_that_is_already_whole_is_checked_not_fetched_again(http_server, tmp_path):
+    spec = _spec(http_server)
+    (tmp_path / "model-abcd.pth.part").write_bytes(BODY)     # a run stopped before the rename
+    got = fetch(spec, tmp_path, backoff=0)
+    assert got.path.read_bytes() == BODY and got.downloaded
+    assert [r["range"] for r in http_server.requests] == [f"bytes={len(BODY)}-"]   # -> 416
+    (tmp_path / "other.pth.part").write_bytes(BODY[:10])     # a 416 only counts with a part
+    with pytest.raises(FetchError, match="HTTP 404 no such file"):
+        fetch({"url": http_server.url("/other.pth"), "sha256": SHA}, tmp_path, backoff=0)
+
+
+def test_a_body_without_a_length_is_read_to_the_end(http_server, tmp_path):
+    http_server.send_length = False
+    assert fetch(_spec(http_server), tmp_path, backoff=0).path.read_bytes() == BODY

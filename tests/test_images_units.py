@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from verify.images import imagenet_like, write_jpeg, write_png
+from verify.images import generate_images, imagenet_like, write_jpeg, write_png
 
 RGB = np.random.default_rng(5).integers(0, 255, (20, 30, 3), dtype=np.uint8)
 
@@ -71,3 +71,14 @@ def test_write_png_round_trips_and_takes_only_hxwx3_uint8(tmp_path):
             write_png(tmp_path / "bad.png", bad)
         assert str(caught.value) == "write_png expects an HxWx3 uint8 array"
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_generate_images_makes_its_folder_and_is_the_same_bytes_for_a_seed(tmp_path):
+    def written(name, **seed):
+        return [p.read_bytes() for p in generate_images(tmp_path / name / "deep", 2, **seed)]
+
+    first = written("default")
+    assert written("default") == first == written("zero", seed=0)   # into an existing folder
+    assert written("one", seed=1) != first
+    assert [p.name for p in generate_images(tmp_path / "n", 2)] == ["generated_0000.png",
+                                                                    "generated_0001.png"]
