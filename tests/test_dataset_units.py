@@ -107,6 +107,61 @@ def test_folder_layout_errors_say_what_was_found(tmp_path, names, message):
     assert str(caught.value) == message.format(root=tmp_path)
 
 
+# --------------------------------------------------------------------------- label files
+def _label_error(root, name, text):
+    (root / name).write_text(text)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(root)
+    return str(caught.value).replace(str(root), "R")
+
+
+def test_a_val_txt_name_may_hold_spaces_the_label_is_the_last_field(tmp_path):
+    _files(tmp_path, "my image.JPEG", "b.JPEG")
+    (tmp_path / "val.txt").write_text("my image.JPEG 3\nb.JPEG\t 7 \n")
+    data = load_dataset(tmp_path)
+    assert (data.paths, data.labels) == ([tmp_path / "my image.JPEG", tmp_path / "b.JPEG"], [3, 7])
+
+
+def test_label_file_refusals_name_the_line_and_what_is_wrong(tmp_path):
+    _files(tmp_path, "a.JPEG")
+    assert _label_error(tmp_path, "val_map.txt", "a.JPEG\t3\t\n") == (
+        "R/val_map.txt, line 1: expected 'NAME<TAB>LABEL', got 'a.JPEG\\t3\\t'")
+    assert _label_error(tmp_path, "val_map.txt", "a.JPEG\t3X\n") == (
+        "R/val_map.txt, line 1: label '3X' is not an integer class index")
+    (tmp_path / "val_map.txt").unlink()
+    assert _label_error(tmp_path, "val.txt", "# header\n../a.JPEG 1\n") == (
+        "R/val.txt, line 2: '../a.JPEG' is outside the dataset folder (names are relative to "
+        "it, without '..')")
+    assert _label_error(tmp_path, "val.txt", "a.JPEG 1\n\na.JPEG 1\n") == (
+        "R/val.txt, line 3: a.JPEG is listed twice (first on line 1)")
+    long = "x" * 300 + ".JPEG"                   # longer than a file name may be (255 bytes)
+    assert _label_error(tmp_path, "val.txt", f"{long} 1\n") == (
+        f"R/val.txt, line 1: cannot use {long[:80]!r}: File name too long")
+
+
+@pytest.mark.parametrize("count, shown", [
+    (5, "m0.JPEG, m1.JPEG, m2.JPEG, m3.JPEG, m4.JPEG"),
+    (6, "m0.JPEG, m1.JPEG, m2.JPEG, m3.JPEG, m4.JPEG (+1 more)"),
+    (8, "m0.JPEG, m1.JPEG, m2.JPEG, m3.JPEG, m4.JPEG (+3 more)"),
+])
+def test_missing_images_are_counted_and_the_first_five_named(tmp_path, count, shown):
+    text = "".join(f"m{i}.JPEG {i}\n" for i in range(count))
+    assert _label_error(tmp_path, "val.txt", text) == (
+        f"R/val.txt names {count} image(s) that are not in R: {shown}")
+
+
+def test_with_both_label_files_val_txt_is_used_and_the_note_says_so(tmp_path):
+    _files(tmp_path, "a.JPEG")
+    (tmp_path / "val.txt").write_text("a.JPEG 1\n")
+    (tmp_path / "val_map.txt").write_text("a.JPEG\t2\n")
+    data = load_dataset(tmp_path)
+    assert (data.layout, data.labels, data.note) == ("val.txt", [1],
+                                                     "val_map.txt ignored: val.txt is used")
+    (tmp_path / "val.txt").unlink()
+    data = load_dataset(tmp_path)
+    assert (data.layout, data.labels, data.note) == ("val_map.txt", [2], "")
+
+
 # --------------------------------------------------------------------------- synthetic batch
 @pytest.mark.parametrize("mean, std, scale", [
     ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], 1.0),     # mmpretrain, MindCV

@@ -93,7 +93,7 @@ def _from_label_file(root: Path, name: str) -> tuple[list[Path], list[int]]:
             continue
         where = f"{label_file}, line {number}"
         if name == "val_map.txt":
-            parts = raw.rstrip("\r\n").split("\t")
+            parts = raw.split("\t")       # splitlines() took the line ending
             if len(parts) != 2:
                 raise DatasetError(f"{where}: expected 'NAME<TAB>LABEL', got {raw!r}")
         else:
