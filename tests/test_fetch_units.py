@@ -8,7 +8,7 @@ import pytest
 
 from conftest import random_bytes
 from fetch.download import FetchError, Fetched, _check_kind, local_checkpoint, materialize
-from fetch.lock import HEADER, prefix_only, read_lock, write_lock
+from fetch.lock import HEADER, LockError, locked_spec, prefix_only, read_lock, write_lock
 
 BODY = random_bytes(5000, seed=3)
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -98,3 +98,30 @@ def test_the_lock_file_is_sorted_aligned_and_reads_back(tmp_path):
         f"res2net50-w14-s8  {SHA}  5000\n")
     assert read_lock(path) == lock
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints.lock"]
+
+
+def test_lock_lines_take_comments_anywhere_and_refuse_a_name_twice_by_line(tmp_path):
+    path = tmp_path / "checkpoints.lock"
+    path.write_text(f"# header\nm  {SHA}  12  # fetched # 2026-11-23\n")
+    assert read_lock(path) == {"m": {"sha256": SHA, "bytes": 12}}
+    path.write_text(f"m {SHA} 12\nn {SHA} 5\n\nm {SHA} 12\n")
+    with pytest.raises(LockError) as err:
+        read_lock(path)
+    assert str(err.value) == f"{path}, line 4: m is locked twice"
+    path.write_bytes(b"m \xff 12\n")
+    with pytest.raises(LockError) as err:
+        read_lock(path)
+    assert "can't decode byte 0xff in position 2" in str(err.value)
+
+
+def test_a_locked_spec_carries_the_lock_s_digest_and_size_and_a_contradiction_is_refused():
+    spec = {"url": "https://h/m.pth", "sha256_prefix": SHA[:8]}
+    lock = {"m": {"sha256": SHA, "bytes": 12}}
+    assert locked_spec("m", spec, lock) == {**spec, "sha256": SHA, "bytes": 12, "locked": True}
+    assert locked_spec("other", spec, lock) is spec
+    other = "0" * 64
+    for published in ({"sha256": other}, {"sha256_prefix": other[:8]}):
+        with pytest.raises(LockError) as err:
+            locked_spec("m", {"url": spec["url"], **published}, lock)
+        assert str(err.value) == (f"entry 'm': the checkpoint lock has sha256 {SHA}, which "
+                                  f"does not match the manifest's {next(iter(published.values()))}")
