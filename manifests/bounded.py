@@ -87,7 +87,9 @@ def _expanded_size(root: yaml.Node, label: str) -> None:
     open_: set[int] = set()
 
     def size(node: yaml.Node, depth: int) -> int:
-        if depth > max_depth:
+        # depth: the collections around this node. A collection at max_depth would be one
+        # more than the limit (a scalar there is not: `[[1]]` is two levels, as in JSON).
+        if depth >= max_depth and isinstance(node, yaml.CollectionNode):
             raise _refuse(label, f"nested more than {max_depth} levels deep",
                           "MODEL_CONVERT_MAX_NESTING")
         key = id(node)

@@ -257,3 +257,29 @@ def test_deep_yaml_flow_nesting_is_refused_while_scanning(tmp_path):
     with pytest.raises(ManifestError, match="nested more than 64 levels deep"):
         load_manifest(path)
     assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize("nested, load", [
+    (lambda n: "[" * n + "]" * n, load_yaml),                            # flow, empty inside
+    (lambda n: "[" * n + "1" + "]" * n, load_yaml),
+    (lambda n: "".join(" " * (2 * i) + "-\n" for i in range(n)), load_yaml),         # block
+    (lambda n: "".join(" " * (2 * i) + f"k{i}:\n" for i in range(n)), load_yaml),
+    # Block levels with an empty flow collection innermost: 6 collections were accepted
+    # under a limit of 5 (the node walk counted the scalar under them, and there is none).
+    (lambda n: "".join(" " * (2 * i) + "-" + " []" * (i == n - 2) + "\n"
+                       for i in range(n - 1)), load_yaml),
+    (lambda n: "".join(" " * (2 * i) + f"k{i}:" + " {}" * (i == n - 2) + "\n"
+                       for i in range(n - 1)), load_yaml),
+    (lambda n: "[" * n + "]" * n, load_json),
+], ids=["flow", "flow-scalar", "block-list", "block-map", "block-list-flow", "block-map-flow",
+        "json"])
+def test_the_nesting_limit_counts_collections_the_same_way_everywhere(nested, load,
+                                                                      monkeypatch):
+    """The limit is the number of collections inside each other: exactly that many load,
+    one more is refused, whichever check (the scanner's, the node walk's, JSON's) sees it."""
+    monkeypatch.setenv("MODEL_CONVERT_MAX_NESTING", "5")
+    assert load(nested(5), "x") is not None
+    with pytest.raises(DocumentTooLarge) as refused:
+        load(nested(6), "x")
+    assert str(refused.value) == ("x: refused before loading: nested more than 5 levels deep "
+                                  "(the limit is MODEL_CONVERT_MAX_NESTING=5; README, 'Limits')")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from manifests.loader import ManifestError, load_manifest
+from manifests.loader import ManifestError, _merge, load_manifest, select
+from manifests.schema import DEFAULTS
 
 ENTRY = {"name": "a", "source": "mindcv", "model_id": "resnet50", "num_classes": 1000,
          "checkpoint": {"url": "https://h/resnet50-12345678.ckpt", "sha256_prefix": "12345678"}}
@@ -85,3 +86,84 @@ def test_the_digest_advice_is_only_for_the_checkpoint_s_digest_rule(tmp_path):
         "M: entry 'a' (#1): field 'checkpoint': 'x.ckpt' is not of type 'object'",
         "M: entry 'a' (#1): field 'checkpoint': give exactly one of sha256, sha256_prefix, "
         "or digest_unpublished: true (when the publisher gives no digest)"]
+
+
+def _loaded(tmp_path, text: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    return load_manifest(path)
+
+
+def _dumped(*entries) -> str:
+    return yaml.safe_dump({"version": 1, "models": list(entries)}, sort_keys=False)
+
+
+def test_defaults_fill_every_level_and_the_source_s_own_come_first(tmp_path):
+    mindcv, paddle = _loaded(tmp_path, _dumped(ENTRY, _entry(name="b", source="paddleclas")))
+    assert mindcv["export"] == {"opset": 11, "dynamic_batch": True}   # SOURCE_DEFAULTS
+    assert paddle["export"] == {"opset": 17, "dynamic_batch": True}
+    assert {key: paddle[key] for key in DEFAULTS} == DEFAULTS
+    assert "input_shape" not in paddle.data        # left to orchestrator/derive.py
+    (given,) = _loaded(tmp_path, _dumped(_entry(
+        export={"dynamic_batch": False}, tolerances={"atol": 1e-3},
+        variants={"int8": {"calibration": "entropy", "exclude_nodes": ["n1"]}})))
+    assert given["export"] == {"opset": 11, "dynamic_batch": False}
+    assert given["tolerances"] == {**DEFAULTS["tolerances"], "atol": 1e-3}
+    assert given["variants"] == {
+        "fp16": DEFAULTS["variants"]["fp16"],
+        "int8": {**DEFAULTS["variants"]["int8"], "calibration": "entropy",
+                 "exclude_nodes": ["n1"]}}
+
+
+def test_input_shape_follows_the_crop_unless_given(tmp_path):
+    pre = {"pipeline": "mindcv", "resize_short": 256, "crop": 192, "interpolation": "bilinear",
+           "mean": [1, 2, 3], "std": [4, 5, 6]}
+    derived, given = _loaded(tmp_path, _dumped(
+        _entry(preprocess=pre), _entry(name="b", preprocess=pre, input_shape=[3, 200, 200])))
+    assert derived["input_shape"] == [3, 192, 192]
+    assert given["input_shape"] == [3, 200, 200]
+
+
+def test_defaults_are_copied_never_shared():
+    """What an entry gets from DEFAULTS is its own copy at every depth: changing it does not
+    change DEFAULTS, so no other entry sees the change."""
+    default = {"a": {"b": {"c": [1]}}, "d": [2]}
+    merged = _merge(default, {"a": {}})
+    merged["a"]["b"]["c"].append(9)
+    merged["d"].append(9)
+    whole = _merge(default, None)
+    whole["a"]["b"]["c"].append(9)
+    assert default == {"a": {"b": {"c": [1]}}, "d": [2]}
+    assert merged == {"a": {"b": {"c": [1, 9]}}, "d": [2, 9]}
+
+
+def test_entries_sharing_a_yaml_anchor_do_not_share_their_blocks(tmp_path):
+    """A block given once under an anchor (as all.yaml does with each source's preprocess)
+    becomes each entry's own copy: changing it in one entry changes no other entry."""
+    pre = {"pipeline": "mindcv", "resize_short": 256, "crop": 224, "interpolation": "bilinear",
+           "mean": [1, 2, 3], "std": [4, 5, 6]}
+    text = _dumped(ENTRY, _entry(name="b")).replace(
+        "models:", f"shared:\n  p: &p {pre}\n  v: &v {{int8: {{exclude_nodes: [n1]}}}}\n"
+                   "models:").replace(
+        "  num_classes: 1000", "  num_classes: 1000\n  preprocess: *p\n  variants: *v")
+    a, b = _loaded(tmp_path, text)
+    assert text.count("*p") == 2 and a["preprocess"] == b["preprocess"] == pre
+    a["preprocess"]["mean"].append(7)
+    a["variants"]["int8"]["exclude_nodes"].append("n2")
+    assert b["preprocess"] == pre
+    assert b["variants"]["int8"]["exclude_nodes"] == ["n1"]
+    assert DEFAULTS["variants"]["int8"]["exclude_nodes"] == []
+
+
+def test_labels_given_inline_are_kept(tmp_path):
+    (entry,) = _loaded(tmp_path, _dumped(_entry(num_classes=2, labels=["cat", "dog"])))
+    assert entry["labels"] == ["cat", "dog"]
+
+
+def test_select_names_every_unknown_entry_and_lists_the_known(tmp_path):
+    entries = _loaded(tmp_path, _dumped(ENTRY, _entry(name="b")))
+    with pytest.raises(ManifestError) as caught:
+        select(entries, ["x", "a", "y"])
+    assert str(caught.value) == "unknown entry 'x', 'y'; known: a, b"
+    assert [e.name for e in select(entries, ["b", "a", "b"])] == ["b", "a"]
+    assert select(entries, []) == entries
