@@ -1,7 +1,8 @@
 """The score and the surviving mutants of a mutmut run (scripts/mutation.sh), as Markdown and
 JSON. Runs in the mutation environment, in mutmut's working copy.
 
-Caught = killed by a test, or timed out (the mutant hung the tests). Not caught = survived,
+Caught = killed by a test, timed out (the mutant hung the tests), or a segfault (the mutant
+crashed the test process, e.g. None passed into ONNX Runtime's C++). Not caught = survived,
 no test covers it, or not run yet (a run cut by its budget). A survivor listed in the
 equivalent file (one `mutant_name  # why` per line) is reported apart, with the reason, and
 left out of the score's denominator; a listed name that no longer survives is reported as
@@ -15,7 +16,7 @@ from collections import Counter, defaultdict
 from fnmatch import fnmatch
 from pathlib import Path
 
-CAUGHT = {"killed", "timeout"}
+CAUGHT = {"killed", "timeout", "segfault"}
 DIFFED = {"survived", "suspicious"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -108,19 +109,70 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture
-def http_server():
+def _serve(tls: tuple[Path, Path] | None = None):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*map(str, tls))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.files, server.requests = {}, []
     server.fail_next, server.cut_after, server.honour_range = 0, None, True
     server.stall, server.send_length = 0, True
-    server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
+    scheme = "https" if tls else "http"
+    server.url = lambda path: f"{scheme}://127.0.0.1:{server.server_address[1]}{path}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server():
+    yield from _serve()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, its own CA, valid for a day, and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public = key.public_key()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def https_server(tmp_path_factory, monkeypatch):
+    """The loopback server over TLS, its certificate the only one this process trusts
+    (SSL_CERT_FILE, read by OpenSSL's default verify paths at each connection)."""
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    yield from _serve((cert, key))
 
 
 # --------------------------------------------------------------------------- frameworks

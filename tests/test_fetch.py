@@ -36,6 +36,16 @@ def test_resumes_with_range_after_a_cut_connection(http_server, tmp_path):
     assert ranges[1] == "bytes=1000000-", "second request must resume where the cut left off"
 
 
+def test_resumes_over_https_too(https_server, tmp_path):
+    """Checkpoints are published over https: the resume must not be an http-only path."""
+    spec = _spec(https_server)
+    assert spec["url"].startswith("https://127.0.0.1:")
+    https_server.cut_after = 1_000_000
+    got = fetch(spec, tmp_path, backoff=0)
+    assert got.path.read_bytes() == BODY
+    assert [r["range"] for r in https_server.requests] == [None, "bytes=1000000-"]
+
+
 def test_server_ignoring_range_restarts_cleanly(http_server, tmp_path):
     spec = _spec(http_server)
     http_server.cut_after, http_server.honour_range = 500_000, False

@@ -4,6 +4,7 @@ and write_jpeg's formats and quality."""
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -66,6 +67,10 @@ def test_write_png_round_trips_and_takes_only_hxwx3_uint8(tmp_path):
     with Image.open(tmp_path / "x.png") as image:
         assert (image.format, image.mode) == ("PNG", "RGB")
         assert np.array_equal(np.asarray(image), RGB)
+    # PNG's frame (RFC 2083): the signature first, an empty IEND chunk with its CRC last.
+    data = (tmp_path / "x.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert data.endswith(b"\x00\x00\x00\x00IEND" + zlib.crc32(b"IEND").to_bytes(4, "big"))
     for bad in (RGB.astype(np.float32), RGB[..., 0], np.dstack([RGB, RGB[..., :1]])):
         with pytest.raises(ValueError) as caught:
             write_png(tmp_path / "bad.png", bad)
