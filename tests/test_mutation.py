@@ -152,3 +152,25 @@ def test_a_mutants_tests_run_cheapest_module_first_then_cheapest_test(tmp_path, 
         again = list(reversed(items))
         mutation_credit.pytest_collection_modifyitems(again)
         assert again == list(reversed(items))
+
+
+def test_the_score_counts_crashes_as_caught_and_leaves_listed_equivalents_out():
+    """Caught: killed, timed out, or the test process crashed (a segfault: the tests did not
+    pass). A listed survivor leaves the denominator; a listed one that was caught stays
+    caught (the report names it stale)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutation_report",
+                                                  REPO / "scripts" / "mutation_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    files = {"pkg/a.py": {"k": "killed", "t": "timeout", "s": "segfault", "v1": "survived",
+                          "v2": "survived", "n": "no tests", "c": "not checked"},
+             "other/b.py": {"k2": "killed"}}
+    got = report.score(files, {"v2": "why", "k2": "stale"})
+    assert got["total"] == {"mutants": 8, "caught": 4, "equivalent": 1, "score_percent": 57.1,
+                            "by_status": {"equivalent": 1, "killed": 2, "no tests": 1,
+                                          "not checked": 1, "segfault": 1, "survived": 1,
+                                          "timeout": 1}}
+    assert got["packages"]["pkg"]["score_percent"] == 50.0          # 3 of 6 judged
+    assert got["files"]["other/b.py"]["caught"] == 1
