@@ -17,6 +17,10 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 CAUGHT = {"killed", "timeout", "segfault"}
+# What a resumed run keeps: a test failed (or crashed) on the mutant. A timeout is tested
+# again: a hang can be the machine's (a worker waiting on a lock another one died holding)
+# rather than the mutant's.
+KEPT = {"killed", "segfault"}
 DIFFED = {"survived", "suspicious"}
 
 
@@ -86,8 +90,9 @@ def reopen(patterns: list[str]) -> int:
     mutmut keeps a mutant's result until its function changes, and runs a test map for new
     test names only. A survivor or a "no tests" mutant would then stand after the tests that
     kill it were written; a catch cannot be undone by adding tests. So a resumed run re-tests
-    what was not caught, with a test map made afresh (one pass of the fast tests). Caught
-    mutants keep their result; MUTATION_FRESH=1 (scripts/mutation.sh) forgets those too.
+    what was not caught, and the timeouts, with a test map made afresh (one pass of the fast
+    tests). Killed mutants keep their result; MUTATION_FRESH=1 (scripts/mutation.sh) forgets
+    those too.
     """
     from mutmut.__main__ import SourceFileMutationData, walk_mutatable_files
     from mutmut.stats import status_by_exit_code
@@ -97,7 +102,7 @@ def reopen(patterns: list[str]) -> int:
         data = SourceFileMutationData(path=path)
         data.load()
         for name, code in data.exit_code_by_key.items():
-            if code is not None and status_by_exit_code[code] not in CAUGHT and (
+            if code is not None and status_by_exit_code[code] not in KEPT and (
                     not patterns or any(fnmatch(name, p) for p in patterns)):
                 data.exit_code_by_key[name] = None
                 reopened += 1

@@ -174,3 +174,39 @@ def test_the_score_counts_crashes_as_caught_and_leaves_listed_equivalents_out():
                                           "timeout": 1}}
     assert got["packages"]["pkg"]["score_percent"] == 50.0          # 3 of 6 judged
     assert got["files"]["other/b.py"]["caught"] == 1
+
+
+def test_under_mutmut_a_worker_killed_mid_progress_bar_stalls_no_other(monkeypatch, tmp_path):
+    """mutmut forks a worker per mutant and kills one over its CPU limit. tqdm's default lock
+    is a semaphore shared across fork: a worker killed holding it made every later progress
+    bar wait until mutmut's clock ran out, a false "timeout" catch. Under mutmut each process
+    gets its own lock."""
+    import io
+    import signal
+    import threading
+
+    import mutation_credit
+    from tqdm import tqdm
+
+    before = tqdm.get_lock()                 # made before the fork, as in mutmut's parent
+    monkeypatch.setattr(mutation_credit, "_root", None)
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "gate.x_clip__mutmut_1")     # a mutant's worker
+    monkeypatch.setenv("MUTATION_HITS_DIR", str(tmp_path))   # as set up by a parent already
+    try:
+        mutation_credit.install(REPO)
+        pid = os.fork()
+        if pid == 0:                          # the worker: dies holding the lock
+            tqdm.get_lock().acquire()
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.waitpid(pid, 0)
+        drawn = threading.Event()
+
+        def draw():
+            with tqdm(total=1, file=io.StringIO()) as bar:
+                bar.update(1)
+            drawn.set()
+
+        threading.Thread(target=draw, daemon=True).start()
+        assert drawn.wait(10), "a progress bar waited on a lock a killed process held"
+    finally:
+        tqdm.set_lock(before)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def install(root: Path) -> None:
     global _root
     if "MUTANT_UNDER_TEST" not in os.environ:
         return
+    _own_progress_lock()
     _root = Path(root)
     if "MUTATION_HITS_DIR" in os.environ:   # set up by this process's parent already
         return
@@ -42,6 +44,18 @@ def install(root: Path) -> None:
     os.environ["MUTATION_ROOT"] = str(root)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+
+
+def _own_progress_lock() -> None:
+    """tqdm's default lock holds a multiprocessing RLock: a semaphore shared by every process
+    forked after it was made. mutmut forks a worker per mutant from the process that ran the
+    test map, and kills one that overruns its CPU limit; killed while drawing a progress bar,
+    it left every later worker that drew one waiting on that semaphore until mutmut's clock
+    ran out, recorded as a "timeout" (caught) though no test had failed. A thread lock is
+    each process's own."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
