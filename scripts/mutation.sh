@@ -5,7 +5,8 @@
 # surviving mutant (with its diff) to MUTATION_OUT/mutation.{md,json}.
 #
 # It runs in a copy of the tree (MUTATION_WORK, kept between runs): mutmut resumes there; a
-# caught mutant of an unchanged function keeps its result, everything else is re-tested. A
+# killed mutant of an unchanged function keeps its result, and so does a survivor listed as
+# equivalent; everything else is re-tested. A
 # run cut by the budget reports what it finished; the next run goes on from there.
 #   MUTATION_BUDGET  seconds for `mutmut run` (default 3600)
 #   MUTATION_JOBS    parallel mutants (default: cores)
@@ -14,8 +15,9 @@
 #   MUTATION_SRC     the tree to test (default this checkout; tests point it at a toy tree)
 #   MUTATION_ONLY    mutant name patterns to (re-)test, e.g. "release.* verify.localize.*";
 #                    other results stay as they are (default: every mutant not yet caught)
-#   MUTATION_FRESH   1: forget every earlier result (default: keep catches, re-test the rest
-#                    with a fresh test map; see reopen() in scripts/mutation_report.py)
+#   MUTATION_FRESH   1: forget every earlier result (default: keep kills and the survivors
+#                    listed as equivalent, re-test the rest with a fresh test map; see
+#                    reopen() in scripts/mutation_report.py)
 set -euo pipefail
 set -f   # MUTATION_ONLY patterns reach mutmut and --reopen unexpanded
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,7 +49,8 @@ if [ "$fresh" = 1 ]; then
   rm -rf mutants
 elif [ -d mutants ]; then
   # shellcheck disable=SC2086 # $only is a list of patterns, split on purpose
-  "$bin/python" "$here/scripts/mutation_report.py" --reopen $only >&2
+  "$bin/python" "$here/scripts/mutation_report.py" --reopen $only \
+      --equivalent "$src/tests/mutation_equivalent.txt" >&2
 fi
 echo "mutation: mutmut in $work (a copy of $src), budget ${budget}s, $jobs jobs" >&2
 status=0

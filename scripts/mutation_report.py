@@ -82,7 +82,7 @@ def score(files: dict[str, dict[str, str]], equivalent: dict[str, str]) -> dict:
             "files": {k: figures(v) for k, v in sorted(by_file.items())}}
 
 
-def reopen(patterns: list[str]) -> int:
+def reopen(patterns: list[str], equivalent: dict[str, str]) -> tuple[int, int]:
     """Before a resumed run: forget every result that is not a catch, and the test map.
     With `patterns` (MUTATION_ONLY), only the results of the mutants they match: the others
     are not run, so their results stay as they were.
@@ -91,24 +91,30 @@ def reopen(patterns: list[str]) -> int:
     test names only. A survivor or a "no tests" mutant would then stand after the tests that
     kill it were written; a catch cannot be undone by adding tests. So a resumed run re-tests
     what was not caught, and the timeouts, with a test map made afresh (one pass of the fast
-    tests). Killed mutants keep their result; MUTATION_FRESH=1 (scripts/mutation.sh) forgets
-    those too.
+    tests). Killed mutants keep their result, and so do the survivors listed as equivalent
+    (no test can kill one, and each ran every test of its function, a minute or two: half a
+    resumed run's time went on them); a changed function's mutants are new to mutmut and run
+    anyway. MUTATION_FRESH=1 (scripts/mutation.sh) forgets all of it, and the report then
+    names a listed mutant that was caught as stale. Returns (reopened, equivalents kept).
     """
     from mutmut.__main__ import SourceFileMutationData, walk_mutatable_files
     from mutmut.stats import status_by_exit_code
 
-    reopened = 0
+    reopened = kept = 0
     for path in walk_mutatable_files():
         data = SourceFileMutationData(path=path)
         data.load()
         for name, code in data.exit_code_by_key.items():
-            if code is not None and status_by_exit_code[code] not in KEPT and (
-                    not patterns or any(fnmatch(name, p) for p in patterns)):
+            if code is None or status_by_exit_code[code] in KEPT:
+                continue
+            if name in equivalent and status_by_exit_code[code] == "survived":
+                kept += 1
+            elif not patterns or any(fnmatch(name, p) for p in patterns):
                 data.exit_code_by_key[name] = None
                 reopened += 1
         data.save()
     Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
-    return reopened
+    return reopened, kept
 
 
 def main() -> None:
@@ -120,13 +126,16 @@ def main() -> None:
                         help="only reopen the results that are not catches, of the mutants "
                              "matching PATTERN if given (see reopen())")
     args = parser.parse_args()
-    if args.reopen is not None:
-        print(f"mutation: {reopen(args.reopen)} earlier results that were not catches will "
-              "be re-tested")
-        return
-    if args.out is None or args.equivalent is None:
-        parser.error("--out and --equivalent are required")
+    if args.equivalent is None:
+        parser.error("--equivalent is required")
     equivalent = read_equivalent(args.equivalent)
+    if args.reopen is not None:
+        reopened, kept = reopen(args.reopen, equivalent)
+        print(f"mutation: {reopened} earlier results that were not catches will be re-tested; "
+              f"{kept} listed as equivalent keep theirs")
+        return
+    if args.out is None:
+        parser.error("--out is required")
     files = collect()
     result = score(files, equivalent)
     # mutmut exits 0 when stopped with Ctrl-C too: unrun mutants say whether it finished.

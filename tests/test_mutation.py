@@ -100,6 +100,14 @@ def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
         100 * total["caught"] / (total["mutants"] - 1), 1)
     assert again["stale_equivalent"] == []
 
+    # A listed equivalent keeps its result on a resumed run: no test can kill it, so its
+    # tests are not run again (MUTATION_FRESH=1 below does run them).
+    proc, resumed = _run(toy, tmp_path)
+    assert ("mutation: 0 earlier results that were not catches will be re-tested; 1 listed as "
+            "equivalent keep theirs") in proc.stderr
+    assert resumed["equivalent"] == again["equivalent"]
+    assert resumed["total"] == again["total"]
+
     # MUTATION_ONLY: only the matching mutants are re-tested; the others keep their results.
     left_over = tmp_path / "work" / "mutants" / "left-over"
     left_over.write_text("from an earlier run")
