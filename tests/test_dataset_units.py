@@ -80,6 +80,7 @@ def test_class_folders_take_image_files_only_and_skip_hidden_folders(tmp_path):
     assert [str(p.relative_to(tmp_path)) for p in data.paths] == [
         f"{SYNSETS[0]}/deeper/c.jpg", f"{SYNSETS[3]}/a.png", f"{SYNSETS[3]}/b.JPEG"]
     assert data.labels == [0, 3, 3] and data.layout == "imagefolder"
+    assert data.root == tmp_path         # the report's "dir" and the data fingerprint use it
     assert data.note == "synset folders mapped in sorted synset order"
     _files(tmp_path / "idx", "7/a.jpg", "12/b.jpg", "12/c.jpg")
     indexed = load_dataset(tmp_path / "idx")

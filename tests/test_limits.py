@@ -283,3 +283,17 @@ def test_the_nesting_limit_counts_collections_the_same_way_everywhere(nested, lo
         load(nested(6), "x")
     assert str(refused.value) == ("x: refused before loading: nested more than 5 levels deep "
                                   "(the limit is MODEL_CONVERT_MAX_NESTING=5; README, 'Limits')")
+
+
+def test_the_node_limit_counts_every_node_an_alias_brings(monkeypatch):
+    """`a: &a [1, 2]` and `b: *a`: the mapping, two keys and the list with its two items
+    twice, 9 nodes. A limit of 9 loads it; 8 refuses it."""
+    text = "a: &a [1, 2]\nb: *a\n"
+    monkeypatch.setenv("MODEL_CONVERT_MAX_YAML_NODES", "9")
+    assert load_yaml(text, "x") == {"a": [1, 2], "b": [1, 2]}
+    monkeypatch.setenv("MODEL_CONVERT_MAX_YAML_NODES", "8")
+    with pytest.raises(DocumentTooLarge) as refused:
+        load_yaml(text, "x")
+    assert str(refused.value) == ("x: refused before loading: its aliases expand to more than "
+                                  "8 nodes (the limit is MODEL_CONVERT_MAX_YAML_NODES=8; README, "
+                                  "'Limits')")

@@ -85,8 +85,11 @@ def test_duplicate_names_and_duplicate_yaml_keys(tmp_path):
     assert "duplicate of entry #1" in msg
     path = tmp_path / "dupkey.yaml"
     path.write_text("models:\n  - name: a\n    name: b\n")
-    with pytest.raises(ManifestError, match="duplicate key 'name'"):
+    with pytest.raises(ManifestError) as caught:
         load_manifest(path)
+    assert str(caught.value).splitlines() == [      # where the second one is
+        f"{path}: not valid YAML: duplicate key 'name'", '  in "<unicode string>", line 3, '
+        'column 5:', "        name: b", "        ^"]
 
 
 def test_not_yaml_and_missing_file(tmp_path):
