@@ -1,13 +1,20 @@
 """Download code against a loopback HTTP server: resume, retries, digests, offline cache."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 import urllib.error
 from pathlib import Path
 
 import pytest
 
-from conftest import random_bytes
+from conftest import REPO, random_bytes
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint
 
 BODY = random_bytes(3 * (1 << 20) + 12345, seed=1)  # several read chunks
@@ -308,6 +315,32 @@ def test_requests_name_the_tool_and_progress_shows_only_when_asked(http_server, 
     fetch(_spec(http_server), tmp_path / "b", backoff=0)
     assert capfd.readouterr().err == ""
     assert {r["agent"] for r in http_server.requests} == {"model-convert/1"}
+
+
+def test_without_the_option_a_terminal_gets_the_bar(http_server, tmp_path):
+    """progress=None leaves it to tqdm: stderr on a terminal shows the bar (on a pipe it does
+    not, above). The fetch runs in a child process whose stderr is a pseudo-terminal."""
+    master, terminal = pty.openpty()
+    # 24 x 80: a new pseudo-terminal is 0 columns wide, and tqdm would draw its bar in none.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    code = ("from pathlib import Path; from fetch.download import fetch; "
+            f"fetch({_spec(http_server)!r}, Path({str(tmp_path)!r}), backoff=0)")
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=terminal, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:                  # EIO: the child has closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert child.wait(timeout=60) == 0, shown.decode(errors="replace")
+    size = f"/{len(BODY) / 1024 ** 2:.2f}M".encode()
+    assert shown.startswith(b"\rmodel-abcd.pth: ") and size in shown, shown
 
 
 def test_the_progress_bar_names_the_file_and_counts_from_what_was_kept(http_server, tmp_path,
