@@ -144,7 +144,7 @@ def load_manifest(path: str | Path) -> list[Entry]:
     path = Path(path)
     label = str(path)
     try:
-        text = read_bounded(path, label)
+        text = read_bounded(path)   # its label is str(path)
         # Composed and measured before anything is expanded (manifests/bounded.py).
         doc = load_yaml(text, label, _UniqueKeyLoader)
     except OSError as exc:
