@@ -297,3 +297,25 @@ def test_the_node_limit_counts_every_node_an_alias_brings(monkeypatch):
     assert str(refused.value) == ("x: refused before loading: its aliases expand to more than "
                                   "8 nodes (the limit is MODEL_CONVERT_MAX_YAML_NODES=8; README, "
                                   "'Limits')")
+
+
+def test_alias_and_text_limits_exactly_and_a_raised_nesting_limit_still_ends_cleanly(
+        monkeypatch):
+    monkeypatch.setenv("MODEL_CONVERT_MAX_YAML_ALIASES", "2")
+    assert load_yaml("a: &a 1\nb: *a\nc: *a\n", "x") == {"a": 1, "b": 1, "c": 1}
+    with pytest.raises(DocumentTooLarge) as refused:
+        load_yaml("a: &a 1\nb: *a\nc: *a\nd: *a\n", "x")
+    assert str(refused.value) == ("x: refused before loading: more than 2 aliases (the limit "
+                                  "is MODEL_CONVERT_MAX_YAML_ALIASES=2; README, 'Limits')")
+    monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "10")
+    with pytest.raises(DocumentTooLarge) as refused:
+        load_yaml("a" * 20, "x")
+    assert str(refused.value) == ("x: refused before loading: 20 characters (the limit is "
+                                  "MODEL_CONVERT_MAX_DOCUMENT_BYTES=10; README, 'Limits')")
+    # A limit raised past what Python's recursion can compose: refused, not a RecursionError.
+    monkeypatch.delenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES")
+    monkeypatch.setenv("MODEL_CONVERT_MAX_NESTING", "100000")
+    with pytest.raises(DocumentTooLarge) as refused:
+        load_yaml("".join(" " * i + "-\n" for i in range(3000)), "x")
+    assert str(refused.value) == ("x: refused before loading: nested too deep to parse (the "
+                                  "limit is MODEL_CONVERT_MAX_NESTING=100000; README, 'Limits')")

@@ -167,3 +167,39 @@ def test_select_names_every_unknown_entry_and_lists_the_known(tmp_path):
     assert str(caught.value) == "unknown entry 'x', 'y'; known: a, b"
     assert [e.name for e in select(entries, ["b", "a", "b"])] == ["b", "a"]
     assert select(entries, []) == entries
+
+
+def test_cross_field_rules_read_whole(tmp_path):
+    pre = {"pipeline": "mmpretrain", "resize_short": 256, "crop": 224,
+           "interpolation": "bilinear", "mean": [1, 2, 3], "std": [4, 5, 6]}
+    assert _problems(tmp_path, {"models": [_entry(preprocess=pre)]}) == [
+        "M: entry 'a' (#1): field 'preprocess.pipeline': 'mmpretrain' differs from source "
+        "'mindcv'; each source preprocesses with its own transform code"]
+    deploy = {"runtimes": ["onnxruntime"], "required_runtimes": ["openvino", "onnxruntime"]}
+    assert _problems(tmp_path, {"models": [_entry(deploy=deploy)]}) == [
+        "M: entry 'a' (#1): field 'deploy.required_runtimes': ['openvino'] not in "
+        "deploy.runtimes (a required runtime must be checked)"]
+
+
+def test_whole_file_problems_read_whole(tmp_path):
+    assert _problems(tmp_path, {"models": [5, _entry(source="x")]}) == [
+        "M: entry #1: must be a mapping, got int",               # and the next one still read
+        "M: entry 'a' (#2): field 'source': 'x' is not one of mmpretrain, paddleclas, mindcv"]
+    assert _problems(tmp_path, {"modles": [], "version": 2}) == [
+        "M: field 'modles': unknown key (not in the schema: check its spelling)",
+        "M: field 'models': missing (required)", "M: field 'version': 1 was expected"]
+    path = tmp_path / "m.yaml"
+    path.write_text("- a\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    assert str(caught.value) == f"{path}: the top level must be a mapping with a 'models' list"
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "nope.yaml")
+    assert str(caught.value) == f"{tmp_path / 'nope.yaml'}: cannot read manifest: No such file " \
+                                "or directory"
+    path.write_bytes(b"models: [\xff]\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    assert str(caught.value).startswith(f"{path}: not UTF-8 text: 'utf-8' codec can't decode")
+    (entry,) = _loaded(tmp_path, _dumped(ENTRY))
+    assert entry.file == str(path)
