@@ -1,8 +1,9 @@
 """The score and the surviving mutants of a mutmut run (scripts/mutation.sh), as Markdown and
 JSON. Runs in the mutation environment, in mutmut's working copy.
 
-Caught = killed by a test, timed out (the mutant hung the tests), or a segfault (the mutant
-crashed the test process, e.g. None passed into ONNX Runtime's C++). Not caught = survived,
+Caught = killed by a test, timed out (the mutant hung the tests), or "segfault" (mutmut's name
+for a worker that died by a signal: SIGSEGV, e.g. None passed into ONNX Runtime's C++, or
+SIGKILL a second after the CPU limit's SIGXCPU). Not caught = survived,
 no test covers it, or not run yet (a run cut by its budget). A survivor listed in the
 equivalent file (one `mutant_name  # why` per line) is reported apart, with the reason, and
 left out of the score's denominator; a listed name that no longer survives is reported as
@@ -17,10 +18,10 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 CAUGHT = {"killed", "timeout", "segfault"}
-# What a resumed run keeps: a test failed (or crashed) on the mutant. A timeout is tested
-# again: a hang can be the machine's (a worker waiting on a lock another one died holding)
-# rather than the mutant's.
-KEPT = {"killed", "segfault"}
+# What a resumed run keeps: a test failed on the mutant. Timeouts and deaths by a signal are
+# tested again: a hang can be the machine's (a worker waiting on a lock another one died
+# holding) rather than the mutant's, and mutmut files a hang's SIGKILL under "segfault".
+KEPT = {"killed"}
 DIFFED = {"survived", "suspicious"}
 
 
@@ -90,7 +91,7 @@ def reopen(patterns: list[str], equivalent: dict[str, str]) -> tuple[int, int]:
     mutmut keeps a mutant's result until its function changes, and runs a test map for new
     test names only. A survivor or a "no tests" mutant would then stand after the tests that
     kill it were written; a catch cannot be undone by adding tests. So a resumed run re-tests
-    what was not caught, and the timeouts, with a test map made afresh (one pass of the fast
+    what was not caught, and the timeouts and signal deaths, with a test map made afresh (one pass of the fast
     tests). Killed mutants keep their result, and so do the survivors listed as equivalent
     (no test can kill one, and each ran every test of its function, a minute or two: half a
     resumed run's time went on them); a changed function's mutants are new to mutmut and run

@@ -101,9 +101,16 @@ def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
     assert again["stale_equivalent"] == []
 
     # A listed equivalent keeps its result on a resumed run: no test can kill it, so its
-    # tests are not run again (MUTATION_FRESH=1 below does run them).
+    # tests are not run again (MUTATION_FRESH=1 below does run them). A timeout and a death
+    # by a signal are tested again (a hang can be the machine's): here two kills made into
+    # them, which the tests kill again.
+    meta = tmp_path / "work" / "mutants" / "gate" / "limits.py.meta"
+    data = json.loads(meta.read_text())
+    killed = sorted(n for n, code in data["exit_code_by_key"].items() if code == 1)[:2]
+    data["exit_code_by_key"].update(zip(killed, (-24, -9)))      # SIGXCPU, SIGKILL
+    meta.write_text(json.dumps(data))
     proc, resumed = _run(toy, tmp_path)
-    assert ("mutation: 0 earlier results that were not catches will be re-tested; 1 listed as "
+    assert ("mutation: 2 earlier results that were not catches will be re-tested; 1 listed as "
             "equivalent keep theirs") in proc.stderr
     assert resumed["equivalent"] == again["equivalent"]
     assert resumed["total"] == again["total"]
