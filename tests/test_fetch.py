@@ -325,8 +325,11 @@ def test_without_the_option_a_terminal_gets_the_bar(http_server, tmp_path):
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     code = ("from pathlib import Path; from fetch.download import fetch; "
             f"fetch({_spec(http_server)!r}, Path({str(tmp_path)!r}), backoff=0)")
+    # PYTHONPATH keeps what was there: under `make mutation` that credits this child's calls
+    # to the test (scripts/mutation_hits/), or the mutants it alone catches go unrun.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     child = subprocess.Popen([sys.executable, "-c", code], stderr=terminal, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+                             env={**os.environ, "PYTHONPATH": path})
     os.close(terminal)
     shown = b""
     while True:
