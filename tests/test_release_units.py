@@ -337,7 +337,7 @@ def _rich_report(art: Path) -> dict:
     report["variants"] = {"fp16": {"file": "model.fp16.onnx"}, "int8": {"file": None}}
     report["accuracy"] = {
         "source": {"top1": 76.5, "top5": 93.25, "images": 50},
-        "onnx": {"top1": 76.0, "top5": 93.0, "images": 50}, "disagree": 1,
+        "onnx": {"top1": 76.0, "top5": 93.0, "images": 50}, "disagree": 1, "unreadable": 2,
         "dataset": {"layout": "folders", "images": 50, "selected": 50, "extra": "x"},
         "published": {"top1": 78.2}}
     report["signature"] = {"public_key_sha256": "0123456789abcdef" * 4}
@@ -370,7 +370,7 @@ def test_index_rows_and_table_hold_every_figure(keys, tmp_path):
         "signature": "rich/v1/model.sig", "public_key_sha256": "0123456789abcdef" * 4,
         "logits": {"max_abs_diff": 3e-6, "limit": 5e-4, "cosine_min": 0.99999},
         "accuracy": {"source": report["accuracy"]["source"],
-                     "onnx": report["accuracy"]["onnx"], "disagree": 1, "unreadable": 0,
+                     "onnx": report["accuracy"]["onnx"], "disagree": 1, "unreadable": 2,
                      "dataset": {"layout": "folders", "images": 50, "selected": 50},
                      "published": {"top1": 78.2}},
         "checkpoint_pinned": True, "demo_checkpoint": False,
@@ -394,6 +394,18 @@ def test_index_rows_and_table_hold_every_figure(keys, tmp_path):
         f"| 76.00 / 93.00 (50 images) | 3.00e-06 (5.00e-04) | yes, key 0123456789ab "
         f"| pinned | {when} |"]
     assert not list(store.glob(".index*.tmp"))
+
+
+def test_an_index_row_of_a_report_from_before_the_unreadable_count_says_0(keys, tmp_path):
+    """Reports written before accuracy counted unreadable images have no such field."""
+    art = make_artifact(tmp_path / "out", "old", keys["private"])
+    report = _rich_report(art)
+    del report["accuracy"]["unreadable"]
+    version = tmp_path / "store" / "old" / "v1"
+    version.mkdir(parents=True)
+    (version / "report.json").write_text(json.dumps(report))
+    [row] = write_index(tmp_path / "store")
+    assert row["accuracy"]["unreadable"] == 0 and row["accuracy"]["disagree"] == 1
 
 
 def test_table_names_an_unpinned_checkpoint_and_an_empty_store():
