@@ -211,6 +211,10 @@ def test_publish_in_process_reports_each_artifact_and_says_why(keys, tmp_path):
     (out / "listy" / "report.json").write_text("[1, 2]")
     (out / "broken").mkdir()
     (out / "broken" / "report.json").write_text("{not json")
+    (out / "deep").mkdir()
+    (out / "deep" / "report.json").write_text("[" * 65 + "]" * 65)
+    (out / "undecided").mkdir()
+    (out / "undecided" / "report.json").write_text('{"passed": false}')
     (out / ".hidden").mkdir()
     (out / "a-file").write_text("not a directory")
     (store / ".staging-left-by-a-killed-publisher").mkdir(parents=True)
@@ -222,10 +226,17 @@ def test_publish_in_process_reports_each_artifact_and_says_why(keys, tmp_path):
     assert result.published == [f"good/{version}"] and result.unchanged == []
     assert result.rejected == [] and result.removed == []
     skipped = dict(s.split(": ", 1) for s in result.skipped)
-    assert skipped.pop("broken").startswith("report.json unreadable: ")
-    assert skipped == {"empty": "no report.json",
+    with pytest.raises(ValueError) as json_says:        # Python's own words for it
+        json.loads("{not json")
+    # A refusal names the file by artifact, not by this machine's path to it.
+    assert skipped == {"broken": f"report.json unreadable: {json_says.value}",
+                       "deep": "report.json unreadable: deep/report.json: refused before "
+                               "loading: nested more than 64 levels deep (the limit is "
+                               "MODEL_CONVERT_MAX_NESTING=64; README, 'Limits')",
+                       "empty": "no report.json",
                        "failed": "did not pass (max_abs_diff 1.0 vs 0.0005)",
                        "listy": "report.json unreadable: a JSON list, not an object",
+                       "undecided": "did not pass (see its report)",
                        "unsigned": "not signed (run with --signing-key)"}
     assert said == [f"  publish   good/{version}"]
     assert not list(store.glob(".staging-*"))
@@ -249,6 +260,9 @@ def test_publish_refuses_tampered_links_and_store_links(keys, tmp_path):
     (tampered / "report.json").write_text((tampered / "report.json").read_text() + " ")
     linked = make_artifact(out, "linked", keys["private"])
     (linked / "extra").symlink_to(tmp_path)
+    many = make_artifact(out, "many", keys["private"])
+    for index in range(6):
+        (many / f"link{index}").symlink_to(tmp_path)
     through = make_artifact(out, "through", keys["private"])
     (tmp_path / "elsewhere").mkdir()
     store.mkdir()
@@ -259,15 +273,21 @@ def test_publish_refuses_tampered_links_and_store_links(keys, tmp_path):
     # model_signing's own wording of the mismatch is cut to the file names; how it quotes
     # them is its business (under mutmut it came with a trailing backslash), so only the
     # start of that line is pinned.
-    linked_msg, tampered_msg, through_msg = result.rejected
+    linked_msg, many_msg, tampered_msg, through_msg = result.rejected
     assert linked_msg == (f"linked: holds symbolic links, which are never followed or "
                           f"published: extra -> {tmp_path}")
+    # The first five links, in the order the folder lists them, apart by ", ".
+    head = "many: holds symbolic links, which are never followed or published: "
+    assert many_msg.startswith(head)
+    named = many_msg[len(head):].split(", ")
+    assert len(named) == len(set(named)) == 5
+    assert set(named) < {f"link{index} -> {tmp_path}" for index in range(6)}
     assert tampered_msg.startswith(
         "tampered: tampered: signature does not match the files: changed file(s): report.json")
     assert through_msg == (f"through: {store / 'through'} in the store is a symbolic link; "
                            "not followed, nothing published through it")
-    assert said == [f"  reject    {linked_msg}", f"  reject    {tampered_msg[len('tampered: '):]}",
-                    f"  reject    {through_msg}"]
+    assert said == [f"  reject    {linked_msg}", f"  reject    {many_msg}",
+                    f"  reject    {tampered_msg[len('tampered: '):]}", f"  reject    {through_msg}"]
     assert not list((tmp_path / "elsewhere").iterdir()) and through.is_dir()
 
 
