@@ -204,7 +204,7 @@ def test_publish_in_process_reports_each_artifact_and_says_why(keys, tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
     created = "2026-11-21T08:09:10+00:00"
     good = make_artifact(out, "good", keys["private"], created=created)
-    make_artifact(out, "unsigned", None)
+    make_artifact(out, "an-unsigned", None)    # before "good": each refusal goes on to the next
     make_artifact(out, "failed", keys["private"], passed=False)
     (out / "empty").mkdir()
     (out / "listy").mkdir()
@@ -237,7 +237,7 @@ def test_publish_in_process_reports_each_artifact_and_says_why(keys, tmp_path):
                        "failed": "did not pass (max_abs_diff 1.0 vs 0.0005)",
                        "listy": "report.json unreadable: a JSON list, not an object",
                        "undecided": "did not pass (see its report)",
-                       "unsigned": "not signed (run with --signing-key)"}
+                       "an-unsigned": "not signed (run with --signing-key)"}
     assert said == [f"  publish   good/{version}"]
     assert not list(store.glob(".staging-*"))
     assert sorted(p.name for p in (store / "good" / version).iterdir()) == [
