@@ -267,6 +267,10 @@ def test_publish_refuses_tampered_links_and_store_links(keys, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     store.mkdir()
     (store / "through").symlink_to(tmp_path / "elsewhere")
+    # A staging name that is a link: clearing stale staging neither follows it nor fails.
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep.txt").write_text("kept")
+    (store / ".staging-link").symlink_to(tmp_path / "outside")
     said: list[str] = []
     result = publish(out, store, keys["public"], say=said.append)
     assert result.published == [] and result.skipped == []
@@ -289,6 +293,7 @@ def test_publish_refuses_tampered_links_and_store_links(keys, tmp_path):
     assert said == [f"  reject    {linked_msg}", f"  reject    {many_msg}",
                     f"  reject    {tampered_msg[len('tampered: '):]}", f"  reject    {through_msg}"]
     assert not list((tmp_path / "elsewhere").iterdir()) and through.is_dir()
+    assert (tmp_path / "outside" / "keep.txt").read_text() == "kept"
 
 
 def test_retention_in_process_keeps_the_newest_per_model(keys, tmp_path):
