@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 from importlib.metadata import version as installed
@@ -19,6 +20,7 @@ import pytest
 from release import provenance as prov
 from release.publish import (PublishResult, publish, render_markdown, store_lock, version_of,
                              write_index)
+from conftest import REPO
 from test_signing_publish import make_artifact, statement
 
 SHA = {k: k * 64 for k in "abcdef0123456789"}
@@ -403,8 +405,10 @@ def test_index_rows_and_table_hold_every_figure(keys, tmp_path):
     assert rows[0]["name"] == "plain" and rows[0]["logits"] == {
         "max_abs_diff": None, "limit": None, "cosine_min": None}
     assert rows[0]["accuracy"] is None and rows[0]["public_key_sha256"] == "k" * 64
-    on_disk = json.loads((store / "index.json").read_text())
+    text = (store / "index.json").read_text()
+    on_disk = json.loads(text)
     assert on_disk["artifacts"] == rows
+    assert text == json.dumps(on_disk, indent=2) + "\n"     # one field a line: diffs read well
     assert dt.datetime.fromisoformat(on_disk["generated"]).tzinfo is not None
     table = (store / "index.md").read_text()
     assert table == render_markdown(rows)
@@ -431,6 +435,26 @@ def test_an_index_row_of_a_report_from_before_the_unreadable_count_says_0(keys, 
     (version / "report.json").write_text(json.dumps(report))
     [row] = write_index(tmp_path / "store")
     assert row["accuracy"]["unreadable"] == 0 and row["accuracy"]["disagree"] == 1
+
+
+def test_the_index_is_utf_8_whatever_the_locale(keys, tmp_path):
+    """Text from the reports reaches index.md as UTF-8 even where Python's locale encoding is
+    ASCII (C locale, UTF-8 mode off)."""
+    art = make_artifact(tmp_path / "out", "x", keys["private"])
+    report = json.loads((art / "report.json").read_text())
+    report["source"]["framework"] = "mmprétrain"
+    version = tmp_path / "store" / "x" / "v1"
+    version.mkdir(parents=True)
+    (version / "report.json").write_text(json.dumps(report))
+    code = ("import sys; from pathlib import Path; from release.publish import write_index; "
+            "write_index(Path(sys.argv[1]))")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "store" / "index.md").read_bytes().decode("utf-8")
+    assert "| x | v1 | mmprétrain | fp32 |" in table
 
 
 def test_table_names_an_unpinned_checkpoint_and_an_empty_store():
