@@ -22,7 +22,7 @@ from conftest import REPO, manifest_entries, run_pipeline
 from converters.data_loader import batches, header_size, stack
 from converters.registry import SourceSpec
 from converters.runner import Worker, WorkerFailed, tree_rss
-from manifests.bounded import DocumentTooLarge, load_json, load_yaml
+from manifests.bounded import DocumentTooLarge, load_json, load_yaml, read_json
 from manifests.loader import ManifestError, load_manifest
 from verify.dataset import DatasetError, load_dataset
 
@@ -111,6 +111,26 @@ def test_deep_json_is_refused_before_the_recursive_decoder():
         load_json("[" * 100_000 + "]" * 100_000, "report.json")
     # Brackets inside strings are text, not nesting.
     assert load_json(json.dumps({"k": "[" * 500}), "report.json") == {"k": "[" * 500}
+
+
+def test_read_json_names_the_file_or_the_label_it_is_given(tmp_path, monkeypatch):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 65 + "]" * 65)
+    why = ("refused before loading: nested more than 64 levels deep (the limit is "
+           "MODEL_CONVERT_MAX_NESTING=64; README, 'Limits')")
+    for label, named in ((None, str(deep)), ("a/report.json", "a/report.json")):
+        with pytest.raises(DocumentTooLarge) as err:
+            read_json(deep, label)
+        assert str(err.value) == f"{named}: {why}"
+    big = tmp_path / "big.json"
+    big.write_text('{"a": 1234}')                      # 11 bytes
+    monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "10")
+    with pytest.raises(DocumentTooLarge) as err:
+        read_json(big)
+    assert str(err.value) == (f"{big}: refused: 11 bytes, over the limit of 10 "
+                              "(MODEL_CONVERT_MAX_DOCUMENT_BYTES; README, 'Limits')")
+    monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "11")
+    assert read_json(big) == {"a": 1234}
 
 
 def test_publisher_and_verifier_skip_a_hostile_report_with_a_reason(tmp_path):
