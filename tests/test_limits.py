@@ -111,6 +111,17 @@ def test_deep_json_is_refused_before_the_recursive_decoder():
         load_json("[" * 100_000 + "]" * 100_000, "report.json")
     # Brackets inside strings are text, not nesting.
     assert load_json(json.dumps({"k": "[" * 500}), "report.json") == {"k": "[" * 500}
+    # Strings between the brackets do not hide the depth, and depth counts down on a close
+    # and up again after it: 64 levels pass, 65 are refused, however they are reached.
+    for depth, refused in ((64, False), (65, True)):
+        with_strings = '["x",' * (depth - 1) + '["x"]' + "]" * (depth - 1)
+        after_a_close = "[" * (depth - 2) + "[]," + "[[]]" + "]" * (depth - 2)
+        for text in (with_strings, after_a_close):
+            if refused:
+                with pytest.raises(DocumentTooLarge, match="nested more than 64 levels deep"):
+                    load_json(text, "report.json")
+            else:
+                assert load_json(text, "report.json") == json.loads(text)
 
 
 def test_read_json_names_the_file_or_the_label_it_is_given(tmp_path, monkeypatch):
@@ -125,10 +136,11 @@ def test_read_json_names_the_file_or_the_label_it_is_given(tmp_path, monkeypatch
     big = tmp_path / "big.json"
     big.write_text('{"a": 1234}')                      # 11 bytes
     monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "10")
-    with pytest.raises(DocumentTooLarge) as err:
-        read_json(big)
-    assert str(err.value) == (f"{big}: refused: 11 bytes, over the limit of 10 "
-                              "(MODEL_CONVERT_MAX_DOCUMENT_BYTES; README, 'Limits')")
+    for label, named in ((None, str(big)), ("b/report.json", "b/report.json")):
+        with pytest.raises(DocumentTooLarge) as err:
+            read_json(big, label)
+        assert str(err.value) == (f"{named}: refused: 11 bytes, over the limit of 10 "
+                                  "(MODEL_CONVERT_MAX_DOCUMENT_BYTES; README, 'Limits')")
     monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "11")
     assert read_json(big) == {"a": 1234}
 
