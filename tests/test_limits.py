@@ -141,6 +141,10 @@ def test_read_json_names_the_file_or_the_label_it_is_given(tmp_path, monkeypatch
             read_json(big, label)
         assert str(err.value) == (f"{named}: refused: 11 bytes, over the limit of 10 "
                                   "(MODEL_CONVERT_MAX_DOCUMENT_BYTES; README, 'Limits')")
+    with pytest.raises(DocumentTooLarge) as err:               # text, not a file
+        load_json('{"a": 1234}', "c.json")
+    assert str(err.value) == ("c.json: refused before loading: 11 characters (the limit is "
+                              "MODEL_CONVERT_MAX_DOCUMENT_BYTES=10; README, 'Limits')")
     monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "11")
     assert read_json(big) == {"a": 1234}
 

@@ -609,6 +609,31 @@ def test_signing_key_errors_name_the_file_and_the_need(tmp_path):
         "elliptic-curve key (P-256 or P-384)")
 
 
+def test_signing_and_verifying_errors_in_full(keys, tmp_path):
+    """model_signing's own failure is passed on with its type and words; a directory of
+    links is refused naming its first five links, apart by ', '."""
+    from release.signing import SigningError, sign_directory, verify_directory
+
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "model.onnx").write_bytes(b"model")
+    (tmp_path / "not-a-key.pem").write_text("not a key")
+    with pytest.raises(SigningError) as err:
+        sign_directory(art, tmp_path / "not-a-key.pem")
+    cause = err.value.__cause__
+    assert cause is not None and str(err.value) == (
+        f"model-signing could not sign art: {type(cause).__name__}: {cause}")
+    for index in range(6):
+        (art / f"link{index}").symlink_to(tmp_path)
+    with pytest.raises(SigningError) as err:
+        verify_directory(art, keys["public"])
+    head = "art: holds symbolic links, which are never followed: "
+    assert str(err.value).startswith(head)
+    named = str(err.value)[len(head):].split(", ")
+    assert len(named) == len(set(named)) == 5
+    assert set(named) < {f"link{index} -> {tmp_path}" for index in range(6)}
+
+
 def test_generate_key_makes_missing_folders(tmp_path):
     from release.signing import check_signing_key, generate_key, key_id
 
