@@ -102,6 +102,13 @@ def keys(tmp_path_factory):
             "other_public": generate_key(root / "other.pem")}
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """os.environ for a child that imports this checkout: REPO added to PYTHONPATH, never in
+    its place (under `make mutation` PYTHONPATH also carries the subprocess credit)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 def random_bytes(size: int, seed: int = 0) -> bytes:
     """Reproducible random bytes: a failure can be rerun with the same data."""
     import random

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, random_bytes
+from conftest import REPO, child_env, random_bytes
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint
 
 BODY = random_bytes(3 * (1 << 20) + 12345, seed=1)  # several read chunks
@@ -325,11 +325,8 @@ def test_without_the_option_a_terminal_gets_the_bar(http_server, tmp_path):
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     code = ("from pathlib import Path; from fetch.download import fetch; "
             f"fetch({_spec(http_server)!r}, Path({str(tmp_path)!r}), backoff=0)")
-    # PYTHONPATH keeps what was there: under `make mutation` that credits this child's calls
-    # to the test (scripts/mutation_hits/), or the mutants it alone catches go unrun.
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     child = subprocess.Popen([sys.executable, "-c", code], stderr=terminal, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": path})
+                             env=child_env())
     os.close(terminal)
     shown = b""
     while True:

@@ -20,7 +20,7 @@ import pytest
 from release import provenance as prov
 from release.publish import (PublishResult, publish, render_markdown, store_lock, version_of,
                              write_index)
-from conftest import REPO
+from conftest import REPO, child_env
 from test_signing_publish import make_artifact, statement
 
 SHA = {k: k * 64 for k in "abcdef0123456789"}
@@ -448,8 +448,7 @@ def test_the_index_is_utf_8_whatever_the_locale(keys, tmp_path):
     (version / "report.json").write_text(json.dumps(report))
     code = ("import sys; from pathlib import Path; from release.publish import write_index; "
             "write_index(Path(sys.argv[1]))")
-    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")], env=env,
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
