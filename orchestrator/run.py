@@ -44,6 +44,7 @@ from release.artifact import write_artifact
 from release.deployable import make_deployable
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
+from verify.batch import batch_check
 from verify.canary import canary_check
 from verify.compare import Check, check_signature, compare_logits, compare_variant, failed
 from verify.dataset import spread_pick, spread_subset
@@ -273,8 +274,11 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
         logits[label] = outs[len(inputs)]
         # The worst batch size decides each check, so report the worst per check name.
         per_check: dict[str, Check] = {}
+        agree: dict[int, bool] = {}
         for bs, out in outs.items():
-            for c in compare_logits(reference, out, tol, {"model": label, "batch": bs}):
+            found = compare_logits(reference, out, tol, {"model": label, "batch": bs})
+            agree[bs] = not failed(found)
+            for c in found:
                 prev = per_check.get(c.name)
                 if prev is None or _worse(c, prev):
                     per_check[c.name] = c
@@ -282,6 +286,9 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
             c.scope = {"model": label, "batch_sizes": batch_sizes,
                        "worst_batch": c.scope.get("batch")}
         checks += per_check.values()
+        if len(outs) > 1:   # verify/batch.py: a batch baked into a dynamic-batch graph
+            checks.append(batch_check(outs, tol, path,
+                                      {"model": label, "batch_sizes": batch_sizes}, agree))
     return checks, figures, logits
 
 
@@ -389,6 +396,8 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         "outputs": after["outputs"], "sha256": sha256_file(simplified),
         "bytes": simplified.stat().st_size, "onnxsim_check": after["onnxsim_check"]}
     say(f"  simplify  onnx.checker ok; onnxsim {before['nodes']} -> {after['nodes']} nodes")
+    if not after["onnxsim_check"]["passed"]:
+        say(f"  simplify  note: {after['onnxsim_check']['note']}")
 
     with timer.stage("verify"):
         inputs = np.load(workdir / result["files"]["inputs"])
@@ -402,8 +411,11 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                 simplified, inputs, reference, entry["tolerances"], opts.threads,
                 clean=logits["simplified"])
             checks.append(canary)
-            say(f"  canary    {'caught' if canary.passed else 'NOT caught'}: "
-                f"{canary.detail.split(': ', 1)[0]}")
+            say(f"  canary    {canary.detail}")
+            if report["verification"]["canary"].get("warning"):
+                report.setdefault("warnings", []).append(
+                    report["verification"]["canary"]["warning"])
+                say(f"  WARNING   {report['verification']['canary']['warning']}")
 
     if "simplified" in logits:   # the model passed its signature checks and ran
         with timer.stage("deploy"):
@@ -685,6 +697,8 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
                     (workdir / v["file"]).write_bytes(variants[precision]["onnx"])
                     artifact_files[v["file"]] = workdir / v["file"]
         decided = _decided_by(checks, report["passed"], report.get("accuracy"))
+        if report["passed"] and report.get("warnings"):
+            decided += f"; WARNING: {report['warnings'][0]}"
         say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")
         status = "passed" if report["passed"] else "failed"
         if report["passed"]:

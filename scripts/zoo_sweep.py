@@ -37,6 +37,7 @@ from converters.registry import SOURCES, env_python  # noqa: E402
 from fetch.download import sha256_file  # noqa: E402
 from manifests.add import default_name, render  # noqa: E402
 from orchestrator.derive import describe_many, list_models  # noqa: E402
+from verify.images import INITS  # noqa: E402
 
 MAKERS = {"mmpretrain": (".pth", lambda m: ["--arch", f"mmpretrain:{m}"]),
           "paddleclas": (".pdparams", lambda m: ["--model-id", m]),
@@ -61,10 +62,12 @@ def pick(models: list[dict], sample: int | None, seed: int, pattern: str,
 
 
 def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, seed: int,
-                    timeout: float) -> Path:
-    """The source's own make_checkpoint at the model's input size; reused when present."""
+                    timeout: float, init: str = "images") -> Path:
+    """The source's own make_checkpoint at the model's input size, its BatchNorm statistics
+    set as `init` says (verify/images.py INITS); reused when present."""
     suffix, args = MAKERS[source]
-    path = folder / f"{default_name(source, model_id)}-seed{seed}{suffix}"
+    tag = "" if init == "images" else f"-{init}"
+    path = folder / f"{default_name(source, model_id)}-seed{seed}{tag}{suffix}"
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,7 +75,7 @@ def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, s
     command = [str(env_python(spec)), "-m", f"converters.{source}.make_checkpoint",
                *args(model_id), "--out", str(path), "--seed", str(seed),
                "--num-classes", str(described["num_classes"]),
-               "--size", str(described["input_shape"][1])]
+               "--size", str(described["input_shape"][1]), "--init", init]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or not path.is_file():
         last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
@@ -111,7 +114,8 @@ def markdown(summary: dict, rows: list[dict]) -> str:
              f"{summary['date']}; {summary['versions']}; {summary['selected']} of "
              f"{summary['zoo_size']} models (pattern {summary['pattern'] or '*'!r}, sample "
              f"{summary['sample']}, seed {summary['seed']}); seeded random-init checkpoints "
-             "made with the source's own code; minimal 5-field entries (everything else "
+             f"made with the source's own code (BatchNorm statistics: "
+             f"{summary.get('init', 'images')}); minimal 5-field entries (everything else "
              "derived).", "",
              f"**{counts.get('passed', 0)} of {len(rows)} passed "
              f"({summary['coverage_percent']:.0f} %)**; "
@@ -139,6 +143,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pattern", default="", help="shell pattern on model ids, any case")
     parser.add_argument("--models", default="", help="comma-separated ids (overrides the rest)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and checkpoint seed")
+    parser.add_argument("--init", choices=INITS, default="images",
+                        help="how the checkpoints' BatchNorm statistics are set: images "
+                             "(trained-like), noise (large logits) or plain (default init)")
     parser.add_argument("--out", type=Path, default=REPO / "zoo-sweep")
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
     parser.add_argument("--timeout", type=float, default=1800,
@@ -169,7 +176,7 @@ def main(argv=None) -> int:
         else:
             try:
                 path = make_checkpoint(args.source, model_id, described, out / "checkpoints",
-                                       args.seed, args.timeout)
+                                       args.seed, args.timeout, args.init)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 row.update(status="error", cause=f"checkpoint/build: {exc}")
             else:
@@ -206,7 +213,7 @@ def main(argv=None) -> int:
 
     counts = collections.Counter(r["status"] for r in rows)
     causes = collections.Counter(cause_class(r) for r in rows if r["status"] != "passed")
-    summary = {"source": args.source, "date": dt.date.today().isoformat(),
+    summary = {"source": args.source, "date": dt.date.today().isoformat(), "init": args.init,
                "versions": versions, "zoo_size": len(zoo), "selected": len(chosen),
                "pattern": args.pattern, "sample": args.sample, "seed": args.seed,
                "counts": dict(counts), "causes": dict(causes.most_common()),

@@ -79,6 +79,28 @@ def synthetic_batch(seed: int, count: int, mean, std, scale: float = 1.0,
     return np.ascontiguousarray(imgs.transpose(0, 3, 1, 2).astype(np.float32))
 
 
+# How a test checkpoint's BatchNorm statistics are set (`make_checkpoint --init`). The gate
+# must give the same verdict whichever a user's checkpoint resembles:
+#   images: train-mode passes over synthetic images (logits like a trained model's, ~1e1);
+#   noise:  a pass over i.i.d. N(0, 1) tensors (real images then give logits ~1e3);
+#   plain:  the framework's default statistics (mean 0, variance 1): mid layers barely reach
+#           the logits, as in an untrained model.
+INITS = ("images", "noise", "plain")
+
+
+def calibration_batch(init: str, seed: int, count: int, mean, std, scale: float = 1.0,
+                      size: int = 224) -> np.ndarray | None:
+    """The batch a checkpoint maker's train-mode pass sees for `init`; None for plain."""
+    if init == "images":
+        return synthetic_batch(seed, count, mean, std, scale=scale, size=size)
+    if init == "noise":
+        rng = np.random.default_rng(seed + 1)
+        return rng.standard_normal((count, 3, size, size)).astype(np.float32)
+    if init == "plain":
+        return None
+    raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
 # Kinds of file ImageNet val really holds besides RGB JPEGs (ENVIRONMENT.md): every source's
 # decoder must cope with them as the source's own evaluation would.
 ODD_KINDS = ("grayscale", "cmyk", "png_named_jpeg")

@@ -8,9 +8,12 @@ Runs in the mindspore environment:
 --format training  save_checkpoint(TrainOneStepCell(network, Momentum)) after one step:
                    the weights plus the optimizer's state (moments, learning rate, step)
 
-BatchNorm running statistics come from a train-mode pass over synthetic images with the
-models built through mindcv's own `norm=` argument as BatchNorm2d(momentum=0), so the moving
-statistics equal that batch's; the saved names are the same as a default-built model's.
+--init images (default): BatchNorm running statistics come from a train-mode pass over
+synthetic images with the models built through mindcv's own `norm=` argument as
+BatchNorm2d(momentum=0), so the moving statistics equal that batch's; the saved names are the
+same as a default-built model's. --init noise: the pass sees N(0, 1) tensors (large logits);
+--init plain: no pass, default statistics. verify/images.py INITS says why tests need all
+three.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import functools
 import os
 import warnings
 from pathlib import Path
+
+from verify.images import INITS
 
 warnings.filterwarnings("ignore")
 
@@ -44,6 +49,8 @@ def main(argv=None) -> None:
     parser.add_argument("--format", choices=["weights", "training"], default="weights")
     parser.add_argument("--size", type=int, default=224,
                         help="side of the synthetic images (the model's input size)")
+    parser.add_argument("--init", choices=INITS, default="images",
+                        help="how BatchNorm statistics are set (verify/images.py INITS)")
     parser.add_argument("--mark-demo", action="store_true",
                         help="add a 'demo_checkpoint' entry so reports say this is a demo")
     args = parser.parse_args(argv)
@@ -53,7 +60,7 @@ def main(argv=None) -> None:
     from mindspore import nn
 
     from converters.mindcv.worker import DEMO_KEY, build_model
-    from verify.images import synthetic_batch
+    from verify.images import calibration_batch
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(args.seed)
@@ -63,11 +70,14 @@ def main(argv=None) -> None:
     except TypeError:  # a model without mindcv's `norm=` argument: same effect, set after
         model = build_model(args.model_id, args.num_classes)
         batch_stats_only(model)
-    model.set_train(True)
-    x = ms.Tensor(synthetic_batch(args.seed, 8, mean=[123.675, 116.28, 103.53],
-                                  std=[58.395, 57.12, 57.375], size=args.size))
-    model(x)  # moving statistics := this batch's statistics
-    model.set_train(False)
+    batch = calibration_batch(args.init, args.seed, 8, mean=[123.675, 116.28, 103.53],
+                              std=[58.395, 57.12, 57.375], size=args.size)
+    x = ms.Tensor(batch if batch is not None else np.zeros((8, 3, args.size, args.size),
+                                                           np.float32))
+    if batch is not None:
+        model.set_train(True)
+        model(x)  # moving statistics := this batch's statistics
+        model.set_train(False)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".tmp-{args.out.stem}.ckpt")  # save_checkpoint wants .ckpt

@@ -10,9 +10,10 @@ Runs in the mmpretrain environment:
 --arch timm:NAME             built by timm (the official Res2Net release's code and key
                              names, e.g. timm:res2net50_14w_8s), saved as a bare state dict
 
-Random init with default BatchNorm statistics gives meaningless logits, so the running
-statistics are set by train-mode forwards (momentum=None: a plain average) on synthetic
-images.
+--init images (default): BatchNorm running statistics from train-mode forwards (momentum=None:
+a plain average) on synthetic images, so the model behaves like a trained one; --init noise:
+from one pass over N(0, 1) tensors (large logits); --init plain: the default statistics
+(mid layers barely reach the logits). verify/images.py INITS says why tests need all three.
 The checkpoint's meta says it is a demo checkpoint, and the pipeline's report repeats it.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import warnings
 from pathlib import Path
+
+from verify.images import INITS
 
 warnings.filterwarnings("ignore")
 
@@ -38,11 +41,15 @@ def build(arch: str, num_classes: int):
 
 
 def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4,
-                        size: int = 224) -> None:
-    """Set BatchNorm running statistics from train-mode passes over synthetic images."""
+                        size: int = 224, init: str = "images") -> None:
+    """Set BatchNorm running statistics from train-mode passes over the `init` batches
+    (verify/images.py calibration_batch); `plain` keeps the default statistics."""
     import torch
 
-    from verify.images import synthetic_batch
+    from verify.images import calibration_batch
+
+    if calibration_batch(init, seed, 0, [0, 0, 0], [1, 1, 1], size=size) is None:
+        return
 
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -51,9 +58,9 @@ def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4,
     model.train()
     with torch.no_grad():
         for index in range(batches):
-            x = torch.from_numpy(synthetic_batch(seed + index, batch_size,
-                                                 mean=[123.675, 116.28, 103.53],
-                                                 std=[58.395, 57.12, 57.375], size=size))
+            x = torch.from_numpy(calibration_batch(init, seed + index, batch_size,
+                                                   mean=[123.675, 116.28, 103.53],
+                                                   std=[58.395, 57.12, 57.375], size=size))
             if hasattr(model, "data_preprocessor"):
                 model(x, mode="tensor")
             else:
@@ -69,6 +76,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=224,
                         help="side of the synthetic images (the model's input size)")
+    parser.add_argument("--init", choices=INITS, default="images",
+                        help="how BatchNorm statistics are set (verify/images.py INITS)")
     parser.add_argument("--format", choices=["openmmlab", "bare", "module"], default=None,
                         help="default: openmmlab for mmpretrain, bare for timm")
     args = parser.parse_args(argv)
@@ -78,12 +87,13 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)
     model = build(args.arch, args.num_classes)
-    calibrate_batchnorm(model, args.seed, size=args.size)
+    calibrate_batchnorm(model, args.seed, size=args.size, init=args.init)
     state = model.state_dict()
     fmt = args.format or ("openmmlab" if args.arch.startswith("mmpretrain:") else "bare")
     if fmt == "openmmlab":
         meta = {"demo_checkpoint": True, "arch": args.arch, "seed": args.seed,
-                "note": "seeded random init with BatchNorm statistics from synthetic images; "
+                "init": args.init,
+                "note": f"seeded random init, BatchNorm statistics: {args.init}; "
                         "not trained weights",
                 # OpenMMLab meta carries numpy values; the safe loader must accept them.
                 "epoch": np.int64(0), "mean_rgb": np.array([123.675, 116.28, 103.53]),

@@ -28,8 +28,29 @@ def build_model(model_id: str, num_classes: int):
     return model.eval()
 
 
+# Heads whose eval forward returns several score tensors, and how the head's own predict()
+# makes the one score it classifies with (mmpretrain/models/heads/<head>.py): ConformerHead
+# returns (conv score, transformer score) and predict() adds them. Deit, LeViT and
+# EfficientFormer heads combine their distillation scores inside forward() already.
+COMBINE_SCORES = {"ConformerHead": ("sum", lambda scores: sum(scores[1:], scores[0]))}
+
+
+def logits(model, x):
+    """The classification scores the source's predict() uses, from mode='tensor'."""
+    out = model(x, mode="tensor")
+    if isinstance(out, (tuple, list)):
+        head = type(getattr(model, "head", None)).__name__
+        if head not in COMBINE_SCORES:
+            raise WorkerError("unsupported", f"{head}'s forward returns {len(out)} tensors and "
+                                             "how its predict() combines them is not known "
+                                             "(converters/mmpretrain/worker.py COMBINE_SCORES)")
+        out = COMBINE_SCORES[head][1](list(out))
+    return out
+
+
 class _Logits:
-    """Wraps ImageClassifier so the traced graph is tensor in -> logits out."""
+    """Wraps ImageClassifier so the traced graph is tensor in -> logits out (the scores its
+    predict() uses: `logits`)."""
 
     def __new__(cls, model):
         import torch
@@ -40,7 +61,7 @@ class _Logits:
                 self.inner = inner
 
             def forward(self, input):  # noqa: A002 - the ONNX input name
-                return self.inner(input, mode="tensor")
+                return logits(self.inner, input)
 
         return Wrapper(model).eval()
 
@@ -169,8 +190,7 @@ class MMPretrainAdapter:
 
         x = torch.from_numpy(inputs)
         with torch.no_grad():
-            outs = [model(x[i:i + batch_size], mode="tensor")
-                    for i in range(0, len(x), batch_size)]
+            outs = [logits(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return torch.cat(outs).numpy()
 
     def for_inference(self, model) -> list[str]:

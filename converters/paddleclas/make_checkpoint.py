@@ -10,8 +10,10 @@ Runs in the paddle environment:
 --format layers-prefix DataParallel's `_layers.` prefix on every key
 --format numpy1        a pickle naming numpy.core.multiarray, as files written under numpy 1.x
 
-BatchNorm running statistics come from one train-mode pass (momentum 0) over synthetic
-images; default statistics give logits around 1e7 and make any tolerance meaningless.
+--init images (default): BatchNorm running statistics from one train-mode pass (momentum 0)
+over synthetic images, so the model behaves like a trained one; --init noise: over N(0, 1)
+tensors (large logits); --init plain: Paddle's default statistics (logits up to ~1e7 on some
+models). verify/images.py INITS says why tests need all three.
 """
 from __future__ import annotations
 
@@ -20,19 +22,25 @@ import pickle
 import warnings
 from pathlib import Path
 
+from verify.images import INITS
+
 warnings.filterwarnings("ignore")
 
 
-def calibrate_batchnorm(model, seed: int, batch_size: int = 8, size: int = 224) -> None:
+def calibrate_batchnorm(model, seed: int, batch_size: int = 8, size: int = 224,
+                        init: str = "images") -> None:
     import paddle
 
-    from verify.images import synthetic_batch
+    from verify.images import calibration_batch
+
+    x = calibration_batch(init, seed, batch_size, mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225], scale=1 / 255.0, size=size)
+    if x is None:
+        return
 
     for layer in model.sublayers():
         if hasattr(layer, "_momentum") and "BatchNorm" in type(layer).__name__:
             layer._momentum = 0.0  # running stats := this batch's stats
-    x = synthetic_batch(seed, batch_size, mean=[0.485, 0.456, 0.406],
-                        std=[0.229, 0.224, 0.225], scale=1 / 255.0, size=size)
     model.train()
     with paddle.no_grad():
         model(paddle.to_tensor(x))
@@ -47,6 +55,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=224,
                         help="side of the synthetic images (the model's input size)")
+    parser.add_argument("--init", choices=INITS, default="images",
+                        help="how BatchNorm statistics are set (verify/images.py INITS)")
     parser.add_argument("--mark-demo", action="store_true",
                         help="add a 'demo_checkpoint@@' metadata key (Paddle's own '@@' "
                              "convention) so reports say this is not trained weights")
@@ -62,7 +72,7 @@ def main(argv=None) -> None:
 
     paddle.seed(args.seed)
     model = build_model(args.model_id, args.num_classes)
-    calibrate_batchnorm(model, args.seed, size=args.size)
+    calibrate_batchnorm(model, args.seed, size=args.size, init=args.init)
     state = model.state_dict()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -1,0 +1,90 @@
+"""A batch baked into a graph that declares a dynamic batch (verify/batch.py): right at the
+traced batch, wrong at another; reported as such, naming the node, by the logit gate."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.simplify import describe
+from orchestrator.run import _verify
+from verify.batch import baking_nodes, batch_check
+from verify.ort_runner import OrtRunner
+
+TOL = {"atol": 1e-4, "rtol": 1e-5, "min_cosine": 0.99999, "min_top1_agreement": 1.0,
+       "min_top5_agreement": 1.0}
+
+
+def _model(path, baked: bool):
+    """logits = x + x (N, 4). Baked: the second term is image 0's, taken through a Reshape
+    to the traced batch [1, -1] and a Slice, so the graph is right at batch 1 only (as an
+    export traced at batch 1 that keeps the batch in a Reshape constant)."""
+    if baked:
+        nodes = [helper.make_node("Reshape", ["input", "shape"], ["flat"], name="bake"),
+                 helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["first"],
+                                  name="first_image"),
+                 helper.make_node("Add", ["input", "first"], ["logits"], name="add")]
+        inits = [numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+                 numpy_helper.from_array(np.array([0], np.int64), "starts"),
+                 numpy_helper.from_array(np.array([4], np.int64), "ends"),
+                 numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    else:
+        nodes, inits = [helper.make_node("Add", ["input", "input"], ["logits"], name="add")], []
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    return path
+
+
+def _x(n=3):
+    return np.random.default_rng(0).normal(0, 1, (n, 4)).astype(np.float32)
+
+
+def test_the_reshape_that_fixes_the_batch_is_named(tmp_path):
+    model = onnx.load(str(_model(tmp_path / "b.onnx", baked=True)))
+    [found] = baking_nodes(model)
+    assert (found["node"], found["op"], found["input_shape"]) == ("bake", "Reshape",
+                                                                  ["batch", 4])
+    assert found["output_shape"][0] == 1          # the traced batch, a fixed number
+    assert baking_nodes(onnx.load(str(_model(tmp_path / "ok.onnx", baked=False)))) == []
+
+
+def test_batch_check_passes_a_dynamic_graph_and_fails_a_baked_one(tmp_path):
+    x = _x()
+    good = _model(tmp_path / "ok.onnx", baked=False)
+    runner = OrtRunner(good, 1)
+    outs = {3: runner.infer(x, 3), 1: runner.infer(x, 1)}
+    check = batch_check(outs, TOL, good, {"model": "simplified"})
+    assert check.passed and check.name == "batch_independent" and check.measured == 0.0
+
+    bad = _model(tmp_path / "b.onnx", baked=True)
+    runner = OrtRunner(bad, 1)
+    outs = {3: runner.infer(x, 3), 1: runner.infer(x, 1)}
+    assert np.allclose(outs[1], 2 * x)                   # right at the traced batch
+    check = batch_check(outs, TOL, bad, {"model": "simplified"}, agree={1: True, 3: False})
+    assert not check.passed and check.measured > 0.1
+    assert check.detail.startswith("batch baked into the graph: the same images give other "
+                                   "logits at batch 3 than at batch 1; right at batch 1, "
+                                   "wrong at batch 3; nodes that fix the batch dimension: "
+                                   "bake (Reshape ['batch', 4] -> [1, ")
+
+
+def test_the_logit_gate_reports_a_baked_batch_for_each_model(tmp_path):
+    x = _x(4)
+    bad = _model(tmp_path / "b.onnx", baked=True)
+    good = _model(tmp_path / "ok.onnx", baked=False)
+    entry = {"tolerances": TOL, "num_classes": 4, "input_shape": [4],
+             "export": {"dynamic_batch": True, "opset": 17}}
+    checks, figures, _ = _verify(entry, {"exported": (good, describe(onnx.load(str(good)))),
+                                         "simplified": (bad, describe(onnx.load(str(bad))))},
+                                 x, 2 * x, threads=1)
+    by = {(c.name, c.scope["model"]): c for c in checks}
+    assert figures["batch_sizes"] == [4, 1]
+    assert by[("batch_independent", "exported")].passed
+    assert not by[("batch_independent", "simplified")].passed
+    assert "bake (Reshape" in by[("batch_independent", "simplified")].detail
+    # The logit check itself fails at batch 4 and says so.
+    assert not by[("max_abs_diff", "simplified")].passed
+    assert by[("max_abs_diff", "simplified")].scope["worst_batch"] == 4

@@ -1,0 +1,262 @@
+"""The canary (verify/canary.py) on small ONNX models: its verdict follows what a fault does to
+the class probabilities, not the model's sensitivity or logit scale, and a loose tolerance
+still fails. The framework-made checkpoints of all three kinds (images, noise, plain) go
+through the whole gate in test_gate_inits.py."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verify.canary import (MATTERS, NOISES, candidates, canary_check, perturbed, pick_weight,
+                           probability_shift)
+from verify.compare import compare_logits, failed
+from verify.ort_runner import OrtRunner
+
+TOL = {"atol": 1e-4, "rtol": 1e-5, "min_cosine": 0.99999, "min_top1_agreement": 1.0,
+       "min_top5_agreement": 1.0}
+LOOSE = {**TOL, "atol": 10.0, "rtol": 0.0, "min_cosine": 0.0, "min_top1_agreement": 0.0,
+         "min_top5_agreement": 0.0}
+
+
+def _save(path, nodes, inits, in_shape, out_shape):
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    return path
+
+
+def _tiny_cnn(path, gain: float = 1.0, shift: float = 0.0):
+    """input (N,3,8,8) -> Conv 3->4 -> Relu -> Conv 4->6 -> Relu -> Conv 6->8 -> mean -> Gemm
+    8->10, then * gain + shift: three convolutions, the middle one is the canary's first.
+    gain 1e-3 makes an insensitive model (logits ~1e-3, as a plain init's); shift 1000 a
+    large-logit one."""
+    rng = np.random.default_rng(0)
+
+    def init(name, shape):
+        return numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+    inits = [init("w1", (4, 3, 3, 3)), init("w2", (6, 4, 3, 3)), init("w3", (8, 6, 1, 1)),
+             init("fc", (10, 8)), numpy_helper.from_array(np.array(gain, np.float32), "g"),
+             numpy_helper.from_array(np.array(shift, np.float32), "s")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1] * 4),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["h"], name="fc", transB=1),
+             helper.make_node("Mul", ["h", "g"], ["hg"]),
+             helper.make_node("Add", ["hg", "s"], ["logits"])]
+    return _save(path, nodes, inits, ["N", 3, 8, 8], ["N", 10])
+
+
+def _chain(path, op: str, count: int, scale: float = 1.0, shift: float = 0.0, bias=False):
+    """input (N,4) -> `count` x (op with a 4x4 weight [+ bias]) -> * scale + shift."""
+    rng = np.random.default_rng(5)
+    nodes, inits, last = [], [], "input"
+    for i in range(count):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (4, 4)).astype(np.float32),
+                                             f"w{i}"))
+        inputs = [last, f"w{i}"]
+        if bias:
+            inits.append(numpy_helper.from_array(np.ones(4, np.float32), f"b{i}"))
+            inputs.append(f"b{i}")
+        nodes.append(helper.make_node(op, inputs, [f"h{i}"], name=f"{op.lower()}{i}"))
+        last = f"h{i}"
+    inits += [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+              numpy_helper.from_array(np.array(shift, np.float32), "b")]
+    nodes += [helper.make_node("Mul", [last, "s"], ["hs"]),
+              helper.make_node("Add", ["hs", "b"], ["logits"])]
+    return _save(path, nodes, inits, ["N", 4], ["N", 4])
+
+
+def _inputs(n=4):
+    return np.random.default_rng(1).normal(0, 1, (n, 3, 8, 8)).astype(np.float32)
+
+
+def _logits(path, x):
+    return OrtRunner(path, 1).infer(x, len(x))
+
+
+# --------------------------------------------------------------------------- the verdicts
+def test_a_sane_tolerance_is_shown_to_catch_faults_and_its_resolution_is_reported(tmp_path):
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    x = _inputs()
+    reference = _logits(path, x)
+    tight = {**TOL, "atol": 1e-6, "rtol": 0.0}
+    check, info = canary_check(path, x, reference, tight, threads=1)
+    assert check.passed and check.name == "canary_caught" and info["status"] == "caught"
+    assert [layer["node"] for layer in info["layers"]] == ["conv2", "conv1", "conv3"]
+    # Each layer climbs the ladder until the gate fails; every step before it passed.
+    for layer in info["layers"]:
+        steps = layer["steps"]
+        assert [s["noise"] for s in steps] == list(NOISES[:len(steps)])
+        assert [s["caught"] for s in steps] == [False] * (len(steps) - 1) + [True]
+        assert layer["smallest_caught"] == steps[-1]["noise"]
+        assert all(s["max_abs_diff"] <= s["limit"] for s in steps[:-1])
+        assert steps[-1]["failed_checks"] and steps[-1]["max_abs_diff"] > 1e-6
+    assert info["resolution"] == min(layer["smallest_caught"] for layer in info["layers"])
+    # Measured is the largest probability shift the gate let through; it is under MATTERS.
+    assert check.measured == info["largest_let_through"] < MATTERS
+    assert check.limit == f"< {MATTERS:g}"
+    assert check.detail.startswith("caught: the smallest fault caught is ")
+    assert "smallest caught per layer: conv2: " in check.detail
+
+
+def test_a_loose_tolerance_fails_naming_the_fault_that_matters(tmp_path):
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    x = _inputs()
+    check, info = canary_check(path, x, _logits(path, x), LOOSE, threads=1)
+    assert not check.passed and info["status"] == "blind"
+    assert check.measured == info["largest_let_through"] >= MATTERS
+    # No fault on the ladder was caught: every layer climbed it to the top.
+    assert all(len(layer["steps"]) == len(NOISES) and layer["smallest_caught"] is None
+               for layer in info["layers"])
+    assert "yet passes the logit check (limit 10)" in check.detail
+    assert check.detail.endswith("the tolerance is too loose to catch a fault that matters; "
+                                 "tighten it in the manifest")
+
+
+@pytest.mark.parametrize("gain", [1e-3, 1e-4])
+def test_an_insensitive_models_correct_conversion_passes(tmp_path, gain):
+    """Logits ~1e-3 (as a plain-init model's): a 1e-3 fault moves them by ~1e-6, under any
+    sane limit, and moves no probability; the old fixed 1e-3 canary refused this model."""
+    path = _tiny_cnn(tmp_path / "m.onnx", gain=gain)
+    x = _inputs()
+    clean = _logits(path, x)
+    converted = clean + np.float32(1e-7)      # a correct conversion: fp32 rounding
+    assert not failed(compare_logits(clean, converted, TOL, {}))
+    check, info = canary_check(path, x, clean, TOL, threads=1, clean=converted)
+    assert check.passed, check.detail
+    first = info["layers"][0]["steps"]
+    one_in_1000 = next(s for s in first if s["noise"] == 1e-3)
+    assert not one_in_1000["caught"] and one_in_1000["probability_shift"] < 1e-5
+    assert info["status"] in ("caught", "not_shown")
+    if info["status"] == "not_shown":           # nothing caught: said, not silent
+        assert info["warning"].startswith("gate power not shown")
+
+
+def test_a_large_logit_models_correct_conversion_passes_and_loose_still_fails(tmp_path):
+    """Logits ~1e3: the limit's rtol part (1e-4 x 1e3 = 0.1) is over what a 1e-3 fault moves;
+    that fault moves no probability, so the tolerance is not blind to anything that
+    matters. A loose tolerance still fails."""
+    path = _tiny_cnn(tmp_path / "m.onnx", gain=300.0)
+    x = _inputs()
+    clean = _logits(path, x)
+    assert np.abs(clean).max() > 100
+    default = {**TOL, "rtol": 1e-4}
+    check, info = canary_check(path, x, clean, default, threads=1)
+    assert check.passed and info["status"] == "caught", check.detail
+    check, info = canary_check(path, x, clean, {**LOOSE, "atol": 1e4}, threads=1)
+    assert not check.passed and info["status"] == "blind"
+
+
+def test_logits_that_respond_to_no_weight_pass_with_a_warning_never_silently(tmp_path):
+    path = _chain(tmp_path / "m.onnx", "MatMul", 5, scale=1e-4, shift=1000.0)
+    x = np.random.default_rng(4).normal(0, 1, (3, 4)).astype(np.float32)
+    check, info = canary_check(path, x, _logits(path, x), TOL, threads=1)
+    why = ("the logits do not respond to the weights of the 5 node(s) tried (matmul2, "
+           "matmul1, matmul3...), even at x (1 + 1 N(0,1))")
+    assert info["tried"] == ["matmul2", "matmul1", "matmul3", "matmul0", "matmul4"]
+    assert info["status"] == "not_shown" and info["layers"] == []
+    assert info["warning"] == f"gate power not shown: {why}"
+    assert check.as_dict() == {"name": "canary_caught", "passed": True, "measured": None,
+                               "limit": f"< {MATTERS:g}",
+                               "detail": f"gate power not shown: {why}",
+                               "scope": {"model": "canary", "stage": "verify"}}
+
+
+def test_a_model_without_a_weight_passes_with_a_warning(tmp_path):
+    path = _save(tmp_path / "relu.onnx", [helper.make_node("Relu", ["input"], ["logits"])],
+                 [], ["N", 3], ["N", 3])
+    x = np.ones((1, 3), np.float32)
+    check, info = canary_check(path, x, x, TOL)
+    assert check.passed and info["tried"] == [] and info["status"] == "not_shown"
+    assert info["warning"] == "gate power not shown: no Conv/Gemm/MatMul weight to perturb"
+
+
+def test_the_scratch_copy_lives_beside_the_model_and_is_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    models, cwd = tmp_path / "models", tmp_path / "cwd"
+    models.mkdir()
+    cwd.mkdir()
+    path = _tiny_cnn(models / "m.onnx")
+    x = _inputs()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))
+    check, _ = canary_check(path, x, _logits(path, x), {**TOL, "atol": 1e-6, "rtol": 0.0})
+    assert check.passed
+    assert list(cwd.iterdir()) == [] and [p.name for p in models.iterdir()] == ["m.onnx"]
+
+
+def test_non_finite_reference_logits_count_as_caught(tmp_path):
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    x = _inputs()
+    clean = _logits(path, x)
+    nan = clean.copy()
+    nan[0, 0] = np.nan
+    check, info = canary_check(path, x, nan, TOL, clean=clean)
+    step = info["layers"][0]["steps"][0]
+    assert step["caught"] and step["failed_checks"] == ["finite"]
+    assert step["max_abs_diff"] is None and check.passed
+    assert "fails finite" in check.detail
+
+
+# --------------------------------------------------------------------------- the pieces
+def test_probability_shift_is_the_largest_total_variation_over_images():
+    a = np.zeros((2, 2))
+    b = np.array([[0.0, 0.0], [np.log(3), 0.0]])     # second image: (0.5, 0.5) -> (0.75, 0.25)
+    assert probability_shift(a, b) == pytest.approx(0.25)
+    assert probability_shift(a, a + 1000.0) == 0.0    # a shift of every logit moves nothing
+    big = np.array([[1000.0, 0.0]])
+    assert probability_shift(big, big + [[0.0, 5.0]]) < 1e-300 + 1e-12
+
+
+def test_candidates_are_convs_nearest_the_middle_then_gemms(tmp_path):
+    """Four convolutions: the middle is the third (index 2), then the second, the fourth and
+    the first (distance, then graph order); the Gemm comes after every conv."""
+    inits = [numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), f"w{i}")
+             for i in range(4)]
+    nodes = [helper.make_node("Conv", [f"t{i}", f"w{i}"], [f"t{i + 1}"], name=f"c{i}")
+             for i in range(4)]
+    nodes.insert(2, helper.make_node("Gemm", ["t2", "w0"], ["g"], name="gemm"))
+    model = helper.make_model(helper.make_graph(nodes, "g", [], [], inits))
+    assert candidates(model) == [("c2", "w2"), ("c1", "w1"), ("c3", "w3"), ("c0", "w0"),
+                                 ("gemm", "w0")]
+
+
+def test_candidates_are_weights_not_biases_nor_zeros(tmp_path):
+    model = onnx.load(str(_chain(tmp_path / "g.onnx", "Gemm", 3, bias=True)))
+    assert candidates(model) == [("gemm1", "w1"), ("gemm0", "w0"), ("gemm2", "w2")]
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 2)))
+    assert pick_weight(model) == ("matmul1", "w1")
+    model.graph.ClearField("initializer")                   # weights from graph inputs
+    assert candidates(model) == [] and pick_weight(model) is None
+    # A zero-gamma BatchNorm folded into its conv leaves zeros: relative noise cannot move
+    # them, so that conv is no candidate.
+    model = onnx.load(str(_tiny_cnn(tmp_path / "z.onnx")))
+    for init in model.graph.initializer:
+        if init.name == "w2":
+            init.CopyFrom(numpy_helper.from_array(np.zeros((6, 4, 3, 3), np.float32), "w2"))
+    assert "w2" not in {w for _, w in candidates(model)}
+
+
+def test_perturbed_changes_only_that_weight_each_element_by_its_own_draw(tmp_path):
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 2)))
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i)
+             for i in perturbed(model, "w1", noise=1e-2).graph.initializer}
+    assert all(np.array_equal(numpy_helper.to_array(i), before[i.name])
+               for i in model.graph.initializer)                      # the original is kept
+    assert all(np.array_equal(after[k], before[k]) for k in before if k != "w1")
+    relative = after["w1"] / before["w1"] - 1
+    assert after["w1"].dtype == np.float32 and 3e-3 < relative.std() < 3e-2
+    assert len(np.unique(np.round(relative, 6))) > 8           # not one factor for all
+    # Multiplied, not divided: the seeded draw reproduces the copy exactly.
+    draw = np.random.default_rng(0).standard_normal(before["w1"].shape)
+    assert np.array_equal(after["w1"], (before["w1"] * (1 + 1e-2 * draw)).astype(np.float32))
