@@ -21,7 +21,7 @@ from verify.localize import LAYER_RTOL, localize
 # fp32 value checks whose failure calls for a localisation (the signature checks do not:
 # there the model cannot even be run on the same inputs).
 VALUE_CHECKS = ("finite", "max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement",
-                "logits_shape")
+                "logits_shape", "batch_independent")
 
 
 class LocalizeFailed(Exception):

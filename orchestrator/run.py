@@ -285,10 +285,11 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
         for c in per_check.values():
             c.scope = {"model": label, "batch_sizes": batch_sizes,
                        "worst_batch": c.scope.get("batch")}
-        checks += per_check.values()
         if len(outs) > 1:   # verify/batch.py: a batch baked into a dynamic-batch graph
+            # First: when it fails, it is the cause the logit checks' failures follow from.
             checks.append(batch_check(outs, tol, path,
                                       {"model": label, "batch_sizes": batch_sizes}, agree))
+        checks += per_check.values()
     return checks, figures, logits
 
 
@@ -445,6 +446,10 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                                                    "message": f"{type(exc).__name__}: {exc}"}}
                 say(f"  localize  could not localise: {type(exc).__name__}: {exc}")
             else:
+                baked = [c for c in value_failed if c.name == "batch_independent"]
+                if baked:   # the localiser runs one image at batch 1, where such a graph is right
+                    found["summary"] += ("; the localiser looks at one image at batch 1, where "
+                                         "this graph agrees: see batch_independent")
                 say(f"  localize  {found['summary']}")
             report["verification"]["localization"] = found
             layer = (found.get("first_diverging") or {}).get("layer")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from verify.compare import Check
 
@@ -23,10 +24,26 @@ def _dims(value_info) -> list:
             for d in value_info.type.tensor_type.shape.dim]
 
 
+def _constants(graph) -> dict[str, np.ndarray]:
+    found = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    found[node.output[0]] = numpy_helper.to_array(attr.t)
+    return found
+
+
 def baking_nodes(model: onnx.ModelProto, limit: int = 10) -> list[dict]:
-    """Nodes with an input whose first dimension is the graph's symbolic batch and an output
-    whose first dimension is a fixed number: where the graph stops following the batch.
-    [{"node", "op", "input_shape", "output_shape"}], graph order, at most `limit`."""
+    """Nodes where the graph stops following the batch, graph order, at most `limit`:
+    - a node with an input whose first dimension is the graph's symbolic batch and an output
+      whose first dimension is a fixed number (shape inference);
+    - a Reshape to a constant shape that starts with a fixed positive number while its data's
+      first dimension is not known to be that number (a traced `view(B, ...)` with B an int:
+      the element count still fits at other batches, so the runtime computes wrong values
+      instead of failing).
+    [{"node", "op", "input_shape", "output_shape"}]. Shape and Size, whose outputs describe
+    a shape, are not counted."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # noqa: BLE001 - a diagnosis: an uninferable graph names nothing
@@ -36,12 +53,20 @@ def baking_nodes(model: onnx.ModelProto, limit: int = 10) -> list[dict]:
     batch = {d for d in (_dims(graph.input[0])[:1] if graph.input else []) if isinstance(d, str)}
     if not batch:
         return []
+    constants = _constants(graph)
     found = []
     for k, node in enumerate(graph.node):
+        if node.op_type in ("Shape", "Size"):
+            continue
         ins = [shapes.get(name) for name in node.input if name in shapes]
         outs = [shapes.get(name) for name in node.output if name in shapes]
         symbolic_in = next((s for s in ins if s and s[0] in batch), None)
         fixed_out = next((s for s in outs if s and isinstance(s[0], int)), None)
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
+            target = constants[node.input[1]].reshape(-1).tolist()
+            data = shapes.get(node.input[0]) or [None]
+            if target and target[0] > 0 and data and data[0] != target[0]:
+                symbolic_in, fixed_out = data, target
         if symbolic_in is not None and fixed_out is not None:
             found.append({"node": node.name or f"{node.op_type}#{k}", "op": node.op_type,
                           "input_shape": symbolic_in, "output_shape": fixed_out})

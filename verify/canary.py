@@ -4,9 +4,10 @@ model. Knows nothing of frameworks: it sees an ONNX file, input tensors and refe
 A fault is a copy of the simplified model with one weight tensor multiplied by
 (1 + s x N(0, 1)) (seeded), s on the ladder NOISES (1e-4 .. 1). For up to LAYERS Conv layers
 nearest the middle of the graph whose weights reach the logits at all (else Gemm/MatMul
-ones), the ladder is climbed from the smallest fault until the logit check (the same
-`compare_logits` as the real model's, against the source's logits) fails: that fault size
-is the gate's resolution at that layer, reported.
+ones), and for the classifier (the last Gemm/MatMul), the ladder is climbed from the
+smallest fault until the logit check (the same `compare_logits` as the real model's, against
+the source's logits) fails: that fault size is the gate's resolution at that layer,
+reported.
 
 What a fault does to the model is measured in the model's own output, the class
 probabilities: the largest total-variation distance between the clean and the faulty
@@ -49,24 +50,36 @@ MATTERS = 0.01    # total-variation distance of the class probabilities: 1 perce
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def candidates(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(node name, initializer name) of Convs with a constant, not all-zero weight, nearest
-    the middle of the graph first (at most MAX_TRIES), then Gemm/MatMul ones the same way
-    (the classifier: when no mid conv reaches the logits, as in a plain-init MobileNetV2
-    whose ReLU6 saturate, the gate is shown on the head). All-zero weights are left out: a
-    BatchNorm with gamma 0 folded into its conv leaves zeros, which relative noise cannot
-    change."""
+def _weighted(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[tuple[str, str]]:
     constants = {init.name: init for init in model.graph.initializer}
+    return [(node.name or f"{node.op_type}#{k}", name)
+            for k, node in enumerate(model.graph.node) if node.op_type in ops
+            for name in node.input[1:2] if name in constants
+            and np.any(numpy_helper.to_array(constants[name]))]
+
+
+def candidates(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(node name, initializer name) of mid-network weights: Convs with a constant, not
+    all-zero weight, nearest the middle of the graph first (at most MAX_TRIES), then
+    Gemm/MatMul ones the same way (transformers' mid layers; and when no mid conv reaches
+    the logits, as in a plain-init MobileNetV2 whose ReLU6 saturate). All-zero weights are
+    left out: a BatchNorm with gamma 0 folded into its conv leaves zeros, which relative
+    noise cannot change."""
     found_all = []
     for ops in (("Conv",), ("Gemm", "MatMul")):
-        found = [(node.name or f"{node.op_type}#{k}", name)
-                 for k, node in enumerate(model.graph.node) if node.op_type in ops
-                 for name in node.input[1:2] if name in constants
-                 and np.any(numpy_helper.to_array(constants[name]))]
+        found = _weighted(model, ops)
         middle = len(found) // 2
         order = sorted(range(len(found)), key=lambda i: (abs(i - middle), i))
         found_all += [found[i] for i in order][:MAX_TRIES]
     return found_all
+
+
+def head(model: onnx.ModelProto) -> tuple[str, str] | None:
+    """The classifier: the last Gemm/MatMul with a constant weight (None when there is
+    none). Always searched besides the mid layers: in an insensitive model no mid-layer fault
+    may matter, while a fault in the head does, so a loose tolerance still shows."""
+    found = _weighted(model, ("Gemm", "MatMul"))
+    return found[-1] if found else None
 
 
 def pick_weight(model: onnx.ModelProto) -> tuple[str, str] | None:
@@ -136,9 +149,13 @@ def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, to
             return bool(np.isfinite(out).all()) and \
                 float(np.abs(out - clean).max()) <= NO_EFFECT * scale
 
-        for node, weight in candidates(model):
-            if len(layers) == LAYERS:
-                break
+        order = candidates(model)
+        classifier = head(model)
+        if classifier and classifier not in order:
+            order.append(classifier)
+        for node, weight in order:
+            if len(layers) >= LAYERS and (node, weight) != classifier:
+                continue   # enough mid layers: only the classifier is still searched
             tried.append(node)
             outs = {NOISES[0]: run(weight, NOISES[0])}
             if no_effect(outs[NOISES[0]]):   # does this weight reach the logits at all?

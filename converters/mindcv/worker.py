@@ -127,10 +127,15 @@ class MindCVAdapter:
         return worker_flow.switch_to_inference(model.cells_and_names(), "switch_to_deploy", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
-               workdir: Path) -> None:
+               workdir: Path) -> list[str]:
         import mindspore as ms
         from mindspore import onnx as ms_onnx
 
+        from converters.mindcv import rewrites
+
+        # converters/mindcv/rewrites.py: cells the exporter cannot write, replaced after the
+        # reference logits were computed from the unmodified model.
+        fixups = rewrites.notes(rewrites.rewrite(model))
         axes = {"input": {0: "batch"}} if dynamic_batch else None
         try:
             ms_onnx.export(model, ms.Tensor(sample), file_name=str(path),
@@ -141,8 +146,8 @@ class MindCVAdapter:
         if not path.exists():
             raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}")
         if dynamic_batch:
-            return declare_output_batch(path)
-        return None
+            fixups += declare_output_batch(path)
+        return fixups
 
 
 def declare_output_batch(path: Path) -> list[str]:

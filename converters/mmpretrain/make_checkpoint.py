@@ -48,7 +48,9 @@ def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4,
 
     from verify.images import calibration_batch
 
-    if calibration_batch(init, seed, 0, [0, 0, 0], [1, 1, 1], size=size) is None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if init == "plain":
         return
 
     for module in model.modules():

@@ -197,12 +197,15 @@ class MMPretrainAdapter:
         return worker_flow.switch_to_inference(model.named_modules(), "switch_to_deploy", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
-               workdir: Path) -> None:
+               workdir: Path) -> list[str]:
         import torch
+
+        from converters.mmpretrain.rewrites import rewritten
 
         axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
         try:
-            with torch.no_grad():
+            # converters/mmpretrain/rewrites.py: traced forms fixed while exporting only.
+            with torch.no_grad(), rewritten(model) as notes:
                 torch.onnx.export(_Logits(model), (torch.from_numpy(sample),), str(path),
                                   dynamo=False, opset_version=opset, input_names=["input"],
                                   output_names=["logits"], dynamic_axes=axes,
@@ -210,6 +213,7 @@ class MMPretrainAdapter:
         except Exception as exc:  # noqa: BLE001 - any exporter failure is an export error
             raise WorkerError("export", f"torch.onnx.export failed at opset {opset}: "
                                         f"{type(exc).__name__}: {exc}") from exc
+        return notes
 
 
     def capture(self, model, inputs, record) -> None:
