@@ -87,17 +87,21 @@ def pick_weight(model: onnx.ModelProto) -> tuple[str, str] | None:
     return found[0] if found else None
 
 
+def faulty_weight(array: np.ndarray, noise: float, seed: int = SEED) -> np.ndarray:
+    """`array` times (1 + noise x N(0, 1)), seeded, in its own dtype."""
+    rng = np.random.default_rng(seed)
+    return (array * (1 + noise * rng.standard_normal(array.shape))).astype(array.dtype)
+
+
 def perturbed(model: onnx.ModelProto, weight: str, noise: float,
               seed: int = SEED) -> onnx.ModelProto:
     """A copy of `model` with initializer `weight` times (1 + noise x N(0, 1))."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    rng = np.random.default_rng(seed)
     for init in copy.graph.initializer:
         if init.name == weight:
-            array = numpy_helper.to_array(init)
-            faulty = array * (1 + noise * rng.standard_normal(array.shape))
-            init.CopyFrom(numpy_helper.from_array(faulty.astype(array.dtype), weight))
+            faulty = faulty_weight(numpy_helper.to_array(init), noise, seed)
+            init.CopyFrom(numpy_helper.from_array(faulty, weight))
     return copy
 
 
@@ -138,21 +142,24 @@ def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, to
     scale = float(np.abs(clean).max()) or 1.0
     tried: list[str] = []
     layers: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="canary-", dir=model_path.parent) as tmp:
-        path = Path(tmp) / "canary.onnx"
+    scratch = tempfile.TemporaryDirectory(prefix="canary-", dir=model_path.parent)
+    path = Path(scratch.name) / "canary.onnx"
 
-        def run(weight: str, noise: float) -> np.ndarray:
-            onnx.save(perturbed(model, weight, noise), str(path))
-            return OrtRunner(path, threads).infer(inputs, len(inputs))
+    def run(weight: str, noise: float) -> np.ndarray:
+        # A written copy: ONNX Runtime's SessionOptions.add_initializer does not replace a
+        # weight the model already holds (measured: the logits were the clean model's).
+        onnx.save(perturbed(model, weight, noise), str(path))
+        return OrtRunner(path, threads).infer(inputs, len(inputs))
 
-        def no_effect(out: np.ndarray) -> bool:
-            return bool(np.isfinite(out).all()) and \
-                float(np.abs(out - clean).max()) <= NO_EFFECT * scale
+    def no_effect(out: np.ndarray) -> bool:
+        return bool(np.isfinite(out).all()) and \
+            float(np.abs(out - clean).max()) <= NO_EFFECT * scale
 
-        order = candidates(model)
-        classifier = head(model)
-        if classifier and classifier not in order:
-            order.append(classifier)
+    order = candidates(model)
+    classifier = head(model)
+    if classifier and classifier not in order:
+        order.append(classifier)
+    with scratch:
         for node, weight in order:
             if len(layers) >= LAYERS and (node, weight) != classifier:
                 continue   # enough mid layers: only the classifier is still searched
