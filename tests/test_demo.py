@@ -35,11 +35,14 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
         report = read_report(out, name)
         assert report["passed"] and report["source"]["checkpoint"]["demo"] is True, name
         assert "DEMO" in report["source"]["checkpoint"]["note"]
-        # Gate power: the same logit check catches a fault in each of three mid layers, and
-        # a 1e-3 fault at the latest (the demo models behave like trained ones).
+        # Gate power: the same logit check catches a fault in each of two mid layers and
+        # in the classifier, a 1e-3 fault at the latest (the demo models behave like
+        # trained ones), and lets nothing through that moves the class probabilities.
         canary = report["verification"]["canary"]
         assert canary["status"] == "caught" and len(canary["layers"]) == 3, (name, canary)
+        assert all(layer["smallest_caught"] for layer in canary["layers"]), (name, canary)
         assert canary["resolution"] <= 1e-3, (name, canary)
+        assert canary["largest_let_through"] < canary["matters"], (name, canary)
         assert any(c["name"] == "canary_caught" and c["passed"] for c in report["checks"])
         # SLSA v1 provenance: the model file as its subject, the checkpoint as a dependency.
         statement = json.loads((out / name / "provenance.json").read_text())
