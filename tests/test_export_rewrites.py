@@ -77,3 +77,19 @@ def test_swin_window_reverse_rewrite_keeps_the_batch_dynamic(tmp_path):
     batch = [c for c in report["checks"] if c["name"] == "batch_independent"]
     assert {c["scope"]["model"] for c in batch} == {"exported", "simplified"}
     assert all(c["passed"] and c["scope"]["batch_sizes"] == [16, 1] for c in batch)
+
+
+def test_mindspore_static_reshapes_take_the_batch_from_the_element_count(tmp_path):
+    """MindSpore writes each Reshape with the shape traced at batch 1 (shufflenet_v2's channel
+    shuffle `[24, 2, 784]`): the graph failed at batch 2 in onnxsim. With the leading
+    dimension set to -1 it runs at any batch, and the gate compares batch 1 with batch 16."""
+    ckpt = tmp_path / "shufflenet.ckpt"
+    run_mindspore("-m", "converters.mindcv.make_checkpoint", "--model-id",
+                  "shufflenet_v2_x0_5", "--seed", "0", "--out", str(ckpt))
+    report, _ = _convert(tmp_path, "shufflenet", "mindcv", "shufflenet_v2_x0_5", ckpt)
+    assert report["passed"]
+    [note] = [n for n in report["source"]["export_fixups"] if "Reshape target shape" in n]
+    assert int(note.split()[0]) > 0
+    batch = [c for c in report["checks"] if c["name"] == "batch_independent"]
+    assert all(c["passed"] and c["scope"]["batch_sizes"] == [16, 1] for c in batch)
+    assert len(batch) == 2

@@ -146,8 +146,47 @@ class MindCVAdapter:
         if not path.exists():
             raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}")
         if dynamic_batch:
-            fixups += declare_output_batch(path)
+            fixups += free_traced_batch(path) + declare_output_batch(path)
         return fixups
+
+
+def free_traced_batch(path: Path) -> list[str]:
+    """MindSpore's exporter writes every Reshape with the static shape it traced at batch 1,
+    the batch folded into the leading dimension (mindcv convnext_tiny `[1, 3136, 96]`,
+    shufflenet_v2's channel shuffle `[24, 2, 784]` for (B x 24, 2, 784)), so the graph fails at
+    any other batch. A constant target shape with more than one dimension and no -1 or 0 gets
+    -1 first: the runtime then takes the leading dimension from the element count, which grows
+    with the batch for activations and stays as traced for a constant. Where the batch is not
+    in the leading dimension this computes other values at batch > 1, and the logit gate,
+    which compares batch 1 with the verification batch and both with the source
+    (verify/batch.py), fails the model: nothing wrong ships."""
+    import numpy as np
+    import onnx  # after mindspore: see the import at the top
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    targets = {node.input[1] for node in model.graph.node
+               if node.op_type == "Reshape" and len(node.input) > 1}
+
+    def freed(tensor) -> bool:
+        shape = numpy_helper.to_array(tensor)
+        if shape.ndim != 1 or len(shape) < 2 or (shape <= 0).any():
+            return False
+        fixed = shape.astype(np.int64)
+        fixed[0] = -1
+        tensor.CopyFrom(numpy_helper.from_array(fixed, tensor.name))
+        return True
+
+    changed = sum(freed(init) for init in model.graph.initializer if init.name in targets)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in targets:
+            changed += sum(freed(attr.t) for attr in node.attribute if attr.name == "value")
+    if not changed:
+        return []
+    onnx.save(model, str(path))
+    return [f"{changed} Reshape target shape(s) traced at batch 1 take their leading dimension "
+            "from the element count (-1) (MindSpore's exporter writes static shapes; the logit "
+            "gate compares batch 1 with the verification batch)"]
 
 
 def declare_output_batch(path: Path) -> list[str]:
