@@ -303,7 +303,8 @@ def _worse(a: Check, b: Check) -> bool:
     return False
 
 
-def _decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None) -> str:
+def _decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None,
+                warnings: list[str] | None = None) -> str:
     bad = failed(checks)
     if bad:
         c = bad[0]
@@ -318,6 +319,8 @@ def _decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None)
     if accuracy:
         text += (f"; top-1 source {accuracy['source']['top1']:.2f}% / ONNX "
                  f"{accuracy['onnx']['top1']:.2f}% ({accuracy['source']['images']} images)")
+    if passed and warnings:   # a pass whose gate power is not shown says so (verify/canary.py)
+        text += f"; WARNING: {warnings[0]}"
     return text
 
 
@@ -701,9 +704,8 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
                 if "file" in v:
                     (workdir / v["file"]).write_bytes(variants[precision]["onnx"])
                     artifact_files[v["file"]] = workdir / v["file"]
-        decided = _decided_by(checks, report["passed"], report.get("accuracy"))
-        if report["passed"] and report.get("warnings"):
-            decided += f"; WARNING: {report['warnings'][0]}"
+        decided = _decided_by(checks, report["passed"], report.get("accuracy"),
+                              report.get("warnings"))
         say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")
         status = "passed" if report["passed"] else "failed"
         if report["passed"]:

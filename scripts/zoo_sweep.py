@@ -115,7 +115,7 @@ def markdown(summary: dict, rows: list[dict]) -> str:
              f"{summary['zoo_size']} models (pattern {summary['pattern'] or '*'!r}, sample "
              f"{summary['sample']}, seed {summary['seed']}); seeded random-init checkpoints "
              f"made with the source's own code (BatchNorm statistics: "
-             f"{summary.get('init', 'images')}); minimal 5-field entries (everything else "
+             f"{summary['init']}); minimal 5-field entries (everything else "
              "derived).", "",
              f"**{counts.get('passed', 0)} of {len(rows)} passed "
              f"({summary['coverage_percent']:.0f} %)**; "

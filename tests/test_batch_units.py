@@ -88,3 +88,40 @@ def test_the_logit_gate_reports_a_baked_batch_for_each_model(tmp_path):
     # The logit check itself fails at batch 4 and says so.
     assert not by[("max_abs_diff", "simplified")].passed
     assert by[("max_abs_diff", "simplified")].scope["worst_batch"] == 4
+
+
+def test_onnxsims_own_check_is_reported_and_never_refuses(tmp_path):
+    """onnxsim folds the BatchNorm into the Conv, which moves fp32 outputs by ~4e-7: over a
+    zero tolerance, its random-input check fails. That is reported with onnxsim's words and
+    the simplified model is still written; the logit gate decides (converters/simplify.py)."""
+    from converters.simplify import simplify
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 8).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "m"),
+             numpy_helper.from_array(rng.uniform(0.1, 3, 8).astype(np.float32), "v")]
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["bn"]),
+             helper.make_node("GlobalAveragePool", ["bn"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "m",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(tmp_path / "a.onnx"))
+    info = simplify(tmp_path / "a.onnx", tmp_path / "b.onnx", [2, 3, 16, 16], atol=0.0,
+                    rtol=0.0)
+    check = info["onnxsim_check"]
+    assert (check["passed"], check["gating"], check["random_inputs"]) == (False, False, 3)
+    assert check["note"].startswith("onnxsim's random-input check found outputs differing "
+                                    "beyond atol 0 / rtol 0: ")
+    assert check["note"].endswith("; reported only, the logit gate decides")
+    assert info["nodes"] == 3 and (tmp_path / "b.onnx").is_file()   # BatchNorm folded away
+    # A tolerance the rounding stays under: passed, nothing to note.
+    info = simplify(tmp_path / "a.onnx", tmp_path / "c.onnx", [2, 3, 16, 16], atol=1e-3,
+                    rtol=0.0)
+    assert info["onnxsim_check"] == {"random_inputs": 3, "atol": 1e-3, "rtol": 0.0,
+                                     "passed": True, "gating": False}

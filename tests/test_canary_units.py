@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from verify.canary import (MATTERS, NOISES, candidates, canary_check, perturbed, pick_weight,
+from verify.canary import (MATTERS, NOISES, candidates, canary_check, perturbed,
                            probability_shift)
 from verify.compare import compare_logits, failed
 from verify.ort_runner import OrtRunner
@@ -235,9 +235,9 @@ def test_candidates_are_weights_not_biases_nor_zeros(tmp_path):
     model = onnx.load(str(_chain(tmp_path / "g.onnx", "Gemm", 3, bias=True)))
     assert candidates(model) == [("gemm1", "w1"), ("gemm0", "w0"), ("gemm2", "w2")]
     model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 2)))
-    assert pick_weight(model) == ("matmul1", "w1")
+    assert candidates(model)[0] == ("matmul1", "w1")
     model.graph.ClearField("initializer")                   # weights from graph inputs
-    assert candidates(model) == [] and pick_weight(model) is None
+    assert candidates(model) == []
     # A zero-gamma BatchNorm folded into its conv leaves zeros: relative noise cannot move
     # them, so that conv is no candidate.
     model = onnx.load(str(_tiny_cnn(tmp_path / "z.onnx")))
@@ -261,3 +261,18 @@ def test_perturbed_changes_only_that_weight_each_element_by_its_own_draw(tmp_pat
     # Multiplied, not divided: the seeded draw reproduces the copy exactly.
     draw = np.random.default_rng(0).standard_normal(before["w1"].shape)
     assert np.array_equal(after["w1"], (before["w1"] * (1 + 1e-2 * draw)).astype(np.float32))
+
+
+def test_a_pass_with_a_warning_says_so_in_decided_by():
+    """The entry's one-line verdict carries the canary's warning on a pass, never on a fail."""
+    from orchestrator.run import _decided_by
+    from verify.compare import Check
+
+    ok = Check("max_abs_diff", True, 1e-6, 1e-4)
+    warning = "gate power not shown: no Conv/Gemm/MatMul weight to perturb"
+    assert _decided_by([ok], True, None, [warning]) == (
+        f"max|diff| 1e-06 <= 0.0001; WARNING: {warning}")
+    assert _decided_by([ok], True) == "max|diff| 1e-06 <= 0.0001"
+    bad = Check("max_abs_diff", False, 0.5, 1e-4, "", {"model": "simplified"})
+    assert _decided_by([bad], False, None, [warning]) == (
+        "max_abs_diff (simplified) 0.5 vs limit 0.0001")

@@ -28,6 +28,10 @@ def test_plain_init_and_noise_statistics_pass_and_a_loose_tolerance_fails(tmp_pa
     run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch",
            "mmpretrain:resnet18_8xb32_in1k", "--init", "plain", "--seed", "0",
            "--out", str(plain))
+    mnv2 = tmp_path / "mobilenet-v2-plain.pth"
+    run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch",
+           "mmpretrain:mobilenet-v2_8xb32_in1k", "--init", "plain", "--seed", "0",
+           "--out", str(mnv2))
     noise = tmp_path / "res2net50-vd-noise.pdparams"
     run_paddle("-m", "converters.paddleclas.make_checkpoint", "--model-id",
                "Res2Net50_vd_26w_4s", "--init", "noise", "--seed", "0", "--out", str(noise))
@@ -39,6 +43,7 @@ def test_plain_init_and_noise_statistics_pass_and_a_loose_tolerance_fails(tmp_pa
         _entry("r18-plain-loose", "mmpretrain", "resnet18_8xb32_in1k", plain,
                tolerances=loose),
         _entry("r2n-vd-noise", "paddleclas", "Res2Net50_vd_26w_4s", noise),
+        _entry("mnv2-plain", "mmpretrain", "mobilenet-v2_8xb32_in1k", mnv2),
     ])
     out = tmp_path / "out"
     proc = run_pipeline("--manifest", str(manifest), "--out", str(out))
@@ -72,3 +77,14 @@ def test_plain_init_and_noise_statistics_pass_and_a_loose_tolerance_fails(tmp_pa
     assert "too loose to catch a fault that matters" in canary["detail"]
     assert report["decided_by"].startswith("canary_caught (canary)")
 
+
+    # No tried weight moves the logits (plain init: its ReLU6 saturate, the features are 0,
+    # the logits are the classifier's bias): a correct conversion passes, and says that its
+    # gate power is not shown, in the report, the run and the verdict.
+    report = read_report(out, "mnv2-plain")
+    assert report["passed"] and _canary(report)["status"] == "not_shown"
+    warning = _canary(report)["warning"]
+    assert warning.startswith("gate power not shown: the logits do not respond")
+    assert report["warnings"] == [warning]
+    assert report["decided_by"].endswith(f"; WARNING: {warning}")
+    assert f"  WARNING   {warning}" in proc.stdout

@@ -48,7 +48,6 @@ LAYERS = 2        # mid layers whose resolution is searched (and the classifier)
 MAX_TRIES = 8     # Convs (then Gemm/MatMuls) tried to find LAYERS that reach the logits
 NO_EFFECT = 1e-5  # relative to max |logit|: below this the copy computes the same function
 MATTERS = 0.01    # total-variation distance of the class probabilities: 1 percentage point
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _weighted(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -81,11 +80,6 @@ def head(model: onnx.ModelProto) -> tuple[str, str] | None:
     may matter, while a fault in the head does, so a loose tolerance still shows."""
     found = _weighted(model, ("Gemm", "MatMul"))
     return found[-1] if found else None
-
-
-def pick_weight(model: onnx.ModelProto) -> tuple[str, str] | None:
-    found = candidates(model)
-    return found[0] if found else None
 
 
 def faulty_weight(array: np.ndarray, noise: float, seed: int = SEED) -> np.ndarray:
@@ -141,10 +135,14 @@ def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, to
     if clean is None:
         clean = OrtRunner(model_path, threads).infer(inputs, len(inputs))
     scale = float(np.abs(clean).max()) or 1.0
+    order = candidates(model)
+    classifier = head(model)
+    if classifier and classifier not in order:
+        order.append(classifier)
     tried: list[str] = []
     layers: list[dict] = []
     scratch = tempfile.TemporaryDirectory(prefix="canary-", dir=model_path.parent)
-    path = Path(scratch.name) / "canary.onnx"
+    path = Path(scratch.name) / "canary.onnx"   # removed by `with scratch` below
 
     def run(weight: str, noise: float) -> np.ndarray:
         # A written copy: ONNX Runtime's SessionOptions.add_initializer does not replace a
@@ -156,10 +154,6 @@ def canary_check(model_path: Path, inputs: np.ndarray, reference: np.ndarray, to
         return bool(np.isfinite(out).all()) and \
             float(np.abs(out - clean).max()) <= NO_EFFECT * scale
 
-    order = candidates(model)
-    classifier = head(model)
-    if classifier and classifier not in order:
-        order.append(classifier)
     with scratch:
         for node, weight in order:
             if len(layers) >= LAYERS and (node, weight) != classifier:

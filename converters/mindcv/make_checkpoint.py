@@ -54,6 +54,10 @@ def main(argv=None) -> None:
     parser.add_argument("--mark-demo", action="store_true",
                         help="add a 'demo_checkpoint' entry so reports say this is a demo")
     args = parser.parse_args(argv)
+    if args.init == "plain" and args.format == "training":
+        # The training step runs in train mode and would set the statistics from its batch.
+        parser.error("--init plain keeps the default BatchNorm statistics; --format training's "
+                     "step would overwrite them")
 
     import mindspore as ms
     import numpy as np
@@ -72,9 +76,8 @@ def main(argv=None) -> None:
         batch_stats_only(model)
     batch = calibration_batch(args.init, args.seed, 8, mean=[123.675, 116.28, 103.53],
                               std=[58.395, 57.12, 57.375], size=args.size)
-    x = ms.Tensor(batch if batch is not None else np.zeros((8, 3, args.size, args.size),
-                                                           np.float32))
     if batch is not None:
+        x = ms.Tensor(batch)
         model.set_train(True)
         model(x)  # moving statistics := this batch's statistics
         model.set_train(False)

@@ -32,7 +32,7 @@ def build_model(model_id: str, num_classes: int):
 # makes the one score it classifies with (mmpretrain/models/heads/<head>.py): ConformerHead
 # returns (conv score, transformer score) and predict() adds them. Deit, LeViT and
 # EfficientFormer heads combine their distillation scores inside forward() already.
-COMBINE_SCORES = {"ConformerHead": ("sum", lambda scores: sum(scores[1:], scores[0]))}
+COMBINE_SCORES = {"ConformerHead": lambda scores: sum(scores[1:], scores[0])}
 
 
 def logits(model, x):
@@ -44,7 +44,7 @@ def logits(model, x):
             raise WorkerError("unsupported", f"{head}'s forward returns {len(out)} tensors and "
                                              "how its predict() combines them is not known "
                                              "(converters/mmpretrain/worker.py COMBINE_SCORES)")
-        out = COMBINE_SCORES[head][1](list(out))
+        out = COMBINE_SCORES[head](list(out))
     return out
 
 
