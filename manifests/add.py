@@ -111,16 +111,17 @@ def append(path: Path, entry: dict, comment: list[str]) -> str:
     return block
 
 
-def provenance_comment(source: str, described: dict, derived: dict) -> list[str]:
-    """The comment above an added entry: when, and which package files the fields came
-    from (so a reviewer can open them)."""
+def provenance_comment(source: str, described: dict, derived: dict,
+                       on: dt.date | None = None) -> list[str]:
+    """The comment above an added entry: when (`on`, default today), and which package
+    files the fields came from (so a reviewer can open them)."""
     versions = described.get("versions", {})
     version = versions.get(source) or versions.get("framework")
     about = [f"{source} {version}" if version else source]
     if described.get("family"):
         about.append(f"family {described['family']}")
     lines = [f"Added by `pipeline.py add {source} {described['model_id']}` on "
-             f"{dt.date.today().isoformat()} ({'; '.join(about)})."]
+             f"{(on or dt.date.today()).isoformat()} ({'; '.join(about)})."]
     for key, origin in derived.get("fields", {}).items():
         lines.append(f"{key}: {origin}")
     lines += derived.get("notes", [])

@@ -75,10 +75,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 @contextmanager
-def store_lock(store: Path):
+def store_lock(store: Path, say=print):
+    """STORE/.lock held exclusively; says so when another publisher holds it and it waits."""
     store.mkdir(parents=True, exist_ok=True)
     with open(store / ".lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting: another publisher holds {store / '.lock'}")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -129,7 +134,7 @@ def publish(source: Path, store: Path, public_key: Path, keep: int | None = None
     result = PublishResult()
     if not source.is_dir():
         raise FileNotFoundError(f"--from {source} is not a directory")
-    with store_lock(store):
+    with store_lock(store, say):
         for stale in store.glob(".staging-*"):  # left by a killed publisher; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         for artifact, report in _candidates(source, result, say):

@@ -264,15 +264,19 @@ def test_worker_memory_option_is_parsed_and_bad_sizes_refused(tmp_path):
 
 # --------------------------------------------------------------------------- fuzz campaign
 def test_seeded_fuzz_campaign_over_manifest_dataset_and_report_parsers(tmp_path):
-    """Mutated manifests, label files and reports: each refused with the parser's own error
-    within 2 s, under 2 GiB of address space (tests/helpers/fuzz_documents.py)."""
+    """Mutated manifests, label files and reports, 80 of each: each loaded whole or refused
+    with the parser's own error within 2 s, under 2 GiB of address space; no hostile report
+    published (tests/helpers/fuzz_documents.py). A fixed count, not a time: the same inputs
+    on a fast or a loaded machine."""
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "fuzz_documents.py"),
-                           str(tmp_path), "20261122", "10"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, preexec_fn=_limited_address_space,
+                           str(tmp_path), "20261122", "80"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, preexec_fn=_limited_address_space,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    counts = json.loads(proc.stdout.split(": ", 1)[1].split(" inputs")[0].replace("'", '"'))
-    assert min(counts.values()) >= 50, counts
+    summary = json.loads(proc.stdout.split(": ", 1)[1].rsplit(", ", 1)[0])
+    # Most mutations break the document: a parser that let everything load would show here.
+    assert summary["manifest"]["refused"] >= 60 and summary["dataset"]["refused"] >= 60, summary
+    assert summary["report"] == {"refused": 80, "loaded": 0}, summary
 
 
 def test_label_file_names_stay_inside_the_dataset_folder(tmp_path):

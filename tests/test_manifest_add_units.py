@@ -220,16 +220,21 @@ def test_provenance_comment_says_when_which_version_and_where_each_field_came_fr
     derived = {"fields": {"preprocess": "mindcv/models/pit.py default_cfgs",
                           "input_shape": "the crop"},
                "notes": ["published top-1/top-5 not taken: another checkpoint"]}
-    today = dt.date.today().isoformat()
-    assert provenance_comment("mindcv", described, derived) == [
+    day = dt.date(2026, 2, 28)
+    # Without a date: today's, read around the call so that midnight cannot break the test.
+    before = dt.date.today().isoformat()
+    [first, *_] = provenance_comment("mindcv", described, derived)
+    assert first.split(" on ")[1].split(" ")[0] in {before, dt.date.today().isoformat()}
+    today = day.isoformat()
+    assert provenance_comment("mindcv", described, derived, on=day) == [
         f"Added by `pipeline.py add mindcv pit_ti` on {today} (mindcv 0.3.0; family pit).",
         "preprocess: mindcv/models/pit.py default_cfgs",
         "input_shape: the crop",
         "published top-1/top-5 not taken: another checkpoint"]
     # No version of the source package: the framework's; neither, or no family: left out.
     assert provenance_comment("paddleclas", {"model_id": "X", "family": "resnet", "versions": {
-        "framework": "paddle 2.6"}}, {}) == [
+        "framework": "paddle 2.6"}}, {}, on=day) == [
         f"Added by `pipeline.py add paddleclas X` on {today} (paddleclas paddle 2.6; "
         "family resnet)."]
-    assert provenance_comment("mmpretrain", {"model_id": "Y"}, {"fields": {}}) == [
+    assert provenance_comment("mmpretrain", {"model_id": "Y"}, {"fields": {}}, on=day) == [
         f"Added by `pipeline.py add mmpretrain Y` on {today} (mmpretrain)."]

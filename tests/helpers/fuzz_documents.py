@@ -1,11 +1,16 @@
 """Seeded fuzz campaign over the parsers of user documents: the manifest loader (mutations of
 manifests/all.yaml and hostile YAML constructs), each dataset layout (val.txt, val_map.txt,
-image folders) and the publisher's reading of an artifact's report.json. Every input must
-be refused with the parser's own error (ManifestError, DatasetError, a 'skip'/'refuse' line)
-within its time budget; anything else (another exception, a hang, memory past the address
-space limit the test sets) is a failure. Prints one line per failure and exits 1 if any.
+image folders) and the publisher's reading of an artifact's report.json.
 
-    python tests/helpers/fuzz_documents.py WORKDIR SEED SECONDS
+Each input is either loaded whole (a mutation can leave a valid document: a cut at the end of
+a line, a repeated comment) or refused with the parser's own error (ManifestError,
+DatasetError; the publisher skips or refuses it and never publishes it), within its time
+budget. Anything else (another exception, a hang, memory past the address space limit the
+test sets) is a failure. The campaign is a fixed number of inputs per parser, so that a run
+does the same work on a fast or a loaded machine. Prints the refused/loaded counts and one
+line per failure, and exits 1 if any.
+
+    python tests/helpers/fuzz_documents.py WORKDIR SEED INPUTS_PER_PARSER
 """
 from __future__ import annotations
 
@@ -66,11 +71,11 @@ def label_lines(rng: random.Random, names: list[str]) -> str:
     return "\n".join(pieces) + rng.choice(["", "\n", "\r\n"])
 
 
-def run(work: Path, seed: int, seconds: float) -> list[str]:
+def run(work: Path, seed: int, inputs: int) -> tuple[dict, list[str]]:
     rng = random.Random(seed)
     manifest = (REPO / "manifests" / "all.yaml").read_text()
     failures, counts = [], {"manifest": 0, "dataset": 0, "report": 0}
-    deadline = time.monotonic() + seconds
+    refused = {kind: 0 for kind in counts}
 
     def attempt(kind: str, fn, expected: tuple, label: str) -> None:
         counts[kind] += 1
@@ -78,7 +83,7 @@ def run(work: Path, seed: int, seconds: float) -> list[str]:
         try:
             fn()
         except expected:
-            pass
+            refused[kind] += 1
         except Exception as exc:  # noqa: BLE001 - exactly what the campaign looks for
             failures.append(f"{kind} #{counts[kind]} ({label}): {type(exc).__name__}: "
                             f"{str(exc)[:160]}")
@@ -86,8 +91,7 @@ def run(work: Path, seed: int, seconds: float) -> list[str]:
         if took > PER_INPUT_S:
             failures.append(f"{kind} #{counts[kind]} ({label}): took {took:.1f} s")
 
-    while time.monotonic() < deadline:
-        i = sum(counts.values())
+    for i in range(inputs):
         # Manifest loader.
         path = work / f"m{i}.yaml"
         path.write_text(mutate_text(rng, manifest), encoding="utf-8", errors="surrogatepass")
@@ -120,18 +124,26 @@ def run(work: Path, seed: int, seconds: float) -> list[str]:
                               "\ufeff" + report, "null", "[]"])
         (out / "a" / "report.json").write_text(hostile)
         store = work / f"s{i}"
-        attempt("report", lambda: publish(out, store, REPO / "missing.pub", say=lambda _: None),
-                (), "report.json")
+        # Every hostile report is unsigned or unreadable: the publisher must skip or refuse
+        # it (a line in result.skipped/rejected), never raise, never publish.
+        result = []
+        attempt("report", lambda: result.append(
+            publish(out, store, REPO / "missing.pub", say=lambda _: None)), (), "report.json")
+        if result and (result[0].published or not (result[0].skipped or result[0].rejected)):
+            failures.append(f"report #{counts['report']}: neither skipped nor refused")
+        elif result:
+            refused["report"] += 1
         if store.exists() and any(p.name == "a" for p in store.iterdir()):
             failures.append(f"report #{counts['report']}: published a hostile artifact")
-    print(f"fuzz_documents seed {seed}: {counts} inputs in {seconds:.0f} s, "
-          f"{len(failures)} failure(s)")
-    return failures
+    summary = {kind: {"refused": refused[kind], "loaded": counts[kind] - refused[kind]}
+               for kind in counts}
+    print(f"fuzz_documents seed {seed}: {json.dumps(summary)}, {len(failures)} failure(s)")
+    return summary, failures
 
 
 if __name__ == "__main__":
-    work, seed, seconds = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    problems = run(work, seed, seconds)
+    work, seed, inputs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    _, problems = run(work, seed, inputs)
     for line in problems[:50]:
         print("  ", line)
     sys.exit(1 if problems else 0)
