@@ -136,9 +136,14 @@ def test_cli_checkpoint_for_unselected_entry_is_refused(tmp_path):
 
 
 def test_yaml_anchors_are_shared_not_copied():
+    """Every entry's preprocess and tolerances are an alias of a `shared` block: PyYAML gives
+    an alias the anchored object itself, a pasted copy only an equal one."""
     doc = yaml.safe_load((REPO / "manifests" / "all.yaml").read_text())
-    mm = [e for e in doc["models"] if e["source"] == "mmpretrain"]
-    assert all(e["preprocess"] == doc["shared"]["mmpretrain_preprocess"] for e in mm)
+    shared = {id(block): name for name, block in doc["shared"].items()}
+    for entry in doc["models"]:
+        for key in ("preprocess", "tolerances"):
+            assert id(entry[key]) in shared, f"{entry['name']}.{key} is a copy, not an alias"
+        assert shared[id(entry["preprocess"])] == f"{entry['source']}_preprocess", entry["name"]
 
 
 def test_cli_missing_data_dir_is_refused_before_any_work(tmp_path):

@@ -152,10 +152,6 @@ def test_a_variant_failing_its_gate_is_not_written_and_fp32_still_ships(checkpoi
     v2 = read_report(tmp_path / "o2", NAME)["variants"]["int8"]
     assert v2["build"]["excluded_node_names"] == keep
     assert v2["build"]["excluded_nodes"] == v["build"]["excluded_nodes"] + len(keep)
-    assert next(c["measured"] for c in v2["checks"] if c["name"] == "cosine_min") != cosine
-
-    # A name the model does not have is refused, naming it.
-    typo = run_pipeline("--manifest", _manifest(tmp_path, exclude_nodes=["/no/such/Conv"]),
-                        "--checkpoint", f"{NAME}={checkpoint}", "--out", str(tmp_path / "o3"),
-                        "--precisions", "int8")
-    assert "exclude_nodes names node(s) the model does not have: /no/such/Conv" in typo.stdout
+    # ... for the better: the advice is worth following.
+    assert next(c["measured"] for c in v2["checks"] if c["name"] == "cosine_min") > cosine
+    # A name the model does not have: test_variants_units.py (make_int8 refuses it).

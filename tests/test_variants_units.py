@@ -13,7 +13,7 @@ from onnxruntime.quantization import CalibrationMethod
 from onnxruntime.quantization.calibrate import create_calibrator
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-from converters.variants import make_int8, percentile_ranges
+from converters.variants import VariantFailed, make_int8, percentile_ranges
 
 PERCENTILE = 99.999
 OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
@@ -186,6 +186,21 @@ def test_variant_gates_fail_on_disagreement_and_on_a_top1_drop_only():
     missing[0, 9] = 20.0                               # the source misses image 0
     check = drop(missing, ref)                         # source 75 %, variant 100 %: a gain
     assert check.passed and check.measured == -25.0
+
+
+def test_exclude_nodes_naming_a_node_the_model_lacks_is_refused_and_writes_nothing(
+        tmp_path, calibration):
+    model = _model(tmp_path / "tiny.onnx")
+    cfg = {"calibration": "percentile", "percentile": PERCENTILE}
+    with pytest.raises(VariantFailed, match="variants.int8.exclude_nodes names node\\(s\\) the "
+                       "model does not have: /no/such/Conv"):
+        make_int8(model, tmp_path / "q.onnx", calibration, {**cfg, "exclude_nodes": [
+            "/no/such/Conv"]})
+    assert not (tmp_path / "q.onnx").exists()
+    named = onnx.load(str(model)).graph.node[0].name
+    assert named
+    make_int8(model, tmp_path / "q.onnx", calibration, {**cfg, "exclude_nodes": [named]})
+    assert (tmp_path / "q.onnx").exists()
 
 
 @pytest.mark.parametrize("in_graph", [True, False])
