@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from conftest import REPO, VENV_ROOT
 
 HITS = REPO / "scripts" / "mutation_hits"
@@ -56,6 +58,7 @@ def _run(toy, tmp_path, **settings):
     return proc, json.loads((tmp_path / "out" / "mutation.json").read_text())
 
 
+@pytest.mark.index   # scripts/mutation.sh builds the mutation environment from the lock
 def test_mutation_run_scores_lists_survivors_and_honours_equivalents(tmp_path):
     toy = tmp_path / "toy"
     _toy(toy)
