@@ -19,9 +19,13 @@ DEMO_KEY := $(DEMO_DIR)/signing-key.pem
 STORE ?= store
 NIGHTLY_OUT ?= nightly-artifacts
 PYTEST_ARGS ?=
+# TEST_WORKERS: pytest-xdist workers of `make test` (default: the cores, at most 4, since
+# each may run a framework conversion of a few GB); 1 runs the suite in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+TEST_DIST = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 BENCH_JSON ?= bench.json
 
-.PHONY: help setup demo convert test test-fast list lock lock-hashes mutation zoo-sweep clean verify-artifact publish nightly \
+.PHONY: help setup demo convert test test-fast test-offline list lock lock-hashes mutation zoo-sweep clean verify-artifact publish nightly \
         bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
@@ -50,7 +54,8 @@ help:
 	@echo "                                source vs ONNX Runtime latency/FPS table + bench.json"
 	@echo "make bench-data-path            accuracy gate: data path vs inference images/s (JSON)"
 	@echo "make test                       full test suite (slow tests included)"
-	@echo "make test-fast                  tests that need no framework worker"
+	@echo "make test-fast                  tests that need no framework worker and no package index"
+	@echo "make test-offline               the full suite less the tests that need a package index"
 	@echo "make lock                       re-resolve envs/*.in into hash-locked envs/*.lock.txt"
 	@echo "make lock-hashes                keep the pins, recompute the sha256 hashes in envs/*.lock.txt"
 	@echo "make mutation [BUDGET=s]        mutation score of the gate/signing/store code (mutation-report/)"
@@ -144,10 +149,13 @@ list: setup
 	@$(PY) pipeline.py --manifest $(MANIFEST) --list
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(TEST_DIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not index" $(TEST_DIST) $(PYTEST_ARGS)
+
+test-offline: setup
+	$(PY) -m pytest -m "not index" $(TEST_DIST) --durations=25 $(PYTEST_ARGS)
 
 lock:
 	@for env in $(ENVS) mutation; do scripts/lock_env.sh $$env || exit $$?; done

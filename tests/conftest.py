@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,36 @@ MODEL_IDS = {
     "res2net50-w14-s8": "res2net50-w14-s8_3rdparty_8xb32_in1k",
     "res2net50-w26-s8": "res2net50-w26-s8_3rdparty_8xb32_in1k",
 }
+
+
+# --------------------------------------------------------------------------- package index
+_INDEX: list[str] = []   # why no package index answers ("" once one has), probed once
+
+
+def index_unreachable() -> str:
+    """'' when the package index pip is configured with (PyPI, a mirror, find-links) serves a
+    small real wheel, else why not. Probed once per process, as setup would fetch it."""
+    if not _INDEX:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                probe = subprocess.run(
+                    ["python3", "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+                     "--timeout", "10", "--retries", "0", "-q", "-d", folder, "six==1.17.0"],
+                    capture_output=True, text=True, timeout=60)
+                why = "" if probe.returncode == 0 else (
+                    "no package index answers (pip download six==1.17.0: "
+                    f"{(probe.stderr.strip().splitlines() or ['exit %d' % probe.returncode])[-1]})")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                why = f"no package index answers ({type(exc).__name__}: {exc})"
+        _INDEX.append(why)
+    return _INDEX[0]
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("index") is not None and (why := index_unreachable()):
+        pytest.skip(f"{why}; this test needs one (`make test-offline` leaves it out)")
 
 
 # --------------------------------------------------------------------------- HTTP server
@@ -86,10 +117,34 @@ for _var in ("no_proxy", "NO_PROXY"):
 sys.path.insert(0, str(REPO / "scripts" / "mutation_hits"))
 from mutation_credit import install as _install_mutation_credit  # noqa: E402
 from mutation_credit import (  # noqa: E402,F401 - pytest hooks, re-exported
-    pytest_collection_modifyitems, pytest_runtest_logreport, pytest_runtest_teardown,
-    pytest_sessionfinish)
+    pytest_runtest_logreport, pytest_runtest_teardown, pytest_sessionfinish)
+from mutation_credit import pytest_collection_modifyitems as _mutation_order  # noqa: E402
 
 _install_mutation_credit(REPO)
+
+# `make test` runs on every core (pytest-xdist, --dist loadgroup --no-loadscope-reorder):
+# tests are handed out in collection order, so the longest go first and the short ones fill
+# the gaps at the end; a long test handed out last would keep one worker busy while the
+# others idle. Modules by measured time, longest first (`make test` prints the slowest 25);
+# a stale list costs minutes, never a result. Under mutmut, its own cheapest-first order.
+LONGEST_FIRST = ("test_scale.py", "test_mindcv_e2e.py", "test_localize.py",
+                 "test_accuracy_e2e.py", "test_mmpretrain_e2e.py", "test_demo.py",
+                 "test_gate_inits.py", "test_paddleclas_e2e.py", "test_limits_workers.py",
+                 "test_variants_e2e.py", "test_export_rewrites.py", "test_zoo.py")
+
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        _mutation_order(items)
+        return
+
+    def rank(item) -> tuple[int, int]:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        slow = item.get_closest_marker("slow") is not None
+        return (0 if slow else 1,
+                LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST))
+
+    items.sort(key=rank)   # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="module")
@@ -206,53 +261,75 @@ def run_mindspore(*args: str, timeout: float = 900) -> subprocess.CompletedProce
     return run_in_env(MINDSPORE_PYTHON, *args, timeout=timeout)
 
 
+# kind: (maker module, file suffix, arguments). Each framework's recipes are made together,
+# in one process (its imports paid once), the first time a test asks for one of them.
+CHECKPOINT_RECIPES = {
+    "w14": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w14-s8"],
+                                   "--format", "openmmlab"]),
+    "w14-module": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w14-s8"],
+                                          "--format", "module"]),
+    "w26": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w26-s8"],
+                                   "--format", "openmmlab"]),
+    "official": ("mmpretrain", ".pth", ["--arch", "timm:res2net50_14w_8s", "--format", "bare"]),
+    **{kind: ("paddleclas", ".pdparams", ["--model-id", model_id, "--format", fmt])
+       for kind, (model_id, fmt) in {
+           "pd-14w": ("Res2Net50_14w_8s", "training"),
+           "pd-26w": ("Res2Net50_26w_4s", "training"),
+           "pd-vd": ("Res2Net50_vd_26w_4s", "training"),
+           "pd-14w-param-names": ("Res2Net50_14w_8s", "param-names"),
+           "pd-14w-layers": ("Res2Net50_14w_8s", "layers-prefix"),
+           "pd-14w-numpy1": ("Res2Net50_14w_8s", "numpy1")}.items()},
+    **{kind: ("mindcv", ".ckpt", ["--model-id", model_id, "--format", fmt,
+                                  "--num-classes", str(classes)])
+       for kind, (model_id, fmt, classes) in {
+           "ms-r50": ("res2net50", "weights", 1000),
+           "ms-r50-training": ("res2net50", "training", 1000),
+           "ms-r50-1001": ("res2net50", "weights", 1001),
+           "ms-r50-v1b": ("res2net50_v1b", "weights", 1000)}.items()},
+}
+FRAMEWORK_PYTHON = {"mmpretrain": MM_PYTHON, "paddleclas": PADDLE_PYTHON,
+                    "mindcv": MINDSPORE_PYTHON}
+
+
+def shared_tmp(tmp_path_factory, name: str) -> Path:
+    """A folder of this test run shared by its pytest-xdist workers (each worker's basetemp is
+    pytest-N/popen-gwK; pytest-N is this run's alone), or this process's own without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    """make(kind) -> path of a checkpoint made once per session by the real framework."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    made: dict[str, Path] = {}
-    recipes = {
-        "w14": ("mmpretrain:" + MODEL_IDS["res2net50-w14-s8"], "openmmlab"),
-        "w14-module": ("mmpretrain:" + MODEL_IDS["res2net50-w14-s8"], "module"),
-        "w26": ("mmpretrain:" + MODEL_IDS["res2net50-w26-s8"], "openmmlab"),
-        "official": ("timm:res2net50_14w_8s", "bare"),
-    }
-    paddle_recipes = {  # kind: (PaddleClas model id, format)
-        "pd-14w": ("Res2Net50_14w_8s", "training"),
-        "pd-26w": ("Res2Net50_26w_4s", "training"),
-        "pd-vd": ("Res2Net50_vd_26w_4s", "training"),
-        "pd-14w-param-names": ("Res2Net50_14w_8s", "param-names"),
-        "pd-14w-layers": ("Res2Net50_14w_8s", "layers-prefix"),
-        "pd-14w-numpy1": ("Res2Net50_14w_8s", "numpy1"),
-    }
+    """make(kind) -> path of a checkpoint made once per test run by the real framework
+    (seed 0), whichever worker asks first; the others wait on its lock and reuse the file."""
+    import fcntl
 
-    mindcv_recipes = {  # kind: (mindcv model id, format, classes)
-        "ms-r50": ("res2net50", "weights", 1000),
-        "ms-r50-training": ("res2net50", "training", 1000),
-        "ms-r50-1001": ("res2net50", "weights", 1001),
-        "ms-r50-v1b": ("res2net50_v1b", "weights", 1000),
-    }
+    root = shared_tmp(tmp_path_factory, "checkpoints")
 
     def make(kind: str) -> Path:
-        if kind not in made:
-            if kind in mindcv_recipes:
-                model_id, fmt, classes = mindcv_recipes[kind]
-                path = root / f"{kind}.ckpt"
-                run_mindspore("-m", "converters.mindcv.make_checkpoint", "--model-id",
-                              model_id, "--format", fmt, "--num-classes", str(classes),
-                              "--seed", "0", "--out", str(path))
-            elif kind in paddle_recipes:
-                model_id, fmt = paddle_recipes[kind]
-                path = root / f"{kind}.pdparams"
-                run_paddle("-m", "converters.paddleclas.make_checkpoint", "--model-id",
-                           model_id, "--format", fmt, "--seed", "0", "--out", str(path))
-            else:
-                arch, fmt = recipes[kind]
-                path = root / f"{kind}.pth"
-                run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch", arch,
-                       "--format", fmt, "--seed", "0", "--out", str(path))
-            made[kind] = path
-        return made[kind]
+        source, suffix, _ = CHECKPOINT_RECIPES[kind]
+        path = root / f"{kind}{suffix}"
+        with open(root / f".{source}.lock", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)    # released when the file closes
+            if not path.exists():
+                batch = {k: r for k, r in CHECKPOINT_RECIPES.items() if r[0] == source
+                         and not (root / f"{k}{r[1]}").exists()}
+                partial = root / f".partial-{source}-{os.getpid()}"
+                partial.mkdir()
+                jobs = [[*args, "--seed", "0", "--out", str(partial / f"{k}{sfx}")]
+                        for k, (_, sfx, args) in batch.items()]
+                (partial / "jobs.json").write_text(json.dumps(jobs))
+                run_in_env(FRAMEWORK_PYTHON[source],
+                           str(REPO / "tests" / "helpers" / "make_checkpoints.py"),
+                           f"converters.{source}.make_checkpoint", str(partial / "jobs.json"))
+                for k, (_, sfx, _) in batch.items():     # whole files appear, by rename
+                    os.replace(partial / f"{k}{sfx}", root / f"{k}{sfx}")
+                shutil.rmtree(partial)
+        return path
 
     return make
 

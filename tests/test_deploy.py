@@ -29,6 +29,9 @@ ENTRY_OF = {"mmpretrain": "res2net50-w14-s8", "paddleclas": "paddleclas-res2net5
 # (round); 511x256 -> crop offset 143.5 (floor 143, half-even 144); near-square and large.
 SIZES = [(333, 250), (250, 333), (511, 256), (257, 255), (600, 457), (375, 500)]
 
+# One worker runs the module (pytest-xdist): its tests share the sources' own tensors.
+pytestmark = pytest.mark.xdist_group("deploy")
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:

@@ -16,7 +16,8 @@ from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, manifest_entri
                       read_report, run_in_env, run_pipeline, write_manifest)
 from verify.canary import perturbed
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (pytest-xdist): its tests share the module's conversions.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localize")]
 ENTRIES = manifest_entries()
 CASES = {  # entry -> (checkpoint kind of the session fixture, environment)
     "res2net50-w14-s8": ("w14", MM_PYTHON),

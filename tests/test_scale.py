@@ -18,6 +18,7 @@ from conftest import REPO, VENV_ROOT, manifest_entries, read_report, run_pipelin
 from verify.images import imagenet_like
 
 pytestmark = pytest.mark.slow
+IN_CLUSTER = pytest.mark.xdist_group("cluster")   # one worker runs the cluster's tests
 ENTRIES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-14w",
            "mindcv-res2net50": "ms-r50"}
 IMAGES = 11   # + 1 undecodable file: 3 shards of 4 with --shard-size 4
@@ -133,6 +134,7 @@ def _cluster_driver(c, manifest, checkpoints, name, out, data):
     return proc, log
 
 
+@IN_CLUSTER
 def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
                                                        tmp_path):
     c, nodes, work = cluster
@@ -174,6 +176,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
 # cluster, this driver's shard tasks were sometimes never scheduled on the remaining node and
 # the test waited out its 600 s deadline. It passed in the other runs and alone. Skipped until
 # it gets a cluster of its own and the cause is understood (issue 11 closing note).
+@IN_CLUSTER
 @pytest.mark.skip(reason="flaky after node removal in the shared cluster fixture; see comment")
 def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(cluster, checkpoints, manifest,
                                                              data, tmp_path):
@@ -201,6 +204,7 @@ def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(cluster, checkpoint
         time.sleep(0.2)
 
 
+@IN_CLUSTER
 def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, manifest, data,
                                                         tmp_path):
     c, _, _ = cluster
