@@ -334,6 +334,34 @@ def checkpoints(tmp_path_factory):
     return make
 
 
+THREE_SOURCES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-14w",
+                 "mindcv-res2net50": "ms-r50"}   # shipped entry -> checkpoint kind
+
+
+@pytest.fixture(scope="session")
+def three_sources(checkpoints, tmp_path_factory):
+    """(out, stdout): the three shipped Res2Net entries converted side by side in one run of
+    pipeline.py, with --localize, from this run's checkpoints. Made once per test run,
+    whichever worker asks first, and read by every test that needs a passing conversion of
+    a source (its report, model, localisation): a conversion costs 30-60 s on 2 cores."""
+    import fcntl
+
+    root = shared_tmp(tmp_path_factory, "three-sources")
+    out = root / "out"
+    with open(root / ".lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if not (root / "result.json").exists():
+            args = []
+            for name, kind in THREE_SOURCES.items():
+                args += ["--only", name, "--checkpoint", f"{name}={checkpoints(kind)}"]
+            proc = run_pipeline(*args, "--localize", "--out", str(out))
+            (root / "result.json").write_text(json.dumps(
+                {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+    result = json.loads((root / "result.json").read_text())
+    assert result["returncode"] == 0, result["stdout"][-4000:] + result["stderr"][-3000:]
+    return out, result["stdout"]
+
+
 def helper_logits(python: Path, helper: str, model: str, checkpoint: Path, inputs,
                   tmp_path: Path):
     """Logits from tests/helpers/HELPER run in a framework env (its own loading path)."""

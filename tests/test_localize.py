@@ -16,8 +16,7 @@ from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, manifest_entri
                       read_report, run_in_env, run_pipeline, write_manifest)
 from verify.canary import perturbed
 
-# One worker runs the module (pytest-xdist): its tests share the module's conversions.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localize")]
+pytestmark = pytest.mark.slow
 ENTRIES = manifest_entries()
 CASES = {  # entry -> (checkpoint kind of the session fixture, environment)
     "res2net50-w14-s8": ("w14", MM_PYTHON),
@@ -26,16 +25,11 @@ CASES = {  # entry -> (checkpoint kind of the session fixture, environment)
 }
 
 
-@pytest.fixture(scope="module")
-def converted(checkpoints, tmp_path_factory):
-    """The three sources converted in one run with --localize (on passing models)."""
-    out = tmp_path_factory.mktemp("localize") / "out"
-    args = []
-    for name, (kind, _) in CASES.items():
-        args += ["--only", name, "--checkpoint", f"{name}={checkpoints(kind)}"]
-    proc = run_pipeline(*args, "--localize", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    return out, proc.stdout
+@pytest.fixture
+def converted(three_sources):
+    """The three sources converted in one run with --localize (on passing models), shared
+    with the other tests that need a passing conversion (conftest.three_sources)."""
+    return three_sources
 
 
 def test_clean_models_localise_without_a_false_alarm(converted):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import (MM_PYTHON, assert_passed, helper_logits, manifest_entries, read_report,
-                      run_make, run_mm, run_pipeline, write_manifest, random_bytes)
+                      run_mm, run_pipeline, write_manifest, random_bytes)
 from verify.compare import compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -31,13 +31,12 @@ def random_inputs(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, size=(n, 3, 224, 224)).astype(np.float32)
 
 
-def test_make_convert_openmmlab_checkpoint(checkpoints, tmp_path):
+def test_openmmlab_checkpoint_converts_at_any_batch_size(three_sources, checkpoints, tmp_path):
+    """The shipped entry from an OpenMMLab-format file (the session's shared three-source
+    run; `make convert` itself: test_accuracy_e2e.py and test_variants_e2e.py)."""
     ckpt = checkpoints("w14")
-    out = tmp_path / "out"
-    proc = run_make("convert", "MODEL=res2net50-w14-s8", f"CHECKPOINT={ckpt}",
-                    f"OUT={out}")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "1/1 passed" in proc.stdout and "NOT the pinned file" in proc.stdout
+    out, stdout = three_sources
+    assert "3/3 passed" in stdout and "NOT the pinned file" in stdout
 
     report = read_report(out, "res2net50-w14-s8")
     assert_passed(report)
