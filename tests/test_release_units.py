@@ -698,3 +698,42 @@ def test_deployable_after_another_file_without_a_dataset_digest(tmp_path, monkey
     assert read(out["model.onnx"])["accuracy"] == {
         "published": None, "measured": {"top1": 1.0, "top5": 2.0, "images": 3, "dataset": None}}
     assert list(cwd.iterdir()) == []
+
+
+# Python writes text in the locale's encoding unless told otherwise; PEP 538/540 coerce only
+# the C locale, and not when PYTHONCOERCECLOCALE=0 (or under another non-UTF-8 locale).
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+
+
+def test_labels_preprocess_and_store_index_are_utf8_under_an_ascii_locale(tmp_path):
+    """A non-ASCII class name and a non-ASCII artifact name, written by a process whose
+    locale encoding is ASCII: labels.txt and index.md hold them in UTF-8 (before the
+    encodings were pinned, this raised UnicodeEncodeError)."""
+    import textwrap
+
+    from conftest import REPO, child_env
+
+    code = textwrap.dedent(f"""
+        import locale, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        assert locale.getpreferredencoding(False) == "ANSI_X3.4-1968", locale.getpreferredencoding()
+        from test_release_units import _tiny_onnx
+        from manifests.loader import Entry
+        from release.deployable import make_deployable
+        from release.publish import _write_atomic, render_markdown
+        tmp = Path({str(tmp_path)!r})
+        entry = Entry({{"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2,
+                        "labels": ["caf\\u00e9", "\\u732b"]}}, "m.yaml")
+        report = {{"deploy": {{"contract": {{}}}}, "run_id": "r", "created": "c",
+                   "pipeline": {{"git_commit": "g"}}, "source": {{"checkpoint": {{"sha256": "s"}}}},
+                   "onnx": {{"sha256": "x"}}}}
+        (tmp / "w").mkdir()
+        make_deployable(entry, report, {{"model.onnx": _tiny_onnx(tmp / "m.onnx")}}, tmp / "w")
+        _write_atomic(tmp / "index.md", "| r\\u00e9snet |")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=child_env(**ASCII_LOCALE), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "w" / "labels.txt").read_bytes() == "café\n猫\n".encode()
+    assert (tmp_path / "index.md").read_bytes() == "| résnet |".encode()
