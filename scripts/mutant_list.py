@@ -1,5 +1,10 @@
-"""Mutants of FILE's function FUNC, numbered as mutmut names them, with what changes:
-python mutlist.py FILE FUNC [REV] [FROM TO]"""
+"""Mutants of FILE's function FUNC, numbered as mutmut names them (x_FUNC__mutmut_N), with
+what each changes, to read an entry of tests/mutation_equivalent.txt against its mutant.
+
+    mutation/bin/python scripts/mutant_list.py FILE FUNC [REV|-] [FROM TO]
+
+REV: a git revision to read FILE at (- for the working tree); FROM TO: a range of numbers.
+"""
 import subprocess, sys
 import libcst as cst
 from mutmut.mutation.file_mutation import create_mutations
