@@ -32,12 +32,19 @@ def unavailable(runtime: str) -> str | None:
     return None
 
 
+def providers(runtime: str) -> list[str]:
+    """ONNX Runtime's execution providers for a GPU runtime, in order: the GPU's, then the
+    CPU's for any node the GPU's cannot take. A name ONNX Runtime does not know makes it
+    print "EP Error" and fall back to CPU alone (measured with 1.31.1), which _runner would
+    then refuse: tests/test_deploy_gate_units.py checks every name against ORT's own list."""
+    return [GPU_PROVIDERS[runtime], "CPUExecutionProvider"]
+
+
 def _runner(runtime: str, path: Path, threads: int | None):
     if runtime in GPU_PROVIDERS:
         from verify.ort_runner import OrtRunner
 
-        runner = OrtRunner(path, threads, providers=[GPU_PROVIDERS[runtime],
-                                                     "CPUExecutionProvider"])
+        runner = OrtRunner(path, threads, providers=providers(runtime))
         used = runner.session.get_providers()[0]
         if used != GPU_PROVIDERS[runtime]:   # ORT falls back to CPU silently (CUDA libs)
             raise RuntimeError(f"ONNX Runtime ran the model on {used}, not "

@@ -181,6 +181,12 @@ def test_synthetic_batch_is_normalised_images_in_nchw(mean, std, scale):
     # Images, not noise: neighbouring pixels are strongly correlated.
     left, right = pixels[..., :-1].ravel(), pixels[..., 1:].ravel()
     assert np.corrcoef(left, right)[0, 1] > 0.5
+    # Normalised in float32 as the sources do, bit for bit (in float64, or with constants
+    # not rounded to float32 first, about one element in ten differs by an ulp).
+    f32 = np.float32
+    again = (np.round(pixels).astype(f32) * f32(scale) - np.array(mean, f32)[None, :, None, None]
+             ) / np.array(std, f32)[None, :, None, None]
+    assert again.dtype == np.float32 and np.array_equal(again, batch)
 
 
 def test_synthetic_batch_is_reproducible_per_seed_and_its_images_differ():

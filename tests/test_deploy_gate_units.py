@@ -307,3 +307,17 @@ def test_the_summary_s_runtime_line_says_each_model_s_outcome_in_the_matrix_s_or
     assert runtimes_line(section) == (
         "tensorrt skipped; onnxruntime fp32 ok, fp16 FAILED, int8 FAILED (required); "
         "openvino fp32 ok; coreml nothing ran")
+
+
+def test_gpu_runtimes_name_providers_onnxruntime_knows():
+    """A misspelt provider (another case, say) makes ONNX Runtime print "EP Error" and run on
+    CPU alone, and the runtime matrix would then refuse every CUDA/TensorRT runtime on a GPU
+    machine. ORT lists every provider name it knows, GPU ones included, in any build."""
+    import onnxruntime as ort
+
+    from orchestrator.runtimes import GPU_PROVIDERS, providers
+
+    known = set(ort.get_all_providers())
+    for runtime, provider in GPU_PROVIDERS.items():
+        assert providers(runtime) == [provider, "CPUExecutionProvider"]
+        assert set(providers(runtime)) <= known, (runtime, set(providers(runtime)) - known)

@@ -67,7 +67,8 @@ def generate_images(directory: Path, count: int, seed: int = 0) -> list[Path]:
 
 def synthetic_batch(seed: int, count: int, mean, std, scale: float = 1.0,
                     size: int = 224) -> np.ndarray:
-    """`count` synthetic RGB images normalised as (x * scale - mean) / std, NCHW float32.
+    """`count` synthetic RGB images normalised as (x * scale - mean) / std, NCHW float32,
+    in float32 arithmetic throughout, as the sources' own data preprocessors normalise.
 
     Used to set BatchNorm statistics of random-init checkpoints: images, not i.i.d. noise,
     because noise has no spatial correlation and statistics taken on it make real images'
@@ -75,7 +76,8 @@ def synthetic_batch(seed: int, count: int, mean, std, scale: float = 1.0,
     rng = np.random.default_rng(seed + 1)
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
-    imgs = np.stack([(synth_image(rng, size, size) * scale - mean) / std for _ in range(count)])
+    imgs = np.stack([(synth_image(rng, size, size).astype(np.float32) * np.float32(scale)
+                      - mean) / std for _ in range(count)])
     return np.ascontiguousarray(imgs.transpose(0, 3, 1, 2).astype(np.float32))
 
 
