@@ -284,6 +284,26 @@ def test_topk_matches_a_full_sort_on_a_thousand_classes():
     assert (_topk(x, 5) == np.argsort(-x, axis=1)[:, :5]).all()
 
 
+def test_top5_starts_with_top1_and_ranks_ties_by_the_lower_class_index():
+    """Logits with many ties (quantised): the source's and a candidate's top-5 begin with
+    their argmax, and equal logits rank by class index. With an unstable sort, or the higher
+    index first, thousands of these rows disagree (numpy 2.4 sorts small arrays with SIMD
+    networks, which are not stable)."""
+    from verify.accuracy import score
+
+    rng = np.random.default_rng(5)
+    src = rng.integers(0, 4, size=(20000, 10)).astype(np.float32)
+    cand = rng.integers(0, 4, size=(20000, 10)).astype(np.float32)
+    scored = score(src, {"onnx": cand})
+    for name, logits in (("source", src), ("onnx", cand)):
+        top5 = scored[name]["top5"]
+        assert (top5[:, 0] == logits.argmax(1)).all(), name
+        ranked = np.take_along_axis(logits, top5, 1)
+        assert (np.diff(ranked, axis=1) <= 0).all(), name
+        tied = np.diff(ranked, axis=1) == 0
+        assert (np.diff(top5, axis=1)[tied] > 0).all(), name
+
+
 def test_an_empty_meter_reads_zero_and_top5_keeps_four_decimals():
     """No image counted: every percentage is 0.0 (no division by zero). Three images with two
     top-5 hits: 66.6667, as top-1 is rounded."""
