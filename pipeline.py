@@ -72,6 +72,12 @@ from verify.localize import LAYER_RTOL
 from verify.runners import RUNTIMES
 
 HERE = Path(__file__).resolve().parent
+# Every command that fetches checkpoints reads the same cache (README "Fetch").
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir", type=click.Path(path_type=Path),
+    default=lambda: os.environ.get("MODEL_CONVERT_CACHE", str(DEFAULT_CACHE)),
+    show_default="$MODEL_CONVERT_CACHE or ~/.cache/model-convert/checkpoints",
+    help="Checkpoint cache.")
 
 
 def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
@@ -97,10 +103,7 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    "file. Repeatable.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("artifacts"),
               show_default=True, help="Where OUT/NAME artifact directories are written.")
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              default=lambda: os.environ.get("MODEL_CONVERT_CACHE", str(DEFAULT_CACHE)),
-              show_default="$MODEL_CONVERT_CACHE or ~/.cache/model-convert/checkpoints",
-              help="Checkpoint cache.")
+@CACHE_DIR_OPTION
 @click.option("--data", "data_dir", default=None, envvar="DATASETS_DIR",
               type=click.Path(path_type=Path),
               help="Labelled ImageNet-val folder (env DATASETS_DIR): class sub-folders "
@@ -508,8 +511,7 @@ def bench(name, manifest, out_dir, batch_sizes, precisions, device, threads, war
               help="Use this local file for NAME instead of downloading it.")
 @click.option("--checkpoint-lock", type=click.Path(path_type=Path), default=None,
               metavar="FILE", help="Default: checkpoints.lock beside the manifest.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE,
-              show_default=True)
+@CACHE_DIR_OPTION
 @click.option("--mirror", envvar="MODEL_CONVERT_MIRROR", default=None, metavar="URL")
 def lock_checkpoints(manifest, only, checkpoints, checkpoint_lock, cache_dir, mirror):
     """Record the full sha256 and size of each entry's checkpoint in the checkpoint lock.
@@ -620,8 +622,7 @@ def predict(artifact, images, top, runtime, precision, public_key, threads, as_j
 @click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               default=None, help="The source checkpoint (default: the entry's, from the cache "
                                  "or downloaded and digest-checked).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE,
-              show_default=True)
+@CACHE_DIR_OPTION
 @click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               default=None, help="Image to run both on (default: the entry's first generated "
                                  "verification image).")

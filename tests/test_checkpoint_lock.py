@@ -96,3 +96,54 @@ def test_lock_file_errors_name_the_line_and_contradictions_name_both_digests(tmp
     with pytest.raises(LockError, match=f"the checkpoint lock has sha256 {'f' * 64}, which "
                                         f"does not match the manifest's {SHA[:8]}"):
         locked_spec(NAME, {"sha256_prefix": SHA[:8]}, {NAME: {"sha256": "f" * 64, "bytes": 1}})
+
+
+def test_cache_and_mirror_come_from_the_environment_in_every_command(http_server, tmp_path):
+    """README: the cache is --cache-dir, else $MODEL_CONVERT_CACHE; MODEL_CONVERT_MIRROR
+    serves every checkpoint by file name when the publisher's host cannot be reached. Here
+    the entry's host is a closed port and only the mirror has the file."""
+    entry = {**manifest_entries()[NAME],
+             "checkpoint": {"url": f"http://127.0.0.1:9/gone/res2net-{SHA[:8]}.pth",
+                            "sha256_prefix": SHA[:8]}}
+    manifest = write_manifest(tmp_path / "m.yaml", [entry])
+    http_server.files[f"/mirror/res2net-{SHA[:8]}.pth"] = BODY
+    env = {"MODEL_CONVERT_CACHE": str(tmp_path / "env-cache"),
+           "MODEL_CONVERT_MIRROR": http_server.url("/mirror/")}
+    done = run_pipeline("lock-checkpoints", "--manifest", str(manifest), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "env-cache" / f"res2net-{SHA[:8]}.pth").read_bytes() == BODY
+    assert [r["path"] for r in http_server.requests] == [f"/mirror/res2net-{SHA[:8]}.pth"]
+    # (The conversion command's options: test_worker_limits_come_from_the_environment.)
+    # An explicit --cache-dir wins over the environment.
+    other = run_pipeline("lock-checkpoints", "--manifest", str(manifest), "--cache-dir",
+                         str(tmp_path / "flag-cache"), env=env)
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert (tmp_path / "flag-cache" / f"res2net-{SHA[:8]}.pth").exists()
+
+
+def test_worker_limits_come_from_the_environment(tmp_path, monkeypatch):
+    """MODEL_CONVERT_WORKER_MEMORY and MODEL_CONVERT_MAX_IMAGE_PIXELS (0 = off) reach the
+    options the run is given, and flags win over them; read at the CLI, where the run starts
+    (orchestrator.run.run_all replaced by a recorder: no conversion is the point here)."""
+    from click.testing import CliRunner
+
+    import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_all", lambda chosen, entries, opts, runner, reporter:
+                        seen.append(opts) or [])
+    args = ["--only", NAME, "--out", str(tmp_path / "out")]
+    env = {"MODEL_CONVERT_WORKER_MEMORY": "3G", "MODEL_CONVERT_MAX_IMAGE_PIXELS": "0",
+           "MODEL_CONVERT_CACHE": str(tmp_path / "c"), "MODEL_CONVERT_MIRROR": "http://m/"}
+    CliRunner().invoke(pipeline.cli, args, env=env, catch_exceptions=False)
+    CliRunner().invoke(pipeline.cli, [*args, "--worker-memory", "800M", "--max-image-pixels",
+                                      "7"], env=env, catch_exceptions=False)
+    CliRunner().invoke(pipeline.cli, args, env={k: None for k in env},
+                       catch_exceptions=False)
+    env_run, flag_run, default_run = seen
+    assert (env_run.limits.memory, env_run.limits.max_image_pixels) == (3 * 2**30, 0)
+    assert (env_run.cache_dir, env_run.mirror) == (tmp_path / "c", "http://m/")
+    assert (flag_run.limits.memory, flag_run.limits.max_image_pixels) == (800 * 2**20, 7)
+    assert (default_run.limits.memory, default_run.limits.max_image_pixels) == (None,
+                                                                                50_000_000)
+    assert default_run.mirror is None
