@@ -35,13 +35,15 @@ pytestmark = pytest.mark.xdist_group("deploy")
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    """RGB, grayscale and CMYK JPEGs, PNGs named .JPEG (as ImageNet val holds) and the
-    generated PNGs of the logit check, in the sizes above."""
+    """RGB, grayscale and CMYK JPEGs, PNGs named .JPEG (as ImageNet val holds), JPEGs with
+    an EXIF orientation (each source's decoder applies it or not, and the contract must say
+    which: README "Preprocessing contract") and the generated PNGs of the logit check, in
+    the sizes above."""
     root = tmp_path_factory.mktemp("deploy-images")
     rng = np.random.default_rng(11)
     paths = []
     for i, (h, w) in enumerate(SIZES):
-        for kind in ("rgb", *ODD_KINDS):
+        for kind in ("rgb", *ODD_KINDS, "exif_rotated"):
             path = root / f"img_{i}_{kind}.JPEG"
             write_jpeg(path, synth_image(rng, h, w), kind)
             paths.append(path)
@@ -94,6 +96,16 @@ def test_each_rule_matters(images, own_tensors):
     cmyk = [i for i, p in enumerate(images) if "cmyk" in p.name]
     assert level_diffs(preprocess_batch([images[i] for i in cmyk], wrong),
                        own_tensors["mmpretrain"][cmyk], mm).max() >= 1.0
+    # EXIF orientation: each source applies it or not; the contract's flag flipped turns
+    # those images the other way and the match is gone.
+    turned = [i for i, p in enumerate(images) if "exif_rotated" in p.name]
+    assert turned
+    for source, name in ENTRY_OF.items():
+        own = contract(manifest_entries()[name]["preprocess"], [3, 224, 224])
+        wrong = json.loads(json.dumps(own))
+        wrong["decode"]["exif_orientation"] = not own["decode"]["exif_orientation"]
+        assert level_diffs(preprocess_batch([images[i] for i in turned], wrong),
+                           own_tensors[source][turned], own).max() > 1.0, source
 
 
 def test_rounding_rules_by_hand():

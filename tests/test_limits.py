@@ -375,3 +375,33 @@ def test_alias_and_text_limits_exactly_and_a_raised_nesting_limit_still_ends_cle
         load_yaml("".join(" " * i + "-\n" for i in range(3000)), "x")
     assert str(refused.value) == ("x: refused before loading: nested too deep to parse (the "
                                   "limit is MODEL_CONVERT_MAX_NESTING=100000; README, 'Limits')")
+
+
+def test_only_regular_files_are_read_a_fifo_or_a_device_is_refused(tmp_path):
+    """README "Limits": a FIFO as the manifest, /dev/zero as a label file or an artifact's
+    report.json: each refused at once, naming it, not read forever (a child process with a
+    deadline, so that a regression hangs nothing but it)."""
+    fifo = tmp_path / "m.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "--manifest", str(fifo),
+                           "--list"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{fifo}: refused: not a regular file" in proc.stderr, \
+        proc.stderr[-2000:]
+    data = tmp_path / "val"
+    data.mkdir()
+    (data / "val.txt").symlink_to("/dev/zero")
+    art = tmp_path / "out" / "a"
+    art.mkdir(parents=True)
+    (art / "report.json").symlink_to("/dev/zero")
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+            "from manifests.bounded import read_json\n"
+            "from verify.dataset import DatasetError, load_dataset\n"
+            "try:\n    load_dataset(Path(sys.argv[2]))\nexcept DatasetError as e:\n    print(e)\n"
+            "try:\n    read_json(Path(sys.argv[3]))\nexcept Exception as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO), str(data),
+                           str(art / "report.json")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all("not a regular file" in line for line in lines), lines
+    assert "val.txt" in lines[0] and "report.json" in lines[1]

@@ -106,6 +106,33 @@ def test_merged_shards_equal_one_pass_over_the_same_logits(tmp_path):
     assert report["throughput"]["shards"] == 4
 
 
+def test_the_report_lists_the_first_50_images_and_counts_them_all(tmp_path):
+    """README: `disagree`, `near_ties` and `unreadable` are full counts; each lists its first
+    50 images, in dataset order, across shards."""
+    n, k = 130, 10
+    src = np.tile(np.eye(k, dtype=np.float32)[0] * 5, (n, 1))          # source: class 0
+    onnx = np.tile(np.eye(k, dtype=np.float32)[1] * 5, (n, 1))         # ONNX: class 1
+    onnx[:3] = src[:3]                                                   # 3 agree
+    paths = [tmp_path / f"{i}.JPEG" for i in range(n)]
+    bad = set(range(0, n, 2))                                            # 65 unreadable
+    selection = Selection(Dataset(tmp_path, "val.txt", paths, [0] * n), list(range(n)), None)
+    shards = []
+    for index, part in enumerate(plan_shards(n, 40, 40)):
+        mine = np.array([i for i in part if i not in bad])
+        shards.append(ShardResult(index, part.start, len(part), mine,
+                                  score(src[mine], {"onnx": onnx[mine]}),
+                                  [{"index": i, "path": str(paths[i]), "error": "bad"}
+                                   for i in part if i in bad]))
+    _, report, _ = merge_shards(_entry(), selection, shards[::-1], False, [], 1.0)
+    readable = [i for i in range(n) if i not in bad]
+    disagreeing = [i for i in readable if i >= 3]
+    assert report["unreadable"] == len(bad) == 65
+    assert [u["path"] for u in report["unreadable_images"]] == [str(paths[i])
+                                                                for i in sorted(bad)][:50]
+    assert report["disagree"] == len(disagreeing) > 50
+    assert report["disagree_images"] == [str(paths[i]) for i in disagreeing[:50]]
+
+
 def test_merged_report_in_full_with_contract_variant_and_another_runtime(tmp_path):
     """Every field merge_shards reports, worked out by hand for two shards of three images:
     the fp32 gates, the contract's (tensors and top-1), a failing fp16 variant, OpenVINO's

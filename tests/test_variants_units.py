@@ -203,6 +203,29 @@ def test_exclude_nodes_naming_a_node_the_model_lacks_is_refused_and_writes_nothi
     assert (tmp_path / "q.onnx").exists()
 
 
+def test_exclude_op_types_keeps_those_nodes_in_fp32(tmp_path, calibration):
+    """README: `exclude_op_types` keeps node types in fp32. The Gemm excluded: its weight
+    stays a float initializer and no DequantizeLinear feeds it; the Convs still quantized."""
+    model = _model(tmp_path / "tiny.onnx")
+    cfg = {"calibration": "percentile", "percentile": PERCENTILE}
+
+    def weight_of(path, op):
+        """What gives each `op` node its weight: an initializer (fp32) or an op's output."""
+        graph = onnx.load(str(path)).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        inits = {i.name for i in graph.initializer}
+        return {"initializer" if n.input[1] in inits else made_by.get(n.input[1])
+                for n in graph.node if n.op_type == op}
+
+    make_int8(model, tmp_path / "all.onnx", calibration, cfg)
+    assert weight_of(tmp_path / "all.onnx", "Gemm") == {"DequantizeLinear"}
+    info = make_int8(model, tmp_path / "kept.onnx", calibration,
+                     {**cfg, "exclude_op_types": ["Gemm"]})
+    assert info["excluded_op_types"] == ["Gemm"] and info["excluded_nodes"] == 1
+    assert weight_of(tmp_path / "kept.onnx", "Gemm") == {"initializer"}
+    assert weight_of(tmp_path / "kept.onnx", "Conv") == {"DequantizeLinear"}
+
+
 @pytest.mark.parametrize("in_graph", [True, False])
 def test_an_opset_11_model_is_upgraded_for_per_channel_int8(tmp_path, calibration, in_graph):
     """MindSpore exports opset 11, where DequantizeLinear has no `axis`: the int8 build works

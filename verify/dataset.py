@@ -168,6 +168,9 @@ def load_dataset(root: str | Path) -> Dataset:
         raise DatasetError(f"dataset folder {root} does not exist")
     if not root.is_dir():
         raise DatasetError(f"dataset {root} is not a folder")
+    for name in LABEL_FILES:   # there but not a file (a FIFO, a link to a device): say so
+        if (root / name).exists() and not (root / name).is_file():
+            raise DatasetError(f"{root / name}: refused: not a regular file")
     present = [name for name in LABEL_FILES if (root / name).is_file()]
     if present:
         layout = present[0]

@@ -110,7 +110,8 @@ ODD_KINDS = ("grayscale", "cmyk", "png_named_jpeg")
 
 def write_jpeg(path: Path, rgb: np.ndarray, kind: str = "rgb", quality: int = 90) -> None:
     """Write an image as ImageNet stores it: RGB JPEG, grayscale JPEG, CMYK JPEG, or a PNG
-    under a .JPEG name. Needs Pillow (orchestrator environment)."""
+    under a .JPEG name; or a JPEG whose EXIF says to turn it (as phone photos are). Needs
+    Pillow (orchestrator environment)."""
     from PIL import Image
 
     image = Image.fromarray(rgb)
@@ -122,6 +123,10 @@ def write_jpeg(path: Path, rgb: np.ndarray, kind: str = "rgb", quality: int = 90
         image.convert("CMYK").save(path, format="JPEG", quality=quality)
     elif kind == "png_named_jpeg":
         image.save(path, format="PNG")
+    elif kind == "exif_rotated":   # stored on its side, EXIF Orientation 6: shown turned 90°
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image.save(path, format="JPEG", quality=quality, exif=exif)
     else:
         raise ValueError(f"unknown image kind {kind!r}")
 
