@@ -403,3 +403,32 @@ def test_an_accuracy_failure_carries_its_kind_message_and_details():
     assert (failed.kind, failed.message, str(failed), failed.details) == (
         "timeout", "evaluation did not finish", "evaluation did not finish", {"images": 3})
     assert AccuracyFailed("shards", "x").details == {}
+
+
+def test_each_node_checks_the_dataset_is_the_drivers_before_any_work(tmp_path):
+    """README: `--data` must be readable at the same path on every node; each node checks
+    the selected files and their sizes, and says what differs (run_all stops on it)."""
+    from orchestrator.fingerprint import dataset_digest
+    from orchestrator.run import check_dataset_here
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / "val" / f"{i}.JPEG")
+        paths[-1].parent.mkdir(exist_ok=True)
+        paths[-1].write_bytes(b"x" * (10 + i))
+    selection = Selection(Dataset(tmp_path / "val", "val.txt", paths, [0, 1, 2, 3]),
+                          [0, 2, 3], None)
+    driver = dataset_digest(selection)
+    assert check_dataset_here(selection, driver) is None
+    paths[1].unlink()                                   # not selected: no matter
+    assert check_dataset_here(selection, driver) is None
+    paths[2].write_bytes(b"y" * 12)                     # same size, other bytes: sizes only
+    assert check_dataset_here(selection, driver) is None
+    paths[3].write_bytes(b"z" * 99)
+    assert check_dataset_here(selection, driver) == (
+        f"the images under {tmp_path / 'val'} differ (file sizes) from the driver's")
+    paths[0].unlink()
+    assert check_dataset_here(selection, driver) == f"{paths[0]} is missing"
+    shutil.rmtree(tmp_path / "val")
+    assert check_dataset_here(selection, driver) == (
+        f"dataset folder {tmp_path / 'val'} does not exist")
