@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from release import provenance as prov
-from release.publish import (PublishResult, publish, render_markdown, store_lock, version_of,
+from release.publish import (publish, render_markdown, store_lock, version_of,
                              write_index)
 from conftest import REPO, child_env
 from test_signing_publish import make_artifact, statement
@@ -465,12 +465,6 @@ def test_table_names_an_unpinned_checkpoint_and_an_empty_store():
         "| x | v | mindcv | fp32 | 1.00 / 2.00 (3 images) | not measured "
         "| 1.50e-05 (1.00e-04) | yes, key None | not the pinned file | t |")
     assert render_markdown([]).splitlines()[-1] == "| (nothing published yet) | | | | | | | | | |"
-
-
-def test_publish_result_lists_start_empty_and_apart():
-    one, two = PublishResult(), PublishResult()
-    one.published.append("x")
-    assert two.published == [] and one == PublishResult(published=["x"])
 
 
 # --------------------------------------------------------------------------- deployable

@@ -398,10 +398,28 @@ def test_a_shard_s_contract_figures_name_its_worst_image_by_path():
         "errors": []}
 
 
-def test_an_accuracy_failure_carries_its_kind_message_and_details():
-    failed = AccuracyFailed("timeout", "evaluation did not finish", {"images": 3})
-    assert (failed.kind, failed.message, str(failed), failed.details) == (
-        "timeout", "evaluation did not finish", "evaluation did not finish", {"images": 3})
+def test_a_failed_shard_becomes_the_entrys_accuracy_error_and_the_first_one_stays():
+    """What the report's error says when a shard fails: an AccuracyFailed keeps its kind,
+    message and details under stage 'accuracy'; anything else a task raises is
+    'task_failed' naming the shard; a later failure does not replace the first."""
+    from types import SimpleNamespace
+
+    from orchestrator.run import _EntryState, _shard_returned
+
+    state = _EntryState(1, None, "h", None, None, None)
+    events = []
+    reporter = SimpleNamespace(emit_event=lambda *a, **k: events.append(a))
+    _shard_returned(state, 2, SimpleNamespace(error=AccuracyFailed(
+        "timeout", "evaluation did not finish", {"images": 3})), reporter)
+    _shard_returned(state, 0, SimpleNamespace(error=MemoryError("out")), reporter)
+    err = state.accuracy_error
+    assert (err.stage, err.kind, err.message, err.details) == (
+        "accuracy", "timeout", "evaluation did not finish", {"images": 3})
+    assert state.shards == {2: None, 0: None} and not events
+    other = _EntryState(1, None, "h", None, None, None)
+    _shard_returned(other, 4, SimpleNamespace(error=MemoryError("out")), reporter)
+    assert (other.accuracy_error.kind, other.accuracy_error.message) == (
+        "task_failed", "shard 4: MemoryError: out")
     assert AccuracyFailed("shards", "x").details == {}
 
 
