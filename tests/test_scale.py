@@ -16,23 +16,29 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, VENV_ROOT, manifest_entries, read_report, run_pipeline, write_manifest
+from test_limits import png_declaring
 from verify.images import imagenet_like
 
 pytestmark = pytest.mark.slow
 IN_CLUSTER = pytest.mark.xdist_group("cluster")   # one worker runs the cluster's tests
 ENTRIES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-14w",
            "mindcv-res2net50": "ms-r50"}
-IMAGES = 11   # + 1 undecodable file: 3 shards of 4 with --shard-size 4
+IMAGES = 10   # + 1 undecodable file + 1 over the pixel limit: 3 shards of 4 (--shard-size 4)
+HUGE = "ILSVRC2012_val_00099999.png"   # 100 bytes declaring 25,000 x 25,000 pixels
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """A flat val.txt set: 11 JPEGs (grayscale, CMYK and a PNG among them) + 1 garbage file."""
+    """A flat val.txt set: 10 JPEGs (grayscale, CMYK and a PNG among them), 1 garbage file
+    and 1 image over the pixel limit (each source's loader must count it unreadable as too
+    large, never decode it: README "Limits")."""
     root = tmp_path_factory.mktemp("val")
     paths = imagenet_like(root, IMAGES, seed=3, odd_every=4)
     (root / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not an image")
+    png_declaring(root / HUGE, 25_000, 25_000)
     lines = [f"{p.name} {(i * 97) % 1000}" for i, p in enumerate(paths)]
     lines.insert(5, "ILSVRC2012_val_99999999.JPEG 3")
+    lines.insert(2, f"{HUGE} 7")
     (root / "val.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -81,7 +87,10 @@ def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, d
         assert a["accuracy"]["throughput"]["shards"] == 1
         assert b["accuracy"]["throughput"]["shards"] == 3           # 12 images / 4
         assert b["accuracy"]["source"]["images"] == IMAGES          # no shard lost or doubled
-        assert b["accuracy"]["unreadable"] == 1
+        assert b["accuracy"]["unreadable"] == 2
+        # Each source's own loader counted the huge image as too large, on Ray as locally.
+        [huge] = [u for u in a["accuracy"]["unreadable_images"] if u["path"].endswith(HUGE)]
+        assert huge["error"].startswith("too large: 25000 x 25000 (625,000,000 pixels"), huge
         assert b["variants"]["fp16"]["accuracy"]["images"] == IMAGES
         assert _figures(a) == _figures(b), name
         # The fingerprint of the inputs is the same wherever the run happened.
@@ -174,7 +183,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
     assert len(seen) >= 4, f"no shard was rerun after its node was removed: {sorted(seen)}"
     a, b = read_report(tmp_path / "local", name), read_report(tmp_path / "ray", name)
     assert b["accuracy"]["throughput"]["shards"] == 3
-    assert b["accuracy"]["source"]["images"] == IMAGES and b["accuracy"]["unreadable"] == 1
+    assert b["accuracy"]["source"]["images"] == IMAGES and b["accuracy"]["unreadable"] == 2
     assert _figures(a) == _figures(b)
     # The artifact is whole: every file the report names is there, nothing half-written.
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [name]
