@@ -334,32 +334,103 @@ def checkpoints(tmp_path_factory):
     return make
 
 
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    """A 100-byte PNG whose header declares width x height (its data is one empty row)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    return path
+
+
 THREE_SOURCES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-14w",
                  "mindcv-res2net50": "ms-r50"}   # shipped entry -> checkpoint kind
+DATA_IMAGES = 10   # + 1 undecodable file + 1 over the pixel limit: 3 shards of 4
+HUGE_IMAGE = "ILSVRC2012_val_00099999.png"   # 100 bytes declaring 25,000 x 25,000 pixels
+
+
+def _once(folder: Path, make) -> None:
+    """make(folder) once per test run, whichever xdist worker comes first (a lock, and a
+    'done' mark written last); the others wait and reuse what it made."""
+    import fcntl
+
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if not (folder / ".done").exists():
+            make(folder)
+            (folder / ".done").write_text("")
 
 
 @pytest.fixture(scope="session")
-def three_sources(checkpoints, tmp_path_factory):
-    """(out, stdout): the three shipped Res2Net entries converted side by side in one run of
-    pipeline.py, with --localize, from this run's checkpoints. Made once per test run,
-    whichever worker asks first, and read by every test that needs a passing conversion of
-    a source (its report, model, localisation): a conversion costs 30-60 s on 2 cores."""
-    import fcntl
+def shared_data(tmp_path_factory) -> Path:
+    """A flat val.txt set shared by the run's workers (absolute paths appear in reports, so
+    runs compared with each other read the same folder): 10 JPEGs (grayscale, CMYK and a
+    PNG named .JPEG among them), 1 undecodable file and 1 image over the pixel limit (each
+    source's loader must count it unreadable as too large, never decode it)."""
+    from verify.images import imagenet_like
 
+    def make(root: Path) -> None:
+        paths = imagenet_like(root, DATA_IMAGES, seed=3, odd_every=4)
+        (root / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not an image")
+        png_declaring(root / HUGE_IMAGE, 25_000, 25_000)
+        lines = [f"{p.name} {(i * 97) % 1000}" for i, p in enumerate(paths)]
+        lines.insert(5, "ILSVRC2012_val_99999999.JPEG 3")
+        lines.insert(2, f"{HUGE_IMAGE} 7")
+        (root / "val.txt").write_text("\n".join(lines) + "\n")
+
+    root = shared_tmp(tmp_path_factory, "shared-data")
+    _once(root, make)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_manifest(tmp_path_factory) -> Path:
+    """The three shipped entries, with batches of 4 and the unreadable-image limit a
+    12-image set with 2 unreadable needs."""
+    root = shared_tmp(tmp_path_factory, "shared-manifest")
+    shipped = manifest_entries()
+    _once(root, lambda folder: write_manifest(folder / "m.yaml", [
+        {**shipped[name], "accuracy": {"batch_size": 4, "unreadable": 20}}
+        for name in THREE_SOURCES]))
+    return root / "m.yaml"
+
+
+def shared_args(manifest: Path, checkpoints, names, out: Path, data: Path, *extra) -> list:
+    """pipeline.py arguments of the runs compared with `three_sources` (same manifest, data,
+    threads; figures and input fingerprints must match wherever the run happened)."""
+    args = ["--manifest", str(manifest), "--out", str(out), "--data", str(data),
+            "--threads", "1", *extra]
+    for name in names:
+        args += ["--only", name, "--checkpoint", f"{name}={checkpoints(THREE_SOURCES[name])}"]
+    return args
+
+
+@pytest.fixture(scope="session")
+def three_sources(checkpoints, shared_manifest, shared_data, tmp_path_factory):
+    """(out, stdout): the three shipped Res2Net entries converted side by side in one local
+    run of pipeline.py, with --data (the shared set), fp16, one thread and --localize, from
+    this run's checkpoints. Made once per test run, whichever worker asks first, and read by
+    every test that needs a passing conversion of a source (report, model, localisation,
+    accuracy) and by the Ray tests as the local figures to match: a conversion costs 30-90 s
+    on 2 cores."""
     root = shared_tmp(tmp_path_factory, "three-sources")
-    out = root / "out"
-    with open(root / ".lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if not (root / "result.json").exists():
-            args = []
-            for name, kind in THREE_SOURCES.items():
-                args += ["--only", name, "--checkpoint", f"{name}={checkpoints(kind)}"]
-            proc = run_pipeline(*args, "--localize", "--out", str(out))
-            (root / "result.json").write_text(json.dumps(
-                {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+
+    def make(folder: Path) -> None:
+        proc = run_pipeline(*shared_args(shared_manifest, checkpoints, list(THREE_SOURCES),
+                                         folder / "out", shared_data,
+                                         "--precisions", "fp32,fp16", "--localize"))
+        (folder / "result.json").write_text(json.dumps(
+            {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+
+    _once(root, make)
     result = json.loads((root / "result.json").read_text())
     assert result["returncode"] == 0, result["stdout"][-4000:] + result["stderr"][-3000:]
-    return out, result["stdout"]
+    return root / "out", result["stdout"]
 
 
 def helper_logits(python: Path, helper: str, model: str, checkpoint: Path, inputs,

@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import os
 import resource
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, manifest_entries, run_pipeline
+from conftest import REPO, manifest_entries, png_declaring, run_pipeline
 from converters.data_loader import batches, header_size, stack
 from converters.registry import SourceSpec
 from converters.runner import Worker, WorkerFailed, tree_rss
@@ -185,17 +183,6 @@ def test_oversized_label_file_is_refused_naming_it_and_the_limit(tmp_path, monke
 
 
 # --------------------------------------------------------------------------- images
-def png_declaring(path: Path, width: int, height: int) -> Path:
-    """A 100-byte PNG whose header declares width x height (its data is one empty row)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
-    return path
-
-
 def test_an_image_over_the_pixel_limit_is_unreadable_and_never_decoded(tmp_path):
     from PIL import Image
 

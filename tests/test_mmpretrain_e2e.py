@@ -41,7 +41,7 @@ def test_openmmlab_checkpoint_converts_at_any_batch_size(three_sources, checkpoi
     report = read_report(out, "res2net50-w14-s8")
     assert_passed(report)
     assert sorted(p.name for p in (out / "res2net50-w14-s8").iterdir()) == \
-        ["labels.txt", "model.onnx", "preprocess.json", "provenance.json",
+        ["labels.txt", "model.fp16.onnx", "model.onnx", "preprocess.json", "provenance.json",
          "report.json"]  # no key given: not signed
     assert report["signature"] is None
     ck = report["source"]["checkpoint"]

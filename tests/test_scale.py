@@ -15,75 +15,58 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VENV_ROOT, manifest_entries, read_report, run_pipeline, write_manifest
-from test_limits import png_declaring
-from verify.images import imagenet_like
+from conftest import (DATA_IMAGES, HUGE_IMAGE, REPO, THREE_SOURCES, VENV_ROOT, read_report,
+                      run_pipeline, shared_args)
 
 pytestmark = pytest.mark.slow
 IN_CLUSTER = pytest.mark.xdist_group("cluster")   # one worker runs the cluster's tests
-ENTRIES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-14w",
-           "mindcv-res2net50": "ms-r50"}
-IMAGES = 10   # + 1 undecodable file + 1 over the pixel limit: 3 shards of 4 (--shard-size 4)
-HUGE = "ILSVRC2012_val_00099999.png"   # 100 bytes declaring 25,000 x 25,000 pixels
+ENTRIES = THREE_SOURCES
+IMAGES = DATA_IMAGES   # + 1 undecodable file + 1 over the pixel limit: 3 shards of 4
+HUGE = HUGE_IMAGE
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A flat val.txt set: 10 JPEGs (grayscale, CMYK and a PNG among them), 1 garbage file
-    and 1 image over the pixel limit (each source's loader must count it unreadable as too
-    large, never decode it: README "Limits")."""
-    root = tmp_path_factory.mktemp("val")
-    paths = imagenet_like(root, IMAGES, seed=3, odd_every=4)
-    (root / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not an image")
-    png_declaring(root / HUGE, 25_000, 25_000)
-    lines = [f"{p.name} {(i * 97) % 1000}" for i, p in enumerate(paths)]
-    lines.insert(5, "ILSVRC2012_val_99999999.JPEG 3")
-    lines.insert(2, f"{HUGE} 7")
-    (root / "val.txt").write_text("\n".join(lines) + "\n")
-    return root
+@pytest.fixture
+def manifest(shared_manifest) -> Path:
+    return shared_manifest
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    """The shipped entries, with batches of 4 and the unreadable limit a 12-image set needs."""
-    shipped = manifest_entries()
-    entries = [{**shipped[name], "accuracy": {"batch_size": 4, "unreadable": 10}}
-               for name in ENTRIES]
-    return write_manifest(tmp_path_factory.mktemp("m") / "m.yaml", entries)
+@pytest.fixture
+def data(shared_data) -> Path:
+    return shared_data
 
 
 def _args(manifest: Path, checkpoints, names, out: Path, data: Path, *extra: str) -> list:
-    args = ["--manifest", str(manifest), "--out", str(out), "--data", str(data),
-            "--threads", "1", *extra]
-    for name in names:
-        args += ["--only", name, "--checkpoint", f"{name}={checkpoints(ENTRIES[name])}"]
-    return args
+    return shared_args(manifest, checkpoints, names, out, data, *extra)
 
 
-def _figures(report: dict) -> dict:
-    """Every measured figure of a report; not timings, dates or where things ran."""
-    acc = {k: v for k, v in report["accuracy"].items() if k != "throughput"}
+def _figures(report: dict, variants: bool = True) -> dict:
+    """Every measured figure of a report; not timings, dates or where things ran. Without
+    `variants`, the fp32 model's alone (to compare a run of fp32 with one of fp32 and fp16)."""
+    acc = {k: v for k, v in report["accuracy"].items()
+           if k != "throughput" and (variants or k != "variants")}
     return {"passed": report["passed"], "accuracy": acc,
             "checks": sorted((c["name"], c["scope"].get("model"), c["measured"])
                              for c in report["checks"]),
             "variants": {p: (v["passed"], v.get("accuracy"),
                              sorted((c["name"], c["measured"]) for c in v["checks"]))
-                         for p, v in (report.get("variants") or {}).items()}}
+                         for p, v in (report.get("variants") or {}).items() if variants}}
 
 
-def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, data, tmp_path):
+def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, data, tmp_path,
+                                                       request):
+    """The shared three-source local run (conftest.three_sources: same manifest, data,
+    threads and precisions) against the same run on Ray in shards of 4."""
     names = list(ENTRIES)
-    local = run_pipeline(*_args(manifest, checkpoints, names, tmp_path / "local", data,
-                                "--precisions", "fp32,fp16"))
-    assert local.returncode == 0, local.stdout[-4000:] + local.stderr[-3000:]
     ray = run_pipeline(*_args(manifest, checkpoints, names, tmp_path / "ray", data,
                               "--precisions", "fp32,fp16", "--executor", "ray",
                               "--shard-size", "4"),
                        env={"MODEL_CONVERT_WORK": str(tmp_path / "work")})
     assert ray.returncode == 0, ray.stdout[-4000:] + ray.stderr[-3000:]
     assert "executor: ray (embedded local instance" in ray.stdout
+    # Asked for only now: another worker may be making it meanwhile.
+    local, _ = request.getfixturevalue("three_sources")
     for name in names:
-        a, b = read_report(tmp_path / "local", name), read_report(tmp_path / "ray", name)
+        a, b = read_report(local, name), read_report(tmp_path / "ray", name)
         assert a["accuracy"]["throughput"]["shards"] == 1
         assert b["accuracy"]["throughput"]["shards"] == 3           # 12 images / 4
         assert b["accuracy"]["source"]["images"] == IMAGES          # no shard lost or doubled
@@ -155,12 +138,11 @@ def _cluster_driver(c, manifest, checkpoints, name, out, data):
 
 @IN_CLUSTER
 def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
-                                                       tmp_path):
+                                                       tmp_path, request):
+    """A node removed while shards run: Ray reruns its shard elsewhere and the figures are
+    the local run's (conftest.three_sources, its fp32 model)."""
     c, nodes, work = cluster
     name = "res2net50-w14-s8"
-    reference = run_pipeline(*_args(manifest, checkpoints, [name], tmp_path / "local", data))
-    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-2000:]
-
     proc, log = _cluster_driver(c, manifest, checkpoints, name, tmp_path / "ray", data)
     # Every shard task works in its own run-shard-* directory: a task that Ray reruns after
     # its node died shows up as one more directory than there are shards.
@@ -181,10 +163,11 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     assert len(seen) >= 4, f"no shard was rerun after its node was removed: {sorted(seen)}"
-    a, b = read_report(tmp_path / "local", name), read_report(tmp_path / "ray", name)
+    local, _ = request.getfixturevalue("three_sources")   # only now: it may be in the making
+    a, b = read_report(local, name), read_report(tmp_path / "ray", name)
     assert b["accuracy"]["throughput"]["shards"] == 3
     assert b["accuracy"]["source"]["images"] == IMAGES and b["accuracy"]["unreadable"] == 2
-    assert _figures(a) == _figures(b)
+    assert _figures(a, variants=False) == _figures(b, variants=False)
     # The artifact is whole: every file the report names is there, nothing half-written.
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [name]
     assert {"model.onnx", "report.json", "provenance.json"} <= {
