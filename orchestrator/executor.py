@@ -211,7 +211,10 @@ class RayExecutor(Executor):
             # by `make ray-head` / `ray-worker` listen: nothing to pin (README, "--executor").
             ray.init(address=address, **common)
         else:
-            ray.init(num_cpus=cpus, resources=node_resources(),
+            # address="local": a new instance of our own. Without it ray.init() joins the
+            # cluster last started on this machine (/tmp/ray/ray_current_cluster), e.g. a
+            # head started with `make ray-head`, and refuses num_cpus there.
+            ray.init(address="local", num_cpus=cpus, resources=node_resources(),
                      _node_ip_address="127.0.0.1", **common)
         self._remote = ray.remote(_call)
         self._refs: dict = {}

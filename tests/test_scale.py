@@ -217,6 +217,12 @@ def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, ma
     assert "no node of the Ray cluster offers the paddle environment" in proc.stdout
     assert took < 60, f"took {took:.0f} s to say so"
     assert not (tmp_path / "out" / name / "model.onnx").exists()
+    # Without --ray-address the run starts its own instance, even while this cluster (the
+    # last one started on the machine) is up: Ray would otherwise join it.
+    embedded = run_pipeline("--only", name, "--checkpoint", f"{name}={tmp_path / 'no.pdparams'}",
+                            "--executor", "ray", "--out", str(tmp_path / "e"), timeout=300)
+    assert "executor: ray (embedded local instance: 1 node(s)" in embedded.stdout, (
+        embedded.stdout[-3000:] + embedded.stderr[-3000:])
 
 
 # --------------------------------------------------------------------------- killed runs
