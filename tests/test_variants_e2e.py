@@ -152,6 +152,9 @@ def test_a_variant_failing_its_gate_is_not_written_and_fp32_still_ships(checkpoi
     v2 = read_report(tmp_path / "o2", NAME)["variants"]["int8"]
     assert v2["build"]["excluded_node_names"] == keep
     assert v2["build"]["excluded_nodes"] == v["build"]["excluded_nodes"] + len(keep)
-    # ... for the better: the advice is worth following.
-    assert next(c["measured"] for c in v2["checks"] if c["name"] == "cosine_min") > cosine
+    # The exclusion reached the model: its figures moved. Not necessarily for the better:
+    # on this random-init model, keeping these four nodes in fp32 moved cosine from 0.965 to
+    # 0.962 (measured); the diagnosis names where int8 parts from fp32, it does not promise
+    # that fp32 there helps.
+    assert next(c["measured"] for c in v2["checks"] if c["name"] == "cosine_min") != cosine
     # A name the model does not have: test_variants_units.py (make_int8 refuses it).
