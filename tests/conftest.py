@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -291,6 +290,18 @@ FRAMEWORK_PYTHON = {"mmpretrain": MM_PYTHON, "paddleclas": PADDLE_PYTHON,
                     "mindcv": MINDSPORE_PYTHON}
 
 
+def _once(folder: Path, make) -> None:
+    """make(folder) once per test run, whichever xdist worker comes first (a lock, and a
+    'done' mark written last); the others wait and reuse what it made."""
+    import fcntl
+
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if not (folder / ".done").exists():
+            make(folder)
+            (folder / ".done").write_text("")
+
+
 def shared_tmp(tmp_path_factory, name: str) -> Path:
     """A folder of this test run shared by its pytest-xdist workers (each worker's basetemp is
     pytest-N/popen-gwK; pytest-N is this run's alone), or this process's own without xdist."""
@@ -305,31 +316,23 @@ def shared_tmp(tmp_path_factory, name: str) -> Path:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """make(kind) -> path of a checkpoint made once per test run by the real framework
-    (seed 0), whichever worker asks first; the others wait on its lock and reuse the file."""
-    import fcntl
-
+    (seed 0): the first ask for a framework's kind makes all of them, whichever worker asks."""
     root = shared_tmp(tmp_path_factory, "checkpoints")
+
+    def make_all(source: str, folder: Path) -> None:
+        jobs = [[*args, "--seed", "0", "--out", str(folder / f"{kind}{suffix}")]
+                for kind, (of, suffix, args) in CHECKPOINT_RECIPES.items() if of == source]
+        (folder / "jobs.json").write_text(json.dumps(jobs))
+        run_in_env(FRAMEWORK_PYTHON[source], str(REPO / "tests" / "helpers" /
+                                                 "make_checkpoints.py"),
+                   f"converters.{source}.make_checkpoint", str(folder / "jobs.json"))
 
     def make(kind: str) -> Path:
         source, suffix, _ = CHECKPOINT_RECIPES[kind]
-        path = root / f"{kind}{suffix}"
-        with open(root / f".{source}.lock", "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)    # released when the file closes
-            if not path.exists():
-                batch = {k: r for k, r in CHECKPOINT_RECIPES.items() if r[0] == source
-                         and not (root / f"{k}{r[1]}").exists()}
-                partial = root / f".partial-{source}-{os.getpid()}"
-                partial.mkdir()
-                jobs = [[*args, "--seed", "0", "--out", str(partial / f"{k}{sfx}")]
-                        for k, (_, sfx, args) in batch.items()]
-                (partial / "jobs.json").write_text(json.dumps(jobs))
-                run_in_env(FRAMEWORK_PYTHON[source],
-                           str(REPO / "tests" / "helpers" / "make_checkpoints.py"),
-                           f"converters.{source}.make_checkpoint", str(partial / "jobs.json"))
-                for k, (_, sfx, _) in batch.items():     # whole files appear, by rename
-                    os.replace(partial / f"{k}{sfx}", root / f"{k}{sfx}")
-                shutil.rmtree(partial)
-        return path
+        folder = root / source
+        folder.mkdir(exist_ok=True)
+        _once(folder, lambda f: make_all(source, f))
+        return folder / f"{kind}{suffix}"
 
     return make
 
@@ -352,18 +355,6 @@ THREE_SOURCES = {"res2net50-w14-s8": "w14", "paddleclas-res2net50-14w-8s": "pd-1
                  "mindcv-res2net50": "ms-r50"}   # shipped entry -> checkpoint kind
 DATA_IMAGES = 10   # + 1 undecodable file + 1 over the pixel limit: 3 shards of 4
 HUGE_IMAGE = "ILSVRC2012_val_00099999.png"   # 100 bytes declaring 25,000 x 25,000 pixels
-
-
-def _once(folder: Path, make) -> None:
-    """make(folder) once per test run, whichever xdist worker comes first (a lock, and a
-    'done' mark written last); the others wait and reuse what it made."""
-    import fcntl
-
-    with open(folder / ".lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if not (folder / ".done").exists():
-            make(folder)
-            (folder / ".done").write_text("")
 
 
 @pytest.fixture(scope="session")

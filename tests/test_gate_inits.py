@@ -77,7 +77,6 @@ def test_plain_init_and_noise_statistics_pass_and_a_loose_tolerance_fails(tmp_pa
     assert "too loose to catch a fault that matters" in canary["detail"]
     assert report["decided_by"].startswith("canary_caught (canary)")
 
-
     # No tried weight moves the logits (plain init: its ReLU6 saturate, the features are 0,
     # the logits are the classifier's bias): a correct conversion passes, and says that its
     # gate power is not shown, in the report, the run and the verdict.

@@ -25,15 +25,8 @@ CASES = {  # entry -> (checkpoint kind of the session fixture, environment)
 }
 
 
-@pytest.fixture
-def converted(three_sources):
-    """The three sources converted in one run with --localize (on passing models), shared
-    with the other tests that need a passing conversion (conftest.three_sources)."""
-    return three_sources
-
-
-def test_clean_models_localise_without_a_false_alarm(converted):
-    out, stdout = converted
+def test_clean_models_localise_without_a_false_alarm(three_sources):
+    out, stdout = three_sources
     for name in CASES:
         found = read_report(out, name)["verification"]["localization"]
         assert found["model"] == "simplified"
@@ -60,9 +53,9 @@ def _unique_conv_near_the_middle(model: onnx.ModelProto, source_convs: dict) -> 
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_a_perturbed_convolution_is_named_in_the_sources_terms(converted, checkpoints,
+def test_a_perturbed_convolution_is_named_in_the_sources_terms(three_sources, checkpoints,
                                                                 tmp_path, name):
-    out, _ = converted
+    out, _ = three_sources
     kind, python = CASES[name]
     entry = ENTRIES[name]
     # The expected answer from the framework itself: its conv layers and weight shapes.
@@ -118,9 +111,9 @@ def test_a_failing_logit_check_localises_by_itself(checkpoints, tmp_path):
     assert "localize  all" in proc.stdout
 
 
-def test_localize_exits_0_when_every_layer_agrees(converted, checkpoints):
+def test_localize_exits_0_when_every_layer_agrees(three_sources, checkpoints):
     """`pipeline.py localize` on the untouched model: nothing diverges, exit 0 (--help)."""
-    out, _ = converted
+    out, _ = three_sources
     name = "mindcv-res2net50"                       # the quickest source to capture
     proc = run_pipeline("localize", str(out / name / "model.onnx"), "--model", name,
                         "--checkpoint", str(checkpoints(CASES[name][0])))

@@ -20,25 +20,6 @@ from conftest import (DATA_IMAGES, HUGE_IMAGE, REPO, THREE_SOURCES, VENV_ROOT, r
 
 pytestmark = pytest.mark.slow
 IN_CLUSTER = pytest.mark.xdist_group("cluster")   # one worker runs the cluster's tests
-ENTRIES = THREE_SOURCES
-IMAGES = DATA_IMAGES   # + 1 undecodable file + 1 over the pixel limit: 3 shards of 4
-HUGE = HUGE_IMAGE
-
-
-@pytest.fixture
-def manifest(shared_manifest) -> Path:
-    return shared_manifest
-
-
-@pytest.fixture
-def data(shared_data) -> Path:
-    return shared_data
-
-
-def _args(manifest: Path, checkpoints, names, out: Path, data: Path, *extra: str) -> list:
-    return shared_args(manifest, checkpoints, names, out, data, *extra)
-
-
 def _figures(report: dict, variants: bool = True) -> dict:
     """Every measured figure of a report; not timings, dates or where things ran. Without
     `variants`, the fp32 model's alone (to compare a run of fp32 with one of fp32 and fp16)."""
@@ -52,12 +33,12 @@ def _figures(report: dict, variants: bool = True) -> dict:
                          for p, v in (report.get("variants") or {}).items() if variants}}
 
 
-def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, data, tmp_path,
-                                                       request):
+def test_ray_reports_the_local_figures_on_three_sources(checkpoints, shared_manifest, shared_data,
+                                                       tmp_path, request):
     """The shared three-source local run (conftest.three_sources: same manifest, data,
     threads and precisions) against the same run on Ray in shards of 4."""
-    names = list(ENTRIES)
-    ray = run_pipeline(*_args(manifest, checkpoints, names, tmp_path / "ray", data,
+    names = list(THREE_SOURCES)
+    ray = run_pipeline(*shared_args(shared_manifest, checkpoints, names, tmp_path / "ray", shared_data,
                               "--precisions", "fp32,fp16", "--executor", "ray",
                               "--shard-size", "4"),
                        env={"MODEL_CONVERT_WORK": str(tmp_path / "work")})
@@ -69,12 +50,12 @@ def test_ray_reports_the_local_figures_on_three_sources(checkpoints, manifest, d
         a, b = read_report(local, name), read_report(tmp_path / "ray", name)
         assert a["accuracy"]["throughput"]["shards"] == 1
         assert b["accuracy"]["throughput"]["shards"] == 3           # 12 images / 4
-        assert b["accuracy"]["source"]["images"] == IMAGES          # no shard lost or doubled
+        assert b["accuracy"]["source"]["images"] == DATA_IMAGES          # no shard lost or doubled
         assert b["accuracy"]["unreadable"] == 2
         # Each source's own loader counted the huge image as too large, on Ray as locally.
-        [huge] = [u for u in a["accuracy"]["unreadable_images"] if u["path"].endswith(HUGE)]
+        [huge] = [u for u in a["accuracy"]["unreadable_images"] if u["path"].endswith(HUGE_IMAGE)]
         assert huge["error"].startswith("too large: 25000 x 25000 (625,000,000 pixels"), huge
-        assert b["variants"]["fp16"]["accuracy"]["images"] == IMAGES
+        assert b["variants"]["fp16"]["accuracy"]["images"] == DATA_IMAGES
         assert _figures(a) == _figures(b), name
         # The fingerprint of the inputs is the same wherever the run happened.
         assert a["inputs"] == b["inputs"]
@@ -127,7 +108,7 @@ def cluster(tmp_path_factory):
 
 def _cluster_driver(c, manifest, checkpoints, name, out, data):
     """pipeline.py joining the cluster in its own process, shards of 4, its output in a log."""
-    args = _args(manifest, checkpoints, [name], out, data, "--executor", "ray",
+    args = shared_args(manifest, checkpoints, [name], out, data, "--executor", "ray",
                  "--shard-size", "4", "--ray-address", c.address)
     log = out.parent / f"{out.name}-driver.log"
     with log.open("w") as sink:
@@ -137,13 +118,14 @@ def _cluster_driver(c, manifest, checkpoints, name, out, data):
 
 
 @IN_CLUSTER
-def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, manifest, data,
-                                                       tmp_path, request):
+def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, shared_manifest,
+                                                       shared_data, tmp_path, request):
     """A node removed while shards run: Ray reruns its shard elsewhere and the figures are
     the local run's (conftest.three_sources, its fp32 model)."""
     c, nodes, work = cluster
     name = "res2net50-w14-s8"
-    proc, log = _cluster_driver(c, manifest, checkpoints, name, tmp_path / "ray", data)
+    proc, log = _cluster_driver(c, shared_manifest, checkpoints, name, tmp_path / "ray",
+                                shared_data)
     # Every shard task works in its own run-shard-* directory: a task that Ray reruns after
     # its node died shows up as one more directory than there are shards.
     seen: set[str] = set()
@@ -166,7 +148,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
     local, _ = request.getfixturevalue("three_sources")   # only now: it may be in the making
     a, b = read_report(local, name), read_report(tmp_path / "ray", name)
     assert b["accuracy"]["throughput"]["shards"] == 3
-    assert b["accuracy"]["source"]["images"] == IMAGES and b["accuracy"]["unreadable"] == 2
+    assert b["accuracy"]["source"]["images"] == DATA_IMAGES and b["accuracy"]["unreadable"] == 2
     assert _figures(a, variants=False) == _figures(b, variants=False)
     # The artifact is whole: every file the report names is there, nothing half-written.
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [name]
@@ -174,8 +156,8 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, man
         p.name for p in (tmp_path / "ray" / name).iterdir()}
 
 
-def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(checkpoints, manifest, data,
-                                                             tmp_path):
+def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(checkpoints, shared_manifest,
+                                                             shared_data, tmp_path):
     """A cluster of its own (one node): after a node removal in the shared cluster, this
     driver's tasks were sometimes never scheduled (issue 11 closing note). Ctrl-C while the
     entry's task converts on the node: exit 130, nothing written, and the cancelled task and
@@ -185,7 +167,8 @@ def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(checkpoints, manife
     work = tmp_path / "work"
     name = "res2net50-w14-s8"
     with _local_cluster(work, nodes=1) as (c, _):
-        proc, log = _cluster_driver(c, manifest, checkpoints, name, tmp_path / "out", data)
+        proc, log = _cluster_driver(c, shared_manifest, checkpoints, name, tmp_path / "out",
+                                    shared_data)
         deadline = time.monotonic() + 600
         while not list(work.glob("run-entry-*/job.json")):  # the task's worker converts
             assert proc.poll() is None, log.read_text()[-4000:]
@@ -204,12 +187,12 @@ def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(checkpoints, manife
 
 
 @IN_CLUSTER
-def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, manifest, data,
-                                                        tmp_path):
+def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, shared_manifest,
+                                                        shared_data, tmp_path):
     c, _, _ = cluster
     name = "paddleclas-res2net50-14w-8s"
     start = time.monotonic()
-    proc = run_pipeline(*_args(manifest, checkpoints, [name], tmp_path / "out", data,
+    proc = run_pipeline(*shared_args(shared_manifest, checkpoints, [name], tmp_path / "out", shared_data,
                                "--executor", "ray", "--ray-address", c.address), timeout=120)
     took = time.monotonic() - start
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -171,3 +171,28 @@ def test_zizmor_flags_what_the_workflow_no_longer_does(tmp_path, line):
         f"    steps:\n      - {key}: {json.dumps(value)}\n")
     idents = {f["ident"] for f in zizmor_findings([wf / "w.yml"])}
     assert idents & {"unpinned-uses", "template-injection"}, idents
+
+
+def test_make_test_fast_and_offline_leave_out_what_the_readme_says():
+    """README/docs: `make test-offline` runs everything but the `index` tests, `make
+    test-fast` neither `slow` nor `index` ones, `make test` everything on up to 4 workers.
+    Read from what each target collects (pytest --collect-only through make)."""
+    def collected(target: str) -> set[str]:
+        proc = subprocess.run(["make", "--no-print-directory", "-s", target, "TEST_WORKERS=1",
+                               f"VENV_ROOT={VENV_ROOT}", "PYTEST_ARGS=--collect-only -q"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return {line for line in proc.stdout.splitlines() if "::" in line}
+
+    everything, offline, fast = collected("test"), collected("test-offline"), \
+        collected("test-fast")
+    index = {t for t in everything if "refuses_a_wheel" in t or "lock_hashes_keeps" in t
+             or "mutation_run_scores" in t}
+    assert len(index) == 3 and not offline & index and offline | index == everything
+    assert not fast & index and any("test_scale.py" in t for t in offline)
+    assert not any("test_scale.py" in t or "test_demo.py" in t for t in fast)
+    assert len(fast) > 300
+    workers = min(len(os.sched_getaffinity(0)), 4)
+    dry = subprocess.run(["make", "-n", "test", f"VENV_ROOT={VENV_ROOT}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert (f"-n {workers} --dist loadgroup" in dry) is (workers > 1), dry

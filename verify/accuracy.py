@@ -8,18 +8,10 @@ import math
 
 import numpy as np
 
-from verify.compare import Check
-from verify.compare import _topk as topk
+# Top-k as the logit check ranks it: equal logits by the lower class index, as argmax picks
+# top-1 (so top-5[0] is top-1 and a near-tie's 'second class' is never top-1 itself).
+from verify.compare import Check, _topk
 from verify.dataset import FULL_IMAGENET_VAL
-
-
-def _topk(logits: np.ndarray, k: int) -> np.ndarray:
-    """The logit check's top-k (verify/compare.py): equal logits rank by the lower class
-    index, as argmax picks top-1. The former selection + stable sort of the k, reversed, put
-    the higher index first, so that with ties top-5[0] could differ from top-1 and the
-    near-tie 'second class' be the top-1 class itself. A batch is at most a few hundred rows:
-    the full sort costs nothing beside the model."""
-    return topk(logits, k)
 
 
 def near_tie_margin(source: np.ndarray, tol: dict | None) -> np.ndarray:

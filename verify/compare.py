@@ -51,6 +51,7 @@ def check_signature(info: dict, num_classes: int, input_shape: list[int],
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k largest, largest first; equal values by the lower index, as argmax."""
     return np.argsort(-x, axis=1, kind="stable")[:, :k]
 
 
