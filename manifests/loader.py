@@ -15,7 +15,7 @@ import yaml
 
 from deploy.labels import IMAGENET1K, read_label_file, resolve
 from manifests.bounded import DocumentTooLarge, load_yaml, read_bounded
-from manifests.schema import DEFAULTS, ENTRY, MANIFEST, SOURCE_DEFAULTS
+from manifests.schema import DEFAULTS, ENTRY, MANIFEST, RESIZE_FORMS, SOURCE_DEFAULTS, SOURCES
 
 
 class ManifestError(ValueError):
@@ -139,6 +139,19 @@ def _labels(raw: dict, path: Path, where: str, problems: list[str]):
     return given
 
 
+def _resize_form(pre: dict, where: str) -> list[str]:
+    """A preprocess block names exactly one resize form, one its pipeline's source has."""
+    given = [k for k in RESIZE_FORMS if k in pre]
+    if len(given) != 1:
+        return [f"{where}: field 'preprocess': give exactly one of "
+                f"{', '.join(RESIZE_FORMS)} (found {', '.join(given) or 'none'})"]
+    sources = RESIZE_FORMS[given[0]]
+    if pre.get("pipeline") in SOURCES and pre["pipeline"] not in sources:
+        return [f"{where}: field 'preprocess.{given[0]}': {pre['pipeline']}'s eval transforms "
+                f"have no such resize (only {', '.join(sources)})"]
+    return []
+
+
 def load_manifest(path: str | Path) -> list[Entry]:
     """Read, validate and default-fill a manifest. Raises ManifestError."""
     path = Path(path)
@@ -182,6 +195,8 @@ def load_manifest(path: str | Path) -> list[Entry]:
             problems.append(f"{where}: field 'preprocess.pipeline': {pre.get('pipeline')!r} "
                             f"differs from source {raw.get('source')!r}; each source "
                             "preprocesses with its own transform code")
+        if isinstance(pre, dict):
+            problems += _resize_form(pre, where)
         deploy = raw.get("deploy") if isinstance(raw.get("deploy"), dict) else {}
         extra = sorted(set(deploy.get("required_runtimes", []))
                        - set(deploy.get("runtimes", DEFAULTS["deploy"]["runtimes"])))

@@ -16,12 +16,19 @@ _triple = {"type": "array", "items": _number, "minItems": 3, "maxItems": 3}
 PREPROCESS = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["pipeline", "resize_short", "crop", "interpolation", "mean", "std"],
+    # And exactly one resize form (RESIZE_FORMS; manifests/loader.py checks).
+    "required": ["pipeline", "crop", "interpolation", "mean", "std"],
     "properties": {
         # Whose transform code produces the tensor: each worker implements its own source's.
         "pipeline": {"enum": list(SOURCES)},
         "decode": {"enum": ["cv2", "pil", "mindspore"]},
+        # Resize the short side to this, keeping the aspect (then centre-crop `crop`).
         "resize_short": {"type": "integer", "minimum": 1},
+        # mmpretrain `Resize(scale=N)`: to NxN whatever the aspect (then centre-crop `crop`).
+        "resize_fixed": {"type": "integer", "minimum": 1},
+        # mmpretrain `EfficientNetCenterCrop(crop_size=crop, crop_padding=P)`: a centre square
+        # of crop/(crop+P) x the short side, resized to crop x crop.
+        "crop_padding": {"type": "integer", "minimum": 0},
         "crop": {"type": "integer", "minimum": 1},
         "interpolation": {"enum": ["bilinear", "bicubic", "nearest"]},
         "resize_backend": {"enum": ["pillow", "cv2"]},
@@ -29,9 +36,15 @@ PREPROCESS = {
         "std": _triple,
         # Divide by 255 before mean/std (PaddleClas) or not (mmpretrain works on 0..255).
         "scale": _positive,
+        # False: the model takes B, G, R channels (mmpretrain `to_rgb: false`), and mean/std
+        # are in that order.
         "to_rgb": {"type": "boolean"},
     },
 }
+# The resize forms of a preprocess block, one per entry, and the sources whose own transforms
+# have each (deploy/preprocess.py writes each into the contract).
+RESIZE_FORMS = {"resize_short": SOURCES, "resize_fixed": ("mmpretrain",),
+                "crop_padding": ("mmpretrain",)}
 
 TOLERANCES = {
     "type": "object",

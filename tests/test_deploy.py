@@ -15,8 +15,9 @@ from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, manifest
                       run_in_env, write_manifest)
 from deploy.labels import IMAGENET1K_FILE, read_label_file, resolve
 from deploy.metadata import embed, read
-from deploy.preprocess import (PreprocessError, contract, crop, preprocess, preprocess_batch,
-                               resize_size, validate)
+from deploy.preprocess import (FORMAT, FORMAT_2, PreprocessError, contract, crop,
+                               efficientnet_crop, preprocess, preprocess_batch, resize_size,
+                               validate)
 from manifests.loader import ManifestError, load_manifest
 from orchestrator.deploy import deploy_gate, level_diffs
 from orchestrator.runtimes import runtime_matrix
@@ -108,6 +109,90 @@ def test_each_rule_matters(images, own_tensors):
                            own_tensors[source][turned], own).max() > 1.0, source
 
 
+# mmpretrain's other eval forms (deploy/preprocess.py FORMAT_2), as its configs write them:
+# EfficientNet's centre crop with its default padding (efficientnet) and none (efficientnetv2),
+# a fixed-size Resize alone (convnext 384 px, tinyvit) and before a CenterCrop (repmlp), and
+# BGR input (regnet, mobilevit: mean/std in B, G, R order).
+MM_FORMS = {
+    "efficientnet": {"crop_padding": 32, "crop": 224, "interpolation": "bicubic",
+                     "resize_backend": "cv2"},
+    "efficientnetv2": {"crop_padding": 0, "crop": 240, "interpolation": "bicubic",
+                       "resize_backend": "cv2"},
+    "fixed": {"resize_fixed": 384, "crop": 384, "interpolation": "bicubic",
+              "resize_backend": "pillow"},
+    "fixed_then_crop": {"resize_fixed": 256, "crop": 224, "interpolation": "bilinear",
+                        "resize_backend": "pillow"},
+    "bgr": {"resize_short": 256, "crop": 224, "interpolation": "bilinear",
+            "resize_backend": "cv2", "to_rgb": False, "mean": [103.53, 116.28, 123.675],
+            "std": [57.375, 57.12, 58.395]},
+}
+
+
+def mm_form(name: str) -> dict:
+    """The Res2Net entry's mmpretrain block with its resize replaced by form `name`."""
+    base = dict(manifest_entries()[ENTRY_OF["mmpretrain"]]["preprocess"])
+    base.pop("resize_short")
+    return {**base, **MM_FORMS[name]}
+
+
+@pytest.fixture(scope="module")
+def mm_form_tensors(images, tmp_path_factory):
+    """mmpretrain's own transforms (its pipeline steps and ClsDataPreprocessor, built by the
+    adapter from each block) on the images, all forms in one process."""
+    made = source_tensors("mmpretrain", [mm_form(n) for n in MM_FORMS], images,
+                          tmp_path_factory.mktemp("mm-forms"))   # an .npz archive
+    return {name: made[f"arr_{i}"] for i, name in enumerate(MM_FORMS)}
+
+
+@pytest.mark.parametrize("form", list(MM_FORMS))
+def test_contract_reproduces_mmpretrains_other_forms_bit_for_bit(form, images,
+                                                                 mm_form_tensors):
+    cfg = mm_form(form)
+    spec = validate(contract(cfg, [3, cfg["crop"], cfg["crop"]]))
+    assert spec["format"] == FORMAT_2    # a /1 reader refuses it by its format
+    ours = preprocess_batch(images, spec)
+    theirs = mm_form_tensors[form]
+    assert ours.shape == theirs.shape == (len(images), 3, cfg["crop"], cfg["crop"])
+    assert float(level_diffs(ours, theirs, spec).max()) == 0.0, form
+
+
+def test_each_new_form_matters(images, mm_form_tensors):
+    """The forms are not interchangeable on these images: RGB where the model takes BGR, the
+    short side where mmpretrain resizes to a fixed size, and EfficientNet's crop without its
+    padding each break the match."""
+    def worst(cfg, form):
+        spec = contract(cfg, [3, cfg["crop"], cfg["crop"]])
+        return level_diffs(preprocess_batch(images, spec), mm_form_tensors[form], spec).max()
+
+    assert worst({**mm_form("bgr"), "to_rgb": True}, "bgr") > 10
+    fixed = {k: v for k, v in mm_form("fixed").items() if k != "resize_fixed"}
+    assert worst({**fixed, "resize_short": 384}, "fixed") > 10
+    assert worst({**mm_form("efficientnet"), "crop_padding": 0}, "efficientnet") > 10
+
+
+def test_efficientnet_crop_by_hand():
+    """mmpretrain's EfficientNetCenterCrop arithmetic on a 333x250 image: the side is a float,
+    the offset rounds half to even, the last row/column is truncated."""
+    image = np.arange(333 * 250).reshape(333, 250)
+    # side 224/256 x 250 = 218.75; top round(57.125) = 57, last int(57 + 217.75) = 274;
+    # left round(15.625) = 16, last 233: 218 x 218 (rounding the side would give 219).
+    out = efficientnet_crop(image, {"size": 224, "padding": 32})
+    assert out.shape == (218, 218) and out[0, 0] == 57 * 250 + 16
+    # no padding: side 250, top (333 - 250) / 2 = 41.5 -> 42 (half to even; floor gives 41)
+    out = efficientnet_crop(image, {"size": 224, "padding": 0})
+    assert out.shape == (250, 250) and out[0, 0] == 42 * 250
+    spec = contract(mm_form("fixed"), [3, 384, 384])
+    del spec["resize"]["height"]
+    with pytest.raises(PreprocessError, match="resize: 'height' is a required property"):
+        validate(spec)
+    first = contract(manifest_entries()[ENTRY_OF["mmpretrain"]]["preprocess"], [3, 224, 224])
+    assert first["format"] == FORMAT and "mode" not in first["resize"]   # /1 files unchanged
+    first["resize"]["mode"] = "fixed"
+    first["resize"].update(height=224, width=224)
+    with pytest.raises(PreprocessError, match="resize/mode"):
+        validate(first)
+
+
 def test_rounding_rules_by_hand():
     floor = {"short_side": 256, "long_side": "floor"}
     half_even = {"short_side": 256, "long_side": "round_half_even"}
@@ -125,7 +210,7 @@ def test_rounding_rules_by_hand():
 
 def test_a_wrong_contract_fails_the_deploy_gate(images, own_tensors, tmp_path):
     """Swapped mean/std, or BGR fed where RGB is expected: the gate fails, naming the image
-    and the size of the difference; a BGR contract is refused by the schema."""
+    and the size of the difference; a /1 contract that says BGR is refused by the schema."""
     raw = manifest_entries()[ENTRY_OF["paddleclas"]]
     entry = {**raw, "input_shape": [3, 224, 224], "deploy": {"max_level_diff": 1.0}}
     spec = contract(raw["preprocess"], [3, 224, 224])

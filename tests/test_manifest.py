@@ -70,6 +70,35 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert len(msg.splitlines()) >= 2                 # one line per problem
 
 
+def test_preprocess_takes_exactly_one_resize_form_its_source_has(tmp_path):
+    """resize_short, resize_fixed or crop_padding (manifests/schema.py RESIZE_FORMS): none,
+    two, or an mmpretrain-only form in another source's block is an error naming the entry
+    and the field; each mmpretrain form alone loads."""
+    paddle = next(e for e in manifest_entries().values() if e["source"] == "paddleclas")
+
+    def faults(entries):
+        for entry in entries:    # the entries share one block (a YAML alias): unshare
+            entry["preprocess"] = dict(entry["preprocess"])
+        entries[0]["preprocess"].pop("resize_short")
+        entries[1]["preprocess"]["resize_fixed"] = 256
+        entries.append(copy.deepcopy(paddle))
+        entries[2]["preprocess"]["crop_padding"] = 32
+        entries[2]["preprocess"].pop("resize_short")
+    msg = _broken(tmp_path, faults)
+    assert ("'res2net50-w14-s8' (#1): field 'preprocess': give exactly one of resize_short, "
+            "resize_fixed, crop_padding (found none)") in msg
+    assert "(#2): field 'preprocess': give exactly one of" in msg
+    assert "(found resize_short, resize_fixed)" in msg
+    assert (f"'{paddle['name']}' (#3): field 'preprocess.crop_padding': paddleclas's eval "
+            "transforms have no such resize (only mmpretrain)") in msg
+    for form in ({"resize_fixed": 384, "crop": 384}, {"crop_padding": 0, "crop": 240}):
+        entry = copy.deepcopy(list(manifest_entries().values())[0])
+        entry["preprocess"].pop("resize_short")
+        entry["preprocess"].update(form)
+        [loaded] = load_manifest(write_manifest(tmp_path / "good.yaml", [entry]))
+        assert loaded["input_shape"] == [3, form["crop"], form["crop"]]
+
+
 def test_unknown_source_names_it(tmp_path):
     msg = _broken(tmp_path, lambda es: es[0].update(source="tensorflow"))
     assert "field 'source'" in msg and "'tensorflow' is not one of" in msg

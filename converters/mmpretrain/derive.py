@@ -14,9 +14,12 @@ from pathlib import Path
 from converters.protocol import WorkerError
 
 TASK = "Image Classification"
-# The only test pipeline the preprocessing contract (deploy/preprocess.py) expresses for
-# mmpretrain: decode, resize the short side, centre crop. Others are named as unsupported.
-_SUPPORTED = ("LoadImageFromFile", "ResizeEdge", "CenterCrop", "PackInputs")
+# The test pipelines the preprocessing contract (deploy/preprocess.py) expresses for
+# mmpretrain: decode, then one of ResizeEdge (short side) + CenterCrop, Resize (fixed size)
+# [+ CenterCrop], or EfficientNetCenterCrop. Others are named as unsupported.
+_SUPPORTED = ("LoadImageFromFile", "ResizeEdge", "Resize", "CenterCrop",
+              "EfficientNetCenterCrop", "PackInputs")
+_FORMS = "ResizeEdge short side + CenterCrop, fixed Resize [+ CenterCrop], EfficientNetCenterCrop"
 
 
 def _package_root() -> Path:
@@ -60,6 +63,51 @@ def family(model_id: str) -> str:
     return Path(config if isinstance(config, str) else config.filename).parent.name
 
 
+def _square(size, model_id: str, what: str) -> int:
+    """An int, or a list/tuple of equal ints; WorkerError('unsupported') otherwise."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise WorkerError("unsupported", f"{model_id}: non-square {what} {list(size)}")
+        size = size[0]
+    return int(size)
+
+
+def _resize(by_type: dict, model_id: str) -> dict:
+    """The manifest's resize fields (and crop) for the config's resize steps."""
+    if "EfficientNetCenterCrop" in by_type:
+        step = by_type["EfficientNetCenterCrop"]
+        if len(by_type.keys() & {"ResizeEdge", "Resize", "CenterCrop"}):
+            raise WorkerError("unsupported", f"{model_id}: EfficientNetCenterCrop after "
+                                             "another resize or crop")
+        return {"crop_padding": int(step.get("crop_padding", 32)),
+                "crop": int(step["crop_size"]),
+                "interpolation": step.get("interpolation", "bicubic"),
+                "resize_backend": step.get("backend", "cv2")}
+    if "ResizeEdge" in by_type and "Resize" not in by_type:
+        step = by_type["ResizeEdge"]
+        if step.get("edge", "short") != "short":
+            raise WorkerError("unsupported", f"{model_id}: ResizeEdge edge={step['edge']!r} "
+                                             "(the contract resizes the short side)")
+        form = {"resize_short": int(step["scale"])}
+    elif "Resize" in by_type and "ResizeEdge" not in by_type:
+        step = by_type["Resize"]
+        if step.get("keep_ratio") or step.get("scale") is None:
+            raise WorkerError("unsupported", f"{model_id}: Resize with keep_ratio or "
+                                             "scale_factor (the contract's fixed resize is "
+                                             "scale=N, to NxN)")
+        form = {"resize_fixed": _square(step["scale"], model_id, "Resize scale")}
+    else:
+        raise WorkerError("unsupported", f"{model_id}: test pipeline has "
+                                         f"{sorted(by_type)}, not one of: {_FORMS}")
+    crop = by_type.get("CenterCrop", {}).get("crop_size")
+    if crop is None and "resize_short" in form:
+        raise WorkerError("unsupported", f"{model_id}: ResizeEdge without CenterCrop")
+    form["crop"] = (_square(crop, model_id, "crop") if crop is not None
+                    else form["resize_fixed"])
+    return {**form, "interpolation": step.get("interpolation", "bilinear"),
+            "resize_backend": step.get("backend", "cv2")}
+
+
 def preprocess_from_config(config, model_id: str) -> dict:
     """The manifest `preprocess` block equal to the config's test pipeline + data
     preprocessor; WorkerError('unsupported') naming the step the contract cannot express."""
@@ -72,37 +120,22 @@ def preprocess_from_config(config, model_id: str) -> dict:
     if other:
         raise WorkerError("unsupported", f"{model_id}: test pipeline step "
                                          f"{', '.join(map(str, other))} has no equivalent in "
-                                         "the preprocessing contract (supported: ResizeEdge "
-                                         "short side + CenterCrop)")
+                                         f"the preprocessing contract (supported: {_FORMS})")
     by_type = {s["type"]: s for s in steps}
-    if "ResizeEdge" not in by_type or "CenterCrop" not in by_type:
+    if len(by_type) != len(steps) or "LoadImageFromFile" not in by_type:
         raise WorkerError("unsupported", f"{model_id}: test pipeline "
-                                         f"{[s['type'] for s in steps]} lacks ResizeEdge + "
-                                         "CenterCrop")
-    decode = by_type.get("LoadImageFromFile", {}).get("imdecode_backend", "cv2")
-    resize, crop = by_type["ResizeEdge"], by_type["CenterCrop"]["crop_size"]
-    if resize.get("edge", "short") != "short":
-        raise WorkerError("unsupported", f"{model_id}: ResizeEdge edge={resize['edge']!r} "
-                                         "(the contract resizes the short side)")
-    if isinstance(crop, (list, tuple)):
-        if len(set(crop)) != 1:
-            raise WorkerError("unsupported", f"{model_id}: non-square crop {list(crop)}")
-        crop = crop[0]
+                                         f"{[s['type'] for s in steps]} (the contract needs one "
+                                         "LoadImageFromFile and one resize form)")
+    decode = by_type["LoadImageFromFile"].get("imdecode_backend", "cv2")
+    form = _resize(by_type, model_id)
     pre = config.get("data_preprocessor") or config.model.get("data_preprocessor") or {}
     kind = pre.get("type", "ClsDataPreprocessor")
     if kind not in ("ClsDataPreprocessor", "mmpretrain.ClsDataPreprocessor"):
         raise WorkerError("unsupported", f"{model_id}: data preprocessor {kind!r}")
-    if not pre.get("to_rgb", False):
-        raise WorkerError("unsupported", f"{model_id}: the model takes BGR input (data "
-                                         "preprocessor to_rgb: false); the preprocessing "
-                                         "contract feeds RGB")
-    return {"pipeline": "mmpretrain", "decode": decode,
-            "resize_short": int(resize["scale"]), "crop": int(crop),
-            "interpolation": resize.get("interpolation", "bilinear"),
-            "resize_backend": resize.get("backend", "cv2"),
+    return {"pipeline": "mmpretrain", "decode": decode, **form,
             "mean": [float(m) for m in pre.get("mean", (0.0, 0.0, 0.0))],
             "std": [float(s) for s in pre.get("std", (1.0, 1.0, 1.0))],
-            "scale": 1.0, "to_rgb": True}
+            "scale": 1.0, "to_rgb": bool(pre.get("to_rgb", False))}
 
 
 def _published(info, model_id: str) -> tuple[dict | None, str | None]:
@@ -144,7 +177,7 @@ def describe(model_id: str) -> dict:
     out["input_shape"] = [3, out["preprocess"]["crop"], out["preprocess"]["crop"]]
     out["derived_from"]["preprocess"] = (f"{config_file} (test_dataloader.dataset.pipeline, "
                                          "data_preprocessor)")
-    out["derived_from"]["input_shape"] = f"{config_file} (CenterCrop crop_size)"
+    out["derived_from"]["input_shape"] = f"{config_file} (the crop size of its test pipeline)"
     published, where = _published(info, model_id)
     if published:
         out["published"] = published

@@ -76,7 +76,8 @@ def config_differences(config, cfg: dict, model_id: str) -> list[str]:
 
     theirs = preprocess_from_config(config, model_id)
     scale = float(cfg.get("scale", 1.0))
-    mine = {"resize_short": cfg["resize_short"], "crop": cfg["crop"],
+    forms = ("resize_short", "resize_fixed", "crop_padding")
+    mine = {**{k: cfg.get(k) for k in forms}, "crop": cfg["crop"],
             "resize_backend": cfg.get("resize_backend", "pillow"),
             "interpolation": cfg["interpolation"],
             "mean": [m / scale for m in cfg["mean"]], "std": [v / scale for v in cfg["std"]],
@@ -84,10 +85,24 @@ def config_differences(config, cfg: dict, model_id: str) -> list[str]:
     found = []
     for key, value in mine.items():
         same = (np.allclose(value, theirs[key], rtol=1e-6) if key in ("mean", "std")
-                else value == theirs[key])
+                else value == theirs.get(key))
         if not same:
-            found.append(f"{key} {value!r} vs config {theirs[key]!r}")
+            found.append(f"{key} {value!r} vs config {theirs.get(key)!r}")
     return found
+
+
+def resize_steps(cfg: dict) -> list[dict]:
+    """mmpretrain's own resize/crop steps for the manifest's resize form (manifests/schema.py
+    RESIZE_FORMS), as its configs write them."""
+    how = {"backend": cfg.get("resize_backend", "pillow"), "interpolation": cfg["interpolation"]}
+    if "crop_padding" in cfg:
+        return [dict(type="EfficientNetCenterCrop", crop_size=cfg["crop"],
+                     crop_padding=cfg["crop_padding"], **how)]
+    if "resize_fixed" in cfg:
+        resize = dict(type="Resize", scale=(cfg["resize_fixed"], cfg["resize_fixed"]), **how)
+    else:
+        resize = dict(type="ResizeEdge", scale=cfg["resize_short"], edge="short", **how)
+    return [resize, dict(type="CenterCrop", crop_size=cfg["crop"])]
 
 
 class MMPretrainAdapter:
@@ -163,13 +178,8 @@ class MMPretrainAdapter:
                 "this model with its config: fix the manifest entry.",
                 {"differences": differences})
         pipeline = Compose([TRANSFORMS.build(t) for t in (
-            dict(type="LoadImageFromFile", imdecode_backend="cv2"),
-            dict(type="ResizeEdge", scale=cfg["resize_short"], edge="short",
-                 backend=cfg.get("resize_backend", "pillow"),
-                 interpolation=cfg["interpolation"]),
-            dict(type="CenterCrop", crop_size=cfg["crop"]),
-            dict(type="PackInputs"),
-        )])
+            dict(type="LoadImageFromFile", imdecode_backend="cv2"), *resize_steps(cfg),
+            dict(type="PackInputs"))])
         scale = float(cfg.get("scale", 1.0))
         data_preprocessor = ClsDataPreprocessor(
             mean=[m / scale for m in cfg["mean"]], std=[s / scale for s in cfg["std"]],

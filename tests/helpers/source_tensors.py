@@ -5,6 +5,9 @@ transform code (mmpretrain's pipeline + ClsDataPreprocessor, PaddleClas's deploy
 preprocess ops, MindCV's transforms_imagenet_eval) from a manifest preprocess block.
 
     python tests/helpers/source_tensors.py SOURCE PREPROCESS.json IMAGES.txt OUT.npy
+
+PREPROCESS.json holds one block (OUT.npy gets its tensors) or a list of blocks (OUT.npy gets
+an .npz archive: arr_0, arr_1, ... in the list's order), made in one process.
 """
 import json
 import sys
@@ -22,11 +25,19 @@ def main(source, cfg_path, images, out):
         from converters.paddleclas.worker import PaddleClasAdapter as Adapter
     else:
         from converters.mindcv.worker import MindCVAdapter as Adapter
-    adapter = Adapter()
-    adapter.config = None   # no model config to check the block against: use it as given
-    per_image, collate = adapter.transform(json.loads(open(cfg_path).read()))
-    paths = open(images).read().split("\n")
-    np.save(out, np.concatenate([collate([per_image(p)]) for p in paths if p]))
+    blocks = json.loads(open(cfg_path).read())
+    paths = [p for p in open(images).read().split("\n") if p]
+    made = []
+    for cfg in blocks if isinstance(blocks, list) else [blocks]:
+        adapter = Adapter()
+        adapter.config = None   # no model config to check the block against: use it as given
+        per_image, collate = adapter.transform(cfg)
+        made.append(np.concatenate([collate([per_image(p)]) for p in paths]))
+    if isinstance(blocks, list):
+        with open(out, "wb") as f:
+            np.savez(f, *made)
+    else:
+        np.save(out, made[0])
 
 
 if __name__ == "__main__":
