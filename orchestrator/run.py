@@ -25,7 +25,7 @@ import numpy as np
 from converters.protocol import Timer
 from converters.registry import REPO_ROOT, SOURCES
 from converters.runner import WorkerFailed, WorkerLimits, run_worker
-from converters.simplify import OnnxCheckFailed, check, simplify
+from converters.simplify import RETRIES, OnnxCheckFailed, check, simplify
 from converters.variants import VariantFailed, int8_tensor_errors, make_fp16, make_int8
 from fetch.download import (FetchError, Fetched, fetch, local_checkpoint, materialize,
                             sha256_file)
@@ -293,6 +293,54 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
     return checks, figures, logits
 
 
+def _simplifier_broke(checks: list[Check]) -> bool:
+    """The exporter's model passed every value check and onnxsim's output failed one."""
+    bad = [c for c in failed(checks) if c.name in VALUE_CHECKS]
+    return bool(bad) and all(c.scope.get("model") == "simplified" for c in failed(checks))
+
+
+def _resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarray,
+                reference: np.ndarray, checks: list[Check], logits: dict, threads: int | None,
+                report: dict, say) -> tuple[list[Check], dict]:
+    """onnxsim changed what the exporter wrote: simplify again with its fragile passes off, then
+    with no optimisation (converters/simplify.py RETRIES), each result through the same
+    logit checks against the source; the first that passes replaces model.onnx. None passing
+    leaves the first model and its failed checks. Recorded in report['onnx']['onnxsim_repair']."""
+    first = next(c for c in failed(checks) if c.name in VALUE_CHECKS)
+    repair = {"first": {"check": first.name, "measured": first.measured, "limit": first.limit},
+              "tried": [], "used": None}
+    report["onnx"]["onnxsim_repair"] = repair
+    say(f"  simplify  onnxsim changed the exporter's logits ({first.name} {_fmt(first.measured)}"
+        f" vs limit {_fmt(first.limit)}; the exporter's model passes): simplifying again")
+    retry = simplified.with_name("model.retry.onnx")
+    tol = entry["tolerances"]
+    for setting in RETRIES:
+        try:
+            info = simplify(exported, retry, [2, *entry["input_shape"]], atol=tol["atol"],
+                            rtol=tol["rtol"], **setting)
+        except OnnxCheckFailed as exc:
+            repair["tried"].append({"optimizer": str(setting), "error": exc.message})
+            continue
+        again, _, outs = _verify(entry, {"simplified": (retry, info)}, inputs, reference,
+                                 threads)
+        bad = failed(again)
+        repair["tried"].append({"optimizer": info["optimizer"], "nodes": info["nodes"],
+                                "passed": not bad})
+        if bad:
+            continue
+        retry.replace(simplified)
+        repair["used"] = info["optimizer"]
+        report["onnx"].update(nodes_simplified=info["nodes"], sha256=sha256_file(simplified),
+                              bytes=simplified.stat().st_size)
+        say(f"  simplify  onnxsim optimizer {info['optimizer']}: {info['nodes']} nodes, "
+            "the logit checks pass")
+        return [c for c in checks if c.scope.get("model") != "simplified"] + again, \
+            {**logits, **outs}
+    retry.unlink(missing_ok=True)
+    say("  simplify  no onnxsim setting kept the exporter's logits: the first result stands")
+    return checks, logits
+
+
 def _worse(a: Check, b: Check) -> bool:
     if a.passed != b.passed:
         return not a.passed
@@ -409,6 +457,9 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         checks, figures, logits = _verify(entry, {"exported": (exported, before),
                                                   "simplified": (simplified, after)},
                                           inputs, reference, opts.threads)
+        if _simplifier_broke(checks):
+            checks, logits = _resimplify(entry, exported, simplified, inputs, reference,
+                                         checks, logits, opts.threads, report, say)
         report["verification"].update(figures)
         if not failed(checks):   # gate power: a known small fault must fail the same check
             canary, report["verification"]["canary"] = canary_check(

@@ -90,12 +90,8 @@ def test_the_logit_gate_reports_a_baked_batch_for_each_model(tmp_path):
     assert by[("max_abs_diff", "simplified")].scope["worst_batch"] == 4
 
 
-def test_onnxsims_own_check_is_reported_and_never_refuses(tmp_path):
-    """onnxsim folds the BatchNorm into the Conv, which moves fp32 outputs by ~4e-7: over a
-    zero tolerance, its random-input check fails. That is reported with onnxsim's words and
-    the simplified model is still written; the logit gate decides (converters/simplify.py)."""
-    from converters.simplify import simplify
-
+def _conv_bn(path):
+    """Conv + BatchNorm + pooling: logits (N, 8) of a (N, 3, 16, 16) input."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.uniform(0.5, 2, 8).astype(np.float32), "g"),
@@ -111,7 +107,17 @@ def test_onnxsims_own_check_is_reported_and_never_refuses(tmp_path):
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                ir_version=8), str(tmp_path / "a.onnx"))
+                                ir_version=8), str(path))
+    return path
+
+
+def test_onnxsims_own_check_is_reported_and_never_refuses(tmp_path):
+    """onnxsim folds the BatchNorm into the Conv, which moves fp32 outputs by ~4e-7: over a
+    zero tolerance, its random-input check fails. That is reported with onnxsim's words and
+    the simplified model is still written; the logit gate decides (converters/simplify.py)."""
+    from converters.simplify import simplify
+
+    _conv_bn(tmp_path / "a.onnx")
     info = simplify(tmp_path / "a.onnx", tmp_path / "b.onnx", [2, 3, 16, 16], atol=0.0,
                     rtol=0.0)
     check = info["onnxsim_check"]
@@ -125,3 +131,44 @@ def test_onnxsims_own_check_is_reported_and_never_refuses(tmp_path):
                     rtol=0.0)
     assert info["onnxsim_check"] == {"random_inputs": 3, "atol": 1e-3, "rtol": 0.0,
                                      "passed": True, "gating": False}
+
+
+def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded(tmp_path):
+    """onnxsim's output fails the logit gate while the exporter's passes (as its
+    fuse_pad_into_conv did to efficientnet-b0): the model is simplified again with the fragile
+    passes off (converters/simplify.py RETRIES), checked the same way, and replaces
+    model.onnx; the report says what failed and what was used. A fault the exporter's model
+    shares is not onnxsim's, and nothing is redone."""
+    from orchestrator.run import _resimplify, _simplifier_broke
+    from verify.compare import failed
+
+    exported = _conv_bn(tmp_path / "exported.onnx")
+    broken = onnx.load(str(exported))   # what a wrong pass leaves: one weight changed
+    weight = numpy_helper.to_array(broken.graph.initializer[0]) * np.float32(1.5)
+    broken.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
+    simplified = tmp_path / "model.onnx"
+    onnx.save(broken, str(simplified))
+    x = np.random.default_rng(1).normal(0, 1, (4, 3, 16, 16)).astype(np.float32)
+    reference = OrtRunner(exported, 1).infer(x, 4)
+    entry = {"tolerances": TOL, "num_classes": 8, "input_shape": [3, 16, 16],
+             "export": {"dynamic_batch": True, "opset": 17}}
+    models = {"exported": (exported, describe(onnx.load(str(exported)))),
+              "simplified": (simplified, describe(broken))}
+    checks, _, logits = _verify(entry, models, x, reference, threads=1)
+    assert _simplifier_broke(checks)
+    assert not _simplifier_broke(_verify(entry, models, x, 2 * reference, threads=1)[0])
+
+    report, said = {"onnx": {}}, []
+    checks, logits = _resimplify(entry, exported, simplified, x, reference, checks, logits,
+                                 1, report, said.append)
+    assert not failed(checks) and {c.scope["model"] for c in checks} == {"exported",
+                                                                         "simplified"}
+    repair = report["onnx"]["onnxsim_repair"]
+    assert repair["first"]["check"] == "max_abs_diff" and repair["first"]["measured"] > 0.1
+    assert repair["used"] == "on, without fuse_pad_into_conv"
+    assert repair["tried"] == [{"optimizer": repair["used"], "nodes": 3, "passed": True}]
+    assert report["onnx"]["nodes_simplified"] == 3
+    assert np.abs(OrtRunner(simplified, 1).infer(x, 4) - reference).max() < 1e-4
+    assert np.array_equal(logits["simplified"], OrtRunner(simplified, 1).infer(x, 4))
+    assert not (tmp_path / "model.retry.onnx").exists()
+    assert "onnxsim changed the exporter's logits (max_abs_diff" in said[0]
