@@ -1,21 +1,33 @@
-"""Export rewrites for MindSpore: cells its ONNX exporter has no rule for, replaced before
-export by compositions of cells it can write (as mmdeploy's rewriters do for torch).
+"""Export rewrites for MindSpore: cells and primitives its ONNX exporter has no rule for,
+replaced before export by compositions of ops it can write (as mmdeploy's rewriters do for
+torch).
 
-MindSpore 2.7.2's exporter stops with `Can not find key HSwish in convert map` on
-mindcv's MobileNetV3 (`nn.HSwish`, `nn.HSigmoid`). Each rule below names the cell class it
-replaces and an equivalent built from ReLU6, which exports as Clip. A rule is added only for
-a cell the exporter measurably refuses (tests/helpers/ms_rewrite_check.py): `nn.SiLU`, which
-issue 30 listed for MobileViT, exports unchanged in 2.7.2, so it has none. The reference logits always come from the unmodified model (the
-worker computes them before export), so the logit gate checks every rewrite; the report
-lists the rewrites applied under `source.export_fixups`.
+MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
+- HSwish, HSigmoid (mindcv MobileNetV3): rewritten with ReLU6, which exports as Clip, exact;
+- Erf, which `nn.GELU(approximate=False)` computes (edgenext, poolformer, coat, the MAE
+  decoder): rewritten as 0.5 x (1 + erf(x / sqrt 2)) with erf the float32 rational
+  approximation Eigen and XLA use on CPUs (ERF_NUMERATOR / ERF_DENOMINATOR below), within
+  about 1e-7 of erf everywhere (tests/helpers/ms_rewrite_check.py measures it), so the
+  rewrite is exact to float32 rounding, not bit for bit;
+- the Unstack primitive (mindcv ViT's attention, `self.unstack = ops.Unstack(axis=0)`):
+  rewritten as one index per slice, which exports as Gather; exact.
+A rule is added only for what the exporter measurably refuses (tests/helpers/
+ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
+2.7.2, so it has none. Functional calls inside a construct (`ops.unstack(...)` in cait and
+xcit) are not attributes and cannot be swapped here; they stay the exporter's refusal.
+
+The reference logits always come from the unmodified model (the worker computes them before
+export), so the logit gate checks every rewrite; the report lists the rewrites applied under
+`source.export_fixups`.
 
 Runs in the mindspore environment only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
-from mindspore import nn
+from mindspore import nn, ops
 
 
 class _HSwish(nn.Cell):
@@ -40,35 +52,96 @@ class _HSigmoid(nn.Cell):
         return self.relu6(x + 3.0) / 6.0
 
 
-# The cell class replaced (matched exactly: a subclass may compute something else) ->
-# (the replacement's factory, why).
-RULES: dict[type, tuple[Callable[[], nn.Cell], str]] = {
-    nn.HSwish: (_HSwish, "x * relu6(x + 3) / 6"),
-    nn.HSigmoid: (_HSigmoid, "relu6(x + 3) / 6"),
-}
+# erf(x) ~ x P(x^2) / Q(x^2) on x clamped to [-4, 4] (beyond, erf is +-1 in float32): Eigen's
+# generic_fast_erf_float, also XLA's ErfImpl32. Highest power first.
+ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                 -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                 -1.60960333262415e-02)
+ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                   -7.37332916720468e-03, -1.42647390514189e-02)
 
 
-def rewrite(cell: nn.Cell, rules: dict = RULES) -> dict[str, int]:
-    """Replace, in place and recursively, every child cell whose class is a key of `rules`;
-    returns how many of each class were replaced. A SequentialCell runs its `cell_list`,
-    not its named cells, so that list is rebuilt after a replacement."""
+def _horner(coefficients, x2):
+    out = coefficients[0]
+    for c in coefficients[1:]:
+        out = out * x2 + c
+    return out
+
+
+class _GELUErf(nn.Cell):
+    """0.5 x (1 + erf(x / sqrt 2)), erf by the rational approximation above: what
+    nn.GELU(approximate=False) computes, written with Minimum, Maximum, Mul, Add and Div."""
+
+    def construct(self, x):
+        z = ops.maximum(ops.minimum(x * 0.7071067811865476, 4.0), -4.0)
+        z2 = z * z
+        erf = z * _horner(ERF_NUMERATOR, z2) / _horner(ERF_DENOMINATOR, z2)
+        return 0.5 * x * (1.0 + erf)
+
+
+class _Unstack(nn.Cell):
+    """ops.Unstack(axis=0): the tuple x[0], x[1], ..., one index each (exported as Gather)."""
+
+    def construct(self, x):
+        return tuple(x[i] for i in range(x.shape[0]))
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str                         # as the report names it
+    missing: str                      # the op the exporter has no rule for
+    matches: Callable[[object], bool]
+    replacement: Callable[[], nn.Cell]
+    why: str
+
+
+RULES: tuple[Rule, ...] = (
+    # The class matched exactly: a subclass may compute something else.
+    Rule("HSwish", "HSwish", lambda c: type(c) is nn.HSwish, _HSwish, "x * relu6(x + 3) / 6"),
+    Rule("HSigmoid", "HSigmoid", lambda c: type(c) is nn.HSigmoid, _HSigmoid,
+         "relu6(x + 3) / 6"),
+    # nn.GELU keeps approximate=False as the string "none" (True as "tanh").
+    Rule("GELU(approximate=False)", "Erf",
+         lambda c: type(c) is nn.GELU and c.approximate == "none", _GELUErf,
+         "0.5 x (1 + erf(x / sqrt 2)), erf as Eigen's float32 rational approximation"),
+    Rule("Unstack(axis=0)", "Unstack",
+         lambda c: type(c) is ops.Unstack and c.axis == 0, _Unstack, "x[0], x[1], ..."),
+)
+
+
+def _rule(child, rules) -> Rule | None:
+    return next((r for r in rules if r.matches(child)), None)
+
+
+def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
+    """Replace, in place and recursively, every child cell and every primitive held as an
+    attribute that a rule matches; returns how many each rule replaced. A SequentialCell
+    runs its `cell_list`, not its named cells, so that list is rebuilt after a
+    replacement."""
     counts: dict[str, int] = {}
+    for name, primitive in list(getattr(cell, "_primitives", {}).items()):
+        rule = _rule(primitive, rules)
+        if rule is not None:
+            del cell._primitives[name]
+            cell.__dict__.pop(name, None)
+            setattr(cell, name, rule.replacement())
+            counts[rule.name] = counts.get(rule.name, 0) + 1
     for name, child in list(cell.name_cells().items()):
-        rule = rules.get(type(child))
+        rule = _rule(child, rules)
         if rule is None:
             for key, n in rewrite(child, rules).items():
                 counts[key] = counts.get(key, 0) + n
             continue
-        setattr(cell, name, rule[0]())
+        setattr(cell, name, rule.replacement())
         if isinstance(getattr(cell, "cell_list", None), list):
             cell.cell_list = list(cell._cells.values())
-        counts[type(child).__name__] = counts.get(type(child).__name__, 0) + 1
+        counts[rule.name] = counts.get(rule.name, 0) + 1
     return counts
 
 
-def notes(counts: dict[str, int], rules: dict = RULES) -> list[str]:
-    """One export_fixups line per rewritten class."""
-    by_name = {cls.__name__: why for cls, (_, why) in rules.items()}
-    return [f"export rewrite: {n} x {name} -> {by_name[name]} (MindSpore's ONNX exporter has "
-            f"no {name} rule; the logit gate compares with the unmodified model)"
-            for name, n in sorted(counts.items())]
+def notes(counts: dict[str, int], rules: tuple[Rule, ...] = RULES) -> list[str]:
+    """One export_fixups line per rule applied."""
+    by_name = {r.name: r for r in rules}
+    return [f"export rewrite: {n} x {name} -> {by_name[name].why} (MindSpore's ONNX exporter "
+            f"has no {by_name[name].missing} rule; the logit gate compares with the "
+            "unmodified model)" for name, n in sorted(counts.items())]

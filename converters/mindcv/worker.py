@@ -146,7 +146,8 @@ class MindCVAdapter:
         if not path.exists():
             raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}")
         if dynamic_batch:
-            fixups += free_traced_batch(path) + declare_output_batch(path)
+            fixups += (free_traced_batch(path) + batch_from_concat(path)
+                       + declare_output_batch(path))
         return fixups
 
 
@@ -156,7 +157,9 @@ def free_traced_batch(path: Path) -> list[str]:
     shufflenet_v2's channel shuffle `[24, 2, 784]` for (B x 24, 2, 784)), so the graph fails at
     any other batch. A constant target shape with more than one dimension and no -1 or 0 gets
     -1 first: the runtime then takes the leading dimension from the element count, which grows
-    with the batch for activations and stays as traced for a constant. Where the batch is not
+    with the batch for activations and stays as traced for a constant. One that already has a
+    -1 and starts with the traced 1 (mindcv ViT's patches, `(B, C, -1)` written [1, 768, -1])
+    gets 0 first: the input's own leading dimension, the batch. Where the batch is not
     in the leading dimension this computes other values at batch > 1, and the logit gate,
     which compares batch 1 with the verification batch and both with the source
     (verify/batch.py), fails the model: nothing wrong ships."""
@@ -170,10 +173,15 @@ def free_traced_batch(path: Path) -> list[str]:
 
     def freed(tensor) -> bool:
         shape = numpy_helper.to_array(tensor)
-        if shape.ndim != 1 or len(shape) < 2 or (shape <= 0).any():
+        if shape.ndim != 1 or len(shape) < 2 or (shape == 0).any():
             return False
         fixed = shape.astype(np.int64)
-        fixed[0] = -1
+        if (shape > 0).all():
+            fixed[0] = -1
+        elif shape[0] == 1 and (shape == -1).sum() == 1:
+            fixed[0] = 0     # `(B, C, -1)` traced as [1, C, -1]: B is the input's own
+        else:
+            return False
         tensor.CopyFrom(numpy_helper.from_array(fixed, tensor.name))
         return True
 
@@ -185,8 +193,84 @@ def free_traced_batch(path: Path) -> list[str]:
         return []
     onnx.save(model, str(path))
     return [f"{changed} Reshape target shape(s) traced at batch 1 take their leading dimension "
-            "from the element count (-1) (MindSpore's exporter writes static shapes; the logit "
-            "gate compares batch 1 with the verification batch)"]
+            "from the element count (-1) or from their input (0) (MindSpore's exporter writes "
+            "static shapes; the logit gate compares batch 1 with the verification batch)"]
+
+
+def batch_from_concat(path: Path) -> list[str]:
+    """MindSpore writes `ops.broadcast_to(token, (x.shape[0], -1, -1))` (mindcv ViT's class
+    token) as an Expand to the constant shape it traced, batch 1, concatenated with the patch
+    tokens: the graph fails at any other batch. An Expand of a constant to a constant shape
+    whose leading dimension is 1, feeding a Concat, gets that dimension from the Shape of the
+    Concat's first other input instead. The logit gate compares batch 1 with the verification
+    batch and both with the source, so a wrong guess fails there."""
+    import numpy as np
+    import onnx  # after mindspore: see the import at the top
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constants.update({node.output[0]: numpy_helper.to_array(a.t)
+                              for a in node.attribute if a.name == "value"})
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def traced(name: str):
+        """The Expand making `name`, if it expands a constant to [1, ...]."""
+        node = producer.get(name)
+        if node is None or node.op_type != "Expand" or node.input[0] not in constants:
+            return None
+        shape = constants.get(node.input[1])
+        return node if shape is not None and shape.ndim == 1 and len(shape) > 1 \
+            and shape[0] == 1 else None
+
+    changed = 0
+    for concat in [n for n in graph.node if n.op_type == "Concat"]:
+        for name in list(concat.input):
+            expand = traced(name)
+            carriers = [i for i in concat.input if i != name and traced(i) is None]
+            if expand is None or not carriers:
+                continue
+            tag = f"{expand.name}_batch"
+            rest = constants[expand.input[1]][1:].astype(np.int64)
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array([0], np.int64), f"{tag}_start"),
+                numpy_helper.from_array(np.array([1], np.int64), f"{tag}_end"),
+                numpy_helper.from_array(rest, f"{tag}_rest")])
+            made = [helper.make_node("Shape", [carriers[0]], [f"{tag}_shape"], name=f"{tag}_Shape"),
+                    helper.make_node("Slice", [f"{tag}_shape", f"{tag}_start", f"{tag}_end"],
+                                     [f"{tag}_n"], name=f"{tag}_Slice"),
+                    helper.make_node("Concat", [f"{tag}_n", f"{tag}_rest"], [f"{tag}_to"],
+                                     axis=0, name=f"{tag}_Concat")]
+            old, expand.input[1] = expand.input[1], f"{tag}_to"
+            _drop_if_unused(graph, old)
+            graph.node.remove(expand)     # after the batch carrier: just before the Concat
+            at = list(graph.node).index(concat)
+            for offset, new in enumerate([*made, expand]):
+                graph.node.insert(at + offset, new)
+            changed += 1
+    if not changed:
+        return []
+    # The exporter declares the shapes it traced (batch 1) for inner tensors too: onnx.checker
+    # refuses those that now disagree with inference, so the declarations go.
+    del graph.value_info[:]
+    onnx.save(model, str(path))
+    return [f"{changed} Expand(s) of a constant to the traced batch 1 before a Concat take "
+            "their batch from the Concat's other input (MindSpore writes broadcast_to with "
+            "static shapes; the logit gate compares batch 1 with the verification batch)"]
+
+
+def _drop_if_unused(graph, name: str) -> None:
+    """Remove the initializer or Constant node `name` when no node reads it any more (ONNX
+    Runtime warns of each unused initializer)."""
+    if any(name in node.input for node in graph.node):
+        return
+    for init in [i for i in graph.initializer if i.name == name]:
+        graph.initializer.remove(init)
+    for node in [n for n in graph.node if n.op_type == "Constant" and name in n.output]:
+        graph.node.remove(node)
 
 
 def declare_output_batch(path: Path) -> list[str]:

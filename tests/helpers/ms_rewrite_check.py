@@ -1,7 +1,9 @@
 """Run in the mindspore environment by tests/test_export_rewrites.py: for each rule of
 converters/mindcv/rewrites.py, a small network using that cell (inside a SequentialCell and
-as a named child) must export to ONNX only after the rewrite, compute the same values after
-it, and be rewritten once. Prints one JSON line per rule."""
+as a named child) or primitive (as an attribute, as mindcv's ViT holds it) must export to
+ONNX only after the rewrite, compute the same values after it, and be rewritten once. Prints
+one JSON line per rule, then one with the erf approximation's largest error against
+math.erf over a dense grid."""
 from __future__ import annotations
 
 import json
@@ -13,7 +15,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
-from mindspore import nn  # noqa: E402
+from mindspore import nn, ops  # noqa: E402
 
 from converters.mindcv import rewrites  # noqa: E402
 
@@ -28,6 +30,46 @@ class Net(nn.Cell):
         return self.act(self.body(x) * 2.0)
 
 
+class UnstackNet(nn.Cell):
+    """As mindcv ViT's Attention: a primitive held as an attribute, twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.unstack = ops.Unstack(axis=0)
+        self.again = ops.Unstack(axis=0)
+
+    def construct(self, x):
+        q, k, v = self.unstack(self.conv(x).transpose(1, 0, 2, 3))
+        a, b, c = self.again(ops.stack((q, k, v)))
+        return a * b + c
+
+
+# A network for each rule (by its name), using what the rule replaces twice.
+NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
+        "GELU(approximate=False)": lambda: Net(lambda: nn.GELU(approximate=False)),
+        "Unstack(axis=0)": UnstackNet}
+
+
+def erf_error() -> float:
+    """max |rational erf - math.erf| over [-6, 6] in steps of 1e-4, in float32 as exported."""
+    import math
+
+    x = np.arange(-6.0, 6.0, 1e-4).astype(np.float32)
+    z = np.clip(x, -4, 4)
+    z2 = z * z
+
+    def horner(cs):
+        out = np.float32(cs[0])
+        for c in cs[1:]:
+            out = out * z2 + np.float32(c)
+        return out
+
+    ours = z * horner(rewrites.ERF_NUMERATOR) / horner(rewrites.ERF_DENOMINATOR)
+    exact = np.array([math.erf(float(v)) for v in x])
+    return float(np.abs(ours.astype(np.float64) - exact).max())
+
+
 def export(net, x, path) -> str | None:
     try:
         ms.export(net, x, file_name=path, file_format="ONNX")
@@ -40,22 +82,23 @@ def main() -> None:
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
     x = ms.Tensor(np.random.default_rng(0).normal(0, 2, (2, 3, 8, 8)).astype(np.float32))
-    for cls in rewrites.RULES:
+    for rule in rewrites.RULES:
         with tempfile.TemporaryDirectory() as tmp:
             # A fresh network each: MindSpore caches a network's compiled graph.
-            unchanged = Net(cls)
+            unchanged = NETS[rule.name]()
             unchanged.set_train(False)
             before = export(unchanged, x, os.path.join(tmp, "before"))
-            net = Net(cls)
+            net = NETS[rule.name]()
             net.set_train(False)
             ref = net(x).asnumpy()
             counts = rewrites.rewrite(net)
             out = net(x).asnumpy()
             after = export(net, x, os.path.join(tmp, "after"))
-        print(json.dumps({"rule": cls.__name__, "export_before": before, "export_after": after,
+        print(json.dumps({"rule": rule.name, "export_before": before, "export_after": after,
                           "counts": counts, "again": rewrites.rewrite(net),
                           "max_diff": float(np.abs(out - ref).max()),
                           "notes": rewrites.notes(counts)}), flush=True)
+    print(json.dumps({"erf_max_error": erf_error()}), flush=True)
     sys.stdout.flush()
     os._exit(0)   # skip MindSpore's noisy Cell.__del__ at exit
 
