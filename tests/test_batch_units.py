@@ -172,3 +172,33 @@ def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded
     assert np.array_equal(logits["simplified"], OrtRunner(simplified, 1).infer(x, 4))
     assert not (tmp_path / "model.retry.onnx").exists()
     assert "onnxsim changed the exporter's logits (max_abs_diff" in said[0]
+
+
+def test_a_graph_the_runtime_refuses_at_batch_2_is_a_failed_check_naming_it(tmp_path):
+    """A token expanded to the traced batch 1 and concatenated with the input (as MindSpore
+    writes coat's class token) runs at batch 1 and is refused at batch 2, where onnxsim runs
+    it: a failed batch_independent check with ONNX Runtime's words and the node, not a
+    pipeline error. A graph that runs at both, or at neither, is not a batch matter."""
+    from verify.batch import refused_at_another_batch
+
+    nodes = [helper.make_node("Expand", ["token", "to"], ["tokens"], name="expand_token"),
+             helper.make_node("Concat", ["tokens", "input"], ["logits"], axis=1,
+                              name="cat_token")]
+    inits = [numpy_helper.from_array(np.ones((1, 2), np.float32), "token"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "to")]
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 6])], inits)
+    baked = tmp_path / "baked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(baked))
+    check = refused_at_another_batch(baked, [4], {"model": "exported"})
+    assert check is not None and not check.passed and check.name == "batch_independent"
+    assert (check.measured, check.limit) == ("refused at batch 2", "runs at every batch")
+    assert check.detail.startswith("batch baked into the graph: ONNX Runtime runs it at "
+                                   "batch 1 and refuses it at batch 2 (")
+    assert "cat_token" in check.detail     # ONNX Runtime names the node it refused
+    assert check.scope == {"model": "exported", "batch_sizes": [2, 1]}
+    assert refused_at_another_batch(_model(tmp_path / "ok.onnx", baked=False), [4],
+                                    {"model": "exported"}) is None
+    assert refused_at_another_batch(baked, [5], {"model": "exported"}) is None   # no batch

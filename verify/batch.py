@@ -75,6 +75,41 @@ def baking_nodes(model: onnx.ModelProto, limit: int = 10) -> list[dict]:
     return found
 
 
+def _named(nodes: list[dict]) -> str:
+    return ("; nodes that fix the batch dimension: " + ", ".join(
+        f"{n['node']} ({n['op']} {n['input_shape']} -> {n['output_shape']})"
+        for n in nodes[:5]) + (f" (+{len(nodes) - 5} more)" if len(nodes) > 5 else "")
+        if nodes else "; shape inference names no node that fixes it")
+
+
+def refused_at_another_batch(model_path: Path, input_shape: list[int], scope: dict,
+                             threads: int | None = 1) -> Check | None:
+    """A failed `batch_independent` check when ONNX Runtime runs the model at batch 1 and
+    refuses it at batch 2 (a Concat or broadcast of a tensor traced at batch 1), naming the
+    nodes; None when it runs at both, or at neither (then the batch is not the cause). Asked
+    when onnxsim, which runs the model at batch 2, fails: the entry is then a failed check
+    that says where, not a pipeline error."""
+    from verify.ort_runner import OrtRunner
+
+    x = np.zeros((2, *input_shape), np.float32)
+    try:
+        runner = OrtRunner(model_path, threads)
+        runner.infer(x[:1], 1)
+    except Exception:  # noqa: BLE001 - it does not run at all: not a batch matter
+        return None
+    try:
+        runner.infer(x, 2)
+        return None
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's refusal is the finding
+        said = str(exc).splitlines()[0][:300]
+    nodes = baking_nodes(onnx.load(str(model_path), load_external_data=False))
+    return Check("batch_independent", False, "refused at batch 2", "runs at every batch",
+                 f"batch baked into the graph: ONNX Runtime runs it at batch 1 and refuses it "
+                 f"at batch 2 ({said}){_named(nodes)}. The exporter traced a batch into the "
+                 "graph; its dynamic-shape export or an export rewrite must keep the batch "
+                 "symbolic", {**scope, "batch_sizes": [2, 1]})
+
+
 def batch_check(outs: dict[int, np.ndarray], tol: dict, model_path: Path | None,
                 scope: dict, agree: dict[int, bool] | None = None) -> Check:
     """The same images at batch 1 and at the full batch must give the same logits, within
@@ -102,12 +137,8 @@ def batch_check(outs: dict[int, np.ndarray], tol: dict, model_path: Path | None,
                 (f", wrong at batch {', '.join(wrong)}" if wrong else "")
     nodes = baking_nodes(onnx.load(str(model_path), load_external_data=False)) \
         if model_path is not None else []
-    named = ("; nodes that fix the batch dimension: " + ", ".join(
-        f"{n['node']} ({n['op']} {n['input_shape']} -> {n['output_shape']})"
-        for n in nodes[:5]) + (f" (+{len(nodes) - 5} more)" if len(nodes) > 5 else "")
-        if nodes else "; shape inference names no node that fixes it")
     return Check("batch_independent", False, diff, limit,
                  f"batch baked into the graph: the same images give other logits at batch "
-                 f"{sizes[-1]} than at batch {sizes[0]}{where}{named}. The exporter "
+                 f"{sizes[-1]} than at batch {sizes[0]}{where}{_named(nodes)}. The exporter "
                  "traced a batch into the graph; its dynamic-shape export or an export "
                  "rewrite must keep the batch symbolic", scope)
