@@ -170,6 +170,21 @@ def test_each_new_form_matters(images, mm_form_tensors):
     assert worst({**mm_form("efficientnet"), "crop_padding": 0}, "efficientnet") > 10
 
 
+def test_paddleclas_pillow_resize_is_pillows(images, tmp_path):
+    """PaddleClas's own 256/384-px configs resize with `backend: pil` (manifest `pillow`;
+    converters/paddleclas/derive.py): its ResizeImage must get "pil", or it warns and uses
+    cv2. The contract's Pillow resize with PaddleClas's rounding then matches its tensors."""
+    cfg = {**manifest_entries()[ENTRY_OF["paddleclas"]]["preprocess"], "resize_short": 292,
+           "crop": 256, "interpolation": "bicubic", "resize_backend": "pillow"}
+    made = source_tensors("paddleclas", [cfg], images, tmp_path)["arr_0"]
+    spec = validate(contract(cfg, [3, 256, 256]))
+    assert spec["resize"]["library"] == "pillow"
+    assert float(level_diffs(preprocess_batch(images, spec), made, spec).max()) == 0.0
+    cv2_spec = json.loads(json.dumps(spec))
+    cv2_spec["resize"]["library"] = "opencv"
+    assert level_diffs(preprocess_batch(images, cv2_spec), made, spec).max() > 1.0
+
+
 def test_efficientnet_crop_by_hand():
     """mmpretrain's EfficientNetCenterCrop arithmetic on a 333x250 image: the side is a float,
     the offset rounds half to even, the last row/column is truncated."""

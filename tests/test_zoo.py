@@ -185,7 +185,10 @@ DERIVED_CASES = [("mmpretrain", "deit-tiny_4xb256_in1k"),
                  ("mmpretrain", "efficientnet-b0_3rdparty_8xb32_in1k"),
                  ("mmpretrain", "convnext-v2-nano_fcmae-in21k-pre_3rdparty_in1k-384px"),
                  ("mmpretrain", "repmlp-base_3rdparty_8xb64_in1k"),
-                 ("mmpretrain", "regnetx-400mf_8xb128_in1k")]
+                 ("mmpretrain", "regnetx-400mf_8xb128_in1k"),
+                 # a PaddleClas model its own repository config evaluates at 256 px, with
+                 # Pillow bicubic (converters/paddleclas/eval_configs.json)
+                 ("paddleclas", "SwinTransformerV2_tiny_patch4_window8_256")]
 # Measured: MindSpore's bicubic Resize and OpenCV's INTER_CUBIC (the contract's) round some
 # pixels one level apart; bilinear is bit-exact. One level is the deploy gate's allowance.
 LEVELS_ALLOWED = {("mindcv", "pit_ti"): 1.0}
@@ -206,6 +209,33 @@ def test_derived_preprocessing_equals_the_sources_own_configured_transforms(
     assert ours.shape == theirs.shape == (len(paths), *described["input_shape"])
     allowed = LEVELS_ALLOWED.get((source, model_id), 0.0)
     assert float(level_diffs(ours, theirs, spec).max()) <= allowed, (source, model_id)
+
+
+@pytest.mark.slow
+def test_paddleclas_models_of_other_sizes_take_their_own_repository_config():
+    """PaddleClas's package ships one inference config (crop 224). A model whose own config
+    in its repository evaluates at another size gets that config, named with its file and
+    commit (converters/paddleclas/eval_configs.json); a name like LeViT_128 (a width, not
+    pixels) is no longer taken for a size; a model whose own config the contract cannot
+    express (CvT: Pillow decode, fixed resize) is unsupported, naming the config's steps."""
+    from orchestrator.derive import describe_many
+
+    commit = json.loads((REPO / "converters" / "paddleclas" / "eval_configs.json")
+                        .read_text())["commit"]
+    got = describe_many("paddleclas", ["SwinTransformer_base_patch4_window12_384", "LeViT_128",
+                                       "CvT_13_384", "CLIP_vit_large_patch14_336"])
+    swin = got["SwinTransformer_base_patch4_window12_384"]
+    assert swin["input_shape"] == [3, 384, 384]
+    assert (swin["preprocess"]["resize_short"], swin["preprocess"]["resize_backend"],
+            swin["preprocess"]["interpolation"]) == (438, "pillow", "bicubic")
+    assert swin["derived_from"]["preprocess"] == (
+        "PaddleClas ppcls/configs/ImageNet/SwinTransformer/"
+        f"SwinTransformer_base_patch4_window12_384.yaml at {commit[:12]} "
+        "(DataLoader.Eval.dataset.transform_ops)")
+    assert got["LeViT_128"]["input_shape"] == [3, 224, 224]
+    assert got["CvT_13_384"]["error"]["kind"] == "unsupported"
+    assert "ResizeImage(size=384" in got["CvT_13_384"]["error"]["message"]
+    assert "no config of it" in got["CLIP_vit_large_patch14_336"]["error"]["message"]
 
 
 @pytest.mark.slow

@@ -91,8 +91,11 @@ class PaddleClasAdapter:
             raise WorkerError("preprocess", f"PaddleClas decodes with cv2, manifest asks "
                                             f"{cfg['decode']!r}")
         ops = [DecodeImage(to_rgb=bool(cfg.get("to_rgb", True))),
+               # PaddleClas's ResizeImage names Pillow "pil" (and takes any other name for
+               # cv2, with a warning).
                ResizeImage(resize_short=cfg["resize_short"], interpolation=cfg["interpolation"],
-                           backend=cfg.get("resize_backend", "cv2")),
+                           backend={"pillow": "pil"}.get(cfg.get("resize_backend", "cv2"),
+                                                         cfg.get("resize_backend", "cv2"))),
                CropImage(size=cfg["crop"]),
                NormalizeImage(scale=cfg.get("scale", 1 / 255.0), mean=cfg["mean"],
                               std=cfg["std"], order=""),

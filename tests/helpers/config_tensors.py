@@ -5,7 +5,10 @@ source configures them for MODEL_ID (test helper; none of the pipeline's code).
 
 mmpretrain: the model config's own test pipeline (Compose of its dicts) and the built
 model's data_preprocessor. PaddleClas: what its `paddleclas` predictor does for an ImageNet
-model (cv2.imread, BGR->RGB, the ops of deploy/configs/inference_cls.yaml). MindCV:
+model (cv2.imread, BGR->RGB, the ops of deploy/configs/inference_cls.yaml), or, for a model
+whose own config in PaddleClas's repository evaluates at another crop, that config's Eval
+transform_ops as recorded in converters/paddleclas/eval_configs.json, fed to the same
+`create_operators` (its DecodeImage is the same cv2 decode and BGR->RGB). MindCV:
 create_transforms(imagenet, eval) given the model's default cfg values as they stand.
 """
 import sys
@@ -45,9 +48,19 @@ def paddleclas(model_id, paths):
     import yaml
     from paddleclas.deploy.python.preprocess import create_operators
 
+    import json
+
     config = os.path.join(os.path.dirname(paddleclas.__file__),
                           "deploy/configs/inference_cls.yaml")
-    ops = create_operators(yaml.safe_load(open(config))["PreProcess"]["transform_ops"])
+    listed = yaml.safe_load(open(config))["PreProcess"]["transform_ops"]
+    crop = next(op["CropImage"]["size"] for op in listed if "CropImage" in op)
+    own = json.loads(open(os.path.join(os.path.dirname(__file__), "..", "..", "converters",
+                                       "paddleclas", "eval_configs.json")).read())
+    own = own["models"].get(model_id) or {}
+    if own.get("crop", crop) != crop:
+        listed = [op for op in own["transform_ops"] if "DecodeImage" not in op]
+        listed.append({"ToCHWImage": None})
+    ops = create_operators(listed)
     out = []
     for path in paths:
         img = cv2.imread(path)[:, :, ::-1]

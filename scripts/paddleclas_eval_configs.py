@@ -1,0 +1,84 @@
+"""Write converters/paddleclas/eval_configs.json: the eval transforms of PaddleClas's own
+per-model ImageNet configs (`ppcls/configs/ImageNet/<Family>/<ModelId>.yaml`,
+DataLoader.Eval.dataset.transform_ops), which its pip package does not ship. PaddleClas's
+`tools/eval.py` measures each model's published top-1 with them.
+
+    python scripts/paddleclas_eval_configs.py GIT_DIR [COMMIT]
+
+GIT_DIR: a clone (or bare mirror) of github.com/PaddlePaddle/PaddleClas; COMMIT defaults to
+HEAD. Reads with `git show`, so no work tree is needed; the file and commit go into the data
+(converters/paddleclas/derive.py reads it). Runs anywhere with PyYAML (the orchestrator env).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = "ppcls/configs/ImageNet"
+OUT = Path(__file__).resolve().parent.parent / "converters" / "paddleclas" / "eval_configs.json"
+
+
+def _git(git_dir: str, *args: str) -> str:
+    return subprocess.run(["git", "--git-dir", git_dir, *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _scale(value) -> float:
+    if isinstance(value, str):   # "1.0/255.0", as PaddleClas's configs write it
+        top, _, bottom = value.partition("/")
+        return float(top) / float(bottom or 1)
+    return float(value)
+
+
+def eval_block(text: str) -> dict | None:
+    """The fields converters/paddleclas/derive.py needs, or None when the Eval pipeline is
+    not DecodeImage, ResizeImage(resize_short), CropImage, NormalizeImage (+ ToCHWImage)."""
+    try:
+        ops = yaml.safe_load(text)["DataLoader"]["Eval"]["dataset"]["transform_ops"]
+    except (KeyError, TypeError, yaml.YAMLError):
+        return None
+    steps = {}
+    for op in ops or []:
+        (name, args), = op.items()
+        steps[name] = args or {}
+    if set(steps) - {"DecodeImage", "ResizeImage", "CropImage", "NormalizeImage",
+                     "ToCHWImage"} or not {"ResizeImage", "CropImage", "NormalizeImage"} <= \
+            set(steps) or "resize_short" not in steps["ResizeImage"]:
+        return {"unsupported": [f"{k}({', '.join(f'{a}={v}' for a, v in steps[k].items())})"
+                                for k in steps]}
+    resize, norm = steps["ResizeImage"], steps["NormalizeImage"]
+    crop = steps["CropImage"]["size"]
+    return {"transform_ops": ops,   # as written: tests feed them to PaddleClas's own ops
+            "resize_short": int(resize["resize_short"]),
+            "crop": int(crop[0] if isinstance(crop, list) else crop),
+            "interpolation": resize.get("interpolation") or "bilinear",
+            "backend": resize.get("backend", "cv2"),
+            "to_rgb": bool(steps.get("DecodeImage", {}).get("to_rgb", True)),
+            "mean": [float(m) for m in norm.get("mean", [0.485, 0.456, 0.406])],
+            "std": [float(s) for s in norm.get("std", [0.229, 0.224, 0.225])],
+            "scale": _scale(norm.get("scale", 1 / 255.0))}
+
+
+def main(git_dir: str, commit: str = "HEAD") -> None:
+    commit = _git(git_dir, "rev-parse", commit).strip()
+    files = [f for f in _git(git_dir, "ls-tree", "-r", "--name-only", commit, ROOT).split()
+             if f.endswith(".yaml")]
+    models = {}
+    for path in sorted(files):
+        found = eval_block(_git(git_dir, "show", f"{commit}:{path}"))
+        if found is not None:
+            models[Path(path).stem] = {"file": path, **found}
+    # One line per model: reviewable as a diff when the commit moves.
+    lines = [f'  "{name}": {json.dumps(block, separators=(",", ":"))}'
+             for name, block in models.items()]
+    OUT.write_text('{"repository": "https://github.com/PaddlePaddle/PaddleClas",\n'
+                   f'"commit": "{commit}",\n"models": {{\n' + ",\n".join(lines) + "\n}}\n")
+    print(f"{len(models)} configs from {len(files)} files at {commit[:12]} -> {OUT}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
