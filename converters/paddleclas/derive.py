@@ -4,8 +4,9 @@ predictor uses for every ImageNet model) and the checkpoint URL (the MODEL_URLS 
 model's backbone file). For a model whose own config evaluates at another input size than
 that one inference config (the 384- and 256-px ones), the eval transforms come from the
 model's own config in PaddleClas's repository, which the package does not ship
-(eval_configs.json, written by scripts/paddleclas_eval_configs.py with the file and commit). The pip package ships no accuracy table, so nothing is published
-here: an entry that wants the published-top-1 gate writes `published:` itself.
+(eval_configs.json, written by scripts/paddleclas_eval_configs.py with the file and commit).
+The pip package ships no accuracy table, so nothing is published here: an entry that wants
+the published-top-1 gate writes `published:` itself.
 
 Runs in the paddle environment only. README "Adding a model" lists what comes from where.
 """
