@@ -106,14 +106,6 @@ def cluster(tmp_path_factory):
         yield c, nodes, work
 
 
-def _as_a_terminal_job() -> None:
-    """In the child before exec: SIGINT at its default, as a terminal's foreground job has it.
-    pytest started from a background job (`make test &` in a script, no job control) runs with
-    SIGINT ignored, which children inherit; Python then installs no KeyboardInterrupt handler
-    and a Ctrl-C test would measure how pytest was started, not the pipeline."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _cluster_driver(c, manifest, checkpoints, name, out, data):
     """pipeline.py joining the cluster in its own process, shards of 4, its output in a log."""
     args = shared_args(manifest, checkpoints, [name], out, data, "--executor", "ray",
@@ -121,8 +113,7 @@ def _cluster_driver(c, manifest, checkpoints, name, out, data):
     log = out.parent / f"{out.name}-driver.log"
     with log.open("w") as sink:
         proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
-                                stdout=sink, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=_as_a_terminal_job)
+                                stdout=sink, stderr=subprocess.STDOUT, text=True)
     return proc, log
 
 
@@ -260,7 +251,7 @@ def test_ctrl_c_of_a_local_run_exits_130_and_leaves_nothing(checkpoints, tmp_pat
                              str(tmp_path / "out")], cwd=REPO,
                             env={**os.environ, "MODEL_CONVERT_WORK": str(work)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=_as_a_terminal_job)
+                            start_new_session=True)
     deadline = time.monotonic() + 300
     job = None
     while job is None:  # the framework worker has started: mid-convert
