@@ -25,7 +25,8 @@ import numpy as np
 from converters.protocol import Timer
 from converters.registry import REPO_ROOT, SOURCES
 from converters.runner import WorkerFailed, WorkerLimits, run_worker
-from converters.simplify import RETRIES, OnnxCheckFailed, check, simplify
+from converters.simplify import (RETRIES, OnnxCheckFailed, check, optimizer_setting,
+                                simplify)
 from converters.variants import VariantFailed, int8_tensor_errors, make_fp16, make_int8
 from fetch.download import (FetchError, Fetched, fetch, local_checkpoint, materialize,
                             sha256_file)
@@ -319,7 +320,8 @@ def _resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarr
             info = simplify(exported, retry, [2, *entry["input_shape"]], atol=tol["atol"],
                             rtol=tol["rtol"], **setting)
         except OnnxCheckFailed as exc:
-            repair["tried"].append({"optimizer": str(setting), "error": exc.message})
+            repair["tried"].append({"optimizer": optimizer_setting(**setting),
+                                    "error": exc.message})
             continue
         again, _, outs = _verify(entry, {"simplified": (retry, info)}, inputs, reference,
                                  threads)

@@ -3,10 +3,11 @@ per-model ImageNet configs (`ppcls/configs/ImageNet/<Family>/<ModelId>.yaml`,
 DataLoader.Eval.dataset.transform_ops), which its pip package does not ship. PaddleClas's
 `tools/eval.py` measures each model's published top-1 with them.
 
-    python scripts/paddleclas_eval_configs.py GIT_DIR [COMMIT]
+    python scripts/paddleclas_eval_configs.py GIT_DIR [COMMIT [OUT]]
 
 GIT_DIR: a clone (or bare mirror) of github.com/PaddlePaddle/PaddleClas; COMMIT defaults to
-HEAD. Reads with `git show`, so no work tree is needed; the file and commit go into the data
+HEAD, OUT to converters/paddleclas/eval_configs.json. Reads with `git show`, so no work tree
+is needed; the file and commit go into the data
 (converters/paddleclas/derive.py reads it). Runs anywhere with PyYAML (the orchestrator env).
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from converters.paddleclas.derive import scale_of  # noqa: E402 - no paddle at import
+
 ROOT = "ppcls/configs/ImageNet"
 OUT = Path(__file__).resolve().parent.parent / "converters" / "paddleclas" / "eval_configs.json"
 
@@ -25,13 +29,6 @@ OUT = Path(__file__).resolve().parent.parent / "converters" / "paddleclas" / "ev
 def _git(git_dir: str, *args: str) -> str:
     return subprocess.run(["git", "--git-dir", git_dir, *args], check=True,
                           capture_output=True, text=True).stdout
-
-
-def _scale(value) -> float:
-    if isinstance(value, str):   # "1.0/255.0", as PaddleClas's configs write it
-        top, _, bottom = value.partition("/")
-        return float(top) / float(bottom or 1)
-    return float(value)
 
 
 def eval_block(text: str) -> dict | None:
@@ -60,10 +57,10 @@ def eval_block(text: str) -> dict | None:
             "to_rgb": bool(steps.get("DecodeImage", {}).get("to_rgb", True)),
             "mean": [float(m) for m in norm.get("mean", [0.485, 0.456, 0.406])],
             "std": [float(s) for s in norm.get("std", [0.229, 0.224, 0.225])],
-            "scale": _scale(norm.get("scale", 1 / 255.0))}
+            "scale": scale_of(norm.get("scale", 1 / 255.0))}
 
 
-def main(git_dir: str, commit: str = "HEAD") -> None:
+def main(git_dir: str, commit: str = "HEAD", out: str | Path = OUT) -> None:
     commit = _git(git_dir, "rev-parse", commit).strip()
     files = [f for f in _git(git_dir, "ls-tree", "-r", "--name-only", commit, ROOT).split()
              if f.endswith(".yaml")]
@@ -75,9 +72,9 @@ def main(git_dir: str, commit: str = "HEAD") -> None:
     # One line per model: reviewable as a diff when the commit moves.
     lines = [f'  "{name}": {json.dumps(block, separators=(",", ":"))}'
              for name, block in models.items()]
-    OUT.write_text('{"repository": "https://github.com/PaddlePaddle/PaddleClas",\n'
+    Path(out).write_text('{"repository": "https://github.com/PaddlePaddle/PaddleClas",\n'
                    f'"commit": "{commit}",\n"models": {{\n' + ",\n".join(lines) + "\n}}\n")
-    print(f"{len(models)} configs from {len(files)} files at {commit[:12]} -> {OUT}")
+    print(f"{len(models)} configs from {len(files)} files at {commit[:12]} -> {out}")
 
 
 if __name__ == "__main__":

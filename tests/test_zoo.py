@@ -83,6 +83,53 @@ def test_a_written_field_wins_and_input_shape_follows_its_crop(tmp_path):
     assert "published" not in full.data              # and the figures are another file's
 
 
+def test_paddleclas_eval_configs_are_read_from_a_repository_commit(tmp_path):
+    """README: `python scripts/paddleclas_eval_configs.py GIT_DIR [COMMIT [OUT]]` records each
+    per-model config's Eval transforms with its file and the commit; a pipeline the contract
+    cannot express is recorded as such, with its steps. The shipped data names a commit and
+    files of that layout."""
+    repo = tmp_path / "PaddleClas"
+    folder = repo / "ppcls" / "configs" / "ImageNet" / "Fam"
+    folder.mkdir(parents=True)
+    eval_ops = [{"DecodeImage": {"to_rgb": True}},
+                {"ResizeImage": {"resize_short": 438, "interpolation": "bicubic",
+                                 "backend": "pil"}},
+                {"CropImage": {"size": 384}},
+                {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5, 0.5, 0.5],
+                                    "std": [0.5, 0.5, 0.5], "order": ""}}]
+    (folder / "Net_384.yaml").write_text(yaml.safe_dump(
+        {"DataLoader": {"Eval": {"dataset": {"transform_ops": eval_ops}}}}, sort_keys=False))
+    (folder / "Fixed_384.yaml").write_text(yaml.safe_dump(
+        {"DataLoader": {"Eval": {"dataset": {"transform_ops": [
+            {"ResizeImage": {"size": 384}}, eval_ops[3]]}}}}, sort_keys=False))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "configs"]):
+        subprocess.run(git[:3] + args if args[0] == "init" else git + args, check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    out = tmp_path / "eval_configs.json"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "paddleclas_eval_configs.py"),
+                           str(repo / ".git"), "HEAD", str(out)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["commit"] == commit
+    net = data["models"]["Net_384"]
+    assert net["file"] == "ppcls/configs/ImageNet/Fam/Net_384.yaml"
+    assert (net["resize_short"], net["crop"], net["interpolation"], net["backend"]) == \
+        (438, 384, "bicubic", "pil")
+    assert net["scale"] == pytest.approx(1 / 255) and net["transform_ops"] == eval_ops
+    assert data["models"]["Fixed_384"] == {
+        "file": "ppcls/configs/ImageNet/Fam/Fixed_384.yaml",
+        "unsupported": ["ResizeImage(size=384)",
+                        "NormalizeImage(scale=1.0/255.0, mean=[0.5, 0.5, 0.5], "
+                        "std=[0.5, 0.5, 0.5], order=)"]}
+    shipped = json.loads((REPO / "converters" / "paddleclas" / "eval_configs.json").read_text())
+    assert len(shipped["commit"]) == 40 and len(shipped["models"]) > 300
+    assert all(m["file"] == f"ppcls/configs/ImageNet/{m['file'].split('/')[3]}/{name}.yaml"
+               for name, m in shipped["models"].items())
+
+
 def test_closest_ids_for_a_typo():
     ids = ["deit-tiny_4xb256_in1k", "deit-small_4xb256_in1k", "resnet50_8xb32_in1k",
            "ResNet50_vd"]

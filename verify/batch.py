@@ -24,7 +24,8 @@ def _dims(value_info) -> list:
             for d in value_info.type.tensor_type.shape.dim]
 
 
-def _constants(graph) -> dict[str, np.ndarray]:
+def graph_constants(graph) -> dict[str, np.ndarray]:
+    """Initializers and Constant nodes' values, by name."""
     found = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
@@ -53,7 +54,7 @@ def baking_nodes(model: onnx.ModelProto, limit: int = 10) -> list[dict]:
     batch = {d for d in (_dims(graph.input[0])[:1] if graph.input else []) if isinstance(d, str)}
     if not batch:
         return []
-    constants = _constants(graph)
+    constants = graph_constants(graph)
     found = []
     for k, node in enumerate(graph.node):
         if node.op_type in ("Shape", "Size"):
@@ -73,6 +74,11 @@ def baking_nodes(model: onnx.ModelProto, limit: int = 10) -> list[dict]:
             if len(found) == limit:
                 break
     return found
+
+
+# What a batch_independent failure asks of the exporter.
+_KEEP_IT_SYMBOLIC = ("The exporter traced a batch into the graph; its dynamic-shape export or "
+                     "an export rewrite must keep the batch symbolic")
 
 
 def _named(nodes: list[dict]) -> str:
@@ -105,9 +111,8 @@ def refused_at_another_batch(model_path: Path, input_shape: list[int], scope: di
     nodes = baking_nodes(onnx.load(str(model_path), load_external_data=False))
     return Check("batch_independent", False, "refused at batch 2", "runs at every batch",
                  f"batch baked into the graph: ONNX Runtime runs it at batch 1 and refuses it "
-                 f"at batch 2 ({said}){_named(nodes)}. The exporter traced a batch into the "
-                 "graph; its dynamic-shape export or an export rewrite must keep the batch "
-                 "symbolic", {**scope, "batch_sizes": [2, 1]})
+                 f"at batch 2 ({said}){_named(nodes)}. {_KEEP_IT_SYMBOLIC}",
+                 {**scope, "batch_sizes": [2, 1]})
 
 
 def batch_check(outs: dict[int, np.ndarray], tol: dict, model_path: Path | None,
@@ -139,6 +144,5 @@ def batch_check(outs: dict[int, np.ndarray], tol: dict, model_path: Path | None,
         if model_path is not None else []
     return Check("batch_independent", False, diff, limit,
                  f"batch baked into the graph: the same images give other logits at batch "
-                 f"{sizes[-1]} than at batch {sizes[0]}{where}{_named(nodes)}. The exporter "
-                 "traced a batch into the graph; its dynamic-shape export or an export "
-                 "rewrite must keep the batch symbolic", scope)
+                 f"{sizes[-1]} than at batch {sizes[0]}{where}{_named(nodes)}. "
+                 f"{_KEEP_IT_SYMBOLIC}", scope)

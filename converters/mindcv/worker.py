@@ -208,13 +208,11 @@ def batch_from_concat(path: Path) -> list[str]:
     import onnx  # after mindspore: see the import at the top
     from onnx import helper, numpy_helper
 
+    from verify.batch import graph_constants
+
     model = onnx.load(str(path))
     graph = model.graph
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            constants.update({node.output[0]: numpy_helper.to_array(a.t)
-                              for a in node.attribute if a.name == "value"})
+    constants = graph_constants(graph)
     producer = {out: node for node in graph.node for out in node.output}
 
     def traced(name: str):
@@ -239,7 +237,8 @@ def batch_from_concat(path: Path) -> list[str]:
                 numpy_helper.from_array(np.array([0], np.int64), f"{tag}_start"),
                 numpy_helper.from_array(np.array([1], np.int64), f"{tag}_end"),
                 numpy_helper.from_array(rest, f"{tag}_rest")])
-            made = [helper.make_node("Shape", [carriers[0]], [f"{tag}_shape"], name=f"{tag}_Shape"),
+            made = [helper.make_node("Shape", [carriers[0]], [f"{tag}_shape"],
+                                     name=f"{tag}_Shape"),
                     helper.make_node("Slice", [f"{tag}_shape", f"{tag}_start", f"{tag}_end"],
                                      [f"{tag}_n"], name=f"{tag}_Slice"),
                     helper.make_node("Concat", [f"{tag}_n", f"{tag}_rest"], [f"{tag}_to"],

@@ -76,7 +76,7 @@ def _resize(by_type: dict, model_id: str) -> dict:
     """The manifest's resize fields (and crop) for the config's resize steps."""
     if "EfficientNetCenterCrop" in by_type:
         step = by_type["EfficientNetCenterCrop"]
-        if len(by_type.keys() & {"ResizeEdge", "Resize", "CenterCrop"}):
+        if by_type.keys() & {"ResizeEdge", "Resize", "CenterCrop"}:
             raise WorkerError("unsupported", f"{model_id}: EfficientNetCenterCrop after "
                                              "another resize or crop")
         return {"crop_padding": int(step.get("crop_padding", 32)),

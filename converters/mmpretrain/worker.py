@@ -73,11 +73,11 @@ def config_differences(config, cfg: dict, model_id: str) -> list[str]:
     import numpy as np
 
     from converters.mmpretrain.derive import preprocess_from_config
+    from manifests.schema import RESIZE_FORMS
 
     theirs = preprocess_from_config(config, model_id)
     scale = float(cfg.get("scale", 1.0))
-    forms = ("resize_short", "resize_fixed", "crop_padding")
-    mine = {**{k: cfg.get(k) for k in forms}, "crop": cfg["crop"],
+    mine = {**{k: cfg.get(k) for k in RESIZE_FORMS}, "crop": cfg["crop"],
             "resize_backend": cfg.get("resize_backend", "pillow"),
             "interpolation": cfg["interpolation"],
             "mean": [m / scale for m in cfg["mean"]], "std": [v / scale for v in cfg["std"]],

@@ -66,19 +66,24 @@ def own_config(model_id: str) -> tuple[dict | None, str]:
     return found, where
 
 
+def scale_of(value) -> float:
+    """NormalizeImage's scale: a number, or "1.0/255.0" as PaddleClas's configs write it."""
+    if isinstance(value, str):
+        top, _, bottom = value.partition("/")
+        return float(top) / float(bottom or 1)
+    return float(value)
+
+
 def _block(ops: dict) -> dict:
     """The manifest `preprocess` block for PaddleClas's resize, crop and normalize ops."""
-    scale = ops.get("scale", 1 / 255.0)
-    if isinstance(scale, str):  # "1.0/255.0", as PaddleClas's configs write it
-        top, _, bottom = scale.partition("/")
-        scale = float(top) / float(bottom or 1)
     return {"pipeline": "paddleclas", "decode": "cv2",
             "resize_short": int(ops["resize_short"]), "crop": int(ops["crop"]),
             # ResizeImage without `interpolation` calls cv2.resize's default, INTER_LINEAR.
             "interpolation": ops.get("interpolation") or "bilinear",
             "resize_backend": _BACKENDS[ops.get("backend") or "cv2"],
             "mean": [float(m) for m in ops["mean"]], "std": [float(s) for s in ops["std"]],
-            "scale": scale, "to_rgb": bool(ops.get("to_rgb", True))}
+            "scale": scale_of(ops.get("scale", 1 / 255.0)),
+            "to_rgb": bool(ops.get("to_rgb", True))}
 
 
 def preprocess_from_config(model_id: str) -> tuple[dict, str]:
@@ -96,20 +101,17 @@ def preprocess_from_config(model_id: str) -> tuple[dict, str]:
     own, where = own_config(model_id)
     if own and "unsupported" not in own and own["crop"] != size:
         return _block(own), where
-    if own and "unsupported" in own:
-        named = re.search(r"_(\d{3})(?:_|$)", model_id)
-        if named and int(named.group(1)) != size:
+    named = re.search(r"_(\d{3})(?:_|$)", model_id)
+    if named and int(named.group(1)) != size and not (own and "unsupported" not in own):
+        if own:
             raise WorkerError("unsupported", f"{model_id}: {where} evaluates with "
                                              f"{', '.join(own['unsupported'])}, which the "
                                              "preprocessing contract cannot express")
-    elif own is None:
-        named = re.search(r"_(\d{3})(?:_|$)", model_id)
-        if named and int(named.group(1)) != size:
-            raise WorkerError("unsupported", f"{model_id} is named for {named.group(1)} px "
-                                             f"input, but PaddleClas's package ships only "
-                                             f"{CONFIG} (resize {resize['resize_short']}, crop "
-                                             f"{size}) and its repository no config of it: "
-                                             "write `preprocess` and `input_shape` in the entry")
+        raise WorkerError("unsupported", f"{model_id} is named for {named.group(1)} px "
+                                         f"input, but PaddleClas's package ships only "
+                                         f"{CONFIG} (resize {resize['resize_short']}, crop "
+                                         f"{size}) and its repository no config of it: "
+                                         "write `preprocess` and `input_shape` in the entry")
     return (_block({**resize, "crop": size, **norm}),
             f"paddleclas/{CONFIG} (PreProcess.transform_ops)")
 
