@@ -46,6 +46,8 @@ import json
 import os
 import re
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -64,6 +66,7 @@ from orchestrator.run import DatasetUnavailable, RunOptions, run_all
 from orchestrator.summary import format_summary
 from release.deployable import LABELS_FILE, PREPROCESS_FILE
 from release.publish import publish as publish_store
+from release.store import StoreError, fetch_artifact, is_url, open_store
 from manifests.bounded import read_json
 from release.provenance import ProvenanceError, check_statement, checkpoint_dependency
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
@@ -141,11 +144,11 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    f"images (worker start, model build, checkpoint load) against about 70 s "
                    f"of work on one core here, `make bench-scale`; one shard per entry with "
                    f"local). Figures do not depend on it.")
-@click.option("--skip-unchanged", type=click.Path(path_type=Path), default=None,
-              metavar="STORE",
+@click.option("--skip-unchanged", default=None, metavar="STORE",
               help="Skip an entry when STORE's latest version of it was made from the same "
                    "inputs: checkpoint sha256, manifest entry, environment locks, pipeline "
-                   "code, dataset (files, sizes, labels, --limit), precisions and signing key.")
+                   "code, dataset (files, sizes, labels, --limit), precisions and signing key. "
+                   "STORE is a folder or s3://BUCKET[/PREFIX]; its index is read.")
 @click.option("--mirror", envvar="MODEL_CONVERT_MIRROR", default=None, metavar="URL",
               help="Fetch checkpoints from this internal mirror (same file names; digests "
                    "still checked) instead of the publishers' hosts (env "
@@ -235,6 +238,12 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
             data = _load_data(data_dir, limit, chosen)
         except DatasetError as exc:
             click.echo(f"error: --data: {exc}", err=True)
+            sys.exit(2)
+    if skip_unchanged is not None:
+        try:   # a wrong URL, bucket or key is said before any work, not after the run
+            open_store(skip_unchanged).check()
+        except StoreError as exc:
+            click.echo(f"error: --skip-unchanged: {exc}", err=True)
             sys.exit(2)
     if ray_address and executor != "ray":
         click.echo("error: --ray-address (or RAY_ADDRESS) needs --executor ray", err=True)
@@ -343,39 +352,77 @@ def _load_data(root: Path, limit: int | None, chosen) -> Selection:
     return selection
 
 
+class ArtifactParam(click.ParamType):
+    """An artifact folder, or STORE/NAME[/VERSION] in a store given by URL (s3://...,
+    file://...): the newest version when VERSION is left out."""
+    name = "ARTIFACT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path) or not is_url(value):
+            path = Path(value)
+            if not path.is_dir():
+                self.fail(f"{value}: no such artifact folder (or give a store URL: "
+                          "s3://BUCKET/PREFIX/NAME[/VERSION])", param, ctx)
+            return path
+        return value
+
+
+@contextmanager
+def _artifact_folder(artifact):
+    """A local folder holding ARTIFACT: itself, or a store version downloaded into a
+    temporary folder (removed afterwards)."""
+    if isinstance(artifact, Path):
+        yield artifact
+        return
+    with tempfile.TemporaryDirectory(prefix="artifact-") as tmp:
+        try:
+            folder, which = fetch_artifact(artifact, Path(tmp))
+        except StoreError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        click.echo(f"fetched {which} from {artifact}", err=True)
+        yield folder
+
+
 @cli.command("verify-artifact")
-@click.argument("artifact", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("artifact", type=ArtifactParam())
 @click.option("--public-key", type=click.Path(path_type=Path), required=True,
               help="Public key (PEM) the artifact must be signed with.")
 @click.option("--checkpoint-lock", type=click.Path(path_type=Path), default=None,
               metavar="FILE",
               help="Also require the checkpoint in the provenance to be this lock's line for "
                    "the entry (e.g. manifests/checkpoints.lock).")
-def verify_artifact(artifact: Path, public_key: Path, checkpoint_lock: Path | None):
+def verify_artifact(artifact, public_key: Path, checkpoint_lock: Path | None):
     """Check ARTIFACT's signature over every file, that its report says passed, and its
     SLSA provenance: every model file, preprocess.json and labels.txt is a subject with its
     digest, and (with
     --checkpoint-lock) the checkpoint it was built from is the locked one.
 
     A changed byte in any file fails with the file's name; another key fails naming the key.
-    Prints a summary of the provenance. Exit status 0 when the artifact verifies, 1 otherwise.
+    Prints a summary of the provenance. Exit status 0 when the artifact verifies, 1 otherwise
+    (2 when a store given by URL cannot be read).
+
+    \b
+      python pipeline.py verify-artifact out/res2net50-w14-s8 --public-key key.pub
+      python pipeline.py verify-artifact s3://models/nightly/res2net50-w14-s8 --public-key key.pub
     """
-    try:
-        verify_directory(artifact, public_key)
-        report = read_json(artifact / "report.json")
-        statement = read_json(artifact / "provenance.json")
-        summary = check_artifact_provenance(artifact, report, statement, checkpoint_lock)
-    except (SigningError, OSError, ValueError) as exc:   # DocumentTooLarge, ProvenanceError
-        click.echo(f"FAILED: {exc}", err=True)
-        sys.exit(1)
-    if report.get("passed") is not True:
-        click.echo(f"FAILED: {artifact.name}: signature is valid but report.json says the "
-                   f"entry did not pass ({report.get('decided_by')})", err=True)
-        sys.exit(1)
-    click.echo(f"OK: {artifact.name} is signed by {public_key} and passed "
-               f"({report.get('decided_by')})")
-    for line in summary:
-        click.echo(f"  {line}")
+    with _artifact_folder(artifact) as artifact:
+        try:
+            verify_directory(artifact, public_key)
+            report = read_json(artifact / "report.json")
+            statement = read_json(artifact / "provenance.json")
+            summary = check_artifact_provenance(artifact, report, statement, checkpoint_lock)
+        except (SigningError, OSError, ValueError) as exc:   # DocumentTooLarge, ProvenanceError
+            click.echo(f"FAILED: {exc}", err=True)
+            sys.exit(1)
+        if report.get("passed") is not True:
+            click.echo(f"FAILED: {artifact.name}: signature is valid but report.json says the "
+                       f"entry did not pass ({report.get('decided_by')})", err=True)
+            sys.exit(1)
+        click.echo(f"OK: {artifact.name} is signed by {public_key} and passed "
+                   f"({report.get('decided_by')})")
+        for line in summary:
+            click.echo(f"  {line}")
 
 
 def check_artifact_provenance(artifact: Path, report: dict, statement: dict,
@@ -420,29 +467,40 @@ def check_artifact_provenance(artifact: Path, report: dict, statement: dict,
 @cli.command()
 @click.option("--from", "source", type=click.Path(path_type=Path), required=True,
               help="Output folder of a run (OUT).")
-@click.option("--to", "store", type=click.Path(path_type=Path), required=True,
-              help="Store folder: STORE/NAME/<version>/ and STORE/index.{json,md}.")
+@click.option("--to", "store", required=True, metavar="STORE",
+              help="A folder (PATH or file:///PATH) or s3://BUCKET[/PREFIX] (credentials and "
+                   "endpoint from the AWS variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                   "AWS_ENDPOINT_URL for MinIO and other S3-compatible servers). Holds "
+                   "NAME/<version>/ and index.{json,md}.")
 @click.option("--public-key", type=click.Path(path_type=Path), required=True,
               help="Every artifact's signature is verified with this key before publishing.")
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Keep only the newest K versions per model.")
-def publish(source: Path, store: Path, public_key: Path, keep: int | None):
+def publish(source: Path, store: str, public_key: Path, keep: int | None):
     """Copy signed, passed artifacts of a run into a store and rebuild its index.
 
-    Idempotent (the same artifact is one version), atomic per step, safe with concurrent
-    publishers. Unsigned or failed artifacts are skipped; a bad signature is refused.
-    Exit status 1 when any artifact was refused.
+    \b
+      python pipeline.py publish --from out --to store --public-key key.pub
+      AWS_ENDPOINT_URL=http://minio:9000 python pipeline.py publish --from out \\
+          --to s3://models/nightly --public-key key.pub --keep 5
+
+    Idempotent (the same artifact is one version), a version visible only when whole, safe
+    with concurrent publishers (a lock on a folder, conditional writes on S3) and with a
+    publisher killed midway. Unsigned or failed artifacts are skipped; a bad signature is
+    refused. Exit status 1 when any artifact was refused, 2 when the store cannot be used
+    (wrong credentials, no such bucket: nothing is published and OUT is left as it was).
     """
     try:
-        result = publish_store(source, store, public_key, keep=keep, say=click.echo)
-    except (FileNotFoundError, SigningError) as exc:
+        opened = open_store(store)
+        result = publish_store(source, opened, public_key, keep=keep, say=click.echo)
+    except (FileNotFoundError, SigningError, StoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     for line in result.skipped:
         click.echo(f"  skip      {line}")
     click.echo(f"published {len(result.published)}, already there {len(result.unchanged)}, "
                f"skipped {len(result.skipped)}, refused {len(result.rejected)}, "
-               f"retired {len(result.removed)}; index: {store / 'index.md'}")
+               f"retired {len(result.removed)}; index: {opened.where('index.md')}")
     sys.exit(1 if result.rejected else 0)
 
 
@@ -561,7 +619,7 @@ def lock_checkpoints(manifest, only, checkpoints, checkpoint_lock, cache_dir, mi
 
 
 @cli.command()
-@click.argument("artifact", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("artifact", type=ArtifactParam())
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000),
               help="Classes printed per image.")
@@ -583,23 +641,28 @@ def predict(artifact, images, top, runtime, precision, public_key, threads, as_j
     \b
       python pipeline.py predict artifacts/res2net50-w14-s8 cat.jpg dog.png
       python pipeline.py predict ARTIFACT img.jpg --public-key signing-key.pub --runtime openvino
+      python pipeline.py predict s3://models/nightly/res2net50-w14-s8 cat.jpg --public-key k.pub
+
+    ARTIFACT is a folder, or STORE/NAME[/VERSION] of a store given by URL (the newest version
+    when VERSION is left out; downloaded to a temporary folder first).
 
     An image that cannot be read is reported and the others still run; the exit status is 1
     then, and when the signature or the artifact is not valid."""
     from deploy.predict import PredictError, predict as run_predict
 
-    if public_key is not None:
+    with _artifact_folder(artifact) as artifact:
+        if public_key is not None:
+            try:
+                verify_directory(artifact, public_key)
+            except SigningError as exc:
+                click.echo(f"FAILED: {exc}", err=True)
+                sys.exit(1)
         try:
-            verify_directory(artifact, public_key)
-        except SigningError as exc:
+            results = run_predict(artifact, list(images), top, runtime, precision, threads,
+                                  DEFAULT_MAX_PIXELS)
+        except PredictError as exc:
             click.echo(f"FAILED: {exc}", err=True)
             sys.exit(1)
-    try:
-        results = run_predict(artifact, list(images), top, runtime, precision, threads,
-                              DEFAULT_MAX_PIXELS)
-    except PredictError as exc:
-        click.echo(f"FAILED: {exc}", err=True)
-        sys.exit(1)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:
@@ -643,7 +706,6 @@ def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol,
     since. Exit status: 0 when every aligned layer agrees, 1 when one diverges (it is named,
     with the ONNX node and the difference), 2 for bad usage or when it cannot run.
     """
-    import tempfile
 
     from orchestrator.localize import LocalizeFailed, localize_model
     from verify.images import generate_images

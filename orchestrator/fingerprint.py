@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from converters.registry import REPO_ROOT, SourceSpec
-from manifests.bounded import read_json
 
 # The pipeline's code: every module that can change a figure or a file of an artifact.
 CODE_DIRS = ("converters", "deploy", "orchestrator", "verify", "release", "fetch", "manifests")
@@ -87,26 +86,28 @@ def entry_inputs(entry_data: dict, spec: SourceSpec, checkpoint_sha256: str,
     return {"fingerprint": _sha(canonical(parts)), "parts": parts}
 
 
-def latest_in_store(store: Path, name: str) -> tuple[str, dict] | None:
-    """(version, report) of the newest published version of NAME, or None."""
-    folder = store / name
-    if not folder.is_dir():
-        return None
-    versions = sorted(v for v in folder.iterdir() if v.is_dir() and not v.name.startswith("."))
-    if not versions:
-        return None
+def unchanged_since(store, name: str, fingerprint: str) -> str | None:
+    """The version of NAME that STORE (a path, URL or opened release.store) last published,
+    when it was made from exactly these inputs; else None. Reads the store's index (one
+    request on S3); a row from an index written before it recorded fingerprints is checked
+    against that version's report.json instead."""
+    from release.store import open_store
+
+    store = open_store(store) if isinstance(store, (str, Path)) else store
+    text = store.read_index()
     try:
-        report = read_json(versions[-1] / "report.json")
-    except (OSError, ValueError):
+        rows = [row for row in (json.loads(text).get("artifacts") or [])
+                if isinstance(row, dict) and row.get("name") == name] if text else []
+    except (ValueError, AttributeError):
+        rows = []   # an unreadable index only costs a conversion
+    if not rows:
         return None
-    return versions[-1].name, report
-
-
-def unchanged_since(store: Path, name: str, fingerprint: str) -> str | None:
-    """The store version made from exactly these inputs (the latest one), else None."""
-    latest = latest_in_store(store, name)
-    if latest is None:
-        return None
-    version, report = latest
-    recorded = (report.get("inputs") or {}).get("fingerprint")
-    return version if recorded == fingerprint else None
+    latest = max(rows, key=lambda row: str(row.get("version")))
+    recorded = latest.get("inputs_fingerprint")
+    if recorded is None and "inputs_fingerprint" not in latest:
+        try:
+            recorded = (store.read_json(name, latest["version"], "report.json")
+                        .get("inputs") or {}).get("fingerprint")
+        except (OSError, ValueError, AttributeError, KeyError):
+            return None
+    return latest["version"] if recorded == fingerprint else None

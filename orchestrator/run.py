@@ -45,6 +45,7 @@ from release.artifact import write_artifact
 from release.deployable import make_deployable
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
+from release.store import StoreError, open_store
 from verify.batch import batch_check, refused_at_another_batch
 from verify.canary import canary_check
 from verify.compare import Check, check_signature, compare_logits, compare_variant, failed
@@ -67,7 +68,7 @@ class RunOptions:
     precisions: tuple[str, ...] = ("fp32",)   # fp32 always; fp16 / int8 variants on request
     shard_size: int | None = None     # accuracy images per task (None: one shard per entry)
     mirror: str | None = None         # --mirror: checkpoints from an internal mirror
-    skip_unchanged: Path | None = None  # --skip-unchanged STORE
+    skip_unchanged: str | None = None  # --skip-unchanged STORE: a folder or s3:// URL
     checkpoint_lock: dict = field(default_factory=dict)  # fetch/lock.py: name -> full digest
     require_lock: tuple | None = None   # --require-lock: (command that locks, lock file)
     limits: WorkerLimits = WorkerLimits()  # --worker-memory, --max-image-pixels
@@ -882,6 +883,7 @@ def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
         return say
 
     dataset = dataset_digest(opts.data) if opts.data is not None else None
+    skip_store = open_store(opts.skip_unchanged) if opts.skip_unchanged is not None else None
     reporter.emit_event("plan", entries=len(chosen))
     states: dict[str, _EntryState] = {}
     pending: dict = {}   # handle -> (entry name, shard index or None)
@@ -928,8 +930,13 @@ def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
             if opts.skip_unchanged is not None:
                 sha = _known_sha256(ref)
                 state.inputs = _inputs(entry, opts, sha, dataset)
-                version = sha and unchanged_since(opts.skip_unchanged, entry.name,
-                                                  state.inputs["fingerprint"])
+                try:
+                    version = sha and unchanged_since(skip_store, entry.name,
+                                                      state.inputs["fingerprint"])
+                except StoreError as exc:   # converting again is safe; say why it happens
+                    reporter.say(f"{entry.name}: --skip-unchanged could not read the store, "
+                                 f"converting: {exc}")
+                    version = None
                 if version:
                     reporter.say(header)
                     reporter.say(f"  skipped: unchanged since {version} (same checkpoint, "

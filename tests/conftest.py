@@ -246,6 +246,83 @@ def https_server(tmp_path_factory, monkeypatch):
     yield from _serve((cert, key))
 
 
+# --------------------------------------------------------------------------- S3 server
+class S3Server:
+    """moto's S3 server (a real HTTP server, the S3 wire protocol, signature checking on) in
+    a child process on loopback, with one IAM user whose keys may do anything."""
+
+    def __init__(self, endpoint: str, key_id: str, secret: str, proc: subprocess.Popen):
+        self.endpoint, self.key_id, self.secret, self.proc = endpoint, key_id, secret, proc
+        self._buckets = 0
+
+    def env(self, **override: str) -> dict[str, str]:
+        """What a publisher's process needs: the standard AWS variables, nothing from ~/.aws."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                **override}
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret, region_name="us-east-1")
+
+    def bucket(self) -> str:
+        """A new empty bucket: each test its own."""
+        self._buckets += 1
+        name = f"store-{os.getpid()}-{self._buckets}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str) -> dict[str, str]:
+        """key -> ETag of everything in BUCKET."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    import socket
+
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The first 3 requests (the IAM user below) go unauthenticated; every later one must be
+    # signed with a key that exists, so wrong credentials are refused as AWS refuses them.
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap", region_name="us-east-1")
+    iam.create_user(UserName="publisher")
+    iam.put_user_policy(UserName="publisher", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="publisher")["AccessKey"]
+    try:
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 # --------------------------------------------------------------------------- frameworks
 def run_in_env(python: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a module or script in a framework's environment (the framework lives only there)."""

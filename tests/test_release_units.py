@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from release import provenance as prov
-from release.publish import (publish, render_markdown, store_lock, version_of,
+from release.store import LocalStore
+from release.publish import (publish, render_markdown, version_of,
                              write_index)
 from conftest import REPO, child_env
 from test_signing_publish import make_artifact, statement
@@ -333,7 +334,7 @@ def test_retention_in_process_keeps_the_newest_per_model(keys, tmp_path):
 
 def test_store_lock_is_exclusive_and_released(tmp_path):
     store = tmp_path / "store"
-    with store_lock(store):
+    with LocalStore(store).session():
         with open(store / ".lock", "a+") as other:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -341,7 +342,7 @@ def test_store_lock_is_exclusive_and_released(tmp_path):
         entered = threading.Event()
 
         def second():
-            with store_lock(store):
+            with LocalStore(store).session():
                 entered.set()
 
         waiter = threading.Thread(target=second)
@@ -368,6 +369,7 @@ def _rich_report(art: Path) -> dict:
         "dataset": {"layout": "folders", "images": 50, "selected": 50, "extra": "x"},
         "published": {"top1": 78.2}}
     report["signature"] = {"public_key_sha256": "0123456789abcdef" * 4}
+    report["inputs"] = {"fingerprint": "f" * 64, "parts": {}}
     return report
 
 
@@ -400,7 +402,7 @@ def test_index_rows_and_table_hold_every_figure(keys, tmp_path):
                      "onnx": report["accuracy"]["onnx"], "disagree": 1, "unreadable": 2,
                      "dataset": {"layout": "folders", "images": 50, "selected": 50},
                      "published": {"top1": 78.2}},
-        "checkpoint_pinned": True, "demo_checkpoint": False,
+        "checkpoint_pinned": True, "demo_checkpoint": False, "inputs_fingerprint": "f" * 64,
         "created": "2026-11-21T08:00:00+00:00", "published": when}
     assert rows[0]["name"] == "plain" and rows[0]["logits"] == {
         "max_abs_diff": None, "limit": None, "cosine_min": None}
@@ -715,7 +717,7 @@ def test_labels_preprocess_and_store_index_are_utf8_under_an_ascii_locale(tmp_pa
         from test_release_units import _tiny_onnx
         from manifests.loader import Entry
         from release.deployable import make_deployable
-        from release.publish import _write_atomic, render_markdown
+        from release.publish import render_markdown; from release.store import _write_atomic
         tmp = Path({str(tmp_path)!r})
         entry = Entry({{"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2,
                         "labels": ["caf\\u00e9", "\\u732b"]}}, "m.yaml")

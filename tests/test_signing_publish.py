@@ -24,7 +24,11 @@ MODEL_SIGNING = Path(sys.executable).with_name("model_signing")  # the upstream 
 
 
 def make_artifact(out: Path, name: str, private_key: Path | None, passed: bool = True,
-                  payload: bytes | None = None, created: str | None = None) -> Path:
+                  payload: bytes | None = None, created: str | None = None,
+                  extra: dict[str, bytes] | None = None, inputs: str | None = None) -> Path:
+    """A signed artifact as the pipeline writes one: model.onnx (PAYLOAD or random bytes),
+    report.json, provenance.json (its subjects: every model file, preprocess.json and
+    labels.txt of EXTRA), model.sig; INPUTS is the report's inputs fingerprint."""
     model = out.parent / f"{name}-model.bin"
     model.parent.mkdir(parents=True, exist_ok=True)
     created = created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -41,16 +45,28 @@ def make_artifact(out: Path, name: str, private_key: Path | None, passed: bool =
                     "limit": 5e-4, "scope": {"model": "simplified"}}],
         "signature": {"public_key_sha256": "k" * 64} if private_key else None,
     }
+    if inputs is not None:
+        report["inputs"] = {"fingerprint": inputs, "parts": {}}
+    files = {"model.onnx": model}
+    for file_name, data in (extra or {}).items():
+        files[file_name] = out.parent / f"{name}-{file_name}"
+        files[file_name].write_bytes(data)
+    subjects = {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in files.items()
+                if n.endswith(".onnx") or n in ("preprocess.json", "labels.txt")}
     finalize = (lambda staging: sign_directory(staging, private_key)) if private_key else None
-    return write_artifact(out, name, report, {"model.onnx": model},
-                          documents={"provenance.json": statement(report["onnx"]["sha256"])},
+    return write_artifact(out, name, report, files,
+                          documents={"provenance.json": statement(report["onnx"]["sha256"],
+                                                                  subjects=subjects)},
                           finalize=finalize)
 
 
-def statement(model_sha: str, checkpoint_sha: str = "c" * 64) -> dict:
-    """A minimal SLSA v1 provenance for an artifact holding one model.onnx."""
+def statement(model_sha: str, checkpoint_sha: str = "c" * 64,
+              subjects: dict[str, str] | None = None) -> dict:
+    """A minimal SLSA v1 provenance for an artifact holding one model.onnx (or SUBJECTS:
+    name -> sha256)."""
+    subjects = subjects or {"model.onnx": model_sha}
     return {"_type": STATEMENT_TYPE, "predicateType": PREDICATE_TYPE,
-            "subject": [{"name": "model.onnx", "digest": {"sha256": model_sha}}],
+            "subject": [{"name": n, "digest": {"sha256": d}} for n, d in subjects.items()],
             "predicate": {
                 "buildDefinition": {
                     "buildType": BUILD_TYPE,
@@ -187,6 +203,27 @@ def test_publish_is_idempotent_skips_unsigned_and_failed_refuses_tampered(keys, 
     assert proc.returncode == 1 and "refused 1" in proc.stdout, proc.stdout
     assert "d: signature does not match the files: changed file(s): model.onnx" in proc.stdout
     assert sorted(row["name"] for row in index(store)) == ["a", "b", "c"]
+
+
+WHOLE = {"model.fp16.onnx": b"half", "preprocess.json": b'{"format": "x"}\n',
+         "labels.txt": "tench\ngoldfish\nÅland\n".encode()}
+
+
+def test_a_published_version_holds_every_signed_file_and_verifies(keys, tmp_path):
+    """A version holds the whole artifact (the contract, the labels and every precision's
+    model, not only model.onnx and the documents), so the published copy verifies as the
+    artifact does. Before, labels.txt and preprocess.json were left behind and
+    verify-artifact refused every published version."""
+    out, store = tmp_path / "out", tmp_path / "store"
+    art = make_artifact(out, "whole", keys["private"], extra=WHOLE)
+    assert verify_cli(art, keys["public"]).returncode == 0
+    assert publish(out, store, keys["public"]).returncode == 0
+    [row] = index(store)
+    version = store / "whole" / row["version"]
+    assert sorted(p.name for p in version.iterdir()) == sorted(p.name for p in art.iterdir())
+    proc = verify_cli(version, keys["public"])
+    assert proc.returncode == 0 and f"OK: {row['version']}" in proc.stdout, proc.stderr
+    assert upstream_verify(version, keys["public"]).returncode == 0
 
 
 def test_symbolic_links_in_an_artifact_or_the_store_are_never_followed(keys, tmp_path):
