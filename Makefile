@@ -48,8 +48,8 @@ help:
 	@echo "make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN='res*'] [SEED=0]"
 	@echo "                                add + convert + gate zoo models (random init); coverage in $(ZOO_OUT)/"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
-	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]"
-	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR LIMIT=N] [STORE=store]"
+	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]   STORE: a folder or s3://BUCKET/PREFIX"
+	@echo "make nightly [ONLINE=1 SIGNING_KEY=PEM PUBLIC_KEY=PUB DATA=DIR LIMIT=N] [STORE=store|s3://BUCKET/PREFIX] [KEEP=K]"
 	@echo "make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=..] [DEVICE=cuda]"
 	@echo "                                source vs ONNX Runtime latency/FPS table + bench.json"
 	@echo "make bench-data-path            accuracy gate: data path vs inference images/s (JSON)"
@@ -179,5 +179,5 @@ mutation: setup
 	    scripts/mutation.sh
 
 clean:
-	rm -rf $(OUT) $(NIGHTLY_OUT) $(STORE) .pytest_cache
+	rm -rf $(OUT) $(NIGHTLY_OUT) $(if $(findstring ://,$(STORE)),,$(STORE)) .pytest_cache
 	@echo "kept demo/ (demo checkpoints and the demo signing key); rm -rf demo to remake them"

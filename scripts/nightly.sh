@@ -10,7 +10,9 @@
 #   $SIGNING_KEY and published after verification with $PUBLIC_KEY. EXECUTOR=ray (with
 #   RAY_ADDRESS for a cluster) fans the work out over Ray.
 # Both modes skip an entry whose latest version in $STORE was made from the same inputs
-#   (--skip-unchanged), so a nightly with nothing changed takes seconds.
+#   (--skip-unchanged reads the store's index), so a nightly with nothing changed takes
+#   seconds. $STORE is a folder or s3://BUCKET/PREFIX (credentials and endpoint from the AWS
+#   variables; release/store.py); a store that cannot be used stops the run before any work.
 # Otherwise (default; this project's machines reach no checkpoint host): `make demo`, i.e.
 #   the demo checkpoints of each source (random init, not trained weights) signed with the
 #   demo key, and it says so.

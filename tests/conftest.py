@@ -560,11 +560,12 @@ def run_pipeline(*args: str, timeout: float = 1800, env: dict | None = None
                           env={**os.environ, **(env or {})})
 
 
-def run_make(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
+def run_make(*args: str, timeout: float = 2400, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
     """`make ARGS` in the repo with this session's environments (what users type)."""
     return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "VENV_ROOT": str(VENV_ROOT)})
+                          env={**os.environ, **(env or {}), "VENV_ROOT": str(VENV_ROOT)})
 
 
 def read_report(out: Path, name: str) -> dict:

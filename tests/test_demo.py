@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 DEMO_ENTRIES = ("res2net50-w14-s8", "paddleclas-res2net50-14w-8s", "mindcv-res2net50")
 
 
-def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
+def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path, s3_server):
     """In a fresh DEMO_DIR, so the demo checkpoints and key are made by this run (each
     source's make_checkpoint, --mark-demo), not reused from an earlier `make demo`."""
     out, store, demo = tmp_path / "out", tmp_path / "store", tmp_path / "demo"
@@ -83,6 +83,24 @@ def test_make_nightly_offline_runs_the_demo_signs_and_publishes(tmp_path):
     assert "0/3 passed, 3 unchanged (skipped)" in again.stdout
     assert "convert   " not in again.stdout                    # no worker ran
     assert sorted(str(p.relative_to(store)) for p in store.glob("*/*")) == before
+
+    # The same against a remote store: this run published to S3, the next nightly with
+    # STORE=s3://... reads the remote index, skips every entry and adds nothing there.
+    url = f"s3://{s3_server.bucket()}/nightly"
+    first = run_pipeline("publish", "--from", str(out), "--to", url, "--public-key",
+                         str(demo / "signing-key.pub"), env=s3_server.env())
+    assert first.returncode == 0 and "published 3, already there 0" in first.stdout, (
+        first.stdout + first.stderr)
+    bucket = url.split("/")[2]
+    published = {k: v for k, v in s3_server.objects(bucket).items()
+                 if not k.startswith("nightly/index.")}
+    remote = run_make("nightly", f"NIGHTLY_OUT={out}", f"STORE={url}", f"DEMO_DIR={demo}",
+                      env=s3_server.env())
+    assert remote.returncode == 0, remote.stdout[-5000:] + remote.stderr[-3000:]
+    assert "0/3 passed, 3 unchanged (skipped)" in remote.stdout
+    assert "published 0, already there 3" in remote.stdout and "convert   " not in remote.stdout
+    assert {k: v for k, v in s3_server.objects(bucket).items()
+            if not k.startswith("nightly/index.")} == published
 
     # Any input that changes makes the entry run again: here the manifest entry.
     name = DEMO_ENTRIES[0]

@@ -407,10 +407,22 @@ def test_nightly_workflow_is_valid_and_calls_the_make_targets():
     steps = workflow["jobs"]["nightly"]["steps"]
     runs = " ".join(step.get("run", "") for step in steps)
     assert "make setup" in runs and "make nightly ONLINE=1" in runs
-    assert any(step.get("uses", "").startswith("actions/cache") for step in steps)
-    uploads = [step["with"]["path"] for step in steps
-               if step.get("uses", "").startswith("actions/upload-artifact")]
-    assert "store/" in uploads and any("report.json" in path for path in uploads)
+    # No cache holds the store or the environments (caches are evicted; the store must not
+    # be); uv's download cache is keyed by the lock files.
+    caches = {step["with"]["path"]: step["with"]["key"] for step in steps
+              if step.get("uses", "").startswith("actions/cache")}
+    assert ".uv-cache" in caches and "hashFiles('envs/*.lock.txt')" in caches[".uv-cache"]
+    assert not {"store", "store/", ".venvs"} & set(caches), caches
+    assert workflow["jobs"]["nightly"]["env"]["UV_CACHE_DIR"].endswith("/.uv-cache")
+    publish_step = next(s for s in steps if "make nightly ONLINE=1" in s.get("run", ""))
+    assert publish_step["env"]["STORE_URL"] == "${{ vars.STORE_URL }}"
+    for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert publish_step["env"][secret] == "${{ secrets.%s }}" % secret
+    assert "::warning" in publish_step["run"] and "will not persist" in publish_step["run"]
+    uploads = {step["with"]["path"]: step.get("if", "") for step in steps
+               if step.get("uses", "").startswith("actions/upload-artifact")}
+    assert "vars.STORE_URL == ''" in uploads["store/"]   # the folder only when no STORE_URL
+    assert any("report.json" in path for path in uploads)
     makefile = (REPO / "Makefile").read_text()
     for target in ("setup", "nightly", "publish", "verify-artifact"):
         assert f"\n{target}:" in makefile, target
