@@ -24,7 +24,8 @@ Where it runs: --executor local (default) runs everything on this machine, entry
 instance by default, or a cluster with --ray-address (nodes started with `make ray-head` and
 `make ray-worker`). Both report the same figures. Artifacts are written, signed and published
 on this machine either way. --skip-unchanged STORE skips an entry whose latest version in
-STORE was made from the same inputs.
+STORE was made from the same inputs. A STORE is a folder or s3://BUCKET/PREFIX (AWS S3 or any
+S3-compatible server; credentials and endpoint from the AWS variables, see `publish --help`).
 
 Exit status: 0 if every selected entry passed (or was unchanged), 1 if any did not, 2 for bad
 usage or a bad manifest, 130 when interrupted (no half-written artifact is left).
@@ -39,6 +40,7 @@ Examples:
   python pipeline.py --executor ray --ray-address head:6379 --data /shared/imagenet/val
   python pipeline.py --signing-key key.pem --out out/ && \
       python pipeline.py publish --from out/ --to store/ --public-key key.pub
+  python pipeline.py verify-artifact s3://models/nightly/res2net50-w14-s8 --public-key key.pub
 """
 from __future__ import annotations
 
