@@ -73,6 +73,7 @@ from manifests.bounded import read_json
 from release.provenance import ProvenanceError, check_statement, checkpoint_dependency
 from release.signing import SigningError, check_signing_key, generate_key, verify_directory
 from verify.dataset import DatasetError, check_num_classes, load_dataset, spread_subset
+from orchestrator.localize import LOCALIZE_IMAGES
 from verify.localize import LAYER_RTOL
 from verify.runners import RUNTIMES
 
@@ -688,16 +689,19 @@ def predict(artifact, images, top, runtime, precision, public_key, threads, as_j
               default=None, help="The source checkpoint (default: the entry's, from the cache "
                                  "or downloaded and digest-checked).")
 @CACHE_DIR_OPTION
-@click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              default=None, help="Image to run both on (default: the entry's first generated "
-                                 "verification image).")
+@click.option("--image", "images", type=click.Path(path_type=Path, exists=True,
+                                                   dir_okay=False), multiple=True,
+              help="An image to run both on, as one batch with the other --image ones "
+                   "(repeatable; default: the entry's first "
+                   f"{LOCALIZE_IMAGES} generated verification images: a graph that holds the "
+                   "batch it was traced at parts only on the images after the first).")
 @click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=LAYER_RTOL,
               show_default=True,
               help="Largest difference a layer may show, relative to its output's range.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the full localisation as JSON here.")
-def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol, threads,
+def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, images, rtol, threads,
                  json_path):
     """Name the first layer where ONNX_MODEL's outputs part from the source framework's.
 
@@ -724,11 +728,12 @@ def localize_cmd(onnx_model, name, manifest, checkpoint, cache_dir, image, rtol,
         sys.exit(2)
     with tempfile.TemporaryDirectory(prefix="localize-") as tmp:
         work = Path(tmp)
-        picture = image or generate_images(work / "images", 1, entry["verify"]["seed"])[0]
-        click.echo(f"{entry.name}: capturing {entry.source}'s layer outputs on {picture.name} "
-                   "...")
+        pictures = list(images) or generate_images(work / "images", LOCALIZE_IMAGES,
+                                                   entry["verify"]["seed"])
+        click.echo(f"{entry.name}: capturing {entry.source}'s layer outputs on "
+                   f"{', '.join(p.name for p in pictures)} ...")
         try:
-            found = localize_model(entry, onnx_model.resolve(), ck, picture, work, threads,
+            found = localize_model(entry, onnx_model.resolve(), ck, pictures, work, threads,
                                    rtol=rtol)
         except LocalizeFailed as exc:
             click.echo(f"error: [{exc.kind}] {exc.message}", err=True)

@@ -335,7 +335,9 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
 
 
 def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
-    """The source's own layer outputs on one image, for verify/localize.py.
+    """The source's own layer outputs on the job's images as one batch (the orchestrator
+    sends several: a graph that holds the trace batch is right on one image alone), for
+    verify/localize.py.
 
     Each hooked layer's output goes to its own .npy file as soon as the hook fires, so the
     worker never holds more than one layer's output beyond what the framework keeps."""
@@ -347,12 +349,12 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
     with timer.stage("load"):
         adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
-    inputs, _, unreadable = preprocess_all(job["images"][:1], per_image, collate, 1,
+    inputs, used, unreadable = preprocess_all(job["images"], per_image, collate, 1,
                                               _max_pixels(job))
     if inputs is None:
-        raise WorkerError("preprocess", f"could not decode {job['images'][0]}: "
+        raise WorkerError("preprocess", f"could not decode {unreadable[0]['path']}: "
                                         f"{unreadable[0]['error']}")
-    _shapes_ok(inputs, 1, entry)
+    _shapes_ok(inputs, len(used), entry)
     np.save(workdir / "inputs.npy", inputs)
     layers: list[dict] = []
     seen: dict[str, int] = {}
@@ -368,11 +370,11 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
                        "shape": list(array.shape), "file": f"activations/{file}"})
 
     with timer.stage("capture"):
-        log(f"capturing {adapter.framework}'s layer outputs on {Path(job['images'][0]).name}")
+        log(f"capturing {adapter.framework}'s layer outputs on {len(used)} image(s) at once")
         adapter.capture(model, inputs, record)
     log(f"captured {len(layers)} layer outputs")
     return {"versions": adapter.versions(), "layers": layers, "timings": timer.seconds,
-            "files": {"inputs": "inputs.npy"}}
+            "files": {"inputs": "inputs.npy"}, "images_used": used}
 
 
 @contextmanager

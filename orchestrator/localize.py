@@ -1,7 +1,8 @@
 """The localize stage: which layer of the network an ONNX model first parts from its source.
 
 Runs the source's worker once more (task `capture`: build, load, the source's own
-preprocessing of one image, forward hooks on every conv / linear / norm layer), then
+preprocessing of LOCALIZE_IMAGES images as one batch, forward hooks on every conv / linear /
+norm layer), then
 verify/localize.py aligns those layers with the ONNX model's weighted nodes and compares
 their outputs a chunk at a time. Used by the pipeline when an fp32 logit check fails (and
 with --localize on every entry), and by `pipeline.py localize` for any ONNX file.
@@ -24,22 +25,28 @@ VALUE_CHECKS = ("finite", "max_abs_diff", "cosine_min", "top1_agreement", "top5_
                 "logits_shape", "batch_independent")
 
 
+# Images the localiser compares at once. More than one, so that a graph that holds the batch
+# it was traced at (right on one image, wrong on the others of a batch) shows where it parts.
+LOCALIZE_IMAGES = 4
+
+
 class LocalizeFailed(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind, self.message = kind, message
 
 
-def localize_model(entry: Entry, model_path: Path, checkpoint: Path, image: Path,
+def localize_model(entry: Entry, model_path: Path, checkpoint: Path, images: list[Path],
                    workdir: Path, threads: int | None = None, timeout: float = 1800,
                    limits: WorkerLimits = WorkerLimits(), rtol: float = LAYER_RTOL) -> dict:
-    """report['verification']['localization'] for `model_path` against the entry's source."""
+    """report['verification']['localization'] for `model_path` against the entry's source,
+    on IMAGES as one batch."""
     capture_dir = workdir / "localize"
     capture_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run_worker(SOURCES[entry.source], {
             "task": "capture", "entry": entry.data, "checkpoint": str(checkpoint),
-            "images": [str(image)], "threads": threads,
+            "images": [str(image) for image in images], "threads": threads,
             "max_image_pixels": limits.max_image_pixels,
         }, capture_dir, timeout=timeout, memory_limit=limits.memory_limit())
     except WorkerFailed as exc:
@@ -48,6 +55,7 @@ def localize_model(entry: Entry, model_path: Path, checkpoint: Path, image: Path
     inputs = np.load(capture_dir / result["files"]["inputs"])
     found = localize(model_path, inputs, result["layers"], capture_dir, rtol=rtol,
                      threads=threads)
-    found["image"] = image.name
+    found["image_names"] = [images[i].name for i in result["images_used"]]
+    found["image"] = found["image_names"][0]   # the first (reports before several images)
     found["timings"] = result.get("timings", {})
     return found

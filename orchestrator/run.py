@@ -38,7 +38,7 @@ from orchestrator.deploy import deploy_gate
 from orchestrator.derive import DeriveFailed, needs_source, resolve
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
-from orchestrator.localize import VALUE_CHECKS, LocalizeFailed, localize_model
+from orchestrator.localize import LOCALIZE_IMAGES, VALUE_CHECKS, LocalizeFailed, localize_model
 from orchestrator.runtimes import runtime_matrix, runtimes_line
 from orchestrator.workdir import run_dir
 from release.artifact import write_artifact
@@ -501,8 +501,8 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
             say(f"  localize  {label} model: capturing {spec.framework}'s layer outputs ...")
             try:
                 found = localize_model(entry, exported if label == "exported" else simplified,
-                                       got.path, images[0], workdir, opts.threads,
-                                       opts.worker_timeout, opts.limits)
+                                       got.path, images[:LOCALIZE_IMAGES], workdir,
+                                       opts.threads, opts.worker_timeout, opts.limits)
                 found["model"] = label
             except LocalizeFailed as exc:
                 found = {"model": label, "error": {"kind": exc.kind, "message": exc.message}}
@@ -512,10 +512,6 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                                                    "message": f"{type(exc).__name__}: {exc}"}}
                 say(f"  localize  could not localise: {type(exc).__name__}: {exc}")
             else:
-                baked = [c for c in value_failed if c.name == "batch_independent"]
-                if baked:   # the localiser runs one image at batch 1, where such a graph is right
-                    found["summary"] += ("; the localiser looks at one image at batch 1, where "
-                                         "this graph agrees: see batch_independent")
                 say(f"  localize  {found['summary']}")
             report["verification"]["localization"] = found
             layer = (found.get("first_diverging") or {}).get("layer")

@@ -31,6 +31,10 @@ def test_clean_models_localise_without_a_false_alarm(three_sources):
         found = read_report(out, name)["verification"]["localization"]
         assert found["model"] == "simplified"
         assert found["first_diverging"] is None, found["summary"]
+        # Several images at once (a graph holding the traced batch parts only after the
+        # first), and no false alarm at that batch either.
+        assert found["images"] == 4 and len(found["image_names"]) == 4, found
+        assert found["image"] == found["image_names"][0]
         # Every conv / linear layer of the source found its ONNX node.
         assert found["aligned"] == found["source_layers"] == found["onnx_layers"] > 50
         assert found["compared"] == found["aligned"]

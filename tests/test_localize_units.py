@@ -64,7 +64,7 @@ def test_every_layer_agrees(tmp_path):
     summary = result.pop("summary")
     assert result == {"onnx_model": "m.onnx", "rtol": 1e-3, "source_layers": 2,
                       "onnx_layers": 2, "aligned": 2, "compared": 2, "sessions": 1,
-                      "first_diverging": None}
+                      "first_diverging": None, "images": 1}
     assert last["layer"] == "head.fc2" and last["onnx_node"] == "Gemm#4"
     assert last["onnx_op"] == "Gemm" and last["onnx_output"] == "y"
     assert last["weight_shape"] == [3, 5] and last["compared_with"] == "head.fc2"
@@ -292,3 +292,77 @@ def test_align_keeps_order_within_a_block_and_long_repeated_sequences():
 def test_a_column_output_is_reshaped_not_broadcast():
     # [[1], [2]] against [1, 3]: as the source's shape the difference is 1; broadcast, 2.
     assert loc._relative(np.array([[1.0], [2.0]]), np.array([1.0, 3.0])) == (1.0, 1 / 3)
+
+
+def _batch_model(path, hold_batch: str | None):
+    """x [N, 4] -> fc1 MatMul -> (held: the first row broadcast over the batch, as a graph
+    traced at batch 1 treats it; or reshaped to the traced [1, 5]) -> Add -> Relu -> fc2."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h1"], name="fc1")]
+    if hold_batch == "broadcast":
+        nodes += [helper.make_node("Slice", ["h1", "zero", "one", "zero"], ["first"]),
+                  helper.make_node("Shape", ["h1"], ["shape"]),
+                  helper.make_node("Expand", ["first", "shape"], ["held"])]
+    elif hold_batch == "reshape":
+        nodes += [helper.make_node("Reshape", ["h1", "traced"], ["held"])]
+    else:
+        nodes += [helper.make_node("Identity", ["h1"], ["held"])]
+    nodes += [helper.make_node("Add", ["held", "B1"], ["h1b"]),
+              helper.make_node("Relu", ["h1b"], ["r1"]),
+              helper.make_node("Gemm", ["r1", "W2"], ["y"], name="fc2")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(B1, "B1"),
+         numpy_helper.from_array(W2, "W2"),
+         numpy_helper.from_array(np.array([0], np.int64), "zero"),
+         numpy_helper.from_array(np.array([1], np.int64), "one"),
+         numpy_helper.from_array(np.array([1, 5], np.int64), "traced")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)],
+                                ir_version=8), str(path))
+    return path
+
+
+def _batch_capture(folder, x):
+    h1 = x.astype(np.float64) @ W1
+    np.save(folder / "fc1.npy", h1)
+    np.save(folder / "fc2.npy", np.maximum(h1 + B1, 0) @ W2)
+    return [{"kind": "linear", "name": "head.fc1", "weight_shape": [5, 4], "file": "fc1.npy",
+             "shape": list(h1.shape)},
+            {"kind": "linear", "name": "head.fc2", "weight_shape": [3, 5], "file": "fc2.npy",
+             "shape": [len(x), 3]}]
+
+
+def test_a_graph_that_holds_the_traced_batch_parts_only_after_the_first_image(tmp_path):
+    """Right on one image, wrong on the others of a batch (mmpretrain swin-tiny's export, a
+    MindSpore class token): the localiser compares several images at once, so it names the
+    layer and says that only the images after the first part there."""
+    x = RNG.standard_normal((4, 4)).astype(np.float32)
+    held = _batch_model(tmp_path / "held.onnx", "broadcast")
+    alone = loc.localize(held, x[:1], _batch_capture(tmp_path, x[:1]), tmp_path)
+    assert alone["first_diverging"] is None and alone["images"] == 1   # what batch 1 saw
+    found = loc.localize(held, x, _batch_capture(tmp_path, x), tmp_path)
+    bad = found["first_diverging"]
+    assert found["images"] == 4 and bad["layer"] == "head.fc2" and bad["onnx_node"] == "fc2"
+    assert found["last_agreeing"]["layer"] == "head.fc1"
+    assert bad["rows"] == [1, 2, 3] and found["worst"] == bad
+    assert found["summary"].endswith(
+        "; only images 2, 3, 4 of the 4 part there, the first agrees: the graph treats the "
+        "batch as the one it was traced at (batch held in the graph)")
+    # A fault in every image is not called a held batch.
+    clean = _batch_model(tmp_path / "clean.onnx", None)
+    records = _batch_capture(tmp_path, x)
+    shifted = np.load(tmp_path / "fc2.npy")
+    np.save(tmp_path / "fc2.npy", shifted + 0.01 * np.abs(shifted).max())   # 1 % everywhere
+    every = loc.localize(clean, x, records, tmp_path)
+    assert every["first_diverging"]["rows"] == [0, 1, 2, 3]
+    assert every["summary"].endswith("; 4 of the 4 images part there")
+
+
+def test_a_graph_refused_at_the_batch_size_is_compared_on_the_first_image(tmp_path):
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    model = _batch_model(tmp_path / "reshape.onnx", "reshape")
+    found = loc.localize(model, x, _batch_capture(tmp_path, x), tmp_path)
+    assert found["note"].startswith("ONNX Runtime refused the model at batch 3 (")
+    assert found["note"].endswith("); compared on the first image at batch 1")
+    assert found["first_diverging"] is None and found["compared"] == 2
+    assert found["worst"]["relative"] < 1e-6

@@ -1,7 +1,8 @@
 """Where in the network the ONNX model parts from the source: the first diverging layer.
 
-Knows nothing of frameworks. It is given an ONNX model, one input tensor, and the source's
-own layer outputs on that input (captured by the source's worker with forward hooks,
+Knows nothing of frameworks. It is given an ONNX model, one input batch (several images: a
+graph that holds the batch it was traced at is right on one image alone, and wrong on the
+others of a batch), and the source's own layer outputs on that batch (captured by the source's worker with forward hooks,
 converters/worker_flow.py `capture`): for every convolution / linear layer, its weight
 shape, its output, and the output of a normalisation layer that directly follows it.
 
@@ -26,7 +27,10 @@ shape, its output, and the output of a normalisation layer that directly follows
    would mislead a bisection.
 
 The report names the layer in the source's terms (e.g. backbone.layer3.2.convs.1) and the
-ONNX node, with the measured difference, and the last layer that still agreed.
+ONNX node, with the measured difference, the last layer that still agreed, and which images of
+the batch part there (`rows`): only those after the first is the mark of a batch held in the
+graph. A graph ONNX Runtime refuses at the batch's size is compared at batch 1 instead, and the
+report says so (`note`).
 """
 from __future__ import annotations
 
@@ -140,6 +144,18 @@ def _relative(onnx_out: np.ndarray, source: np.ndarray) -> tuple[float, float]:
     return diff, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
+def _rows_over(onnx_out: np.ndarray, source: np.ndarray, batch: int, rtol: float
+               ) -> list[int] | None:
+    """The batch positions (0-based) whose own difference exceeds rtol of the layer's range;
+    None when the layer's outputs do not lead with the batch."""
+    if batch < 2 or source.ndim == 0 or source.shape[0] != batch or onnx_out.size != source.size:
+        return None
+    onnx_out = onnx_out.reshape(source.shape).astype(np.float64)
+    scale = float(np.abs(source).max())
+    per_row = np.abs(onnx_out - source).reshape(batch, -1).max(axis=1)
+    return [int(i) for i in np.flatnonzero(per_row > rtol * scale)] if scale > 0 else None
+
+
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -164,6 +180,8 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                           "cannot localise")
         return result
     last_ok, first_bad, worst = None, None, None
+    batch = captured_batch = int(inputs.shape[0])
+    result["images"] = batch
     # Scratch beside the capture, never beside the model: it may sit in a signed artifact or a
     # read-only store.
     with tempfile.TemporaryDirectory(prefix="localize-", dir=capture_dir) as tmp:
@@ -173,14 +191,28 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
             names = [t for _, d in part for t in (d.output, *d.followers)]
             onnx.save(_with_outputs(model, names), str(path))
             runner = OrtRunner(path, threads)
-            outs = dict(zip(names, runner.session.run(names, {runner.input_name: inputs})))
+            try:
+                outs = runner.session.run(names, {runner.input_name: inputs})
+            except Exception as exc:  # noqa: BLE001 - ORT's error types differ by build
+                if batch == 1 or result["sessions"]:
+                    raise
+                # A graph refused at the batch's size (the batch check reports it): the
+                # layers can still be compared on the first image alone.
+                result["note"] = (f"ONNX Runtime refused the model at batch {batch} "
+                                  f"({str(exc).splitlines()[0][:300]}); compared on the "
+                                  "first image at batch 1")
+                inputs, batch = inputs[:1], 1
+                outs = runner.session.run(names, {runner.input_name: inputs})
+            outs = dict(zip(names, outs))
             del runner
             result["sessions"] += 1
             for s, d in part:
                 candidates = [(s.name, s.file)] + ([(s.norm, s.norm_file)] if s.norm else [])
-                best = None
+                best, arrays = None, None
                 for label, file in candidates:
                     ref = np.load(capture_dir / file).astype(np.float64)
+                    if batch != captured_batch and ref.ndim and ref.shape[0] == captured_batch:
+                        ref = ref[:batch]
                     for tensor in (d.output, *d.followers):
                         diff, rel = _relative(outs[tensor], ref)
                         if best is None or rel < best["relative"]:
@@ -189,11 +221,12 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                                     "onnx_output": tensor,
                                     "weight_shape": list(s.weight_shape),
                                     "max_abs_diff": diff, "relative": rel}
+                            arrays = (outs[tensor], ref)
                 result["compared"] += 1
                 if worst is None or best["relative"] > worst["relative"]:
                     worst = best
                 if best["relative"] > rtol:
-                    first_bad = best
+                    first_bad = worst = {**best, "rows": _rows_over(*arrays, batch, rtol)}
                     break
                 last_ok = best
             del outs
@@ -205,10 +238,18 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
     if first_bad:
         before = f"; the last agreeing layer is {last_ok['layer']}" if last_ok else \
             "; it is the first aligned layer"
+        rows = first_bad.get("rows")
+        where = ""
+        if rows is not None and 0 not in rows and rows:
+            where = (f"; only images {', '.join(str(r + 1) for r in rows)} of the {batch} "
+                     "part there, the first agrees: the graph treats the batch as the one it "
+                     "was traced at (batch held in the graph)")
+        elif rows is not None:
+            where = f"; {len(rows)} of the {batch} images part there"
         result["summary"] = (
             f"first diverging layer: {first_bad['layer']} (ONNX node {first_bad['onnx_node']}, "
             f"{first_bad['onnx_op']}): max|diff| {first_bad['max_abs_diff']:.3g}, "
-            f"{first_bad['relative']:.3g} of its range (limit {rtol:g}){before}")
+            f"{first_bad['relative']:.3g} of its range (limit {rtol:g}){before}{where}")
     else:
         result["summary"] = (
             f"all {len(pairs)} aligned layers agree within {rtol:g} of their range (largest "
