@@ -124,3 +124,51 @@ def test_localize_exits_0_when_every_layer_agrees(three_sources, checkpoints):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "aligned layers agree" in proc.stdout
 
+
+
+def _hold_the_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with a batch held in its graph after the Conv nearest the middle: its output
+    replaced by its first image's, broadcast over the batch (what a graph traced at batch 1
+    does where it keeps the trace's batch). Right on one image, wrong on the others."""
+    from onnx import helper
+
+    held = onnx.ModelProto()
+    held.CopyFrom(model)
+    convs = [n for n in held.graph.node if n.op_type == "Conv"]
+    conv = convs[len(convs) // 2]
+    tensor = conv.output[0]
+    for node in held.graph.node:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = "held_batch"
+    held.graph.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n)
+                                   for n, v in (("held_zero", 0), ("held_one", 1))])
+    at = list(held.graph.node).index(conv) + 1
+    for offset, node in enumerate([
+            helper.make_node("Slice", [tensor, "held_zero", "held_one", "held_zero"],
+                             ["held_first"]),
+            helper.make_node("Shape", [tensor], ["held_shape"]),
+            helper.make_node("Expand", ["held_first", "held_shape"], ["held_batch"])]):
+        held.graph.node.insert(at + offset, node)
+    return held
+
+
+def test_a_graph_holding_its_traced_batch_is_localised_as_such(three_sources, checkpoints,
+                                                               tmp_path):
+    """The localiser compares four images at once: a graph right on one image and wrong on
+    the others of a batch is localised (before, on one image at batch 1, every layer agreed),
+    and the summary says the batch is held in the graph."""
+    out, _ = three_sources
+    name = "mindcv-res2net50"                       # the quickest source to capture
+    held = _hold_the_batch(onnx.load(str(out / name / "model.onnx")))
+    onnx.checker.check_model(held)
+    onnx.save(held, str(tmp_path / "held.onnx"))
+    proc = run_pipeline("localize", str(tmp_path / "held.onnx"), "--model", name,
+                        "--checkpoint", str(checkpoints(CASES[name][0])), "--json",
+                        str(tmp_path / "found.json"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    found = json.loads((tmp_path / "found.json").read_text())
+    first = found["first_diverging"]
+    assert found["images"] == 4 and first["rows"] == [1, 2, 3], first
+    assert first["alone"] <= found["rtol"] < first["relative"], first
+    assert "the graph holds the batch it was traced at" in proc.stdout

@@ -345,9 +345,11 @@ def test_a_graph_that_holds_the_traced_batch_parts_only_after_the_first_image(tm
     assert found["images"] == 4 and bad["layer"] == "head.fc2" and bad["onnx_node"] == "fc2"
     assert found["last_agreeing"]["layer"] == "head.fc1"
     assert bad["rows"] == [1, 2, 3] and found["worst"] == bad
+    assert bad["alone"] < 1e-6
     assert found["summary"].endswith(
-        "; only images 2, 3, 4 of the 4 part there, the first agrees: the graph treats the "
-        "batch as the one it was traced at (batch held in the graph)")
+        f"; images 2, 3, 4 of the 4 part there; on the first image alone (batch 1) it agrees "
+        f"({bad['alone']:.3g}): the graph holds the batch it was traced at (batch held in the "
+        "graph)")
     # A fault in every image is not called a held batch.
     clean = _batch_model(tmp_path / "clean.onnx", None)
     records = _batch_capture(tmp_path, x)
@@ -355,7 +357,8 @@ def test_a_graph_that_holds_the_traced_batch_parts_only_after_the_first_image(tm
     np.save(tmp_path / "fc2.npy", shifted + 0.01 * np.abs(shifted).max())   # 1 % everywhere
     every = loc.localize(clean, x, records, tmp_path)
     assert every["first_diverging"]["rows"] == [0, 1, 2, 3]
-    assert every["summary"].endswith("; 4 of the 4 images part there")
+    assert every["first_diverging"]["alone"] > 1e-3
+    assert every["summary"].endswith("; images 1, 2, 3, 4 of the 4 part there")
 
 
 def test_a_graph_refused_at_the_batch_size_is_compared_on_the_first_image(tmp_path):

@@ -27,9 +27,10 @@ shape, its output, and the output of a normalisation layer that directly follows
    would mislead a bisection.
 
 The report names the layer in the source's terms (e.g. backbone.layer3.2.convs.1) and the
-ONNX node, with the measured difference, the last layer that still agreed, and which images of
-the batch part there (`rows`): only those after the first is the mark of a batch held in the
-graph. A graph ONNX Runtime refuses at the batch's size is compared at batch 1 instead, and the
+ONNX node, with the measured difference, the last layer that still agreed, which images of the
+batch part there (`rows`), and the layer's difference on the first image alone at batch 1
+(`alone`): a layer that agrees alone and parts in the batch is where a graph holding its
+traced batch goes wrong. A graph ONNX Runtime refuses at the batch's size is compared at batch 1 instead, and the
 report says so (`note`).
 """
 from __future__ import annotations
@@ -156,6 +157,24 @@ def _rows_over(onnx_out: np.ndarray, source: np.ndarray, batch: int, rtol: float
     return [int(i) for i in np.flatnonzero(per_row > rtol * scale)] if scale > 0 else None
 
 
+def _alone(runner: OrtRunner, inputs: np.ndarray, tried: list[tuple[str, np.ndarray]]
+           ) -> float | None:
+    """The layer's relative difference on the first image alone (batch 1), the closest of
+    the tensors and references TRIED as in the batch, when it was compared at a larger batch:
+    a layer that agrees there and not in the batch is where a graph holding its traced batch
+    goes wrong. None when not measurable."""
+    batch = inputs.shape[0]
+    tried = [(t, ref[:1]) for t, ref in tried if ref.ndim and ref.shape[0] == batch]
+    if batch < 2 or not tried:
+        return None
+    names = list(dict.fromkeys(t for t, _ in tried))
+    try:
+        outs = dict(zip(names, runner.session.run(names, {runner.input_name: inputs[:1]})))
+    except Exception:  # noqa: BLE001 - a graph ORT refuses at batch 1: nothing to say
+        return None
+    return min(_relative(outs[t], ref)[1] for t, ref in tried)
+
+
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -204,16 +223,16 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                 inputs, batch = inputs[:1], 1
                 outs = runner.session.run(names, {runner.input_name: inputs})
             outs = dict(zip(names, outs))
-            del runner
             result["sessions"] += 1
             for s, d in part:
                 candidates = [(s.name, s.file)] + ([(s.norm, s.norm_file)] if s.norm else [])
-                best, arrays = None, None
+                best, arrays, tried = None, None, []
                 for label, file in candidates:
                     ref = np.load(capture_dir / file).astype(np.float64)
                     if batch != captured_batch and ref.ndim and ref.shape[0] == captured_batch:
                         ref = ref[:batch]
                     for tensor in (d.output, *d.followers):
+                        tried.append((tensor, ref))
                         diff, rel = _relative(outs[tensor], ref)
                         if best is None or rel < best["relative"]:
                             best = {"layer": s.name, "compared_with": label,
@@ -226,10 +245,11 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                 if worst is None or best["relative"] > worst["relative"]:
                     worst = best
                 if best["relative"] > rtol:
-                    first_bad = worst = {**best, "rows": _rows_over(*arrays, batch, rtol)}
+                    first_bad = worst = {**best, "rows": _rows_over(*arrays, batch, rtol),
+                                         "alone": _alone(runner, inputs, tried)}
                     break
                 last_ok = best
-            del outs
+            del outs, runner
             if first_bad:
                 break
     result["first_diverging"] = first_bad
@@ -238,14 +258,14 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
     if first_bad:
         before = f"; the last agreeing layer is {last_ok['layer']}" if last_ok else \
             "; it is the first aligned layer"
-        rows = first_bad.get("rows")
+        rows, alone = first_bad.get("rows"), first_bad.get("alone")
         where = ""
-        if rows is not None and 0 not in rows and rows:
-            where = (f"; only images {', '.join(str(r + 1) for r in rows)} of the {batch} "
-                     "part there, the first agrees: the graph treats the batch as the one it "
-                     "was traced at (batch held in the graph)")
-        elif rows is not None:
-            where = f"; {len(rows)} of the {batch} images part there"
+        if rows is not None:
+            where = (f"; images {', '.join(str(r + 1) for r in rows)} of the {batch} part "
+                     "there")
+        if alone is not None and alone <= rtol:
+            where += (f"; on the first image alone (batch 1) it agrees ({alone:.3g}): the "
+                      "graph holds the batch it was traced at (batch held in the graph)")
         result["summary"] = (
             f"first diverging layer: {first_bad['layer']} (ONNX node {first_bad['onnx_node']}, "
             f"{first_bad['onnx_op']}): max|diff| {first_bad['max_abs_diff']:.3g}, "
