@@ -30,7 +30,15 @@ MS_RULES = {"HSwish": ("HSwish", "x * relu6(x + 3) / 6"),
             "HSigmoid": ("HSigmoid", "relu6(x + 3) / 6"),
             "GELU(approximate=False)": ("Erf", "0.5 x (1 + erf(x / sqrt 2)), erf as Eigen's "
                                                "float32 rational approximation"),
-            "Unstack(axis=0)": ("Unstack", "x[0], x[1], ...")}
+            "Unstack(axis=0)": ("Unstack", "x[0], x[1], ..."),
+            "GroupNorm": ("GroupNorm", "(x - mean) / sqrt(var + eps) per group, then gamma "
+                                       "and beta")}
+# The largest difference from the unmodified network a rule may make on its test network
+# (x ~ N(0, 2) through a conv), measured on a second network with the same weights:
+# exact for the clamps and the indexing; float32 rounding for the erf approximation (9.5e-7
+# measured) and for GroupNorm's mean and variance in another summation order (3.7e-9).
+MS_RULE_DIFF = {"HSwish": 0.0, "HSigmoid": 0.0, "Unstack(axis=0)": 0.0,
+                "GELU(approximate=False)": 2e-6, "GroupNorm": 1e-6}
 
 
 def test_each_mindspore_rewrite_is_needed_exact_and_exports(tmp_path):
@@ -54,8 +62,9 @@ def test_each_mindspore_rewrite_is_needed_exact_and_exports(tmp_path):
                                              "convert map"), r
         assert r["export_after"] is None, r
         assert r["counts"] == {name: 2} and r["again"] == {}
-        # The erf approximation is float32-accurate, not MindSpore's own bits everywhere.
-        assert r["max_diff"] <= (1e-6 if missing == "Erf" else 0.0), r
+        # Compared on a second network with the same weights, rewritten before its first
+        # call (MindSpore keeps a network's compiled graph: before, a broken rewrite read 0.0).
+        assert r["max_diff"] <= MS_RULE_DIFF[name], r
         assert r["notes"] == [f"export rewrite: 2 x {name} -> {why} (MindSpore's ONNX "
                               f"exporter has no {missing} rule; the logit gate compares with "
                               "the unmodified model)"]

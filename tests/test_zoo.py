@@ -339,9 +339,11 @@ def test_add_for_each_source_writes_a_reviewable_entry_and_refuses_a_typo(tmp_pa
     # positional encoding's `~mask` has no ONNX rule, LogicalNot): its message. (The
     # rewrites: test_export_rewrites.py.)
     # and one whose export holds the traced batch 1 (coat's class token, concatenated): a
-    # failed check naming it, where onnxsim's run at batch 2 used to be a pipeline error
-    ("mindcv", "resnet18,edgenext_xx_small,coat_lite_tiny",
-     {"resnet18": "passed", "edgenext_xx_small": ("unsupported", "LogicalNot", "export"),
+    # failed check naming it, where onnxsim's run at batch 2 used to be a pipeline error;
+    # poolformer passes through two rewrites (exact GELU, GroupNorm), was unsupported
+    ("mindcv", "poolformer_s12,edgenext_xx_small,coat_lite_tiny",
+     {"poolformer_s12": "passed",
+      "edgenext_xx_small": ("unsupported", "LogicalNot", "export"),
       "coat_lite_tiny": ("failed", "check batch_independent: refused at batch 2", "")}),
 ])
 def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
@@ -384,5 +386,8 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
         if row["model_id"].startswith("edgenext"):
             assert report["entry"]["input_shape"] == [3, 256, 256]
             assert report["onnx"]["inputs"][0]["shape"][1:] == [3, 256, 256]
+        if row["model_id"] == "poolformer_s12":
+            fixups = " ".join(report["source"]["export_fixups"])
+            assert "x GroupNorm ->" in fixups and "x GELU(approximate=False) ->" in fixups
         if row["model_id"] == "RepVGG_A0":
             assert any("re_parameterize()" in n for n in report["source"]["export_fixups"])

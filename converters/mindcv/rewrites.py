@@ -10,7 +10,9 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
   about 1e-7 of erf everywhere (tests/helpers/ms_rewrite_check.py measures it), so the
   rewrite is exact to float32 rounding, not bit for bit;
 - the Unstack primitive (mindcv ViT's attention, `self.unstack = ops.Unstack(axis=0)`):
-  rewritten as one index per slice, which exports as Gather; exact.
+  rewritten as one index per slice, which exports as Gather; exact;
+- GroupNorm (nn.GroupNorm, mindcv PoolFormer's norm layers): rewritten as its mean and
+  variance per group with the batch left to -1, keeping the norm's gamma and beta.
 A rule is added only for what the exporter measurably refuses (tests/helpers/
 ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
 2.7.2, so it has none. Functional calls inside a construct (`ops.unstack(...)` in cait and
@@ -27,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
 
 
 class _HSwish(nn.Cell):
@@ -79,6 +81,30 @@ class _GELUErf(nn.Cell):
         return 0.5 * x * (1.0 + erf)
 
 
+class _GroupNorm(nn.Cell):
+    """ops.group_norm (what nn.GroupNorm runs) written with Reshape, ReduceMean, Sub, Mul,
+    Sqrt, Div and Add: (x - mean) / sqrt(var + eps) per group, biased variance, then the
+    per-channel gamma and beta. The Reshapes leave the batch to -1 (a traced batch would be
+    held in the graph). gamma and beta are taken as constants (the rewrite runs after the
+    checkpoint is loaded): a Parameter moved to another cell keeps its name, and two blocks'
+    `norm1.gamma` would then clash at export."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.groups, self.eps = norm.num_groups, norm.eps
+        self.gamma = Tensor(norm.gamma.asnumpy())
+        self.beta = Tensor(norm.beta.asnumpy())
+
+    def construct(self, x):
+        shape = x.shape
+        grouped = ops.reshape(x, (-1, self.groups, x.size // shape[0] // self.groups))
+        centered = grouped - grouped.mean(axis=2, keep_dims=True)
+        variance = (centered * centered).mean(axis=2, keep_dims=True)
+        y = ops.reshape(centered / ops.sqrt(variance + self.eps), (-1,) + tuple(shape[1:]))
+        affine = (1, -1) + (1,) * (len(shape) - 2)
+        return y * self.gamma.reshape(affine) + self.beta.reshape(affine)
+
+
 class _Unstack(nn.Cell):
     """ops.Unstack(axis=0): the tuple x[0], x[1], ..., one index each (exported as Gather)."""
 
@@ -91,21 +117,25 @@ class Rule:
     name: str                         # as the report names it
     missing: str                      # the op the exporter has no rule for
     matches: Callable[[object], bool]
-    replacement: Callable[[], nn.Cell]
+    replacement: Callable[[object], nn.Cell]   # given the cell or primitive it replaces
     why: str
 
 
 RULES: tuple[Rule, ...] = (
     # The class matched exactly: a subclass may compute something else.
-    Rule("HSwish", "HSwish", lambda c: type(c) is nn.HSwish, _HSwish, "x * relu6(x + 3) / 6"),
-    Rule("HSigmoid", "HSigmoid", lambda c: type(c) is nn.HSigmoid, _HSigmoid,
+    Rule("HSwish", "HSwish", lambda c: type(c) is nn.HSwish, lambda _: _HSwish(),
+         "x * relu6(x + 3) / 6"),
+    Rule("HSigmoid", "HSigmoid", lambda c: type(c) is nn.HSigmoid, lambda _: _HSigmoid(),
          "relu6(x + 3) / 6"),
     # nn.GELU keeps approximate=False as the string "none" (True as "tanh").
     Rule("GELU(approximate=False)", "Erf",
-         lambda c: type(c) is nn.GELU and c.approximate == "none", _GELUErf,
+         lambda c: type(c) is nn.GELU and c.approximate == "none", lambda _: _GELUErf(),
          "0.5 x (1 + erf(x / sqrt 2)), erf as Eigen's float32 rational approximation"),
     Rule("Unstack(axis=0)", "Unstack",
-         lambda c: type(c) is ops.Unstack and c.axis == 0, _Unstack, "x[0], x[1], ..."),
+         lambda c: type(c) is ops.Unstack and c.axis == 0, lambda _: _Unstack(),
+         "x[0], x[1], ..."),
+    Rule("GroupNorm", "GroupNorm", lambda c: type(c) is nn.GroupNorm, _GroupNorm,
+         "(x - mean) / sqrt(var + eps) per group, then gamma and beta"),
 )
 
 
@@ -124,7 +154,7 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
         if rule is not None:
             del cell._primitives[name]
             cell.__dict__.pop(name, None)
-            setattr(cell, name, rule.replacement())
+            setattr(cell, name, rule.replacement(primitive))
             counts[rule.name] = counts.get(rule.name, 0) + 1
     for name, child in list(cell.name_cells().items()):
         rule = _rule(child, rules)
@@ -132,7 +162,7 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
             for key, n in rewrite(child, rules).items():
                 counts[key] = counts.get(key, 0) + n
             continue
-        setattr(cell, name, rule.replacement())
+        setattr(cell, name, rule.replacement(child))
         if isinstance(getattr(cell, "cell_list", None), list):
             cell.cell_list = list(cell._cells.values())
         counts[rule.name] = counts.get(rule.name, 0) + 1

@@ -48,7 +48,10 @@ class UnstackNet(nn.Cell):
 # A network for each rule (by its name), using what the rule replaces twice.
 NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
         "GELU(approximate=False)": lambda: Net(lambda: nn.GELU(approximate=False)),
-        "Unstack(axis=0)": UnstackNet}
+        "Unstack(axis=0)": UnstackNet,
+        # gamma and beta drawn at random: ones and zeros would hide a swapped affine.
+        "GroupNorm": lambda: Net(lambda: nn.GroupNorm(2, 4, gamma_init="normal",
+                                                      beta_init="normal"))}
 
 
 def erf_error() -> float:
@@ -84,13 +87,17 @@ def main() -> None:
     x = ms.Tensor(np.random.default_rng(0).normal(0, 2, (2, 3, 8, 8)).astype(np.float32))
     for rule in rewrites.RULES:
         with tempfile.TemporaryDirectory() as tmp:
-            # A fresh network each: MindSpore caches a network's compiled graph.
             unchanged = NETS[rule.name]()
             unchanged.set_train(False)
             before = export(unchanged, x, os.path.join(tmp, "before"))
+            ref = unchanged(x).asnumpy()
+            # A second network with the same weights, rewritten before its first call:
+            # MindSpore keeps a network's compiled graph, so calling one network before and
+            # after a rewrite gives the old graph's output twice (a broken rewrite read 0.0).
             net = NETS[rule.name]()
             net.set_train(False)
-            ref = net(x).asnumpy()
+            ms.load_param_into_net(net, {p.name: ms.Parameter(p.data.copy(), name=p.name)
+                                         for p in unchanged.get_parameters()}, strict_load=True)
             counts = rewrites.rewrite(net)
             out = net(x).asnumpy()
             after = export(net, x, os.path.join(tmp, "after"))
