@@ -33,7 +33,8 @@ def test_clean_models_localise_without_a_false_alarm(three_sources):
         assert found["first_diverging"] is None, found["summary"]
         # Several images at once (a graph holding the traced batch parts only after the
         # first), and no false alarm at that batch either.
-        assert found["images"] == 4 and len(found["image_names"]) == 4, found
+        # (the first 4 of the logit check's images; the shared data set has 3)
+        assert 2 < found["images"] == len(found["image_names"]) <= 4, found
         assert found["image"] == found["image_names"][0]
         # Every conv / linear layer of the source found its ONNX node.
         assert found["aligned"] == found["source_layers"] == found["onnx_layers"] > 50

@@ -145,16 +145,22 @@ def _relative(onnx_out: np.ndarray, source: np.ndarray) -> tuple[float, float]:
     return diff, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
-def _rows_over(onnx_out: np.ndarray, source: np.ndarray, batch: int, rtol: float
+def _rows_over(tried: list[tuple[np.ndarray, np.ndarray]], batch: int, rtol: float
                ) -> list[int] | None:
-    """The batch positions (0-based) whose own difference exceeds rtol of the layer's range;
-    None when the layer's outputs do not lead with the batch."""
-    if batch < 2 or source.ndim == 0 or source.shape[0] != batch or onnx_out.size != source.size:
-        return None
-    onnx_out = onnx_out.reshape(source.shape).astype(np.float64)
-    scale = float(np.abs(source).max())
-    per_row = np.abs(onnx_out - source).reshape(batch, -1).max(axis=1)
-    return [int(i) for i in np.flatnonzero(per_row > rtol * scale)] if scale > 0 else None
+    """The batch positions (0-based) where the layer parts: for each image, the closest of
+    the (ONNX output, source reference) pairs TRIED, as the layer itself is judged, above
+    rtol of that reference's range. None when no pair leads with the batch."""
+    per_row = None
+    for onnx_out, source in tried:
+        if (batch < 2 or source.ndim == 0 or source.shape[0] != batch
+                or onnx_out.size != source.size):
+            continue
+        scale = float(np.abs(source).max())
+        diff = np.abs(onnx_out.reshape(source.shape).astype(np.float64) - source)
+        rel = diff.reshape(batch, -1).max(axis=1) / scale if scale > 0 else \
+            np.where(diff.reshape(batch, -1).max(axis=1) > 0, np.inf, 0.0)
+        per_row = rel if per_row is None else np.minimum(per_row, rel)
+    return None if per_row is None else [int(i) for i in np.flatnonzero(per_row > rtol)]
 
 
 def _alone(runner: OrtRunner, inputs: np.ndarray, tried: list[tuple[str, np.ndarray]]
@@ -226,7 +232,7 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
             result["sessions"] += 1
             for s, d in part:
                 candidates = [(s.name, s.file)] + ([(s.norm, s.norm_file)] if s.norm else [])
-                best, arrays, tried = None, None, []
+                best, tried = None, []
                 for label, file in candidates:
                     ref = np.load(capture_dir / file).astype(np.float64)
                     if batch != captured_batch and ref.ndim and ref.shape[0] == captured_batch:
@@ -240,12 +246,12 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                                     "onnx_output": tensor,
                                     "weight_shape": list(s.weight_shape),
                                     "max_abs_diff": diff, "relative": rel}
-                            arrays = (outs[tensor], ref)
                 result["compared"] += 1
                 if worst is None or best["relative"] > worst["relative"]:
                     worst = best
                 if best["relative"] > rtol:
-                    first_bad = worst = {**best, "rows": _rows_over(*arrays, batch, rtol),
+                    rows = _rows_over([(outs[t], ref) for t, ref in tried], batch, rtol)
+                    first_bad = worst = {**best, "rows": rows,
                                          "alone": _alone(runner, inputs, tried)}
                     break
                 last_ok = best

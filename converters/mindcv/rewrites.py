@@ -12,7 +12,14 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
 - the Unstack primitive (mindcv ViT's attention, `self.unstack = ops.Unstack(axis=0)`):
   rewritten as one index per slice, which exports as Gather; exact;
 - GroupNorm (nn.GroupNorm, mindcv PoolFormer's norm layers): rewritten as its mean and
-  variance per group with the batch left to -1, keeping the norm's gamma and beta.
+  variance per group with the batch left to -1, keeping the norm's gamma and beta;
+- LogicalNot, which mindcv edgenext's PositionalEncodingFourier applies to an all-False mask
+  before cumulative sums: the cell keeps its projection and Parameters, and its construct
+  takes the resulting sin/cos table, computed in numpy at compile time for one image (it is
+  the same for every image, and broadcasts where the model adds it); float32 rounding of
+  sin/cos, 2.4e-7 on the test network;
+- L2Normalize, which mindcv edgenext's XCA attention makes inside its construct: the cell's
+  construct is swapped for mindcv's own with x / sqrt(max(sum(x^2), 1e-4)) in its place.
 A rule is added only for what the exporter measurably refuses (tests/helpers/
 ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
 2.7.2, so it has none. Functional calls inside a construct (`ops.unstack(...)` in cait and
@@ -29,7 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from mindspore import Tensor, nn, ops
+from mindspore.ops import constexpr
 
 
 class _HSwish(nn.Cell):
@@ -112,6 +121,94 @@ class _Unstack(nn.Cell):
         return tuple(x[i] for i in range(x.shape[0]))
 
 
+@constexpr
+def fourier_table(H, W, hidden, temperature, scale):  # noqa: N803 - mindcv's names
+    """What mindcv edgenext's PositionalEncodingFourier feeds its projection, for one image:
+    the sin/cos table of an all-False mask, whose cumulative sums are 1..H and 1..W. Computed
+    in numpy float32 at compile time (H and W are static), so it exports as a constant."""
+    eps, scale = np.float32(1e-6), np.float32(scale)
+    y = np.arange(1, H + 1, dtype=np.float32)[:, None] * np.ones((1, W), np.float32)
+    x = np.ones((H, 1), np.float32) * np.arange(1, W + 1, dtype=np.float32)[None, :]
+    y = y / (np.float32(H) + eps) * scale
+    x = x / (np.float32(W) + eps) * scale
+    dim_t = np.arange(hidden, dtype=np.float32)
+    dim_t = np.float32(temperature) ** (2 * (dim_t // 2) / np.float32(hidden))
+    px, py = x[:, :, None] / dim_t, y[:, :, None] / dim_t
+    px = np.stack((np.sin(px[:, :, 0::2]), np.cos(px[:, :, 1::2])), axis=3).reshape(H, W, -1)
+    py = np.stack((np.sin(py[:, :, 0::2]), np.cos(py[:, :, 1::2])), axis=3).reshape(H, W, -1)
+    table = np.concatenate((py, px), axis=2).transpose(2, 0, 1)[None]
+    return Tensor(np.ascontiguousarray(table, dtype=np.float32))
+
+
+def _edgenext_positional_encoding():
+    """mindcv edgenext's PositionalEncodingFourier, or None where mindcv lacks it."""
+    try:
+        from mindcv.models.edgenext import PositionalEncodingFourier
+    except ImportError:
+        return None
+    return PositionalEncodingFourier
+
+
+_PositionalEncoding = _edgenext_positional_encoding()
+
+
+def _without_mask(cell):
+    """The same cell (its projection and its Parameters' names untouched), its class swapped
+    for one whose construct takes the mask's table from fourier_table: the table is the same
+    for every image, so it is computed for one and broadcast where the model adds it."""
+
+    class _PositionalEncodingFourier(type(cell)):
+        def construct(self, B, H, W):  # noqa: N803, ARG002 - mindcv's signature
+            return self.token_projection(
+                fourier_table(H, W, self.hidden_dim, self.temperature, self.scale))
+
+    cell.__class__ = _PositionalEncodingFourier
+    return cell
+
+
+def _l2_normalize(x, epsilon=1e-4):
+    """ops.L2Normalize(axis=-1): x / sqrt(max(sum(x^2), epsilon)), as MindSpore defines it."""
+    return x / ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), epsilon))
+
+
+def _edgenext_xca():
+    try:
+        from mindcv.models.edgenext import XCA
+    except ImportError:
+        return None
+    return XCA
+
+
+_XCA = _edgenext_xca()
+
+
+def _xca_without_l2normalize(cell):
+    """The same XCA cell, its class swapped for one whose construct is mindcv's (edgenext.py,
+    mindcv 0.3.0) with `ops.L2Normalize(-1)`, a primitive made inside construct, written as
+    _l2_normalize."""
+
+    class _XCA(type(cell)):
+        def construct(self, x):
+            B, N, C = x.shape  # noqa: N806 - mindcv's names
+            qkv = ops.reshape(self.qkv(x), (B, N, 3, self.num_heads, C // self.num_heads))
+            qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            q = ops.transpose(q, (0, 1, 3, 2))
+            k = ops.transpose(k, (0, 1, 3, 2))
+            v = ops.transpose(v, (0, 1, 3, 2))
+            q = _l2_normalize(q)
+            k = _l2_normalize(k)
+            attn = (ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))) * self.temperature
+            attn = ops.Softmax(-1)(attn)
+            attn = self.attn_drop(attn)
+            x = ops.reshape(ops.transpose((ops.matmul(attn, v)), (0, 3, 1, 2)), (B, N, C))
+            x = self.proj(x)
+            return self.proj_drop(x)
+
+    cell.__class__ = _XCA
+    return cell
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str                         # as the report names it
@@ -136,6 +233,14 @@ RULES: tuple[Rule, ...] = (
          "x[0], x[1], ..."),
     Rule("GroupNorm", "GroupNorm", lambda c: type(c) is nn.GroupNorm, _GroupNorm,
          "(x - mean) / sqrt(var + eps) per group, then gamma and beta"),
+    # mindcv edgenext: `~mask` of an all-False mask, then cumulative sums (LogicalNot).
+    Rule("PositionalEncodingFourier", "LogicalNot",
+         lambda c: _PositionalEncoding is not None and type(c) is _PositionalEncoding,
+         _without_mask, "its all-False mask's sin/cos table as a constant for one image "
+                        "(the same for every image), then its projection"),
+    # mindcv edgenext's cross-covariance attention makes ops.L2Normalize(-1) in its construct.
+    Rule("XCA", "L2Normalize", lambda c: _XCA is not None and type(c) is _XCA,
+         _xca_without_l2normalize, "L2Normalize(-1) as x / sqrt(max(sum(x^2), 1e-4))"),
 )
 
 
@@ -162,7 +267,9 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
             for key, n in rewrite(child, rules).items():
                 counts[key] = counts.get(key, 0) + n
             continue
-        setattr(cell, name, rule.replacement(child))
+        replaced = rule.replacement(child)
+        if replaced is not child:   # a cell rewritten in place keeps its place and names
+            setattr(cell, name, replaced)
         if isinstance(getattr(cell, "cell_list", None), list):
             cell.cell_list = list(cell._cells.values())
         counts[rule.name] = counts.get(rule.name, 0) + 1

@@ -45,13 +45,48 @@ class UnstackNet(nn.Cell):
         return a * b + c
 
 
+class PositionNet(nn.Cell):
+    """As mindcv edgenext uses it: x plus the encoding for x's batch and size, twice."""
+
+    def __init__(self):
+        from mindcv.models.edgenext import PositionalEncodingFourier
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.pos = PositionalEncodingFourier(hidden_dim=8, dim=16)
+        self.again = PositionalEncodingFourier(hidden_dim=8, dim=16)
+
+    def construct(self, x):
+        y = self.conv(x)
+        b, _, h, w = y.shape
+        return y + self.pos(b, h, w) * self.again(b, h, w)
+
+
+class XCANet(nn.Cell):
+    """mindcv edgenext's XCA attention twice, on the (B, H*W, C) tokens of a conv."""
+
+    def __init__(self):
+        from mindcv.models.edgenext import XCA
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.first, self.second = XCA(16, num_heads=2), XCA(16, num_heads=2)
+
+    def construct(self, x):
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        tokens = ops.transpose(ops.reshape(y, (b, c, h * w)), (0, 2, 1))
+        return self.second(self.first(tokens))
+
+
 # A network for each rule (by its name), using what the rule replaces twice.
 NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
         "GELU(approximate=False)": lambda: Net(lambda: nn.GELU(approximate=False)),
         "Unstack(axis=0)": UnstackNet,
         # gamma and beta drawn at random: ones and zeros would hide a swapped affine.
         "GroupNorm": lambda: Net(lambda: nn.GroupNorm(2, 4, gamma_init="normal",
-                                                      beta_init="normal"))}
+                                                      beta_init="normal")),
+        "PositionalEncodingFourier": PositionNet, "XCA": XCANet}
 
 
 def erf_error() -> float:
