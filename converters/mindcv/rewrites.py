@@ -19,7 +19,14 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
   the same for every image, and broadcasts where the model adds it); float32 rounding of
   sin/cos, 2.4e-7 on the test network;
 - L2Normalize, which mindcv edgenext's XCA attention makes inside its construct: the cell's
-  construct is swapped for mindcv's own with x / sqrt(max(sum(x^2), 1e-4)) in its place.
+  construct is swapped for mindcv's own with x / sqrt(max(sum(x^2), 1e-4)) in its place;
+- ResizeBilinearV2, which mindcv's Interpolate(mode="bilinear", align_corners=True) runs
+  (MobileViT where its patches do not divide a feature map): two matrix products with
+  constant bilinear weights (rows, then columns); 5.2e-7 on the test network.
+And one rule for a batch the exporter writes as a number: MobileViTBlock's unfolding and
+folding reshape to `(batch_size * patch_area, N, -1)` and `(batch_size, P, N, -1)`, traced as
+[4, N, -1] and [1, 4, N, -1], which no graph fix can tell from dimensions that are not the
+batch; the block's methods are swapped for mindcv's own with the batch left to -1.
 A rule is added only for what the exporter measurably refuses (tests/helpers/
 ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
 2.7.2, so it has none. Functional calls inside a construct (`ops.unstack(...)` in cait and
@@ -33,6 +40,7 @@ Runs in the mindspore environment only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -209,6 +217,119 @@ def _xca_without_l2normalize(cell):
     return cell
 
 
+@constexpr
+def bilinear_matrix(n_in, n_out):
+    """align_corners=True bilinear weights along one axis, as a matrix: out = M @ in. Source
+    position i (n_in - 1) / (n_out - 1), its floor and the next index weighted by distance.
+    Computed in numpy at compile time (the sizes are static): a constant in the graph."""
+    m = np.zeros((n_out, n_in), np.float32)
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    for i in range(n_out):
+        src = np.float32(i * scale)
+        i0 = min(int(np.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        w1 = np.float32(src - i0)
+        m[i, i0] += np.float32(1) - w1
+        m[i, i1] += w1
+    return Tensor(m)
+
+
+def _mindcv_interpolate():
+    try:
+        from mindcv.models.layers.compatibility import Interpolate
+    except ImportError:
+        return None
+    return Interpolate
+
+
+_Interpolate = _mindcv_interpolate()
+
+
+def _bilinear_align_corners(cell) -> bool:
+    kwargs = getattr(cell, "kwargs", {})
+    return (kwargs.get("mode") == "bilinear" and kwargs.get("scale_factor") is None
+            and (kwargs.get("align_corners") is True
+                 or kwargs.get("coordinate_transformation_mode") == "align_corners"))
+
+
+def _interpolate_as_matmul(cell):
+    """The same Interpolate cell, its construct a bilinear resize (align_corners) as two
+    matrix products with bilinear_matrix: rows, then columns."""
+
+    class _BilinearAsMatMul(type(cell)):
+        def construct(self, x, size=None):
+            rows = bilinear_matrix(x.shape[2], size[0])
+            columns = bilinear_matrix(x.shape[3], size[1])
+            return ops.matmul(ops.matmul(rows, x), columns.T)
+
+    cell.__class__ = _BilinearAsMatMul
+    return cell
+
+
+def _mobilevit_block():
+    try:
+        from mindcv.models.mobilevit import MobileViTBlock
+    except ImportError:
+        return None
+    return MobileViTBlock
+
+
+_MobileViTBlock = _mobilevit_block()
+
+
+def _mobilevit_batch_free(cell):
+    """The same MobileViTBlock, its class swapped for one whose unfolding and folding are
+    mindcv's (mobilevit.py, mindcv 0.3.0) with the batch left to -1 where mindcv writes
+    `batch_size * patch_area` or `batch_size` beside another -1: MindSpore writes those as
+    the numbers it traced at batch 1 ([4, 196, -1]), which no graph fix can tell from a
+    dimension that is not the batch. The other reshapes are all static and take -1 after
+    export (free_traced_batch)."""
+
+    class _BatchFreeMobileViTBlock(type(cell)):
+        def unfolding(self, x):
+            patch_w, patch_h = self.patch_w, self.patch_h
+            patch_area = patch_w * patch_h
+            batch_size, in_channels, orig_h, orig_w = x.shape
+            new_h = int(math.ceil(orig_h / self.patch_h) * self.patch_h)
+            new_w = int(math.ceil(orig_w / self.patch_w) * self.patch_w)
+            interpolate = False
+            if new_w != orig_w or new_h != orig_h:
+                x = self.interpolate(x, size=(new_h, new_w))
+                interpolate = True
+            num_patch_w = new_w // patch_w
+            num_patch_h = new_h // patch_h
+            num_patches = num_patch_h * num_patch_w
+            x = ops.reshape(x, (batch_size * in_channels * num_patch_h, patch_h, num_patch_w,
+                                patch_w))
+            x = ops.transpose(x, (0, 2, 1, 3))
+            x = ops.reshape(x, (batch_size, in_channels, num_patches, patch_area))
+            x = ops.transpose(x, (0, 3, 2, 1))
+            x = ops.reshape(x, (-1, num_patches, in_channels))      # was (B * P, N, -1)
+            info_dict = {"orig_size": (orig_h, orig_w), "batch_size": batch_size,
+                         "interpolate": interpolate, "total_patches": num_patches,
+                         "num_patches_w": num_patch_w, "num_patches_h": num_patch_h}
+            return x, info_dict
+
+        def folding(self, x, info_dict):
+            x = x.view(-1, self.patch_area, info_dict["total_patches"],   # was (B, P, N, -1)
+                       x.shape[-1])
+            batch_size, pixels, num_patches, channels = x.shape
+            num_patch_h = info_dict["num_patches_h"]
+            num_patch_w = info_dict["num_patches_w"]
+            x = ops.transpose(x, (0, 3, 2, 1))
+            x = ops.reshape(x, (batch_size * channels * num_patch_h, num_patch_w, self.patch_h,
+                                self.patch_w))
+            x = ops.transpose(x, (0, 2, 1, 3))
+            x = ops.reshape(x, (batch_size, channels, num_patch_h * self.patch_h,
+                                num_patch_w * self.patch_w))
+            if info_dict["interpolate"]:
+                x = self.interpolate(x, size=info_dict["orig_size"])
+            return x
+
+    cell.__class__ = _BatchFreeMobileViTBlock
+    return cell
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str                         # as the report names it
@@ -216,6 +337,7 @@ class Rule:
     matches: Callable[[object], bool]
     replacement: Callable[[object], nn.Cell]   # given the cell or primitive it replaces
     why: str
+    because: str | None = None   # the cause, where it is not an op the exporter lacks
 
 
 RULES: tuple[Rule, ...] = (
@@ -241,6 +363,18 @@ RULES: tuple[Rule, ...] = (
     # mindcv edgenext's cross-covariance attention makes ops.L2Normalize(-1) in its construct.
     Rule("XCA", "L2Normalize", lambda c: _XCA is not None and type(c) is _XCA,
          _xca_without_l2normalize, "L2Normalize(-1) as x / sqrt(max(sum(x^2), 1e-4))"),
+    # mindcv's Interpolate(mode="bilinear", align_corners=True) (MobileViT, at sizes its
+    # patches do not divide).
+    Rule("Interpolate(bilinear, align_corners)", "ResizeBilinearV2",
+         lambda c: _Interpolate is not None and type(c) is _Interpolate
+         and _bilinear_align_corners(c),
+         _interpolate_as_matmul, "two matrix products with constant bilinear weights"),
+    # Not an op the exporter lacks: a batch it writes as a number (see the function).
+    Rule("MobileViTBlock", "Reshape",
+         lambda c: _MobileViTBlock is not None and type(c) is _MobileViTBlock,
+         _mobilevit_batch_free, "unfolding and folding with the batch left to -1",
+         because="MindSpore's exporter writes `batch_size * patch_area` beside a -1 as the "
+                 "number it traced at batch 1"),
 )
 
 
@@ -270,6 +404,9 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
         replaced = rule.replacement(child)
         if replaced is not child:   # a cell rewritten in place keeps its place and names
             setattr(cell, name, replaced)
+        else:                       # and its children may need rules of their own
+            for key, n in rewrite(child, rules).items():
+                counts[key] = counts.get(key, 0) + n
         if isinstance(getattr(cell, "cell_list", None), list):
             cell.cell_list = list(cell._cells.values())
         counts[rule.name] = counts.get(rule.name, 0) + 1
@@ -279,6 +416,9 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
 def notes(counts: dict[str, int], rules: tuple[Rule, ...] = RULES) -> list[str]:
     """One export_fixups line per rule applied."""
     by_name = {r.name: r for r in rules}
-    return [f"export rewrite: {n} x {name} -> {by_name[name].why} (MindSpore's ONNX exporter "
-            f"has no {by_name[name].missing} rule; the logit gate compares with the "
-            "unmodified model)" for name, n in sorted(counts.items())]
+    def cause(rule: Rule) -> str:
+        return rule.because or f"MindSpore's ONNX exporter has no {rule.missing} rule"
+
+    return [f"export rewrite: {n} x {name} -> {by_name[name].why} ({cause(by_name[name])}; "
+            "the logit gate compares with the unmodified model)"
+            for name, n in sorted(counts.items())]

@@ -79,6 +79,53 @@ class XCANet(nn.Cell):
         return self.second(self.first(tokens))
 
 
+class ResizeNet(nn.Cell):
+    """mindcv's bilinear Interpolate (align_corners), up then down, as MobileViT resizes a
+    feature map its patches do not divide and back."""
+
+    def __init__(self):
+        from mindcv.models.layers.compatibility import Interpolate
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.up = Interpolate(mode="bilinear", align_corners=True)
+        self.down = Interpolate(mode="bilinear", align_corners=True)
+
+    def construct(self, x):
+        return self.down(self.up(self.conv(x), size=(10, 10)), size=(7, 7))
+
+
+class MobileViTNet(nn.Cell):
+    """Two mindcv MobileViT blocks (patches of 2 on an 8 x 8 map)."""
+
+    def __init__(self):
+        from mindcv.models.mobilevit import MobileViTBlock
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.first = MobileViTBlock(16, 16, 24, 32, n_transformer_blocks=1, head_dim=8,
+                                    patch_h=2, patch_w=2)
+        self.second = MobileViTBlock(16, 16, 24, 32, n_transformer_blocks=1, head_dim=8,
+                                     patch_h=2, patch_w=2)
+
+    def construct(self, x):
+        return self.second(self.first(self.conv(x)))
+
+
+def held_reshapes(path: str) -> int:
+    """Reshape targets that keep a traced number before a -1 (e.g. [4, 196, -1]): what
+    MobileViT's unfolding is written as. onnx is imported after mindspore (protobuf)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    targets = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
+    shapes = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name in targets]
+    shapes += [numpy_helper.to_array(a.t) for n in model.graph.node if n.op_type == "Constant"
+               and n.output[0] in targets for a in n.attribute if a.name == "value"]
+    return sum(1 for s in shapes if s.ndim == 1 and len(s) > 1 and s[0] > 0 and (s == -1).any())
+
+
 # A network for each rule (by its name), using what the rule replaces twice.
 NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
         "GELU(approximate=False)": lambda: Net(lambda: nn.GELU(approximate=False)),
@@ -86,7 +133,8 @@ NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
         # gamma and beta drawn at random: ones and zeros would hide a swapped affine.
         "GroupNorm": lambda: Net(lambda: nn.GroupNorm(2, 4, gamma_init="normal",
                                                       beta_init="normal")),
-        "PositionalEncodingFourier": PositionNet, "XCA": XCANet}
+        "PositionalEncodingFourier": PositionNet, "XCA": XCANet,
+        "Interpolate(bilinear, align_corners)": ResizeNet, "MobileViTBlock": MobileViTNet}
 
 
 def erf_error() -> float:
@@ -136,7 +184,10 @@ def main() -> None:
             counts = rewrites.rewrite(net)
             out = net(x).asnumpy()
             after = export(net, x, os.path.join(tmp, "after"))
+            held = {"held_before": before is None and held_reshapes(os.path.join(tmp, "before.onnx")),
+                    "held_after": after is None and held_reshapes(os.path.join(tmp, "after.onnx"))}
         print(json.dumps({"rule": rule.name, "export_before": before, "export_after": after,
+                          **held,
                           "counts": counts, "again": rewrites.rewrite(net),
                           "max_diff": float(np.abs(out - ref).max()),
                           "notes": rewrites.notes(counts)}), flush=True)
