@@ -13,7 +13,7 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
   rewritten as one index per slice, which exports as Gather; exact;
 - GroupNorm (nn.GroupNorm, mindcv PoolFormer's norm layers): rewritten as its mean and
   variance per group with the batch left to -1, keeping the norm's gamma and beta;
-- LogicalNot, which mindcv edgenext's PositionalEncodingFourier applies to an all-False mask
+- LogicalNot, which mindcv edgenext's and xcit's PositionalEncodingFourier apply to an all-False mask
   before cumulative sums: the cell keeps its projection and Parameters, and its construct
   takes the resulting sin/cos table, computed in numpy at compile time for one image (it is
   the same for every image, and broadcasts where the model adds it); float32 rounding of
@@ -40,6 +40,7 @@ Runs in the mindspore environment only.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -148,16 +149,18 @@ def fourier_table(H, W, hidden, temperature, scale):  # noqa: N803 - mindcv's na
     return Tensor(np.ascontiguousarray(table, dtype=np.float32))
 
 
-def _edgenext_positional_encoding():
-    """mindcv edgenext's PositionalEncodingFourier, or None where mindcv lacks it."""
-    try:
-        from mindcv.models.edgenext import PositionalEncodingFourier
-    except ImportError:
-        return None
-    return PositionalEncodingFourier
+def _positional_encodings() -> tuple:
+    """mindcv's PositionalEncodingFourier classes (edgenext's and xcit's: the same code)."""
+    found = []
+    for module in ("mindcv.models.edgenext", "mindcv.models.xcit"):
+        try:
+            found.append(importlib.import_module(module).PositionalEncodingFourier)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
-_PositionalEncoding = _edgenext_positional_encoding()
+_PositionalEncodings = _positional_encodings()
 
 
 def _without_mask(cell):
@@ -355,9 +358,9 @@ RULES: tuple[Rule, ...] = (
          "x[0], x[1], ..."),
     Rule("GroupNorm", "GroupNorm", lambda c: type(c) is nn.GroupNorm, _GroupNorm,
          "(x - mean) / sqrt(var + eps) per group, then gamma and beta"),
-    # mindcv edgenext: `~mask` of an all-False mask, then cumulative sums (LogicalNot).
+    # mindcv edgenext and xcit: `~mask` of an all-False mask, then cumulative sums.
     Rule("PositionalEncodingFourier", "LogicalNot",
-         lambda c: _PositionalEncoding is not None and type(c) is _PositionalEncoding,
+         lambda c: type(c) in _PositionalEncodings,
          _without_mask, "its all-False mask's sin/cos table as a constant for one image "
                         "(the same for every image), then its projection"),
     # mindcv edgenext's cross-covariance attention makes ops.L2Normalize(-1) in its construct.
