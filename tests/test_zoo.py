@@ -130,6 +130,42 @@ def test_paddleclas_eval_configs_are_read_from_a_repository_commit(tmp_path):
                for name, m in shipped["models"].items())
 
 
+def test_mindcv_eval_configs_are_read_from_a_repository_commit(tmp_path):
+    """README: `python scripts/mindcv_eval_configs.py GIT_DIR [COMMIT [OUT]]` records what
+    MindCV's validate.py evaluates each configured model with (config.py's defaults where a
+    file is silent), the Ascend file where a model has several, with the file and commit."""
+    repo = tmp_path / "mindcv"
+    folder = repo / "configs" / "fam"
+    folder.mkdir(parents=True)
+    (folder / "net_gpu.yaml").write_text(yaml.safe_dump({"model": "net", "image_resize": 224}))
+    (folder / "net_ascend.yaml").write_text(yaml.safe_dump(
+        {"model": "net", "image_resize": 256, "crop_pct": 0.9, "interpolation": "bicubic"}))
+    (folder / "plain_ascend.yaml").write_text(yaml.safe_dump({"model": "plain"}))
+    (folder / "README.md").write_text("not a config\n")
+    (folder / "nomodel.yaml").write_text(yaml.safe_dump({"dataset": "imagenet"}))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "configs"]):
+        subprocess.run(git[:3] + args if args[0] == "init" else git + args, check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    out = tmp_path / "eval_configs.json"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "mindcv_eval_configs.py"),
+                           str(repo / ".git"), "HEAD", str(out)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["commit"] == commit and sorted(data["models"]) == ["net", "plain"]
+    net, plain = data["models"]["net"], data["models"]["plain"]
+    assert net["file"] == "configs/fam/net_ascend.yaml"
+    assert (net["image_resize"], net["crop_pct"], net["interpolation"]) == (256, 0.9, "bicubic")
+    assert (plain["image_resize"], plain["crop_pct"], plain["interpolation"]) == \
+        (224, 0.875, "bilinear")
+    assert plain["mean"] == pytest.approx([123.675, 116.28, 103.53])
+    shipped = json.loads((REPO / "converters" / "mindcv" / "eval_configs.json").read_text())
+    assert len(shipped["commit"]) == 40 and len(shipped["models"]) > 150
+    assert shipped["models"]["mobilevit_xx_small"]["image_resize"] == 256
+
+
 def test_closest_ids_for_a_typo():
     ids = ["deit-tiny_4xb256_in1k", "deit-small_4xb256_in1k", "resnet50_8xb32_in1k",
            "ResNet50_vd"]
@@ -235,7 +271,10 @@ DERIVED_CASES = [("mmpretrain", "deit-tiny_4xb256_in1k"),
                  ("mmpretrain", "regnetx-400mf_8xb128_in1k"),
                  # a PaddleClas model its own repository config evaluates at 256 px, with
                  # Pillow bicubic (converters/paddleclas/eval_configs.json)
-                 ("paddleclas", "SwinTransformerV2_tiny_patch4_window8_256")]
+                 ("paddleclas", "SwinTransformerV2_tiny_patch4_window8_256"),
+                 # a MindCV model whose default cfg gives no size, its own repository config
+                 # 256 px (converters/mindcv/eval_configs.json)
+                 ("mindcv", "mobilevit_xx_small")]
 # Measured: MindSpore's bicubic Resize and OpenCV's INTER_CUBIC (the contract's) round some
 # pixels one level apart; bilinear is bit-exact. One level is the deploy gate's allowance.
 LEVELS_ALLOWED = {("mindcv", "pit_ti"): 1.0}
@@ -337,9 +376,9 @@ def test_add_for_each_source_writes_a_reviewable_entry_and_refuses_a_typo(tmp_pa
     ("paddleclas", "RepVGG_A0", {"RepVGG_A0": "passed"}),
     # one that MindSpore's own exporter refuses (cait: a functional ops.unstack inside its
     # attention's construct, Unstack): its message; edgenext passes through three rewrites
-    # (exact GELU, its positional encoding's LogicalNot, XCA's L2Normalize) and mobilevit
-    # through two (its bilinear resize as matrix products, its blocks' batch left to -1),
-    # both unsupported before. (Each rule: test_export_rewrites.py.) And one whose export
+    # (exact GELU, its positional encoding's LogicalNot, XCA's L2Normalize) and mobilevit,
+    # at the 256 px of MindCV's own config, through two (its bilinear resize as matrix
+    # products, its blocks' batch left to -1), both unsupported before. (Each rule: test_export_rewrites.py.) And one whose export
     # holds the traced batch 1 (coat's class token, concatenated): a failed check naming it,
     # where onnxsim's run at batch 2 used to be a pipeline error.
     ("mindcv", "edgenext_xx_small,mobilevit_xx_small,cait_xxs24_224,coat_lite_tiny",
@@ -384,6 +423,10 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
         # Derived at run time from the five fields, and recorded where they came from.
         assert set(report["derived"]["fields"]) >= {"preprocess", "input_shape"}
         assert report["status"] == "passed" and row["nodes"] > 0
+        if row["model_id"] == "mobilevit_xx_small":   # from MindCV's own repository config
+            assert report["entry"]["input_shape"] == [3, 256, 256]
+            assert "configs/mobilevit/mobilevit_xx_small_ascend.yaml" in \
+                report["derived"]["fields"]["input_shape"], report["derived"]
         if row["model_id"].startswith("edgenext"):
             assert report["entry"]["input_shape"] == [3, 256, 256]
             assert report["onnx"]["inputs"][0]["shape"][1:] == [3, 256, 256]

@@ -1,17 +1,40 @@
 """What MindCV itself says about a model, read from the installed package: the eval
 preprocessing and input size (the model's default cfg: input_size, crop_pct, interpolation,
 mean, std, with transforms_imagenet_eval's defaults where the cfg is silent) and the
-checkpoint URL (the cfg's url). The package ships no accuracy table, so nothing is published
+checkpoint URL (the cfg's url). Where MindCV's own per-model config (its repository, not the
+wheel: eval_configs.json, written by scripts/mindcv_eval_configs.py with the file and commit)
+evaluates the model at another size, that config's settings are used instead, and the report
+names the file and commit (mobilevit: no size in its default cfg, 256 px in its config). The package ships no accuracy table, so nothing is published
 here: an entry that wants the published-top-1 gate writes `published:` itself.
 
 Runs in the mindspore environment only. README "Adding a model" lists what comes from where.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
+from pathlib import Path
 
 from converters.protocol import WorkerError
+
+EVAL_CONFIGS = Path(__file__).with_name("eval_configs.json")
+
+
+@functools.lru_cache(maxsize=1)
+def _eval_configs() -> dict:
+    return json.loads(EVAL_CONFIGS.read_text(encoding="utf-8"))
+
+
+def own_config(model_id: str) -> tuple[dict, str] | None:
+    """(the settings MindCV's validate.py evaluates MODEL_ID with, 'file @ commit'), or
+    None when its repository has no config for it."""
+    data = _eval_configs()
+    found = data["models"].get(model_id)
+    if found is None:
+        return None
+    return found, f"{data['repository']} {found['file']} @ {data['commit'][:12]}"
 
 
 def model_ids() -> list[str]:
@@ -74,12 +97,24 @@ def describe(model_id: str) -> dict:
     module = registry._model_to_module.get(model_id, "?")
     where = f"mindcv/models/{module}.py (default_cfgs[{model_id!r}])"
     pre = preprocess_from_cfg(model_id, cfg)
+    sources = {"preprocess": f"{where} + mindcv/data/transforms_factory.py "
+                             "(transforms_imagenet_eval defaults)",
+               "input_shape": f"{where} (input_size)"}
+    own = own_config(model_id)
+    if own is not None and own[0]["image_resize"] != pre["crop"]:
+        settings, source = own
+        size = settings["image_resize"]
+        pre = preprocess_from_cfg(model_id, {
+            "input_size": (3, size, size), "crop_pct": settings["crop_pct"],
+            "interpolation": settings["interpolation"], "mean": settings["mean"],
+            "std": settings["std"]})
+        sources = {"preprocess": f"{source} (image_resize, crop_pct, interpolation, mean, "
+                                 "std: what MindCV's validate.py evaluates it with)",
+                   "input_shape": f"{source} (image_resize)"}
     out = {"model_id": model_id, "family": module,
            "num_classes": int(cfg.get("num_classes") or 1000),
            "preprocess": pre, "input_shape": [3, pre["crop"], pre["crop"]],
-           "derived_from": {"preprocess": f"{where} + mindcv/data/transforms_factory.py "
-                                          "(transforms_imagenet_eval defaults)",
-                            "input_shape": f"{where} (input_size)"},
+           "derived_from": sources,
            "notes": ["MindCV's package publishes no accuracy table: write `published:` in "
                      "the entry to gate the source's top-1 against it"]}
     url = cfg.get("url")

@@ -11,6 +11,8 @@ transform_ops as recorded in converters/paddleclas/eval_configs.json, fed to the
 `create_operators` (its DecodeImage is the same cv2 decode and BGR->RGB). MindCV:
 create_transforms(imagenet, eval) given the model's default cfg values as they stand.
 """
+import json
+import os
 import sys
 import warnings
 
@@ -81,8 +83,16 @@ def mindcv(model_id, paths):
         kwargs["crop_pct"] = cfg["crop_pct"]
     if cfg.get("interpolation"):
         kwargs["interpolation"] = cfg["interpolation"]
-    ops = create_transforms("imagenet", image_resize=(cfg.get("input_size") or (3, 224))[1],
-                            is_training=False, **kwargs)
+    size = (cfg.get("input_size") or (3, 224))[1]
+    # MindCV's own per-model config (its repository's configs/, recorded in
+    # converters/mindcv/eval_configs.json) where it evaluates at another size: validate.py's
+    # create_transforms with that file's settings.
+    own = json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "converters",
+                                      "mindcv", "eval_configs.json")))["models"].get(model_id)
+    if own and own["image_resize"] != size:
+        size = own["image_resize"]
+        kwargs = {k: own[k] for k in ("crop_pct", "interpolation", "mean", "std")}
+    ops = create_transforms("imagenet", image_resize=size, is_training=False, **kwargs)
     out = []
     for path in paths:
         img = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
