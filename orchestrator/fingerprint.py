@@ -21,7 +21,9 @@ from converters.registry import REPO_ROOT, SourceSpec
 
 # The pipeline's code: every module that can change a figure or a file of an artifact.
 CODE_DIRS = ("converters", "deploy", "orchestrator", "verify", "release", "fetch", "manifests")
-CODE_FILES = ("pipeline.py", "verify/imagenet_synsets.txt", "deploy/imagenet1k_labels.txt")
+# Data files too: the sources' own eval configs change what a five-field entry derives.
+CODE_FILES = ("pipeline.py", "verify/imagenet_synsets.txt", "deploy/imagenet1k_labels.txt",
+              "converters/paddleclas/eval_configs.json", "converters/mindcv/eval_configs.json")
 
 
 def _sha(data: bytes) -> str:
