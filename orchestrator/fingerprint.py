@@ -95,7 +95,7 @@ def unchanged_since(store, name: str, fingerprint: str) -> str | None:
     against that version's report.json instead."""
     from release.store import open_store
 
-    store = open_store(store) if isinstance(store, (str, Path)) else store
+    store = open_store(store)
     text = store.read_index()
     try:
         rows = [row for row in (json.loads(text).get("artifacts") or [])

@@ -2,10 +2,9 @@
 
 Runs the source's worker once more (task `capture`: build, load, the source's own
 preprocessing of LOCALIZE_IMAGES images as one batch, forward hooks on every conv / linear /
-norm layer), then
-verify/localize.py aligns those layers with the ONNX model's weighted nodes and compares
-their outputs a chunk at a time. Used by the pipeline when an fp32 logit check fails (and
-with --localize on every entry), and by `pipeline.py localize` for any ONNX file.
+norm layer), then verify/localize.py aligns those layers with the ONNX model's weighted nodes
+and compares their outputs a chunk at a time. Used by the pipeline when an fp32 logit check
+fails (and with --localize on every entry), and by `pipeline.py localize` for any ONNX file.
 Imports no deep-learning framework.
 """
 from __future__ import annotations

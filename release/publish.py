@@ -93,7 +93,7 @@ def publish(source: Path, store, public_key: Path, keep: int | None = None,
     result = PublishResult()
     if not source.is_dir():
         raise FileNotFoundError(f"--from {source} is not a directory")
-    store = open_store(store) if isinstance(store, (str, Path)) else store
+    store = open_store(store)
     with store.session(say):
         for artifact, report in _candidates(source, result, say):
             name = artifact.name
@@ -113,7 +113,7 @@ def publish(source: Path, store, public_key: Path, keep: int | None = None,
                 result.unchanged.append(f"{name}/{version}")
                 say(f"  same      {name}/{version} is already published")
                 continue
-            store.put(name, version, artifact, signed_files(artifact), say)
+            store.put(name, version, artifact, signed_files(artifact))
             result.published.append(f"{name}/{version}")
             say(f"  publish   {name}/{version}")
             pause()
@@ -173,7 +173,7 @@ def _index_row(store, name: str, version: str) -> dict:
 
 def write_index(store, say=print) -> list[dict]:
     """Rebuild STORE's index.json and index.md from the versions present."""
-    store = open_store(store) if isinstance(store, (str, Path)) else store
+    store = open_store(store)
 
     def build():
         rows = [_index_row(store, name, version)

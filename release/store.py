@@ -65,7 +65,10 @@ def is_url(text: str) -> bool:
 
 
 def open_store(location) -> "LocalStore | S3Store":
-    """A store from a path, a file:// URL or an s3:// URL; other schemes are refused."""
+    """A store from a path, a file:// URL or an s3:// URL (an opened store is returned as
+    it is); other schemes are refused."""
+    if isinstance(location, (LocalStore, S3Store)):
+        return location
     text = str(location)
     if text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://"):].partition("/")
@@ -192,7 +195,7 @@ class LocalStore:
         return dt.datetime.fromtimestamp((self.root / name / version).stat().st_mtime,
                                          dt.timezone.utc)
 
-    def put(self, name: str, version: str, artifact: Path, files: list[str], say=print) -> None:
+    def put(self, name: str, version: str, artifact: Path, files: list[str]) -> None:
         staging = self.root / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         for file_name in files:
@@ -453,7 +456,7 @@ class S3Store:
         marker = self._marker(name, version) or {}
         return dt.datetime.fromisoformat(marker.get("published", "1970-01-01T00:00:00+00:00"))
 
-    def put(self, name: str, version: str, artifact: Path, files: list[str], say=print) -> None:
+    def put(self, name: str, version: str, artifact: Path, files: list[str]) -> None:
         from botocore import exceptions as bx
         digests = {}
         for file_name in files:

@@ -14,12 +14,12 @@ accuracy on Ascend. Runs anywhere with PyYAML (the orchestrator env).
 """
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from config_repo import git, write_models, yaml_files
 
 ROOT = "configs"
 OUT = Path(__file__).resolve().parent.parent / "converters" / "mindcv" / "eval_configs.json"
@@ -27,11 +27,6 @@ OUT = Path(__file__).resolve().parent.parent / "converters" / "mindcv" / "eval_c
 DEFAULTS = {"image_resize": 224, "crop_pct": 0.875, "interpolation": "bilinear",
             "mean": [0.485 * 255, 0.456 * 255, 0.406 * 255],
             "std": [0.229 * 255, 0.224 * 255, 0.225 * 255]}
-
-
-def _git(git_dir: str, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", git_dir, *args], check=True,
-                          capture_output=True, text=True).stdout
 
 
 def eval_settings(text: str) -> tuple[str, dict] | None:
@@ -53,21 +48,16 @@ def eval_settings(text: str) -> tuple[str, dict] | None:
 
 
 def main(git_dir: str, commit: str = "HEAD", out: str | Path = OUT) -> None:
-    commit = _git(git_dir, "rev-parse", commit).strip()
-    files = [f for f in _git(git_dir, "ls-tree", "-r", "--name-only", commit, ROOT).split()
-             if f.endswith(".yaml")]
+    commit, files = yaml_files(git_dir, commit, ROOT)
     models: dict[str, dict] = {}
     # Ascend files last, so they win over another device's file for the same model.
     for path in sorted(files, key=lambda f: (f.endswith("_ascend.yaml"), f)):
-        found = eval_settings(_git(git_dir, "show", f"{commit}:{path}"))
+        found = eval_settings(git(git_dir, "show", f"{commit}:{path}"))
         if found is not None:
             name, settings = found
             models[name] = {"file": path, **settings}
-    lines = [f'  "{name}": {json.dumps(models[name], separators=(",", ":"))}'
-             for name in sorted(models)]
-    Path(out).write_text('{"repository": "https://github.com/mindspore-lab/mindcv",\n'
-                         f'"commit": "{commit}",\n"models": {{\n' + ",\n".join(lines) + "\n}}\n")
-    print(f"{len(models)} configs from {len(files)} files at {commit[:12]} -> {out}")
+    write_models(out, "https://github.com/mindspore-lab/mindcv", commit,
+                 {name: models[name] for name in sorted(models)}, len(files))
 
 
 if __name__ == "__main__":

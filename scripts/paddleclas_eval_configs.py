@@ -12,23 +12,18 @@ is needed; the file and commit go into the data
 """
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from config_repo import git, write_models, yaml_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from converters.paddleclas.derive import scale_of  # noqa: E402 - no paddle at import
 
 ROOT = "ppcls/configs/ImageNet"
 OUT = Path(__file__).resolve().parent.parent / "converters" / "paddleclas" / "eval_configs.json"
-
-
-def _git(git_dir: str, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", git_dir, *args], check=True,
-                          capture_output=True, text=True).stdout
 
 
 def eval_block(text: str) -> dict | None:
@@ -61,20 +56,13 @@ def eval_block(text: str) -> dict | None:
 
 
 def main(git_dir: str, commit: str = "HEAD", out: str | Path = OUT) -> None:
-    commit = _git(git_dir, "rev-parse", commit).strip()
-    files = [f for f in _git(git_dir, "ls-tree", "-r", "--name-only", commit, ROOT).split()
-             if f.endswith(".yaml")]
+    commit, files = yaml_files(git_dir, commit, ROOT)
     models = {}
     for path in sorted(files):
-        found = eval_block(_git(git_dir, "show", f"{commit}:{path}"))
+        found = eval_block(git(git_dir, "show", f"{commit}:{path}"))
         if found is not None:
             models[Path(path).stem] = {"file": path, **found}
-    # One line per model: reviewable as a diff when the commit moves.
-    lines = [f'  "{name}": {json.dumps(block, separators=(",", ":"))}'
-             for name, block in models.items()]
-    Path(out).write_text('{"repository": "https://github.com/PaddlePaddle/PaddleClas",\n'
-                   f'"commit": "{commit}",\n"models": {{\n' + ",\n".join(lines) + "\n}}\n")
-    print(f"{len(models)} configs from {len(files)} files at {commit[:12]} -> {out}")
+    write_models(out, "https://github.com/PaddlePaddle/PaddleClas", commit, models, len(files))
 
 
 if __name__ == "__main__":

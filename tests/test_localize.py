@@ -116,14 +116,21 @@ def test_a_failing_logit_check_localises_by_itself(checkpoints, tmp_path):
     assert "localize  all" in proc.stdout
 
 
-def test_localize_exits_0_when_every_layer_agrees(three_sources, checkpoints):
-    """`pipeline.py localize` on the untouched model: nothing diverges, exit 0 (--help)."""
+def test_localize_exits_0_when_every_layer_agrees(three_sources, checkpoints, shared_data,
+                                                  tmp_path):
+    """`pipeline.py localize` on the untouched model: nothing diverges, exit 0 (--help);
+    `--image` repeated gives the batch it compares."""
     out, _ = three_sources
     name = "mindcv-res2net50"                       # the quickest source to capture
+    images = sorted(p for p in shared_data.rglob("*.JPEG"))[:2]
     proc = run_pipeline("localize", str(out / name / "model.onnx"), "--model", name,
-                        "--checkpoint", str(checkpoints(CASES[name][0])))
+                        "--checkpoint", str(checkpoints(CASES[name][0])),
+                        *(arg for image in images for arg in ("--image", str(image))),
+                        "--json", str(tmp_path / "found.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "aligned layers agree" in proc.stdout
+    found = json.loads((tmp_path / "found.json").read_text())
+    assert found["images"] == 2 and found["image_names"] == [p.name for p in images]
 
 
 

@@ -367,5 +367,5 @@ def test_a_graph_refused_at_the_batch_size_is_compared_on_the_first_image(tmp_pa
     found = loc.localize(model, x, _batch_capture(tmp_path, x), tmp_path)
     assert found["note"].startswith("ONNX Runtime refused the model at batch 3 (")
     assert found["note"].endswith("); compared on the first image at batch 1")
-    assert found["first_diverging"] is None and found["compared"] == 2
+    assert found["first_diverging"] is None and found["compared"] == 2 and found["images"] == 1
     assert found["worst"]["relative"] < 1e-6

@@ -343,3 +343,25 @@ def test_skip_unchanged_reads_the_remote_index(s3_server, keys, tmp_path, monkey
                            Body=json.dumps(edited).encode())
     assert unchanged_since(url, "m", "a" * 64) is None
     assert unchanged_since(url, "m", "c" * 64) == row["version"]
+
+
+def test_a_server_that_ignores_conditional_writes_is_refused(s3_server, keys, tmp_path,
+                                                              monkeypatch):
+    """README: a server that does not honour If-None-Match / If-Match would let publishers
+    overwrite each other's index, so the first publish of a session probes it and refuses.
+    Such a server is stood for by dropping the conditions from every write (moto honours
+    them); the probe leaves nothing behind and nothing is published."""
+    from release import store as store_module
+    from release.publish import publish as publish_store
+
+    s3, bucket = s3_server, s3_server.bucket()
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    make_artifact(out, "a", keys["private"])
+    real_put = store_module.S3Store._put
+    monkeypatch.setattr(store_module.S3Store, "_put",
+                        lambda self, data, *parts, **conditions: real_put(self, data, *parts))
+    with pytest.raises(store_module.StoreError, match="ignores conditional writes"):
+        publish_store(out, f"s3://{bucket}/nightly", keys["public"], say=lambda _: None)
+    assert s3.objects(bucket) == {}

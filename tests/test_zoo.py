@@ -83,6 +83,21 @@ def test_a_written_field_wins_and_input_shape_follows_its_crop(tmp_path):
     assert "published" not in full.data              # and the figures are another file's
 
 
+def _configs_from_a_commit(script: str, repo: Path, tmp_path: Path) -> tuple[str, dict]:
+    """REPO's files committed in a new git repository, then scripts/SCRIPT run on its .git:
+    (the commit, the JSON it wrote)."""
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "configs"]):
+        subprocess.run(git[:3] + args if args[0] == "init" else git + args, check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    out = tmp_path / "eval_configs.json"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / script), str(repo / ".git"),
+                           "HEAD", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return commit, json.loads(out.read_text())
+
+
 def test_paddleclas_eval_configs_are_read_from_a_repository_commit(tmp_path):
     """README: `python scripts/paddleclas_eval_configs.py GIT_DIR [COMMIT [OUT]]` records each
     per-model config's Eval transforms with its file and the commit; a pipeline the contract
@@ -102,17 +117,7 @@ def test_paddleclas_eval_configs_are_read_from_a_repository_commit(tmp_path):
     (folder / "Fixed_384.yaml").write_text(yaml.safe_dump(
         {"DataLoader": {"Eval": {"dataset": {"transform_ops": [
             {"ResizeImage": {"size": 384}}, eval_ops[3]]}}}}, sort_keys=False))
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "configs"]):
-        subprocess.run(git[:3] + args if args[0] == "init" else git + args, check=True)
-    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
-                            text=True).stdout.strip()
-    out = tmp_path / "eval_configs.json"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "paddleclas_eval_configs.py"),
-                           str(repo / ".git"), "HEAD", str(out)], capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
-    data = json.loads(out.read_text())
+    commit, data = _configs_from_a_commit("paddleclas_eval_configs.py", repo, tmp_path)
     assert data["commit"] == commit
     net = data["models"]["Net_384"]
     assert net["file"] == "ppcls/configs/ImageNet/Fam/Net_384.yaml"
@@ -143,17 +148,7 @@ def test_mindcv_eval_configs_are_read_from_a_repository_commit(tmp_path):
     (folder / "plain_ascend.yaml").write_text(yaml.safe_dump({"model": "plain"}))
     (folder / "README.md").write_text("not a config\n")
     (folder / "nomodel.yaml").write_text(yaml.safe_dump({"dataset": "imagenet"}))
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "configs"]):
-        subprocess.run(git[:3] + args if args[0] == "init" else git + args, check=True)
-    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
-                            text=True).stdout.strip()
-    out = tmp_path / "eval_configs.json"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "mindcv_eval_configs.py"),
-                           str(repo / ".git"), "HEAD", str(out)], capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
-    data = json.loads(out.read_text())
+    commit, data = _configs_from_a_commit("mindcv_eval_configs.py", repo, tmp_path)
     assert data["commit"] == commit and sorted(data["models"]) == ["net", "plain"]
     net, plain = data["models"]["net"], data["models"]["plain"]
     assert net["file"] == "configs/fam/net_ascend.yaml"

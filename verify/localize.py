@@ -2,8 +2,8 @@
 
 Knows nothing of frameworks. It is given an ONNX model, one input batch (several images: a
 graph that holds the batch it was traced at is right on one image alone, and wrong on the
-others of a batch), and the source's own layer outputs on that batch (captured by the source's worker with forward hooks,
-converters/worker_flow.py `capture`): for every convolution / linear layer, its weight
+others of a batch), and the source's own layer outputs on that batch (captured by the
+source's worker with forward hooks, converters/worker_flow.py `capture`): for every convolution / linear layer, its weight
 shape, its output, and the output of a normalisation layer that directly follows it.
 
 1. Pairing. The ONNX model's Conv / Gemm / MatMul nodes with a constant weight are listed in
@@ -30,8 +30,8 @@ The report names the layer in the source's terms (e.g. backbone.layer3.2.convs.1
 ONNX node, with the measured difference, the last layer that still agreed, which images of the
 batch part there (`rows`), and the layer's difference on the first image alone at batch 1
 (`alone`): a layer that agrees alone and parts in the batch is where a graph holding its
-traced batch goes wrong. A graph ONNX Runtime refuses at the batch's size is compared at batch 1 instead, and the
-report says so (`note`).
+traced batch goes wrong. A graph ONNX Runtime refuses at the batch's size is compared at
+batch 1 instead, and the report says so (`note`).
 """
 from __future__ import annotations
 
@@ -227,6 +227,7 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                                   f"({str(exc).splitlines()[0][:300]}); compared on the "
                                   "first image at batch 1")
                 inputs, batch = inputs[:1], 1
+                result["images"] = 1
                 outs = runner.session.run(names, {runner.input_name: inputs})
             outs = dict(zip(names, outs))
             result["sessions"] += 1
@@ -266,7 +267,7 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
             "; it is the first aligned layer"
         rows, alone = first_bad.get("rows"), first_bad.get("alone")
         where = ""
-        if rows is not None:
+        if rows:   # ([] when each image agrees by its own closest pairing, none as a whole)
             where = (f"; images {', '.join(str(r + 1) for r in rows)} of the {batch} part "
                      "there")
         if alone is not None and alone <= rtol:

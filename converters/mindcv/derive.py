@@ -4,8 +4,9 @@ mean, std, with transforms_imagenet_eval's defaults where the cfg is silent) and
 checkpoint URL (the cfg's url). Where MindCV's own per-model config (its repository, not the
 wheel: eval_configs.json, written by scripts/mindcv_eval_configs.py with the file and commit)
 evaluates the model at another size, that config's settings are used instead, and the report
-names the file and commit (mobilevit: no size in its default cfg, 256 px in its config). The package ships no accuracy table, so nothing is published
-here: an entry that wants the published-top-1 gate writes `published:` itself.
+names the file and commit (mobilevit: no size in its default cfg, 256 px in its config). The
+package ships no accuracy table, so nothing is published here: an entry that wants the
+published-top-1 gate writes `published:` itself.
 
 Runs in the mindspore environment only. README "Adding a model" lists what comes from where.
 """

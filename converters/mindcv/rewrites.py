@@ -149,18 +149,22 @@ def fourier_table(H, W, hidden, temperature, scale):  # noqa: N803 - mindcv's na
     return Tensor(np.ascontiguousarray(table, dtype=np.float32))
 
 
-def _positional_encodings() -> tuple:
-    """mindcv's PositionalEncodingFourier classes (edgenext's and xcit's: the same code)."""
+def _mindcv_classes(*where: str) -> tuple:
+    """The mindcv classes named "module:Class" that this mindcv has (a rule whose class is
+    missing matches nothing)."""
     found = []
-    for module in ("mindcv.models.edgenext", "mindcv.models.xcit"):
+    for name in where:
+        module, _, cls = name.partition(":")
         try:
-            found.append(importlib.import_module(module).PositionalEncodingFourier)
+            found.append(getattr(importlib.import_module(module), cls))
         except (ImportError, AttributeError):
             continue
     return tuple(found)
 
 
-_PositionalEncodings = _positional_encodings()
+# edgenext's and xcit's PositionalEncodingFourier: the same code.
+_PositionalEncodings = _mindcv_classes("mindcv.models.edgenext:PositionalEncodingFourier",
+                                       "mindcv.models.xcit:PositionalEncodingFourier")
 
 
 def _without_mask(cell):
@@ -182,15 +186,7 @@ def _l2_normalize(x, epsilon=1e-4):
     return x / ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), epsilon))
 
 
-def _edgenext_xca():
-    try:
-        from mindcv.models.edgenext import XCA
-    except ImportError:
-        return None
-    return XCA
-
-
-_XCA = _edgenext_xca()
+_XCA = _mindcv_classes("mindcv.models.edgenext:XCA")
 
 
 def _xca_without_l2normalize(cell):
@@ -237,15 +233,7 @@ def bilinear_matrix(n_in, n_out):
     return Tensor(m)
 
 
-def _mindcv_interpolate():
-    try:
-        from mindcv.models.layers.compatibility import Interpolate
-    except ImportError:
-        return None
-    return Interpolate
-
-
-_Interpolate = _mindcv_interpolate()
+_Interpolate = _mindcv_classes("mindcv.models.layers.compatibility:Interpolate")
 
 
 def _bilinear_align_corners(cell) -> bool:
@@ -269,15 +257,7 @@ def _interpolate_as_matmul(cell):
     return cell
 
 
-def _mobilevit_block():
-    try:
-        from mindcv.models.mobilevit import MobileViTBlock
-    except ImportError:
-        return None
-    return MobileViTBlock
-
-
-_MobileViTBlock = _mobilevit_block()
+_MobileViTBlock = _mindcv_classes("mindcv.models.mobilevit:MobileViTBlock")
 
 
 def _mobilevit_batch_free(cell):
@@ -364,17 +344,16 @@ RULES: tuple[Rule, ...] = (
          _without_mask, "its all-False mask's sin/cos table as a constant for one image "
                         "(the same for every image), then its projection"),
     # mindcv edgenext's cross-covariance attention makes ops.L2Normalize(-1) in its construct.
-    Rule("XCA", "L2Normalize", lambda c: _XCA is not None and type(c) is _XCA,
+    Rule("XCA", "L2Normalize", lambda c: type(c) in _XCA,
          _xca_without_l2normalize, "L2Normalize(-1) as x / sqrt(max(sum(x^2), 1e-4))"),
     # mindcv's Interpolate(mode="bilinear", align_corners=True) (MobileViT, at sizes its
     # patches do not divide).
     Rule("Interpolate(bilinear, align_corners)", "ResizeBilinearV2",
-         lambda c: _Interpolate is not None and type(c) is _Interpolate
-         and _bilinear_align_corners(c),
+         lambda c: type(c) in _Interpolate and _bilinear_align_corners(c),
          _interpolate_as_matmul, "two matrix products with constant bilinear weights"),
     # Not an op the exporter lacks: a batch it writes as a number (see the function).
     Rule("MobileViTBlock", "Reshape",
-         lambda c: _MobileViTBlock is not None and type(c) is _MobileViTBlock,
+         lambda c: type(c) in _MobileViTBlock,
          _mobilevit_batch_free, "unfolding and folding with the batch left to -1",
          because="MindSpore's exporter writes `batch_size * patch_area` beside a -1 as the "
                  "number it traced at batch 1"),
@@ -419,6 +398,7 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
 def notes(counts: dict[str, int], rules: tuple[Rule, ...] = RULES) -> list[str]:
     """One export_fixups line per rule applied."""
     by_name = {r.name: r for r in rules}
+
     def cause(rule: Rule) -> str:
         return rule.because or f"MindSpore's ONNX exporter has no {rule.missing} rule"
 
