@@ -180,9 +180,9 @@ def write_index(store, say=print) -> list[dict]:
                 for name, versions in store.versions().items() for version in versions]
         text = json.dumps({"generated": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"), "artifacts": rows}, indent=2) + "\n"
-        return rows, text, render_markdown(rows)
+        return rows, text
 
-    return store.write_index(build, say)
+    return store.write_index(build, render_markdown, say)
 
 
 def _acc(accuracy: dict | None, side: str) -> str:

@@ -215,12 +215,13 @@ class LocalStore:
         path = self.root / INDEX_JSON
         return path.read_text(encoding="utf-8") if path.is_file() else None
 
-    def write_index(self, build, say=print) -> list[dict]:
-        """build() -> (rows, index.json text, index.md text); both replaced atomically.
-        The caller holds session()'s lock, so nobody writes between build and write."""
-        rows, index_json, index_md = build()
+    def write_index(self, build, render, say=print) -> list[dict]:
+        """build() -> (rows, index.json text); index.json and render(rows) as index.md, each
+        replaced atomically. The caller holds session()'s lock, so nobody writes between
+        build and write."""
+        rows, index_json = build()
         _write_atomic(self.root / INDEX_JSON, index_json)
-        _write_atomic(self.root / INDEX_MD, index_md)
+        _write_atomic(self.root / INDEX_MD, render(rows))
         return rows
 
     def download(self, name: str, version: str, dest: Path) -> Path:
@@ -490,13 +491,13 @@ class S3Store:
         got = self._get(INDEX_JSON)
         return got[0].decode("utf-8") if got else None
 
-    def write_index(self, build, say=print) -> list[dict]:
+    def write_index(self, build, render, say=print) -> list[dict]:
         """Compare-and-swap of index.json: read its ETag, list and build, write on that ETag;
         if another publisher wrote in between, build again from a fresh listing. index.md
-        is then rendered from the index.json current after it is written."""
+        is then render(rows) of the index.json current after it is written."""
         for attempt in range(_INDEX_RETRIES):
             current = self._get(INDEX_JSON)
-            rows, index_json, _ = build()
+            rows, index_json = build()
             condition = {"IfMatch": current[1]} if current else {"IfNoneMatch": "*"}
             etag = self._put(index_json.encode(), INDEX_JSON, **condition)
             if etag is not None:
@@ -506,10 +507,9 @@ class S3Store:
         else:
             raise StoreError(f"store {self.url}: index.json changed under every one of "
                              f"{_INDEX_RETRIES} attempts; nothing is lost, publish again")
-        from release.publish import render_markdown   # index.md is a view of index.json
         while True:
             data, tag = self._get(INDEX_JSON) or (b'{"artifacts": []}', None)
-            self._put(render_markdown(json.loads(data)["artifacts"]).encode(), INDEX_MD)
+            self._put(render(json.loads(data)["artifacts"]).encode(), INDEX_MD)
             latest = self._get(INDEX_JSON)
             if latest is None or latest[1] == tag:
                 return rows
