@@ -414,6 +414,8 @@ def test_nightly_workflow_is_valid_and_calls_the_make_targets():
     assert ".uv-cache" in caches and "hashFiles('envs/*.lock.txt')" in caches[".uv-cache"]
     assert not {"store", "store/", ".venvs"} & set(caches), caches
     assert workflow["jobs"]["nightly"]["env"]["UV_CACHE_DIR"].endswith("/.uv-cache")
+    # ... and pruned for CI before the cache is saved (the full one is 9.8 GB, README).
+    assert "uv\" cache prune --ci" in steps[-1]["run"] and steps[-1]["if"] == "always()"
     publish_step = next(s for s in steps if "make nightly ONLINE=1" in s.get("run", ""))
     assert publish_step["env"]["STORE_URL"] == "${{ vars.STORE_URL }}"
     for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
