@@ -39,7 +39,9 @@ MS_RULES = {"HSwish": ("HSwish", "x * relu6(x + 3) / 6"),
             "XCA": ("L2Normalize", "L2Normalize(-1) as x / sqrt(max(sum(x^2), 1e-4))"),
             "Interpolate(bilinear, align_corners)": ("ResizeBilinearV2", "two matrix products "
                                                      "with constant bilinear weights"),
-            "MobileViTBlock": ("Reshape", "unfolding and folding with the batch left to -1")}
+            "MobileViTBlock": ("Reshape", "unfolding and folding with the batch left to -1"),
+            # A function rule: ops.unstack replaced while the exporter parses the network.
+            "ops.unstack": ("Unstack", "x[0], x[1], ... along its axis")}
 # The largest difference from the unmodified network a rule may make on its test network
 # (x ~ N(0, 2) through a conv), measured on a second network with the same weights:
 # exact for the clamps and the indexing; float32 rounding for the erf approximation (9.5e-7
@@ -49,7 +51,8 @@ MS_RULES = {"HSwish": ("HSwish", "x * relu6(x + 3) / 6"),
 MS_RULE_DIFF = {"HSwish": 0.0, "HSigmoid": 0.0, "Unstack(axis=0)": 0.0,
                 "GELU(approximate=False)": 2e-6, "GroupNorm": 1e-6,
                 "PositionalEncodingFourier": 1e-6, "XCA": 1e-6,
-                "Interpolate(bilinear, align_corners)": 4e-6, "MobileViTBlock": 0.0}
+                "Interpolate(bilinear, align_corners)": 4e-6, "MobileViTBlock": 0.0,
+                "ops.unstack": 0.0}
 
 
 def test_each_mindspore_rewrite_is_needed_exact_and_exports(tmp_path):

@@ -29,8 +29,13 @@ folding reshape to `(batch_size * patch_area, N, -1)` and `(batch_size, P, N, -1
 batch; the block's methods are swapped for mindcv's own with the batch left to -1.
 A rule is added only for what the exporter measurably refuses (tests/helpers/
 ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
-2.7.2, so it has none. Functional calls inside a construct (`ops.unstack(...)` in cait and
-xcit) are not attributes and cannot be swapped here; they stay the exporter's refusal.
+2.7.2, so it has none.
+
+Functions a construct calls (`ops.unstack(qkv, axis=0)` in mindcv cait's and xcit's
+attention) are neither cells nor attributes: a FunctionRule replaces the function on its
+module (`mindspore.ops.unstack`) while the exporter parses the network, as mmdeploy's
+FUNCTION_REWRITER does for torch functions, and puts it back after. It applies only where a
+cell's construct calls it as `called_as` says, and the report counts those cells.
 
 The reference logits always come from the unmodified model (the worker computes them before
 export), so the logit gate checks every rewrite; the report lists the rewrites applied under
@@ -40,7 +45,10 @@ Runs in the mindspore environment only.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -360,6 +368,71 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def _unstack(input_x, axis=0):
+    """ops.unstack(input_x, axis): the slices along axis, one index each after moving axis
+    first (exported as Transpose and Gather); exact."""
+    if axis != 0:
+        input_x = ops.moveaxis(input_x, axis, 0)
+    return tuple(input_x[i] for i in range(input_x.shape[0]))
+
+
+@dataclass(frozen=True)
+class FunctionRule:
+    name: str                         # as the report names it
+    missing: str                      # the op the exporter has no rule for
+    owner: object                     # the module the construct looks the function up on
+    attribute: str
+    called_as: str                    # how a construct's source calls it
+    replacement: Callable
+    why: str
+    because: str | None = None
+
+
+FUNCTION_RULES: tuple[FunctionRule, ...] = (
+    # mindcv cait's and xcit's attention: `q, k, v = ops.unstack(qkv, axis=0)`.
+    FunctionRule("ops.unstack", "Unstack", ops, "unstack", "ops.unstack(", _unstack,
+                 "x[0], x[1], ... along its axis"),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _construct_source(cls) -> str:
+    try:
+        return inspect.getsource(cls.construct)
+    except (OSError, TypeError):
+        return ""
+
+
+def callers(cell: nn.Cell, rules: tuple[FunctionRule, ...] = FUNCTION_RULES) -> dict[str, int]:
+    """How many cells of the network (the network included) call each rule's function in
+    their construct."""
+    counts: dict[str, int] = {}
+    for _, child in cell.cells_and_names():
+        for rule in rules:
+            if rule.called_as in _construct_source(type(child)):
+                counts[rule.name] = counts.get(rule.name, 0) + 1
+    return counts
+
+
+@contextlib.contextmanager
+def functions_rewritten(cell: nn.Cell, rules: tuple[FunctionRule, ...] = FUNCTION_RULES):
+    """Within the block, each rule's function that a construct of `cell` calls is replaced on
+    its module; yields callers(cell). MindSpore resolves `ops.unstack` when it parses a
+    construct, so the network must be compiled (exported, or run for the first time) inside
+    the block; the originals are back after it, whatever happened."""
+    counts = callers(cell, rules)
+    saved = []
+    try:
+        for rule in rules:
+            if rule.name in counts:
+                saved.append((rule, getattr(rule.owner, rule.attribute)))
+                setattr(rule.owner, rule.attribute, rule.replacement)
+        yield counts
+    finally:
+        for rule, original in reversed(saved):
+            setattr(rule.owner, rule.attribute, original)
+
+
 def _rule(child, rules) -> Rule | None:
     return next((r for r in rules if r.matches(child)), None)
 
@@ -395,11 +468,11 @@ def rewrite(cell: nn.Cell, rules: tuple[Rule, ...] = RULES) -> dict[str, int]:
     return counts
 
 
-def notes(counts: dict[str, int], rules: tuple[Rule, ...] = RULES) -> list[str]:
-    """One export_fixups line per rule applied."""
+def notes(counts: dict[str, int], rules: tuple = RULES + FUNCTION_RULES) -> list[str]:
+    """One export_fixups line per rule applied (cell and function rules)."""
     by_name = {r.name: r for r in rules}
 
-    def cause(rule: Rule) -> str:
+    def cause(rule) -> str:
         return rule.because or f"MindSpore's ONNX exporter has no {rule.missing} rule"
 
     return [f"export rewrite: {n} x {name} -> {by_name[name].why} ({cause(by_name[name])}; "

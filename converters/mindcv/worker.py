@@ -135,14 +135,19 @@ class MindCVAdapter:
 
         # converters/mindcv/rewrites.py: cells the exporter cannot write, replaced after the
         # reference logits were computed from the unmodified model.
-        fixups = rewrites.notes(rewrites.rewrite(model))
+        counts = rewrites.rewrite(model)
         axes = {"input": {0: "batch"}} if dynamic_batch else None
         try:
-            ms_onnx.export(model, ms.Tensor(sample), file_name=str(path),
-                           input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+            # Functions a construct calls that the exporter cannot write are replaced while
+            # it parses the network (rewrites.FUNCTION_RULES), and put back after.
+            with rewrites.functions_rewritten(model) as called:
+                ms_onnx.export(model, ms.Tensor(sample), file_name=str(path),
+                               input_names=["input"], output_names=["logits"],
+                               dynamic_axes=axes)
         except Exception as exc:  # noqa: BLE001 - any exporter failure is an export error
             raise WorkerError("export", f"mindspore.onnx.export failed: {type(exc).__name__}: "
                                         f"{str(exc)[:400]}") from exc
+        fixups = rewrites.notes({**counts, **called})
         if not path.exists():
             raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}")
         if dynamic_batch:

@@ -1,7 +1,9 @@
 """Run in the mindspore environment by tests/test_export_rewrites.py: for each rule of
 converters/mindcv/rewrites.py, a small network using that cell (inside a SequentialCell and
-as a named child) or primitive (as an attribute, as mindcv's ViT holds it) must export to
-ONNX only after the rewrite, compute the same values after it, and be rewritten once. Prints
+as a named child), primitive (as an attribute, as mindcv's ViT holds it) or function (called
+in two cells' constructs, as cait calls ops.unstack) must export to ONNX only after the
+rewrite, compute the same values after it, and be rewritten once (a function: put back after
+its block). Prints
 one JSON line per rule, then one with the erf approximation's largest error against
 math.erf over a dense grid."""
 from __future__ import annotations
@@ -112,6 +114,33 @@ class MobileViTNet(nn.Cell):
         return self.second(self.first(self.conv(x)))
 
 
+class _Splits(nn.Cell):
+    """As mindcv cait's attention calls it: `ops.unstack` in the construct, along `axis`."""
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def construct(self, x):
+        a, b, c = ops.unstack(x, axis=self.axis)
+        return a * b + c
+
+
+class FunctionUnstackNet(nn.Cell):
+    """Two cells calling ops.unstack: along axis 0 of a stack, and along axis 1 (moved
+    first by the rewrite)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.first, self.second = _Splits(0), _Splits(1)
+
+    def construct(self, x):
+        y = self.conv(x)
+        return self.second(ops.stack((self.first(y.transpose(1, 0, 2, 3)), y[:, 0], y[:, 1]),
+                                     axis=1))
+
+
 def held_reshapes(path: str) -> int:
     """Reshape targets that keep a traced number before a -1 (e.g. [4, 196, -1]): what
     MobileViT's unfolding is written as. onnx is imported after mindspore (protobuf)."""
@@ -134,7 +163,8 @@ NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
         "GroupNorm": lambda: Net(lambda: nn.GroupNorm(2, 4, gamma_init="normal",
                                                       beta_init="normal")),
         "PositionalEncodingFourier": PositionNet, "XCA": XCANet,
-        "Interpolate(bilinear, align_corners)": ResizeNet, "MobileViTBlock": MobileViTNet}
+        "Interpolate(bilinear, align_corners)": ResizeNet, "MobileViTBlock": MobileViTNet,
+        "ops.unstack": FunctionUnstackNet}
 
 
 def erf_error() -> float:
@@ -168,7 +198,7 @@ def main() -> None:
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
     x = ms.Tensor(np.random.default_rng(0).normal(0, 2, (2, 3, 8, 8)).astype(np.float32))
-    for rule in rewrites.RULES:
+    for rule in rewrites.RULES + rewrites.FUNCTION_RULES:
         with tempfile.TemporaryDirectory() as tmp:
             unchanged = NETS[rule.name]()
             unchanged.set_train(False)
@@ -181,14 +211,23 @@ def main() -> None:
             net.set_train(False)
             ms.load_param_into_net(net, {p.name: ms.Parameter(p.data.copy(), name=p.name)
                                          for p in unchanged.get_parameters()}, strict_load=True)
-            counts = rewrites.rewrite(net)
-            out = net(x).asnumpy()
-            after = export(net, x, os.path.join(tmp, "after"))
+            if isinstance(rule, rewrites.FunctionRule):
+                # Replaced while the network compiles: its first call and the export.
+                with rewrites.functions_rewritten(net) as counts:
+                    out = net(x).asnumpy()
+                    after = export(net, x, os.path.join(tmp, "after"))
+                again = {} if getattr(rule.owner, rule.attribute) is not rule.replacement \
+                    else {"not put back": 1}
+            else:
+                counts = rewrites.rewrite(net)
+                out = net(x).asnumpy()
+                after = export(net, x, os.path.join(tmp, "after"))
+                again = rewrites.rewrite(net)
             held = {"held_before": before is None and held_reshapes(os.path.join(tmp, "before.onnx")),
                     "held_after": after is None and held_reshapes(os.path.join(tmp, "after.onnx"))}
         print(json.dumps({"rule": rule.name, "export_before": before, "export_after": after,
                           **held,
-                          "counts": counts, "again": rewrites.rewrite(net),
+                          "counts": counts, "again": again,
                           "max_diff": float(np.abs(out - ref).max()),
                           "notes": rewrites.notes(counts)}), flush=True)
     print(json.dumps({"erf_max_error": erf_error()}), flush=True)
