@@ -61,26 +61,43 @@ class Adapter(Protocol):
 
 def switch_to_inference(named_modules, method: str, framework: str) -> list[str]:
     """Call the source's own re-parameterisation METHOD (switch_to_deploy, re_parameterize)
-    on the outermost modules that have it, in the source's module order; a note per model
-    saying which were switched (empty when none has it)."""
+    on the outermost modules that have it, in the source's module order; notes saying which
+    were switched (empty when none has it).
+
+    Where the source's own METHOD raises (mindcv 0.3's RepVGG reads `branch.conv` of a
+    SequentialCell), that module is exported as it is, the form it was trained in, and a
+    note names it and the error. That is still the checkpoint's function: the reference
+    logits come from the model as trained, so the logit gate compares the exported graph,
+    switched, unswitched or left half-way by the failure, with the model before any switch."""
     switched: list[str] = []
+    failed: list[tuple[str, Exception]] = []
     for name, module in named_modules:
-        if any(name.startswith(done + ".") for done in switched) or "" in switched:
+        done = switched + [f for f, _ in failed]
+        if any(name.startswith(d + ".") for d in done) or "" in done:
             continue
         if callable(getattr(module, method, None)):
             try:
                 getattr(module, method)()
             except Exception as exc:  # noqa: BLE001 - the source's own code: its failure
-                raise WorkerError("export", f"{framework}'s own {method}() failed on "
-                                            f"{name or 'the model'}: {type(exc).__name__}: "
-                                            f"{exc}") from exc
+                failed.append((name, exc))
+                continue
             switched.append(name)
-    if not switched:
-        return []
-    shown = ", ".join(n or "(model)" for n in switched[:4])
-    more = f" (+{len(switched) - 4} more)" if len(switched) > 4 else ""
-    return [f"exported the inference form: {framework}'s own {method}() on {shown}{more}; "
-            "reference logits are from the model as trained"]
+
+    def shown(names: list[str]) -> str:
+        more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
+        return ", ".join(n or "(model)" for n in names[:4]) + more
+
+    notes = []
+    if switched:
+        notes.append(f"exported the inference form: {framework}'s own {method}() on "
+                     f"{shown(switched)}; reference logits are from the model as trained")
+    if failed:
+        first = failed[0][1]
+        notes.append(f"exported as trained: {framework}'s own {method}() failed on "
+                     f"{shown([f for f, _ in failed])} ({type(first).__name__}: "
+                     f"{str(first)[:200]}); the logit gate compares the graph with the model "
+                     "as trained")
+    return notes
 
 
 # --------------------------------------------------------------------------- checkpoints
