@@ -40,6 +40,7 @@ MS_RULES = {"HSwish": ("HSwish", "x * relu6(x + 3) / 6"),
             "Interpolate(bilinear, align_corners)": ("ResizeBilinearV2", "two matrix products "
                                                      "with constant bilinear weights"),
             "MobileViTBlock": ("Reshape", "unfolding and folding with the batch left to -1"),
+            "WindowReverse": ("Reshape", "its reshapes with the batch left to -1"),
             # A function rule: ops.unstack replaced while the exporter parses the network.
             "ops.unstack": ("Unstack", "x[0], x[1], ... along its axis")}
 # The largest difference from the unmodified network a rule may make on its test network
@@ -52,7 +53,7 @@ MS_RULE_DIFF = {"HSwish": 0.0, "HSigmoid": 0.0, "Unstack(axis=0)": 0.0,
                 "GELU(approximate=False)": 2e-6, "GroupNorm": 1e-6,
                 "PositionalEncodingFourier": 1e-6, "XCA": 1e-6,
                 "Interpolate(bilinear, align_corners)": 4e-6, "MobileViTBlock": 0.0,
-                "ops.unstack": 0.0}
+                "WindowReverse": 0.0, "ops.unstack": 0.0}
 
 
 def test_each_mindspore_rewrite_is_needed_exact_and_exports(tmp_path):
@@ -74,12 +75,16 @@ def test_each_mindspore_rewrite_is_needed_exact_and_exports(tmp_path):
         missing, why = MS_RULES[name]
         cause = f"MindSpore's ONNX exporter has no {missing} rule"
         assert r["export_after"] is None and r["held_after"] == 0, r
-        if name == "MobileViTBlock":
+        if missing == "Reshape":
             # Exported either way; unrewritten, its Reshapes keep the traced batch before a -1
-            # (free_traced_batch cannot tell those from other dimensions).
-            assert r["export_before"] is None and r["held_before"] == 4, r
-            cause = ("MindSpore's exporter writes `batch_size * patch_area` beside a -1 as the "
-                     "number it traced at batch 1")
+            # (free_traced_batch cannot tell those from other dimensions): two per cell, the
+            # two windows' (b, h, w, -1) written as one constant.
+            held = {"MobileViTBlock": 4, "WindowReverse": 3}[name]
+            assert r["export_before"] is None and r["held_before"] == held, r
+            cause = {"MobileViTBlock": "MindSpore's exporter writes `batch_size * patch_area` "
+                                       "beside a -1 as the number it traced at batch 1",
+                     "WindowReverse": "MindSpore's exporter writes swin's window batch beside "
+                                      "a -1 as the number it traced at batch 1"}[name]
         else:
             # "Can not find key X in convert map", or for ResizeBilinearV2 "Got null pointer,
             # currently the ResizeBilinearV2 operator ... is not support for exporting onnx".

@@ -26,7 +26,8 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
 And one rule for a batch the exporter writes as a number: MobileViTBlock's unfolding and
 folding reshape to `(batch_size * patch_area, N, -1)` and `(batch_size, P, N, -1)`, traced as
 [4, N, -1] and [1, 4, N, -1], which no graph fix can tell from dimensions that are not the
-batch; the block's methods are swapped for mindcv's own with the batch left to -1.
+batch; the block's methods are swapped for mindcv's own with the batch left to -1. Swin's WindowReverse (v1 and v2) is the same case:
+(b, h/ws, w/ws, ws, ws, -1), its batch b traced as 1 beside a -1.
 A rule is added only for what the exporter measurably refuses (tests/helpers/
 ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
 2.7.2, so it has none.
@@ -321,6 +322,29 @@ def _mobilevit_batch_free(cell):
     return cell
 
 
+_WindowReverse = _mindcv_classes("mindcv.models.swintransformer:WindowReverse",
+                                 "mindcv.models.swintransformerv2:WindowReverse")
+
+
+def _window_reverse_batch_free(cell):
+    """The same WindowReverse cell (swin v1 and v2: the same code), its construct mindcv's
+    with the batch left to -1 and the channels written out. mindcv computes the batch as
+    windows // (h w / ws^2) and reshapes to (b, h/ws, w/ws, ws, ws, -1): MindSpore writes that
+    as [1, 8, 8, 7, 7, -1], and free_traced_batch's 0 would then copy the windows' count
+    (64 x the batch), not the batch."""
+
+    class _BatchFreeWindowReverse(type(cell)):
+        def construct(self, windows, window_size, h, w):
+            c = windows.shape[-1]
+            x = ops.reshape(windows, (-1, h // window_size, w // window_size, window_size,
+                                      window_size, c))
+            x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+            return ops.reshape(x, (-1, h, w, c))
+
+    cell.__class__ = _BatchFreeWindowReverse
+    return cell
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str                         # as the report names it
@@ -365,6 +389,11 @@ RULES: tuple[Rule, ...] = (
          _mobilevit_batch_free, "unfolding and folding with the batch left to -1",
          because="MindSpore's exporter writes `batch_size * patch_area` beside a -1 as the "
                  "number it traced at batch 1"),
+    # Not an op the exporter lacks: swin's window_reverse, (b, h/ws, w/ws, ws, ws, -1).
+    Rule("WindowReverse", "Reshape", lambda c: type(c) in _WindowReverse,
+         _window_reverse_batch_free, "its reshapes with the batch left to -1",
+         because="MindSpore's exporter writes swin's window batch beside a -1 as the number "
+                 "it traced at batch 1"),
 )
 
 

@@ -114,6 +114,25 @@ class MobileViTNet(nn.Cell):
         return self.second(self.first(self.conv(x)))
 
 
+class WindowNet(nn.Cell):
+    """mindcv swin's window partition and reverse (v1's WindowReverse, then v2's): 4 x 4
+    windows of an 8 x 8 map."""
+
+    def __init__(self):
+        from mindcv.models.swintransformer import WindowPartition, WindowReverse
+        from mindcv.models.swintransformerv2 import WindowReverse as WindowReverseV2
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.partition = WindowPartition(4)
+        self.first, self.second = WindowReverse(), WindowReverseV2()
+
+    def construct(self, x):
+        y = ops.transpose(self.conv(x), (0, 2, 3, 1))
+        y = self.first(self.partition(y) * 2.0, 4, 8, 8)
+        return self.second(self.partition(y) + 1.0, 4, 8, 8)
+
+
 class _Splits(nn.Cell):
     """As mindcv cait's attention calls it: `ops.unstack` in the construct, along `axis`."""
 
@@ -164,7 +183,7 @@ NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
                                                       beta_init="normal")),
         "PositionalEncodingFourier": PositionNet, "XCA": XCANet,
         "Interpolate(bilinear, align_corners)": ResizeNet, "MobileViTBlock": MobileViTNet,
-        "ops.unstack": FunctionUnstackNet}
+        "WindowReverse": WindowNet, "ops.unstack": FunctionUnstackNet}
 
 
 def erf_error() -> float:
