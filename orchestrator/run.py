@@ -438,6 +438,7 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
     exported = workdir / result["files"]["onnx"]
     simplified = workdir / "model.onnx"
     with timer.stage("simplify"):
+        before = None
         try:
             before = check(exported)
             tol = entry["tolerances"]
@@ -449,9 +450,16 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
             baked = (refused_at_another_batch(exported, entry["input_shape"],
                                               {"model": "exported"}, opts.threads)
                      if exc.kind == "onnxsim" and entry["export"]["dynamic_batch"] else None)
+            if baked is None and exc.kind == "onnx_checker":
+                # The exporter wrote a graph that is not valid ONNX (mindcv convit's declared
+                # shapes): the conversion's fault, a failed check, not a pipeline error.
+                baked = Check("onnx_valid", False, "rejected by onnx.checker", "valid ONNX",
+                              f"the exporter's graph is not valid ONNX: {exc.message}",
+                              {"model": "exported"})
             if baked is None:
                 raise StageError("simplify", exc.kind, exc.message) from None
-            report["onnx"] = {"nodes_exported": before["nodes"], "simplify_error": exc.message}
+            report["onnx"] = {"nodes_exported": before.get("nodes") if before else None,
+                              "simplify_error": exc.message}
             say(f"  simplify  FAILED: {baked.detail}")
             return [baked], {}, False
     report["onnx"] = {
