@@ -291,6 +291,22 @@ def preprocess_all(paths: list[str], per_image, collate, workers: int,
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), used, unreadable
 
 
+def build_with_source(adapter: Adapter, model_id: str, num_classes: int):
+    """adapter.build; where the source's own constructor raises (mindcv 0.3's rexnet on
+    MindSpore 2.7.2 reshapes a Tensor before its initializer ran; pvt calls the removed
+    ops.ResizeBilinear), the model is `unsupported` with the source's words: the source
+    cannot build it in this environment, whatever the checkpoint."""
+    try:
+        return adapter.build(model_id, num_classes)
+    except (WorkerError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the source's own code: its failure
+        first = " ".join(str(exc).split())[:300]
+        raise WorkerError("unsupported", f"{adapter.framework}'s own code cannot build "
+                                         f"{model_id} here: {type(exc).__name__}: {first}") \
+            from exc
+
+
 def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
     """build -> load -> preprocess -> reference logits -> export; returns result fields."""
     entry, timer = job["entry"], Timer()
@@ -298,7 +314,7 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
 
     with timer.stage("build"):
         log(f"building {entry['model_id']} with {adapter.framework}")
-        model = adapter.build(entry["model_id"], entry["num_classes"])
+        model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
         log(f"loading {job['checkpoint']}")
         result["checkpoint"] = adapter.load(model, Path(job["checkpoint"]),
@@ -362,7 +378,7 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
     out_dir = workdir / "activations"
     out_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("build"):
-        model = adapter.build(entry["model_id"], entry["num_classes"])
+        model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
         adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
@@ -441,7 +457,7 @@ def evaluate(adapter: Adapter, job: dict, workdir: Path) -> dict:
     shard_dir.mkdir(parents=True, exist_ok=True)
     max_pending = int(job.get("max_pending_shards", 4))
     with timer.stage("build"):
-        model = adapter.build(entry["model_id"], entry["num_classes"])
+        model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
         adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
@@ -485,7 +501,7 @@ def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
     entry = job["entry"]
     batch_size = int(job.get("batch_size", 32))
     images = job["images"]
-    model = adapter.build(entry["model_id"], entry["num_classes"])
+    model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
     data = []
     first = None
@@ -536,7 +552,7 @@ def latency(adapter: Adapter, job: dict, workdir: Path) -> dict:
     """The source framework's eval forward at each batch size (random-init weights: speed does
     not depend on their values), warm runs only."""
     entry = job["entry"]
-    model = adapter.build(entry["model_id"], entry["num_classes"])
+    model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     rng = np.random.default_rng(0)
     rows = []
     for batch in job["batch_sizes"]:

@@ -79,8 +79,18 @@ def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, s
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or not path.is_file():
         last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        if done.returncode == CANNOT_BUILD and last and last[-1].startswith("unsupported: "):
+            raise SourceCannotBuild(last[-1].removeprefix("unsupported: "))
         raise RuntimeError(last[-1] if last else f"exit status {done.returncode}")
     return path
+
+
+class SourceCannotBuild(Exception):
+    """The source's own constructor failed in the checkpoint maker (exit status
+    CANNOT_BUILD): the model is unsupported here, as the pipeline's worker reports it."""
+
+
+CANNOT_BUILD = 3
 
 
 def cause(report: dict) -> str:
@@ -108,6 +118,18 @@ def cause_class(row: dict) -> str:
     return f"{head}: {detail.split(':')[0][:90]}".rstrip(": ")
 
 
+def wilson(passed: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a pass rate, in percent: what the zoo's rate may be,
+    given `passed` of a random sample of `n` (sound at small n and near 0 or 100 %, where the
+    normal approximation is not)."""
+    if n == 0:
+        return 0.0, 100.0
+    p = passed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
 def markdown(summary: dict, rows: list[dict]) -> str:
     counts = summary["counts"]
     lines = [f"# Zoo sweep: {summary['source']}", "",
@@ -118,8 +140,11 @@ def markdown(summary: dict, rows: list[dict]) -> str:
              f"{summary['init']}); minimal 5-field entries (everything else "
              "derived).", "",
              f"**{counts.get('passed', 0)} of {len(rows)} passed "
-             f"({summary['coverage_percent']:.0f} %)**; "
-             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "passed"), ""]
+             f"({summary['coverage_percent']:.0f} %; 95 % Wilson interval "
+             f"{summary['wilson95'][0]:.0f}-{summary['wilson95'][1]:.0f} %)**; "
+             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "passed")
+             + f"; {summary['seconds_per_model']:.0f} s per model end to end (checkpoint "
+             "made, derive, convert, gates).", ""]
     if summary["causes"]:
         lines += ["| cause | models |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in summary["causes"].items()]
@@ -177,6 +202,8 @@ def main(argv=None) -> int:
             try:
                 path = make_checkpoint(args.source, model_id, described, out / "checkpoints",
                                        args.seed, args.timeout, args.init)
+            except SourceCannotBuild as exc:
+                row.update(status="unsupported", cause=f"build/unsupported: {exc}")
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 row.update(status="error", cause=f"checkpoint/build: {exc}")
             else:
@@ -217,7 +244,9 @@ def main(argv=None) -> int:
                "versions": versions, "zoo_size": len(zoo), "selected": len(chosen),
                "pattern": args.pattern, "sample": args.sample, "seed": args.seed,
                "counts": dict(counts), "causes": dict(causes.most_common()),
-               "coverage_percent": 100.0 * counts.get("passed", 0) / max(len(rows), 1)}
+               "coverage_percent": 100.0 * counts.get("passed", 0) / max(len(rows), 1),
+               "wilson95": wilson(counts.get("passed", 0), len(rows)),
+               "seconds_per_model": sum(r["seconds"] for r in rows) / max(len(rows), 1)}
     (out / f"{args.source}.json").write_text(json.dumps({"summary": summary, "models": rows},
                                                         indent=2) + "\n")
     (out / f"{args.source}.md").write_text(markdown(summary, rows))
