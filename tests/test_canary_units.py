@@ -247,6 +247,30 @@ def test_candidates_are_weights_not_biases_nor_zeros(tmp_path):
     assert "w2" not in {w for _, w in candidates(model)}
 
 
+def test_weights_held_in_constant_nodes_are_candidates_and_perturbed(tmp_path):
+    """paddle2onnx writes weights as Constant nodes, which onnxsim with its optimizer off
+    leaves as they are (PaddleClas SwinTransformer_tiny): the canary finds and perturbs them
+    as initializers (before, it said "no Conv/Gemm/MatMul weight to perturb")."""
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 3)))
+    weights = {i.name: i for i in model.graph.initializer}
+    held = [helper.make_node("Constant", [], [name], value=weights[name])
+            for name in ("w0", "w1", "w2")]
+    kept = [i for i in model.graph.initializer if i.name not in ("w0", "w1", "w2")]
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(kept)
+    for k, node in enumerate(held):
+        model.graph.node.insert(k, node)
+    onnx.checker.check_model(model)
+    assert candidates(model) == [("matmul1", "w1"), ("matmul0", "w0"), ("matmul2", "w2")]
+    copy = perturbed(model, "w1", noise=1e-2)
+    values = {n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+              for n in copy.graph.node if n.op_type == "Constant"}
+    before = numpy_helper.to_array(weights["w1"])
+    draw = np.random.default_rng(0).standard_normal(before.shape)
+    assert np.array_equal(values["w1"], (before * (1 + 1e-2 * draw)).astype(np.float32))
+    assert np.array_equal(values["w0"], numpy_helper.to_array(weights["w0"]))
+
+
 def test_perturbed_changes_only_that_weight_each_element_by_its_own_draw(tmp_path):
     model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 2)))
     before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -50,8 +50,20 @@ NO_EFFECT = 1e-5  # relative to max |logit|: below this the copy computes the sa
 MATTERS = 0.01    # total-variation distance of the class probabilities: 1 percentage point
 
 
+def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The graph's constant tensors by name: its initializers and its Constant nodes' values
+    (paddle2onnx writes weights as Constant nodes, which onnxsim moves to initializers only
+    with its optimizer on: PaddleClas SwinTransformer_tiny is simplified without it)."""
+    found = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            found.update({node.output[0]: attr.t for attr in node.attribute
+                          if attr.name == "value"})
+    return found
+
+
 def _weighted(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[tuple[str, str]]:
-    constants = {init.name: init for init in model.graph.initializer}
+    constants = _constant_tensors(model)
     return [(node.name or f"{node.op_type}#{k}", name)
             for k, node in enumerate(model.graph.node) if node.op_type in ops
             for name in node.input[1:2] if name in constants
@@ -59,7 +71,7 @@ def _weighted(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[tuple[str, s
 
 
 def candidates(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(node name, initializer name) of mid-network weights: Convs with a constant, not
+    """(node name, constant tensor name) of mid-network weights: Convs with a constant, not
     all-zero weight, nearest the middle of the graph first (at most MAX_TRIES), then
     Gemm/MatMul ones the same way (transformers' mid layers; and when no mid conv reaches
     the logits, as in a plain-init MobileNetV2 whose ReLU6 saturate). All-zero weights are
@@ -90,13 +102,13 @@ def faulty_weight(array: np.ndarray, noise: float, seed: int = SEED) -> np.ndarr
 
 def perturbed(model: onnx.ModelProto, weight: str, noise: float,
               seed: int = SEED) -> onnx.ModelProto:
-    """A copy of `model` with initializer `weight` times (1 + noise x N(0, 1))."""
+    """A copy of `model` with the constant tensor `weight` (an initializer or a Constant
+    node's value) times (1 + noise x N(0, 1))."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for init in copy.graph.initializer:
-        if init.name == weight:
-            faulty = faulty_weight(numpy_helper.to_array(init), noise, seed)
-            init.CopyFrom(numpy_helper.from_array(faulty, weight))
+    tensor = _constant_tensors(copy)[weight]
+    faulty = faulty_weight(numpy_helper.to_array(tensor), noise, seed)
+    tensor.CopyFrom(numpy_helper.from_array(faulty, tensor.name))
     return copy
 
 
