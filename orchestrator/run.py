@@ -379,6 +379,48 @@ def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _unsimplifiable(failure: OnnxCheckFailed, exported: Path, entry: Entry,
+                    opts: RunOptions) -> Check | None:
+    """The failed check an onnx.checker or onnxsim failure of the exporter's graph is, or
+    None where it is not the conversion's fault."""
+    if failure.kind == "onnxsim" and entry["export"]["dynamic_batch"]:
+        # onnxsim runs the graph at batch 2: a graph that runs at batch 1 only is a failed
+        # check that names the nodes holding the traced batch, not a pipeline error.
+        return refused_at_another_batch(exported, entry["input_shape"], {"model": "exported"},
+                                        opts.threads)
+    if failure.kind == "onnx_checker":
+        # The exporter wrote a graph that is not valid ONNX (mindcv convit's declared shapes):
+        # the conversion's fault, a failed check, not a pipeline error.
+        return Check("onnx_valid", False, "rejected by onnx.checker", "valid ONNX",
+                     f"the exporter's graph is not valid ONNX: {failure.message}",
+                     {"model": "exported"})
+    return None
+
+
+def _simplify_without_optimizer_passes(exported: Path, simplified: Path, entry: Entry,
+                                       failure: OnnxCheckFailed, say) -> dict | None:
+    """onnxsim again with RETRIES' settings, in order, after its optimizer raised on a graph
+    that runs: PaddleClas SwinTransformer_tiny's paddle2onnx graph (If nodes) makes onnxsim's
+    optimizer write an unsorted graph ("Nodes in a graph must be topologically sorted"), and
+    with the optimizer off it simplifies (5930 -> 2091 nodes). The logit gate then checks the
+    model as it checks any simplified one. None when every setting fails."""
+    tol = entry["tolerances"]
+    tried = [{"optimizer": optimizer_setting(), "error": failure.message[:400]}]
+    for setting in RETRIES:
+        try:
+            info = simplify(exported, simplified, [2, *entry["input_shape"]],
+                            atol=tol["atol"], rtol=tol["rtol"], **setting)
+        except OnnxCheckFailed as exc:
+            tried.append({"optimizer": optimizer_setting(**setting), "error": exc.message[:400]})
+            continue
+        say(f"  simplify  onnxsim failed with its optimizer on "
+            f"({' '.join(failure.message.split())[:160]}); "
+            f"simplified with its optimizer {info['optimizer']}")
+        info["onnxsim_failed"] = tried
+        return info
+    return None
+
+
 def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report: dict,
                 timer: Timer, workdir: Path, checkpoint: CheckpointRef, blob: bytes | None,
                 say) -> tuple[list[Check], dict[str, dict], bool]:
@@ -438,35 +480,34 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
     exported = workdir / result["files"]["onnx"]
     simplified = workdir / "model.onnx"
     with timer.stage("simplify"):
-        before = None
+        before, after, failure = None, None, None
+        tol = entry["tolerances"]
         try:
             before = check(exported)
-            tol = entry["tolerances"]
             after = simplify(exported, simplified, [2, *entry["input_shape"]],
                              atol=tol["atol"], rtol=tol["rtol"])
         except OnnxCheckFailed as exc:
-            # onnxsim runs the graph at batch 2: a graph that runs at batch 1 only is a failed
-            # check that names the nodes holding the traced batch, not a pipeline error.
-            baked = (refused_at_another_batch(exported, entry["input_shape"],
-                                              {"model": "exported"}, opts.threads)
-                     if exc.kind == "onnxsim" and entry["export"]["dynamic_batch"] else None)
-            if baked is None and exc.kind == "onnx_checker":
-                # The exporter wrote a graph that is not valid ONNX (mindcv convit's declared
-                # shapes): the conversion's fault, a failed check, not a pipeline error.
-                baked = Check("onnx_valid", False, "rejected by onnx.checker", "valid ONNX",
-                              f"the exporter's graph is not valid ONNX: {exc.message}",
-                              {"model": "exported"})
-            if baked is None:
-                raise StageError("simplify", exc.kind, exc.message) from None
-            report["onnx"] = {"nodes_exported": before.get("nodes") if before else None,
-                              "simplify_error": exc.message}
-            say(f"  simplify  FAILED: {baked.detail}")
-            return [baked], {}, False
+            failure = exc
+        if failure is not None:
+            finding = _unsimplifiable(failure, exported, entry, opts)
+            if finding is None and failure.kind == "onnxsim":
+                after = _simplify_without_optimizer_passes(exported, simplified, entry,
+                                                           failure, say)
+            if after is None:
+                if finding is None:
+                    raise StageError("simplify", failure.kind, failure.message) from None
+                report["onnx"] = {"nodes_exported": before.get("nodes") if before else None,
+                                  "simplify_error": failure.message}
+                say(f"  simplify  FAILED: {finding.detail}")
+                return [finding], {}, False
     report["onnx"] = {
         "opset": after["opset"], "nodes_exported": before["nodes"],
         "nodes_simplified": after["nodes"], "inputs": after["inputs"],
         "outputs": after["outputs"], "sha256": sha256_file(simplified),
         "bytes": simplified.stat().st_size, "onnxsim_check": after["onnxsim_check"]}
+    if after.get("onnxsim_failed"):
+        report["onnx"]["onnxsim_failed"] = after["onnxsim_failed"]
+        report["onnx"]["optimizer"] = after["optimizer"]
     say(f"  simplify  onnx.checker ok; onnxsim {before['nodes']} -> {after['nodes']} nodes")
     if not after["onnxsim_check"]["passed"]:
         say(f"  simplify  note: {after['onnxsim_check']['note']}")
