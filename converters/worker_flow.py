@@ -291,20 +291,37 @@ def preprocess_all(paths: list[str], per_image, collate, workers: int,
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), used, unreadable
 
 
+def _source_failed(adapter: Adapter, what: str, exc: Exception) -> WorkerError:
+    first = " ".join(str(exc).split())[:300]
+    return WorkerError("unsupported", f"{adapter.framework}'s own code cannot {what} here: "
+                                      f"{type(exc).__name__}: {first}")
+
+
 def build_with_source(adapter: Adapter, model_id: str, num_classes: int):
     """adapter.build; where the source's own constructor raises (mindcv 0.3's rexnet on
-    MindSpore 2.7.2 reshapes a Tensor before its initializer ran; pvt calls the removed
-    ops.ResizeBilinear), the model is `unsupported` with the source's words: the source
-    cannot build it in this environment, whatever the checkpoint."""
+    MindSpore 2.7.2 reshapes a Tensor before its initializer ran), the model is `unsupported`
+    with the source's words: the source cannot build it in this environment, whatever the
+    checkpoint."""
     try:
         return adapter.build(model_id, num_classes)
     except (WorkerError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - the source's own code: its failure
-        first = " ".join(str(exc).split())[:300]
-        raise WorkerError("unsupported", f"{adapter.framework}'s own code cannot build "
-                                         f"{model_id} here: {type(exc).__name__}: {first}") \
-            from exc
+        raise _source_failed(adapter, f"build {model_id}", exc) from exc
+
+
+def forward_with_source(adapter: Adapter, model, inputs: np.ndarray, batch_size: int,
+                        model_id: str):
+    """adapter.forward; where the source's own forward raises on the entry's input (mindcv
+    0.3's pvt calls ops.ResizeBilinear, which MindSpore 2.7 removed), `unsupported` with the
+    source's words and the input shape."""
+    try:
+        return adapter.forward(model, inputs, batch_size)
+    except (WorkerError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the source's own code: its failure
+        raise _source_failed(adapter, f"run {model_id} on input {list(inputs.shape[1:])}",
+                             exc) from exc
 
 
 def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
@@ -348,7 +365,8 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
             result["calibration_images"] = len(calibration)
     with timer.stage("reference"):
         log(f"running {adapter.framework} eval forward")
-        logits = adapter.forward(model, inputs, int(job.get("batch_size", 16)))
+        logits = forward_with_source(adapter, model, inputs, int(job.get("batch_size", 16)),
+                                     entry["model_id"])
         np.save(workdir / "reference_logits.npy", np.asarray(logits, dtype=np.float32))
         result["files"]["reference_logits"] = "reference_logits.npy"
     with timer.stage("export"):

@@ -207,6 +207,36 @@ def test_wilson_interval_of_a_sampled_pass_rate():
     assert zoo_sweep.wilson(0, 0) == (0.0, 100.0)
 
 
+def test_a_source_whose_own_forward_raises_is_unsupported_naming_the_input():
+    """The worker's reference forward: an exception from the source's code (mindcv pvt's
+    removed ops.ResizeBilinear) is `unsupported` in its words, with the input shape; the
+    worker's own errors and MemoryError pass through unchanged."""
+    from converters.protocol import WorkerError
+    from converters.worker_flow import forward_with_source
+
+    class Source:
+        framework = "mindcv"
+
+        def __init__(self, error):
+            self.error = error
+
+        def forward(self, model, inputs, batch_size):
+            raise self.error
+
+    inputs = np.zeros((2, 3, 224, 224), np.float32)
+    with pytest.raises(WorkerError) as caught:
+        forward_with_source(Source(AttributeError("module 'mindspore.ops' has no attribute "
+                                                  "'ResizeBilinear'")), None, inputs, 2, "pvt")
+    assert caught.value.kind == "unsupported"
+    assert caught.value.message == ("mindcv's own code cannot run pvt on input [3, 224, 224] "
+                                    "here: AttributeError: module 'mindspore.ops' has no "
+                                    "attribute 'ResizeBilinear'")
+    for passed_through in (WorkerError("preprocess", "x"), MemoryError()):
+        with pytest.raises(type(passed_through)) as caught:
+            forward_with_source(Source(passed_through), None, inputs, 2, "pvt")
+        assert caught.value is passed_through
+
+
 def test_inference_switch_calls_outermost_modules_once_and_a_failing_one_is_exported_as_trained():
     from converters.worker_flow import switch_to_inference
 
@@ -487,6 +517,6 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
                 ["on", "on, without fuse_pad_into_conv"], report["onnx"]
             assert "topologically sorted" in report["onnx"]["onnxsim_failed"][0]["error"]
             assert report["onnx"]["optimizer"].startswith("off")
-            assert report["verification"]["canary"]["caught"], report["verification"]["canary"]
+            assert report["verification"]["canary"]["status"] == "caught", report["verification"]
         if row["model_id"] == "RepVGG_A0":
             assert any("re_parameterize()" in n for n in report["source"]["export_fixups"])

@@ -28,7 +28,7 @@ from verify.images import INITS
 
 warnings.filterwarnings("ignore")
 
-CANNOT_BUILD = 3   # exit status: mindcv's own code cannot build the model here
+CANNOT_BUILD = 3   # exit status: mindcv's own code cannot build or run the model here
 
 
 def batch_stats_only(model) -> None:
@@ -41,6 +41,15 @@ def batch_stats_only(model) -> None:
             cell.momentum = 1.0
             cell.bn_train = ops.BatchNorm(is_training=True, epsilon=cell.eps, momentum=1.0,
                                           data_format=cell.format)
+
+
+def cannot(what: str, exc: Exception) -> None:
+    """Exit status CANNOT_BUILD and an `unsupported:` line, which scripts/zoo_sweep.py reads:
+    mindcv's own code failed, so the model is unsupported here (as the worker says)."""
+    first = " ".join(str(exc).split())[:300]
+    print(f"unsupported: mindcv's own code cannot {what} here: {type(exc).__name__}: {first}",
+          file=sys.stderr)
+    raise SystemExit(CANNOT_BUILD) from None
 
 
 def main(argv=None) -> None:
@@ -79,17 +88,16 @@ def main(argv=None) -> None:
             model = build_model(args.model_id, args.num_classes)
             batch_stats_only(model)
     except Exception as exc:  # noqa: BLE001 - mindcv's own constructor: its failure
-        # Exit status 3 and this line: scripts/zoo_sweep.py reports the model unsupported.
-        first = " ".join(str(exc).split())[:300]
-        print(f"unsupported: mindcv's own code cannot build {args.model_id} here: "
-              f"{type(exc).__name__}: {first}", file=sys.stderr)
-        raise SystemExit(CANNOT_BUILD) from None
+        cannot(f"build {args.model_id}", exc)
     batch = calibration_batch(args.init, args.seed, 8, mean=[123.675, 116.28, 103.53],
                               std=[58.395, 57.12, 57.375], size=args.size)
     if batch is not None:
         x = ms.Tensor(batch)
         model.set_train(True)
-        model(x)  # moving statistics := this batch's statistics
+        try:
+            model(x)  # moving statistics := this batch's statistics
+        except Exception as exc:  # noqa: BLE001 - mindcv's own forward: its failure
+            cannot(f"run {args.model_id} on input {list(batch.shape[1:])}", exc)
         model.set_train(False)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
