@@ -202,3 +202,39 @@ def test_a_graph_the_runtime_refuses_at_batch_2_is_a_failed_check_naming_it(tmp_
     assert refused_at_another_batch(_model(tmp_path / "ok.onnx", baked=False), [4],
                                     {"model": "exported"}) is None
     assert refused_at_another_batch(baked, [5], {"model": "exported"}) is None   # no batch
+
+
+def test_an_exported_graph_onnx_checker_rejects_is_a_failed_check_not_an_error(tmp_path):
+    """The exporter's graph fails onnx.checker's full check (a declared shape that inference
+    contradicts, as MindSpore declared convit's traced shapes): the simplify stage reports a
+    failed `onnx_valid` check with the checker's words, not a pipeline error. An onnxsim
+    failure of a graph that runs at batch 2 is no conversion finding (None: the stage then
+    simplifies again without the optimizer, or stops with an error)."""
+    import pytest
+
+    from converters.simplify import OnnxCheckFailed, check
+    from orchestrator.run import _unsimplifiable
+
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["input", "input"], ["logits"], axis=1, name="cat")],
+        "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 6])])
+    bad = tmp_path / "exported.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(bad))
+    with pytest.raises(OnnxCheckFailed) as caught:
+        check(bad)
+    entry = {"input_shape": [4], "export": {"dynamic_batch": True}}
+    found = _unsimplifiable(caught.value, bad, entry, None)
+    assert (found.name, found.passed, found.measured, found.limit) == (
+        "onnx_valid", False, "rejected by onnx.checker", "valid ONNX")
+    assert found.detail.startswith("the exporter's graph is not valid ONNX: onnx.checker "
+                                   "rejected exported.onnx: ") and "cat" in found.detail
+    assert found.scope == {"model": "exported"}
+
+    class Opts:
+        threads = 1
+
+    ok = _model(tmp_path / "ok.onnx", baked=False)
+    assert _unsimplifiable(OnnxCheckFailed("onnxsim", "onnxsim failed: x"), ok, entry,
+                           Opts()) is None

@@ -203,12 +203,17 @@ def free_traced_batch(path: Path) -> list[str]:
 
 
 def batch_from_concat(path: Path) -> list[str]:
-    """MindSpore writes `ops.broadcast_to(token, (x.shape[0], -1, -1))` (mindcv ViT's class
-    token) as an Expand to the constant shape it traced, batch 1, concatenated with the patch
-    tokens: the graph fails at any other batch. An Expand of a constant to a constant shape
-    whose leading dimension is 1, feeding a Concat, gets that dimension from the Shape of the
-    Concat's first other input instead. The logit gate compares batch 1 with the verification
-    batch and both with the source, so a wrong guess fails there."""
+    """MindSpore writes a per-image constant at the batch it traced, 1, where it meets the
+    batch in a Concat, so the graph fails at any other batch:
+    - `ops.broadcast_to(token, (x.shape[0], -1, -1))` (mindcv ViT's class token) and
+      `token.expand_as(ones((B, ...)))` (coat) as an Expand of a constant to a constant
+      shape [1, ...];
+    - `ops.tile(token, (B, 1, 1))` (convit) and `ops.zeros((B, h, 1, c))` (coat's padding)
+      as the constant itself, [1, ...], concatenated along another axis than the batch.
+    Each such input gets its leading dimension from the Shape of the Concat's first other
+    input (an Expand to [N, ...]); a constant concatenated along the batch axis is left as it
+    is. The logit gate compares batch 1 with the verification batch and both with the source,
+    so a wrong guess fails there."""
     import numpy as np
     import onnx  # after mindspore: see the import at the top
     from onnx import helper, numpy_helper
@@ -229,15 +234,26 @@ def batch_from_concat(path: Path) -> list[str]:
         return node if shape is not None and shape.ndim == 1 and len(shape) > 1 \
             and shape[0] == 1 else None
 
+    def held(name: str, concat) -> bool:
+        """`name` is a constant [1, ...] concatenated along another axis than the batch."""
+        value = constants.get(name)
+        if value is None or value.ndim < 2 or value.shape[0] != 1:
+            return False
+        axis = next((a.i for a in concat.attribute if a.name == "axis"), 0)
+        return axis % value.ndim != 0
+
     changed = 0
     for concat in [n for n in graph.node if n.op_type == "Concat"]:
-        for name in list(concat.input):
+        for position, name in enumerate(list(concat.input)):
             expand = traced(name)
-            carriers = [i for i in concat.input if i != name and traced(i) is None]
-            if expand is None or not carriers:
+            constant = expand is None and held(name, concat)
+            carriers = [i for i in concat.input if i != name and traced(i) is None
+                        and i not in constants]
+            if (expand is None and not constant) or not carriers:
                 continue
-            tag = f"{expand.name}_batch"
-            rest = constants[expand.input[1]][1:].astype(np.int64)
+            tag = f"{expand.name if expand is not None else name}_batch_{changed}"
+            rest = (constants[expand.input[1]][1:] if expand is not None
+                    else np.array(constants[name].shape[1:])).astype(np.int64)
             graph.initializer.extend([
                 numpy_helper.from_array(np.array([0], np.int64), f"{tag}_start"),
                 numpy_helper.from_array(np.array([1], np.int64), f"{tag}_end"),
@@ -248,9 +264,14 @@ def batch_from_concat(path: Path) -> list[str]:
                                      [f"{tag}_n"], name=f"{tag}_Slice"),
                     helper.make_node("Concat", [f"{tag}_n", f"{tag}_rest"], [f"{tag}_to"],
                                      axis=0, name=f"{tag}_Concat")]
-            old, expand.input[1] = expand.input[1], f"{tag}_to"
-            _drop_if_unused(graph, old)
-            graph.node.remove(expand)     # after the batch carrier: just before the Concat
+            if expand is not None:
+                old, expand.input[1] = expand.input[1], f"{tag}_to"
+                _drop_if_unused(graph, old)
+                graph.node.remove(expand)     # after the batch carrier: just before the Concat
+            else:
+                expand = helper.make_node("Expand", [name, f"{tag}_to"], [f"{tag}_expanded"],
+                                          name=f"{tag}_Expand")
+                concat.input[position] = f"{tag}_expanded"
             at = list(graph.node).index(concat)
             for offset, new in enumerate([*made, expand]):
                 graph.node.insert(at + offset, new)
@@ -261,9 +282,10 @@ def batch_from_concat(path: Path) -> list[str]:
     # refuses those that now disagree with inference, so the declarations go.
     del graph.value_info[:]
     onnx.save(model, str(path))
-    return [f"{changed} Expand(s) of a constant to the traced batch 1 before a Concat take "
-            "their batch from the Concat's other input (MindSpore writes broadcast_to with "
-            "static shapes; the logit gate compares batch 1 with the verification batch)"]
+    return [f"{changed} constant(s) at the traced batch 1 entering a Concat (an Expand to "
+            "[1, ...], or a [1, ...] constant along another axis) take their batch from the "
+            "Concat's other input (MindSpore writes broadcast_to, tile and zeros of the batch "
+            "with static shapes; the logit gate compares batch 1 with the verification batch)"]
 
 
 def _drop_if_unused(graph, name: str) -> None:
