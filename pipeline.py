@@ -78,7 +78,7 @@ from verify.localize import LAYER_RTOL
 from verify.runners import RUNTIMES
 
 HERE = Path(__file__).resolve().parent
-# Every command that fetches checkpoints reads the same cache (README "Fetch").
+# Every command that fetches checkpoints reads the same cache (docs/usage.md, "Commands").
 CACHE_DIR_OPTION = click.option(
     "--cache-dir", type=click.Path(path_type=Path),
     default=lambda: os.environ.get("MODEL_CONVERT_CACHE", str(DEFAULT_CACHE)),
@@ -183,7 +183,7 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    "conv/linear layer whose output differs by more than "
                    f"{LAYER_RTOL:g} of its range) "
                    "for every entry. Done anyway for an entry whose fp32 logit check fails; "
-                   "costs one more source worker run (README, 'Localising a failure').")
+                   "costs one more source worker run (docs/usage.md, 'Localising a failure').")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
 @click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
               default=None, help="EC private key (PEM) that signs each passed artifact "

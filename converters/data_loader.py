@@ -11,7 +11,7 @@ returned with the decoder's error, so the report can count and list it. Nor is a
 the pixel limit (`max_pixels`, `--max-image-pixels`): its size is read from its header with
 Pillow before any decoder runs, and it is counted unreadable as "too large: W x H" (a 7 MB
 25,000 x 25,000 JPEG would otherwise cost ~2 GB per decode thread). This check replaces
-Pillow's own bomb guard in the worker (README, "Limits").
+Pillow's own bomb guard in the worker (docs/usage.md, "Limits").
 """
 from __future__ import annotations
 

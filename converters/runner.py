@@ -128,7 +128,7 @@ class _MemoryWatch(threading.Thread):
     """Polls the worker's resident memory (itself and its children) every 50 ms and kills
     its process group the moment it exceeds the limit. A poll, not a kernel limit: the
     frameworks reserve far more address space than they use, so RLIMIT_AS would refuse
-    them, and cgroups need privileges a node may not grant (README, "Limits")."""
+    them, and cgroups need privileges a node may not grant (docs/usage.md, "Limits")."""
 
     def __init__(self, worker: "Worker", limit: int, interval: float = 0.05):
         super().__init__(daemon=True, name="worker-memory-watch")

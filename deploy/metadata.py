@@ -1,6 +1,6 @@
 """What a shipped ONNX file carries about itself, as ONNX `metadata_props`.
 
-Keys (README "Artifact metadata"), each value a JSON document:
+Keys (docs/artifact.md, "Artifact metadata"), each value a JSON document:
   model_convert.preprocess  the preprocessing contract (preprocess.json, deploy/preprocess.py)
   model_convert.labels      class names in index order (labels.txt)
   model_convert.source      framework, model id, checkpoint sha256 and URL, num_classes

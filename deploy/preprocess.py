@@ -9,7 +9,7 @@ implementation against the source's own transforms on the run's images, so the c
 checked, not trusted.
 
 Each source's quirks, read from its code and measured bit-exact on this repo's image sets
-(README "Preprocessing contract"):
+(docs/artifact.md, "Preprocessing contract"):
 - mmpretrain: cv2 decode (BGR, EXIF orientation applied), `ResizeEdge` long side
   floor(S*L/s) with the config's backend (Pillow bilinear for Res2Net), `CenterCrop` offset
   round-half-even((H-h)/2), then BGR->RGB and (x - mean) / std.

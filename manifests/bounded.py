@@ -8,7 +8,7 @@ its expanded size is counted on that graph, and only a document within every lim
 constructed. JSON has no aliases: its size bounds its memory, and depth is checked before the
 recursive decoder sees it. Text files read line by line (dataset label files) have a size cap.
 
-The limits, and the environment variables that change them (README, "Limits"):
+The limits, and the environment variables that change them (docs/usage.md, "Limits"):
 
     MODEL_CONVERT_MAX_DOCUMENT_BYTES  16 MiB     any YAML or JSON document, and label files
                                                  up to 4x this (ImageNet train.txt is ~40 MB)
@@ -53,7 +53,7 @@ def limit(name: str) -> int:
 
 def _refuse(label: str, what: str, name: str) -> DocumentTooLarge:
     return DocumentTooLarge(f"{label}: refused before loading: {what} (the limit is "
-                            f"{name}={limit(name)}; README, 'Limits')")
+                            f"{name}={limit(name)}; docs/usage.md, 'Limits')")
 
 
 def read_bounded(path: Path, label: str | None = None, factor: int = 1) -> str:
@@ -70,7 +70,7 @@ def read_bounded(path: Path, label: str | None = None, factor: int = 1) -> str:
         size = max(path.stat().st_size, len(data))
         raise DocumentTooLarge(f"{label}: refused: {size:,} bytes, over the limit of "
                                f"{most:,} (MODEL_CONVERT_MAX_DOCUMENT_BYTES"
-                               f"{f' x {factor}' if factor > 1 else ''}; README, 'Limits')")
+                               f"{f' x {factor}' if factor > 1 else ''}; docs/usage.md, 'Limits')")
     return data.decode("utf-8")
 
 

@@ -221,7 +221,7 @@ DEFAULTS = {
     "tolerances": {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.99999,
                    "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},
     "verify": {"images": 16, "seed": 0},
-    # Bit-exact on every source here (README "Preprocessing contract"); 1 level of slack.
+    # Bit-exact on every source here (docs/artifact.md, "Preprocessing contract"); 1 level of slack.
     "deploy": {"max_level_diff": 1.0, "max_top1_delta": 0.1, "runtimes": list(RUNTIMES),
                "required_runtimes": ["onnxruntime"]},
     "accuracy": {"onnx_top1_delta": 0.1, "disagreement": 0.1, "published_top1_delta": 0.3,

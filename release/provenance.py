@@ -18,7 +18,7 @@ def package_version(package: str) -> str | None:
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
-# This pipeline's build type (README, "Provenance"): what externalParameters and
+# This pipeline's build type (docs/artifact.md, "Provenance v1"): what externalParameters and
 # resolvedDependencies hold for one manifest entry converted to ONNX.
 BUILD_TYPE = "https://github.com/model-convert/model-convert/blob/main/README.md#provenance-v1"
 BUILDER_ID = "https://github.com/model-convert/model-convert/pipeline.py"

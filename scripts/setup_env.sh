@@ -5,7 +5,7 @@
 # Every file installed is checked against the sha256 hashes in the lock (--require-hashes):
 # a wheel whose hash does not match stops setup, naming the package. The installer is uv
 # (envs/uv.lock.txt, itself installed by pip with hash checking): it builds the four
-# environments several times faster than pip (README, "Setup"), from the same lock files.
+# environments several times faster than pip (docs/environments.md), from the same lock files.
 #   usage: scripts/setup_env.sh NAME        (VENV_ROOT defaults to ./.venvs; SETUP_UV: a uv
 #                                            binary to use instead of the pinned one;
 #                                            LOCK_DIR defaults to ./envs)

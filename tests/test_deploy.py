@@ -38,7 +38,7 @@ pytestmark = pytest.mark.xdist_group("deploy")
 def images(tmp_path_factory) -> list[Path]:
     """RGB, grayscale and CMYK JPEGs, PNGs named .JPEG (as ImageNet val holds), JPEGs with
     an EXIF orientation (each source's decoder applies it or not, and the contract must say
-    which: README "Preprocessing contract") and the generated PNGs of the logit check, in
+    which: docs/artifact.md, "Preprocessing contract") and the generated PNGs of the logit check, in
     the sizes above."""
     root = tmp_path_factory.mktemp("deploy-images")
     rng = np.random.default_rng(11)

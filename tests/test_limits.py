@@ -126,7 +126,7 @@ def test_read_json_names_the_file_or_the_label_it_is_given(tmp_path, monkeypatch
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 65 + "]" * 65)
     why = ("refused before loading: nested more than 64 levels deep (the limit is "
-           "MODEL_CONVERT_MAX_NESTING=64; README, 'Limits')")
+           "MODEL_CONVERT_MAX_NESTING=64; docs/usage.md, 'Limits')")
     for label, named in ((None, str(deep)), ("a/report.json", "a/report.json")):
         with pytest.raises(DocumentTooLarge) as err:
             read_json(deep, label)
@@ -138,11 +138,11 @@ def test_read_json_names_the_file_or_the_label_it_is_given(tmp_path, monkeypatch
         with pytest.raises(DocumentTooLarge) as err:
             read_json(big, label)
         assert str(err.value) == (f"{named}: refused: 11 bytes, over the limit of 10 "
-                                  "(MODEL_CONVERT_MAX_DOCUMENT_BYTES; README, 'Limits')")
+                                  "(MODEL_CONVERT_MAX_DOCUMENT_BYTES; docs/usage.md, 'Limits')")
     with pytest.raises(DocumentTooLarge) as err:               # text, not a file
         load_json('{"a": 1234}', "c.json")
     assert str(err.value) == ("c.json: refused before loading: 11 characters (the limit is "
-                              "MODEL_CONVERT_MAX_DOCUMENT_BYTES=10; README, 'Limits')")
+                              "MODEL_CONVERT_MAX_DOCUMENT_BYTES=10; docs/usage.md, 'Limits')")
     monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "11")
     assert read_json(big) == {"a": 1234}
 
@@ -325,7 +325,7 @@ def test_the_nesting_limit_counts_collections_the_same_way_everywhere(nested, lo
     with pytest.raises(DocumentTooLarge) as refused:
         load(nested(6), "x")
     assert str(refused.value) == ("x: refused before loading: nested more than 5 levels deep "
-                                  "(the limit is MODEL_CONVERT_MAX_NESTING=5; README, 'Limits')")
+                                  "(the limit is MODEL_CONVERT_MAX_NESTING=5; docs/usage.md, 'Limits')")
 
 
 def test_the_node_limit_counts_every_node_an_alias_brings(monkeypatch):
@@ -349,19 +349,19 @@ def test_alias_and_text_limits_exactly_and_a_raised_nesting_limit_still_ends_cle
     with pytest.raises(DocumentTooLarge) as refused:
         load_yaml("a: &a 1\nb: *a\nc: *a\nd: *a\n", "x")
     assert str(refused.value) == ("x: refused before loading: more than 2 aliases (the limit "
-                                  "is MODEL_CONVERT_MAX_YAML_ALIASES=2; README, 'Limits')")
+                                  "is MODEL_CONVERT_MAX_YAML_ALIASES=2; docs/usage.md, 'Limits')")
     monkeypatch.setenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES", "10")
     with pytest.raises(DocumentTooLarge) as refused:
         load_yaml("a" * 20, "x")
     assert str(refused.value) == ("x: refused before loading: 20 characters (the limit is "
-                                  "MODEL_CONVERT_MAX_DOCUMENT_BYTES=10; README, 'Limits')")
+                                  "MODEL_CONVERT_MAX_DOCUMENT_BYTES=10; docs/usage.md, 'Limits')")
     # A limit raised past what Python's recursion can compose: refused, not a RecursionError.
     monkeypatch.delenv("MODEL_CONVERT_MAX_DOCUMENT_BYTES")
     monkeypatch.setenv("MODEL_CONVERT_MAX_NESTING", "100000")
     with pytest.raises(DocumentTooLarge) as refused:
         load_yaml("".join(" " * i + "-\n" for i in range(3000)), "x")
     assert str(refused.value) == ("x: refused before loading: nested too deep to parse (the "
-                                  "limit is MODEL_CONVERT_MAX_NESTING=100000; README, 'Limits')")
+                                  "limit is MODEL_CONVERT_MAX_NESTING=100000; docs/usage.md, 'Limits')")
 
 
 def test_only_regular_files_are_read_a_fifo_or_a_device_is_refused(tmp_path):

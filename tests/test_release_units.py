@@ -235,7 +235,7 @@ def test_publish_in_process_reports_each_artifact_and_says_why(keys, tmp_path):
     assert skipped == {"broken": f"report.json unreadable: {json_says.value}",
                        "deep": "report.json unreadable: deep/report.json: refused before "
                                "loading: nested more than 64 levels deep (the limit is "
-                               "MODEL_CONVERT_MAX_NESTING=64; README, 'Limits')",
+                               "MODEL_CONVERT_MAX_NESTING=64; docs/usage.md, 'Limits')",
                        "empty": "no report.json",
                        "failed": "did not pass (max_abs_diff 1.0 vs 0.0005)",
                        "listy": "report.json unreadable: a JSON list, not an object",

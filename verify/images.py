@@ -103,7 +103,7 @@ def calibration_batch(init: str, seed: int, count: int, mean, std, scale: float 
     raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
-# Kinds of file ImageNet val really holds besides RGB JPEGs (ENVIRONMENT.md): every source's
+# Kinds of file ImageNet val really holds besides RGB JPEGs (docs/environments.md): every source's
 # decoder must cope with them as the source's own evaluation would.
 ODD_KINDS = ("grayscale", "cmyk", "png_named_jpeg")
 

@@ -46,7 +46,7 @@ from onnx import TensorProto, helper
 
 from verify.ort_runner import OrtRunner
 
-LAYER_RTOL = 1e-3   # clean fp32 exports here: median 1e-5, largest 2.6e-4 of a layer's range (README)
+LAYER_RTOL = 1e-3   # clean fp32 exports here: median 1e-5, largest 2.6e-4 of a layer's range (docs/usage.md)
 CHUNK = 16          # node outputs exposed per ONNX Runtime session
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

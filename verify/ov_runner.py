@@ -4,7 +4,7 @@
 OpenVINO reads the project's fp32, fp16 and QDQ int8 ONNX files directly; on CPU it runs f32
 where the model is f32 (INFERENCE_PRECISION_HINT f32: no silent bf16 on CPUs that have it)
 and executes the int8 model's quantized operations with its own kernels, which is why its int8
-logits differ from ONNX Runtime's (README "Runtime matrix").
+logits differ from ONNX Runtime's (docs/artifact.md, "Runtime matrix").
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ names the file and commit (mobilevit: no size in its default cfg, 256 px in its 
 package ships no accuracy table, so nothing is published here: an entry that wants the
 published-top-1 gate writes `published:` itself.
 
-Runs in the mindspore environment only. README "Adding a model" lists what comes from where.
+Runs in the mindspore environment only. docs/manifest.md lists what comes from where.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Runs only in the mindspore environment:
     .venvs/mindspore/bin/python -m converters.mindcv.worker WORKDIR/job.json
 The order of the stages lives in converters/worker_flow.py.
 
-MindSpore traps (ENVIRONMENT.md): anything that loads protobuf before mindspore breaks its
+MindSpore traps (docs/environments.md): anything that loads protobuf before mindspore breaks its
 old-style _pb2 modules, so mindspore is the first heavy import here and this environment
 has no onnx package; mindcv's `res2net50()` function defaults to 1001 classes, so models are
 always built with the manifest's num_classes.

@@ -4,7 +4,7 @@ published ImageNet-1k top-1/top-5 and the checkpoint URL (the model's metafile.y
 
 Used by the worker's `describe` and `list` tasks (converters/worker_flow.py) so that a
 manifest entry needs only name, source, model_id, num_classes and checkpoint. Runs in the
-mmpretrain environment only. README "Adding a model" lists what is derived from where.
+mmpretrain environment only. docs/manifest.md lists what is derived from where.
 """
 from __future__ import annotations
 

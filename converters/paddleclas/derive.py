@@ -8,7 +8,7 @@ model's own config in PaddleClas's repository, which the package does not ship
 The pip package ships no accuracy table, so nothing is published here: an entry that wants
 the published-top-1 gate writes `published:` itself.
 
-Runs in the paddle environment only. README "Adding a model" lists what comes from where.
+Runs in the paddle environment only. docs/manifest.md lists what comes from where.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Runs only in the paddle environment:
     .venvs/paddle/bin/python -m converters.paddleclas.worker WORKDIR/job.json
 The order of the stages lives in converters/worker_flow.py.
 
-Paddle traps handled here (ENVIRONMENT.md): PaddleClas fixes ParamAttr names, so every
+Paddle traps handled here (docs/environments.md): PaddleClas fixes ParamAttr names, so every
 model is built under `unique_name.guard()`; paddle2onnx calls sys.exit on failure, which is
 caught and reported; its optimizer's dependencies are preinstalled by envs/paddle.lock.txt.
 """

@@ -3,7 +3,7 @@
 mutmut learns which tests reach a function by recording trampoline hits inside the pytest
 process. Many fast tests reach the code through `python pipeline.py ...` subprocesses; their
 hits were lost, so mutmut marked those functions "no tests" and never ran their mutants
-(about half of all mutants on the first run, see README "Mutation testing"). The mutant
+(about half of all mutants on the first run, see docs/testing.md, "Mutation testing"). The mutant
 itself always reached the subprocess (the MUTANT_UNDER_TEST variable is inherited); only the
 attribution was missing.
 
