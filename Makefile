@@ -25,7 +25,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n :
 TEST_DIST = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 BENCH_JSON ?= bench.json
 
-.PHONY: help setup demo convert test test-fast test-offline list lock lock-hashes mutation zoo-sweep clean verify-artifact publish nightly \
+.PHONY: help setup demo convert lint test test-fast test-offline list lock lock-hashes mutation zoo-sweep clean verify-artifact publish nightly \
         bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
@@ -53,7 +53,8 @@ help:
 	@echo "make bench MODEL=NAME [OUT=DIR] [BATCH_SIZES=1,8,32] [PRECISIONS=..] [DEVICE=cuda]"
 	@echo "                                source vs ONNX Runtime latency/FPS table + bench.json"
 	@echo "make bench-data-path            accuracy gate: data path vs inference images/s (JSON)"
-	@echo "make test                       full test suite (slow tests included)"
+	@echo "make test                       ruff, then the full test suite (slow tests included)"
+	@echo "make lint                       ruff check (rules in pyproject.toml)"
 	@echo "make test-fast                  tests that need no framework worker and no package index"
 	@echo "make test-offline               the full suite less the tests that need a package index"
 	@echo "make lock                       re-resolve envs/*.in into hash-locked envs/*.lock.txt"
@@ -148,7 +149,11 @@ bench-int8: setup
 list: setup
 	@$(PY) pipeline.py --manifest $(MANIFEST) --list
 
-test: setup
+# ruff (configured in pyproject.toml) first: a lint finding fails `make test`, and so CI.
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
 	$(PY) -m pytest $(TEST_DIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup

@@ -119,9 +119,10 @@ def main() -> None:
           f"{'localize s':>10}")
     for r in rows:
         same = r.get("vs_onnxruntime_int8")
+        ort_figures = (f"{same['cosine_min']}, {same['top1_agreement']}" if same else "")
         print(f"{r['entry']:<30} {r['ranges']:<12} {r['build_s']:>8} "
               f"{r.get('speedup', ''):>8} {r['cosine_min']:>10} {r['top1_agreement']:>10} "
-              f"{(str(same['cosine_min']) + ', ' + str(same['top1_agreement'])) if same else '':>32} "
+              f"{ort_figures:>32} "
               f"{r['localize_s'] if same else '':>10}")
     print(f"\n{rows[0]['calibration_images']} calibration images per entry; wrote {args.json}")
 

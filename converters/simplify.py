@@ -43,7 +43,8 @@ def check(path: Path) -> dict:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise OnnxCheckFailed("onnx_checker", f"onnx.checker rejected {path.name}: {exc}")
+        raise OnnxCheckFailed("onnx_checker",
+                              f"onnx.checker rejected {path.name}: {exc}") from exc
     return describe(onnx.load(str(path), load_external_data=False))
 
 
@@ -89,7 +90,8 @@ def simplify(src: Path, dst: Path, test_shape: list[int], atol: float, rtol: flo
                                               perform_optimization=optimize,
                                               skipped_optimizers=list(skipped) or None)
     except Exception as exc:  # noqa: BLE001 - onnxsim raises many types
-        raise OnnxCheckFailed("onnxsim", f"onnxsim failed: {type(exc).__name__}: {exc}")
+        raise OnnxCheckFailed("onnxsim",
+                              f"onnxsim failed: {type(exc).__name__}: {exc}") from exc
     onnx.save(simplified, str(dst))
     info = check(dst)
     info["optimizer"] = optimizer_setting(skipped, optimize)

@@ -89,8 +89,9 @@ def percentile_ranges(prepared: Path, calibration: np.ndarray, percentile: float
     with numpy (2048 bins); that is most of an int8 build. Here a copy of the model computes,
     per calibrated tensor and batch, ReduceMin, ReduceMax, Size and the k largest |x| (TopK,
     k = the number of values above the percentile over the whole set, so the global ones are
-    among each batch's, a smaller last batch included); numpy only merges those few values. The threshold is the exact order
-    statistic ORT's histogram approximates to one bin (max|x| / 2048). The tensors are the
+    among each batch's, a smaller last batch included); numpy only merges those few values.
+    The threshold is the exact order statistic ORT's histogram approximates to one bin
+    (max|x| / 2048). The tensors are the
     ones ORT's own calibrator selects (same class, same op types), and the ranges go to
     quantize_static through its calibration cache file, so the quantizer is ORT's, unchanged.
     `make bench-int8` compares the resulting models with ORT's own calibration."""

@@ -575,8 +575,8 @@ def latency(adapter: Adapter, job: dict, workdir: Path) -> dict:
     rows = []
     for batch in job["batch_sizes"]:
         x = rng.standard_normal((batch, *entry["input_shape"])).astype(np.float32)
-        times = timed_runs(lambda: adapter.forward(model, x, batch), int(job["warmup"]),
-                           int(job["runs"]))
+        times = timed_runs(lambda x=x, batch=batch: adapter.forward(model, x, batch),
+                           int(job["warmup"]), int(job["runs"]))
         rows.append({"batch_size": batch, "times_s": [round(t, 6) for t in times]})
         log(f"{adapter.framework} batch {batch}: median {np.median(times) * 1000:.1f} ms")
     return {"versions": adapter.versions(), "rows": rows,

@@ -36,7 +36,8 @@ LISTED = 50   # unreadable / disagreeing images named in the report (the count i
 # besides its images (task start, worker process start and imports, model build, checkpoint
 # load, ONNX Runtime sessions; `make bench-scale` measures it) against about 3.7 images/s
 # per 1-CPU worker on Res2Net50 here: 256 images keep that near 10 % of a shard while a
-# full ImageNet val entry still makes ~200 shards to spread over the nodes (docs/usage.md, "One machine or a Ray cluster").
+# full ImageNet val entry still makes ~200 shards to spread over the nodes (docs/usage.md,
+# "One machine or a Ray cluster").
 DEFAULT_RAY_SHARD_SIZE = 256
 
 

@@ -63,7 +63,7 @@ def ort_latency(path: Path, batch_sizes: list[int], input_shape: list[int], thre
     rows = []
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        times = timed_runs(lambda: session.run(None, {name: x}), warmup, runs)
+        times = timed_runs(lambda x=x: session.run(None, {name: x}), warmup, runs)
         rows.append({"batch_size": batch, **_stats(times, batch)})
     return rows, f"onnxruntime {ort.__version__} {used.replace('ExecutionProvider', '')}"
 
@@ -78,7 +78,7 @@ def ov_latency(path: Path, batch_sizes: list[int], input_shape: list[int], threa
     rows = []
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        times = timed_runs(lambda: runner.request.infer({0: x}), warmup, runs)
+        times = timed_runs(lambda x=x: runner.request.infer({0: x}), warmup, runs)
         rows.append({"batch_size": batch, **_stats(times, batch)})
     return rows, f"openvino {runner.version} CPU"
 

@@ -208,7 +208,8 @@ class RayExecutor(Executor):
                   "logging_level": "ERROR", "configure_logging": True}
         if address:
             # Ray rewrites a loopback address to this host's outward one, where nodes started
-            # by `make ray-head` / `ray-worker` listen: nothing to pin (docs/usage.md, "One machine or a Ray cluster").
+            # by `make ray-head` / `ray-worker` listen: nothing to pin (docs/usage.md, "One
+            # machine or a Ray cluster").
             ray.init(address=address, **common)
         else:
             # address="local": a new instance of our own. Without it ray.init() joins the

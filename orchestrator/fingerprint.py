@@ -4,8 +4,9 @@ An entry's inputs fingerprint covers everything that can change its figures or i
 the checkpoint's sha256, the manifest entry as used (defaults filled in), the lock files of
 the environments it runs in, the pipeline's code, the dataset (file list, sizes, labels,
 layout, --limit), the precisions shipped, the signing key and --max-image-pixels.
-report.json and provenance.json record the parts and the digest; a store version whose recorded digest equals
-this run's was made from the same inputs, so `--skip-unchanged STORE` does not redo it.
+report.json and provenance.json record the parts and the digest; a store version whose
+recorded digest equals this run's was made from the same inputs, so `--skip-unchanged STORE`
+does not redo it.
 
 The code and lock digests also name the Ray resources a node advertises (orchestrator.executor),
 so a task only ever runs on a node built from the same code and locks as the driver.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from pathlib import Path
 
 from converters.registry import REPO_ROOT, SourceSpec
 

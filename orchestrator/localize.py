@@ -37,9 +37,11 @@ class LocalizeFailed(Exception):
 
 def localize_model(entry: Entry, model_path: Path, checkpoint: Path, images: list[Path],
                    workdir: Path, threads: int | None = None, timeout: float = 1800,
-                   limits: WorkerLimits = WorkerLimits(), rtol: float = LAYER_RTOL) -> dict:
+                   limits: WorkerLimits | None = None, rtol: float = LAYER_RTOL) -> dict:
     """report['verification']['localization'] for `model_path` against the entry's source,
-    on IMAGES as one batch."""
+    on IMAGES as one batch. `limits`: the worker's (default: read from the environment now,
+    not when this module was imported)."""
+    limits = limits or WorkerLimits()
     capture_dir = workdir / "localize"
     capture_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -678,7 +678,7 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
                 report["entry"] = out.entry = entry.data
             out.checks, variants, out.runnable = _run_stages(
                 entry, all_entries, opts, report, timer, workdir, checkpoint, blob, say)
-            for precision, v in variants.items():
+            for v in variants.values():
                 path = v.pop("path")
                 if v["passed"]:
                     v["onnx"] = path.read_bytes()

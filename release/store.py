@@ -8,13 +8,19 @@ Both keep the same layout and the same guarantees, each with its own means:
     NAME/<version>/<the artifact's signed files>
     index.json, index.md
 
-| guarantee                         | folder                                   | S3                                                                   |
-|-----------------------------------|------------------------------------------|----------------------------------------------------------------------|
-| a version is visible only whole   | copied to .staging-*, then renamed       | files uploaded first, then the marker `.published/NAME/<version>.json` (written last, with its files' sha256); a version without a marker does not exist for any reader |
-| publishers never corrupt the index| exclusive flock on STORE/.lock           | index.json is replaced only by a conditional write (If-Match the ETag read before listing; If-None-Match: * when there is none); a lost race re-lists and retries |
-| a killed publisher                | the kernel drops the lock; stale staging is removed by the next publisher | its files stay invisible (no marker); the next publish of that version overwrites them, and a publisher removes unmarked files older than ORPHAN_AGE |
-| retention                         | rename out of sight, then delete         | marker deleted first (invisible at once), then the files             |
-| published time                    | the version directory's mtime            | the marker's `published`                                             |
+What each store guarantees, and how:
+- A version is visible only whole. Folder: copied to .staging-*, then renamed. S3: files
+  uploaded first, then the marker `.published/NAME/<version>.json` (written last, with its
+  files' sha256); a version without a marker does not exist for any reader.
+- Publishers never corrupt the index. Folder: an exclusive flock on STORE/.lock. S3:
+  index.json is replaced only by a conditional write (If-Match the ETag read before listing;
+  If-None-Match: * when there is none); a lost race re-lists and retries.
+- A killed publisher. Folder: the kernel drops the lock; stale staging is removed by the next
+  publisher. S3: its files stay invisible (no marker); the next publish of that version
+  overwrites them, and a publisher removes unmarked files older than ORPHAN_AGE.
+- Retention. Folder: rename out of sight, then delete. S3: the marker is deleted first
+  (invisible at once), then the files.
+- Published time. Folder: the version directory's mtime. S3: the marker's `published`.
 
 Credentials, region and endpoint come from the standard AWS variables and files, as every S3
 tool reads them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE,

@@ -91,12 +91,13 @@ def reopen(patterns: list[str], equivalent: dict[str, str]) -> tuple[int, int]:
     mutmut keeps a mutant's result until its function changes, and runs a test map for new
     test names only. A survivor or a "no tests" mutant would then stand after the tests that
     kill it were written; a catch cannot be undone by adding tests. So a resumed run re-tests
-    what was not caught, and the timeouts and signal deaths, with a test map made afresh (one pass of the fast
-    tests). Killed mutants keep their result, and so do the survivors listed as equivalent
-    (no test can kill one, and each ran every test of its function, a minute or two: half a
-    resumed run's time went on them); a changed function's mutants are new to mutmut and run
-    anyway. MUTATION_FRESH=1 (scripts/mutation.sh) forgets all of it, and the report then
-    names a listed mutant that was caught as stale. Returns (reopened, equivalents kept).
+    what was not caught, and the timeouts and signal deaths, with a test map made afresh (one
+    pass of the fast tests). Killed mutants keep their result, and so do the survivors listed
+    as equivalent (no test can kill one, and each ran every test of its function, a minute or
+    two: half a resumed run's time went on them); a changed function's mutants are new to
+    mutmut and run anyway. MUTATION_FRESH=1 (scripts/mutation.sh) forgets all of it, and the
+    report then names a listed mutant that was caught as stale. Returns (reopened,
+    equivalents kept).
     """
     from mutmut.__main__ import SourceFileMutationData, walk_mutatable_files
     from mutmut.stats import status_by_exit_code

@@ -214,7 +214,8 @@ def test_meter_and_gates():
     assert not {c.name: c for c in checks}["published_top1_delta"].passed
 
 
-TOL = {"atol": 1e-4, "rtol": 1e-5}      # the logit gate's: near-tie margin 2 x (atol + rtol x max|logit|)
+# The logit gate's: near-tie margin 2 x (atol + rtol x max|logit|).
+TOL = {"atol": 1e-4, "rtol": 1e-5}
 
 
 def _tie_case(gap: float, onnx_class: int):

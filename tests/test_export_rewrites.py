@@ -162,7 +162,8 @@ def test_mindcv_vit_exports_through_the_unstack_rewrite_and_runs_at_any_batch(tm
     assert report["passed"]
     fixups = report["source"]["export_fixups"]
     assert any(n.startswith("export rewrite: 12 x Unstack(axis=0) -> ") for n in fixups)
-    assert any(n.startswith("1 constant(s) at the traced batch 1 entering a Concat") for n in fixups)
+    assert any(n.startswith("1 constant(s) at the traced batch 1 entering a Concat")
+               for n in fixups)
     assert any("or from their input (0)" in n for n in fixups)
     batch = [c for c in report["checks"] if c["name"] == "batch_independent"]
     assert len(batch) == 2 and all(c["passed"] and c["scope"]["batch_sizes"] == [16, 1]

@@ -325,7 +325,8 @@ def test_the_nesting_limit_counts_collections_the_same_way_everywhere(nested, lo
     with pytest.raises(DocumentTooLarge) as refused:
         load(nested(6), "x")
     assert str(refused.value) == ("x: refused before loading: nested more than 5 levels deep "
-                                  "(the limit is MODEL_CONVERT_MAX_NESTING=5; docs/usage.md, 'Limits')")
+                                  "(the limit is MODEL_CONVERT_MAX_NESTING=5; docs/usage.md, "
+                                  "'Limits')")
 
 
 def test_the_node_limit_counts_every_node_an_alias_brings(monkeypatch):
@@ -361,7 +362,8 @@ def test_alias_and_text_limits_exactly_and_a_raised_nesting_limit_still_ends_cle
     with pytest.raises(DocumentTooLarge) as refused:
         load_yaml("".join(" " * i + "-\n" for i in range(3000)), "x")
     assert str(refused.value) == ("x: refused before loading: nested too deep to parse (the "
-                                  "limit is MODEL_CONVERT_MAX_NESTING=100000; docs/usage.md, 'Limits')")
+                                  "limit is MODEL_CONVERT_MAX_NESTING=100000; docs/usage.md, "
+                                  "'Limits')")
 
 
 def test_only_regular_files_are_read_a_fifo_or_a_device_is_refused(tmp_path):

@@ -38,9 +38,9 @@ def test_ray_reports_the_local_figures_on_three_sources(checkpoints, shared_mani
     """The shared three-source local run (conftest.three_sources: same manifest, data,
     threads and precisions) against the same run on Ray in shards of 4."""
     names = list(THREE_SOURCES)
-    ray = run_pipeline(*shared_args(shared_manifest, checkpoints, names, tmp_path / "ray", shared_data,
-                              "--precisions", "fp32,fp16", "--executor", "ray",
-                              "--shard-size", "4"),
+    ray = run_pipeline(*shared_args(shared_manifest, checkpoints, names, tmp_path / "ray",
+                                    shared_data, "--precisions", "fp32,fp16",
+                                    "--executor", "ray", "--shard-size", "4"),
                        env={"MODEL_CONVERT_WORK": str(tmp_path / "work")})
     assert ray.returncode == 0, ray.stdout[-4000:] + ray.stderr[-3000:]
     assert "executor: ray (embedded local instance" in ray.stdout
@@ -192,8 +192,9 @@ def test_environment_no_node_offers_is_reported_at_once(cluster, checkpoints, sh
     c, _, _ = cluster
     name = "paddleclas-res2net50-14w-8s"
     start = time.monotonic()
-    proc = run_pipeline(*shared_args(shared_manifest, checkpoints, [name], tmp_path / "out", shared_data,
-                               "--executor", "ray", "--ray-address", c.address), timeout=120)
+    proc = run_pipeline(*shared_args(shared_manifest, checkpoints, [name], tmp_path / "out",
+                                     shared_data, "--executor", "ray", "--ray-address",
+                                     c.address), timeout=120)
     took = time.monotonic() - start
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "UNAVAILABLE" in proc.stdout

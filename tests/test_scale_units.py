@@ -254,7 +254,8 @@ def test_every_input_changes_the_fingerprint(tmp_path, monkeypatch):
         assert changed_code != code
         # A source's own eval configs change what a five-field entry derives.
         configs = root / "converters" / "mindcv" / "eval_configs.json"
-        configs.write_text(configs.read_text().replace('"image_resize":256', '"image_resize":288', 1))
+        configs.write_text(configs.read_text().replace('"image_resize":256',
+                                                       '"image_resize":288', 1))
         fingerprint.code_digest.cache_clear()
         assert fingerprint.code_digest() != changed_code
     finally:

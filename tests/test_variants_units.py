@@ -52,7 +52,8 @@ def _ort_ranges(model: Path, data: np.ndarray, tmp: Path) -> dict:
 
     for start in range(0, len(data), 8):
         calibrator.collect_data(Reader(data[start:start + 8]))
-    return {k: tuple(float(x) for x in v.range_value) for k, v in calibrator.compute_data().data.items()}
+    return {k: tuple(float(x) for x in v.range_value)
+            for k, v in calibrator.compute_data().data.items()}
 
 
 @pytest.fixture(scope="module")

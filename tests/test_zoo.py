@@ -443,8 +443,8 @@ def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(t
     ("paddleclas", "RepVGG_A0,SwinTransformer_tiny_patch4_window7_224",
      {"RepVGG_A0": "passed", "SwinTransformer_tiny_patch4_window7_224": "passed"}),
     # xcit: a functional ops.unstack inside its attention's construct (Unstack), replaced
-    # while the exporter parses it (was unsupported, as cait); edgenext passes through three rewrites
-    # (exact GELU, its positional encoding's LogicalNot, XCA's L2Normalize) and mobilevit,
+    # while the exporter parses it (was unsupported, as cait); edgenext passes through three
+    # rewrites (exact GELU, its positional encoding's LogicalNot, XCA's L2Normalize) and mobilevit,
     # at the 256 px of MindCV's own config, through two (its bilinear resize as matrix
     # products, its blocks' batch left to -1), both unsupported before. (Each rule:
     # test_export_rewrites.py.) coat's class token and padding, constants at the traced

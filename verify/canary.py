@@ -56,9 +56,9 @@ def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     with its optimizer on: PaddleClas SwinTransformer_tiny is simplified without it)."""
     found = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            found.update({node.output[0]: attr.t for attr in node.attribute
-                          if attr.name == "value"})
+        for attr in node.attribute if node.op_type == "Constant" else ():
+            if attr.name == "value":
+                found[node.output[0]] = attr.t
     return found
 
 

@@ -3,8 +3,9 @@
 Knows nothing of frameworks. It is given an ONNX model, one input batch (several images: a
 graph that holds the batch it was traced at is right on one image alone, and wrong on the
 others of a batch), and the source's own layer outputs on that batch (captured by the
-source's worker with forward hooks, converters/worker_flow.py `capture`): for every convolution / linear layer, its weight
-shape, its output, and the output of a normalisation layer that directly follows it.
+source's worker with forward hooks, converters/worker_flow.py `capture`): for every
+convolution / linear layer, its weight shape, its output, and the output of a
+normalisation layer that directly follows it.
 
 1. Pairing. The ONNX model's Conv / Gemm / MatMul nodes with a constant weight are listed in
    graph order, the source's conv / linear layers in execution order. Both sequences are
@@ -46,7 +47,8 @@ from onnx import TensorProto, helper
 
 from verify.ort_runner import OrtRunner
 
-LAYER_RTOL = 1e-3   # clean fp32 exports here: median 1e-5, largest 2.6e-4 of a layer's range (docs/usage.md)
+# Clean fp32 exports here: median 1e-5, largest 2.6e-4 of a layer's range (docs/usage.md).
+LAYER_RTOL = 1e-3
 CHUNK = 16          # node outputs exposed per ONNX Runtime session
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

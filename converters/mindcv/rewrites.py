@@ -13,11 +13,11 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
   rewritten as one index per slice, which exports as Gather; exact;
 - GroupNorm (nn.GroupNorm, mindcv PoolFormer's norm layers): rewritten as its mean and
   variance per group with the batch left to -1, keeping the norm's gamma and beta;
-- LogicalNot, which mindcv edgenext's and xcit's PositionalEncodingFourier apply to an all-False mask
-  before cumulative sums: the cell keeps its projection and Parameters, and its construct
-  takes the resulting sin/cos table, computed in numpy at compile time for one image (it is
-  the same for every image, and broadcasts where the model adds it); float32 rounding of
-  sin/cos, 2.4e-7 on the test network;
+- LogicalNot, which mindcv edgenext's and xcit's PositionalEncodingFourier apply to an
+  all-False mask before cumulative sums: the cell keeps its projection and Parameters, and
+  its construct takes the resulting sin/cos table, computed in numpy at compile time for one
+  image (it is the same for every image, and broadcasts where the model adds it); float32
+  rounding of sin/cos, 2.4e-7 on the test network;
 - L2Normalize, which mindcv edgenext's XCA attention makes inside its construct: the cell's
   construct is swapped for mindcv's own with x / sqrt(max(sum(x^2), 1e-4)) in its place;
 - ResizeBilinearV2, which mindcv's Interpolate(mode="bilinear", align_corners=True) runs
@@ -26,8 +26,9 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
 And one rule for a batch the exporter writes as a number: MobileViTBlock's unfolding and
 folding reshape to `(batch_size * patch_area, N, -1)` and `(batch_size, P, N, -1)`, traced as
 [4, N, -1] and [1, 4, N, -1], which no graph fix can tell from dimensions that are not the
-batch; the block's methods are swapped for mindcv's own with the batch left to -1. Swin's WindowReverse (v1 and v2) is the same case:
-(b, h/ws, w/ws, ws, ws, -1), its batch b traced as 1 beside a -1.
+batch; the block's methods are swapped for mindcv's own with the batch left to -1. Swin's
+WindowReverse (v1 and v2) is the same case: (b, h/ws, w/ws, ws, ws, -1), its batch b traced
+as 1 beside a -1.
 A rule is added only for what the exporter measurably refuses (tests/helpers/
 ms_rewrite_check.py): `nn.SiLU`, which issue 30 listed for MobileViT, exports unchanged in
 2.7.2, so it has none.

@@ -124,7 +124,8 @@ class MindCVAdapter:
             model(ms.Tensor(inputs))
 
     def for_inference(self, model) -> list[str]:
-        return worker_flow.switch_to_inference(model.cells_and_names(), "switch_to_deploy", self.framework)
+        return worker_flow.switch_to_inference(model.cells_and_names(), "switch_to_deploy",
+                                               self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> list[str]:

@@ -48,7 +48,8 @@ def _metainfo(model_id: str):
     try:
         return ModelHub.get(model_id)
     except (ValueError, KeyError) as exc:
-        raise WorkerError("model_id", f"mmpretrain does not know model {model_id!r}: {exc}")
+        raise WorkerError("model_id",
+                          f"mmpretrain does not know model {model_id!r}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - mmpretrain's own config does not load
         raise WorkerError("unsupported", f"mmpretrain cannot load the config of {model_id!r}: "
                                          f"{type(exc).__name__}: {exc}") from exc

@@ -24,7 +24,8 @@ def build_model(model_id: str, num_classes: int):
     try:
         model = get_model(model_id, pretrained=False, head=dict(num_classes=num_classes))
     except (ValueError, KeyError) as exc:
-        raise WorkerError("model_id", f"mmpretrain does not know model {model_id!r}: {exc}")
+        raise WorkerError("model_id",
+                          f"mmpretrain does not know model {model_id!r}: {exc}") from exc
     return model.eval()
 
 
@@ -204,7 +205,8 @@ class MMPretrainAdapter:
         return torch.cat(outs).numpy()
 
     def for_inference(self, model) -> list[str]:
-        return worker_flow.switch_to_inference(model.named_modules(), "switch_to_deploy", self.framework)
+        return worker_flow.switch_to_inference(model.named_modules(), "switch_to_deploy",
+                                               self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> list[str]:

@@ -133,7 +133,8 @@ class PaddleClasAdapter:
             model(paddle.to_tensor(inputs))
 
     def for_inference(self, model) -> list[str]:
-        return worker_flow.switch_to_inference(model.named_sublayers(include_self=True), "re_parameterize", self.framework)
+        return worker_flow.switch_to_inference(model.named_sublayers(include_self=True),
+                                               "re_parameterize", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:

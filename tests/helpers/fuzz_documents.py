@@ -95,7 +95,7 @@ def run(work: Path, seed: int, inputs: int) -> tuple[dict, list[str]]:
         # Manifest loader.
         path = work / f"m{i}.yaml"
         path.write_text(mutate_text(rng, manifest), encoding="utf-8", errors="surrogatepass")
-        attempt("manifest", lambda: load_manifest(path), (ManifestError,), path.name)
+        attempt("manifest", lambda path=path: load_manifest(path), (ManifestError,), path.name)
         path.unlink()
         # Dataset layouts.
         root = work / f"d{i}"
@@ -113,7 +113,7 @@ def run(work: Path, seed: int, inputs: int) -> tuple[dict, list[str]]:
                 (folder / f"x{k}.JPEG").write_bytes(b"")
         else:
             (root / layout).write_text(label_lines(rng, names), encoding="utf-8")
-        attempt("dataset", lambda: load_dataset(root), (DatasetError,), f"{layout}")
+        attempt("dataset", lambda root=root: load_dataset(root), (DatasetError,), f"{layout}")
         # An artifact's report.json, as the publisher reads it.
         out = work / f"o{i}"
         (out / "a").mkdir(parents=True)
@@ -127,7 +127,7 @@ def run(work: Path, seed: int, inputs: int) -> tuple[dict, list[str]]:
         # Every hostile report is unsigned or unreadable: the publisher must skip or refuse
         # it (a line in result.skipped/rejected), never raise, never publish.
         result = []
-        attempt("report", lambda: result.append(
+        attempt("report", lambda result=result, out=out, store=store: result.append(
             publish(out, store, REPO / "missing.pub", say=lambda _: None)), (), "report.json")
         if result and (result[0].published or not (result[0].skipped or result[0].rejected)):
             failures.append(f"report #{counts['report']}: neither skipped nor refused")

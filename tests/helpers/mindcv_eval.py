@@ -45,8 +45,9 @@ def evaluate(root, synsets_file, net):
                            transform=transforms, num_parallel_workers=1)
     from mindcv.loss import create_loss
 
-    model = ms.Model(net, loss_fn=create_loss(name="CE"), metrics={"top1": ms.nn.Top1CategoricalAccuracy(),
-                                   "top5": ms.nn.Top5CategoricalAccuracy()})
+    model = ms.Model(net, loss_fn=create_loss(name="CE"),
+                     metrics={"top1": ms.nn.Top1CategoricalAccuracy(),
+                              "top5": ms.nn.Top5CategoricalAccuracy()})
     scores = model.eval(loader, dataset_sink_mode=False)
     return {"top1": 100 * scores["top1"], "top5": 100 * scores["top5"],
             "images": dataset.get_dataset_size()}

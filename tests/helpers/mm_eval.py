@@ -2,8 +2,9 @@
 
 mmpretrain's CustomDataset reads the folder + annotation file, the test pipeline of the
 model's own config (for Res2Net: configs/_base_/datasets/imagenet_bs32_pil_resize.py) and the
-model's own data preprocessor prepare the batches, `model.val_step` predicts and `mmpretrain.evaluation.Accuracy` scores,
-as `tools/test.py` would. Nothing of the pipeline's code is used.
+model's own data preprocessor prepare the batches, `model.val_step` predicts and
+`mmpretrain.evaluation.Accuracy` scores, as `tools/test.py` would. Nothing of the pipeline's
+code is used.
 
     python tests/helpers/mm_eval.py ROOT ANN_FILE MODEL_ID CHECKPOINT OUT.json
 OUT.json: {"top1", "top5", "images", "top5_pred": {file name: [5 class indices]}}

@@ -242,7 +242,8 @@ def main() -> None:
                 out = net(x).asnumpy()
                 after = export(net, x, os.path.join(tmp, "after"))
                 again = rewrites.rewrite(net)
-            held = {"held_before": before is None and held_reshapes(os.path.join(tmp, "before.onnx")),
+            held = {"held_before": before is None
+                        and held_reshapes(os.path.join(tmp, "before.onnx")),
                     "held_after": after is None and held_reshapes(os.path.join(tmp, "after.onnx"))}
         print(json.dumps({"rule": rule.name, "export_before": before, "export_after": after,
                           **held,
