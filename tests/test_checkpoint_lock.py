@@ -99,7 +99,7 @@ def test_lock_file_errors_name_the_line_and_contradictions_name_both_digests(tmp
 
 
 def test_cache_and_mirror_come_from_the_environment_in_every_command(http_server, tmp_path):
-    """README: the cache is --cache-dir, else $MODEL_CONVERT_CACHE; MODEL_CONVERT_MIRROR
+    """docs/usage.md: the cache is --cache-dir, else $MODEL_CONVERT_CACHE; MODEL_CONVERT_MIRROR
     serves every checkpoint by file name when the publisher's host cannot be reached. Here
     the entry's host is a closed port and only the mirror has the file."""
     entry = {**manifest_entries()[NAME],

@@ -272,7 +272,7 @@ def test_variant_top1_is_per_image():
 
 
 def test_decided_by_names_the_first_diverging_layer():
-    """The summary line of a failed entry says where the network parts (README)."""
+    """The summary line of a failed entry says where the network parts (docs/usage.md)."""
     from orchestrator.run import _decided_by
     from verify.compare import Check
 

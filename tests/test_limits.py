@@ -209,7 +209,7 @@ def test_an_image_over_the_pixel_limit_is_unreadable_and_never_decoded(tmp_path)
     again = list(batches([str(huge)], per_image, stack, 4, 1, max_pixels=10**9))
     assert again[0].unreadable[0]["error"] != out[0].unreadable[0]["error"]
     assert "huge.png" in decoded
-    # 0 turns the check off (README "Limits"), in the workers' loader and in the job they
+    # 0 turns the check off (docs/usage.md, "Limits"), in the workers' loader and in the job they
     # are given, and in the contract's own preprocessing.
     from converters.worker_flow import _max_pixels
     from deploy.preprocess import PreprocessError, preprocess
@@ -339,8 +339,8 @@ def test_the_node_limit_counts_every_node_an_alias_brings(monkeypatch):
     with pytest.raises(DocumentTooLarge) as refused:
         load_yaml(text, "x")
     assert str(refused.value) == ("x: refused before loading: its aliases expand to more than "
-                                  "8 nodes (the limit is MODEL_CONVERT_MAX_YAML_NODES=8; README, "
-                                  "'Limits')")
+                                  "8 nodes (the limit is MODEL_CONVERT_MAX_YAML_NODES=8; "
+                                  "docs/usage.md, 'Limits')")
 
 
 def test_alias_and_text_limits_exactly_and_a_raised_nesting_limit_still_ends_cleanly(
@@ -367,7 +367,7 @@ def test_alias_and_text_limits_exactly_and_a_raised_nesting_limit_still_ends_cle
 
 
 def test_only_regular_files_are_read_a_fifo_or_a_device_is_refused(tmp_path):
-    """README "Limits": a FIFO as the manifest, /dev/zero as a label file or an artifact's
+    """docs/usage.md, "Limits": a FIFO as the manifest, /dev/zero as a label file or an artifact's
     report.json: each refused at once, naming it, not read forever (a child process with a
     deadline, so that a regression hangs nothing but it)."""
     fifo = tmp_path / "m.yaml"

@@ -107,7 +107,7 @@ def test_merged_shards_equal_one_pass_over_the_same_logits(tmp_path):
 
 
 def test_the_report_lists_the_first_50_images_and_counts_them_all(tmp_path):
-    """README: `disagree`, `near_ties` and `unreadable` are full counts; each lists its first
+    """docs/usage.md: `disagree`, `near_ties` and `unreadable` are full counts; each lists its first
     50 images, in dataset order, across shards."""
     n, k = 130, 10
     src = np.tile(np.eye(k, dtype=np.float32)[0] * 5, (n, 1))          # source: class 0
@@ -431,7 +431,7 @@ def test_a_failed_shard_becomes_the_entrys_accuracy_error_and_the_first_one_stay
 
 
 def test_each_node_checks_the_dataset_is_the_drivers_before_any_work(tmp_path):
-    """README: `--data` must be readable at the same path on every node; each node checks
+    """docs/usage.md: `--data` must be readable at the same path on every node; each node checks
     the selected files and their sizes, and says what differs (run_all stops on it)."""
     from orchestrator.fingerprint import dataset_digest
     from orchestrator.run import check_dataset_here
