@@ -348,9 +348,9 @@ def test_skip_unchanged_reads_the_remote_index(s3_server, keys, tmp_path, monkey
 def test_a_server_that_ignores_conditional_writes_is_refused(s3_server, keys, tmp_path,
                                                               monkeypatch):
     """docs/publishing.md: a server that does not honour If-None-Match / If-Match would let
-    publishers overwrite each other's index, so the first publish of a session probes it and refuses.
-    Such a server is stood for by dropping the conditions from every write (moto honours
-    them); the probe leaves nothing behind and nothing is published."""
+    publishers overwrite each other's index, so the first publish of a session probes it and
+    refuses. Such a server is stood for by dropping the conditions from every write (moto
+    honours them); the probe leaves nothing behind and nothing is published."""
     from release import store as store_module
     from release.publish import publish as publish_store
 
