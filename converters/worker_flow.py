@@ -291,10 +291,15 @@ def preprocess_all(paths: list[str], per_image, collate, workers: int,
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), used, unreadable
 
 
-def _source_failed(adapter: Adapter, what: str, exc: Exception) -> WorkerError:
+def source_failure(framework: str, what: str, exc: Exception) -> str:
+    """What the source's own code failed at, in its words (one line): the message of an
+    `unsupported` model, here and in the mindcv checkpoint maker."""
     first = " ".join(str(exc).split())[:300]
-    return WorkerError("unsupported", f"{adapter.framework}'s own code cannot {what} here: "
-                                      f"{type(exc).__name__}: {first}")
+    return f"{framework}'s own code cannot {what} here: {type(exc).__name__}: {first}"
+
+
+def _source_failed(adapter: Adapter, what: str, exc: Exception) -> WorkerError:
+    return WorkerError("unsupported", source_failure(adapter.framework, what, exc))
 
 
 def build_with_source(adapter: Adapter, model_id: str, num_classes: int):

@@ -301,6 +301,21 @@ def _simplifier_broke(checks: list[Check]) -> bool:
     return bool(bad) and all(c.scope.get("model") == "simplified" for c in failed(checks))
 
 
+def _each_retry(exported: Path, target: Path, entry: Entry):
+    """onnxsim on the exporter's model into `target` with each of RETRIES' settings in turn
+    (converters/simplify.py): yields (the optimizer setting, simplify()'s info or None, its
+    error message or None)."""
+    tol = entry["tolerances"]
+    for setting in RETRIES:
+        try:
+            info = simplify(exported, target, [2, *entry["input_shape"]], atol=tol["atol"],
+                            rtol=tol["rtol"], **setting)
+        except OnnxCheckFailed as exc:
+            yield optimizer_setting(**setting), None, exc.message
+            continue
+        yield info["optimizer"], info, None
+
+
 def _resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarray,
                 reference: np.ndarray, checks: list[Check], logits: dict, threads: int | None,
                 report: dict, say) -> tuple[list[Check], dict]:
@@ -315,14 +330,9 @@ def _resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarr
     say(f"  simplify  onnxsim changed the exporter's logits ({first.name} {_fmt(first.measured)}"
         f" vs limit {_fmt(first.limit)}; the exporter's model passes): simplifying again")
     retry = simplified.with_name("model.retry.onnx")
-    tol = entry["tolerances"]
-    for setting in RETRIES:
-        try:
-            info = simplify(exported, retry, [2, *entry["input_shape"]], atol=tol["atol"],
-                            rtol=tol["rtol"], **setting)
-        except OnnxCheckFailed as exc:
-            repair["tried"].append({"optimizer": optimizer_setting(**setting),
-                                    "error": exc.message})
+    for setting, info, error in _each_retry(exported, retry, entry):
+        if info is None:
+            repair["tried"].append({"optimizer": setting, "error": error})
             continue
         again, _, outs = _verify(entry, {"simplified": (retry, info)}, inputs, reference,
                                  threads)
@@ -404,14 +414,10 @@ def _simplify_without_optimizer_passes(exported: Path, simplified: Path, entry: 
     optimizer write an unsorted graph ("Nodes in a graph must be topologically sorted"), and
     with the optimizer off it simplifies (5930 -> 2091 nodes). The logit gate then checks the
     model as it checks any simplified one. None when every setting fails."""
-    tol = entry["tolerances"]
     tried = [{"optimizer": optimizer_setting(), "error": failure.message[:400]}]
-    for setting in RETRIES:
-        try:
-            info = simplify(exported, simplified, [2, *entry["input_shape"]],
-                            atol=tol["atol"], rtol=tol["rtol"], **setting)
-        except OnnxCheckFailed as exc:
-            tried.append({"optimizer": optimizer_setting(**setting), "error": exc.message[:400]})
+    for setting, info, error in _each_retry(exported, simplified, entry):
+        if info is None:
+            tried.append({"optimizer": setting, "error": error[:400]})
             continue
         say(f"  simplify  onnxsim failed with its optimizer on "
             f"({' '.join(failure.message.split())[:160]}); "

@@ -196,3 +196,24 @@ def test_make_test_fast_and_offline_leave_out_what_the_readme_says():
     dry = subprocess.run(["make", "-n", "test", f"VENV_ROOT={VENV_ROOT}"], cwd=REPO,
                          capture_output=True, text=True, timeout=60).stdout
     assert (f"-n {workers} --dist loadgroup" in dry) is (workers > 1), dry
+    # ruff runs before the tests (README/docs/testing.md: `make test` is ruff, then pytest).
+    lines = dry.splitlines()
+    ruff = [i for i, line in enumerate(lines) if "-m ruff check ." in line]
+    pytest_at = [i for i, line in enumerate(lines) if "-m pytest" in line]
+    assert ruff and pytest_at and ruff[0] < pytest_at[0], dry
+
+
+def test_make_lint_passes_on_the_repository_and_the_config_fails_a_finding(tmp_path):
+    """`make lint` (run first by `make test`, so by CI) is clean on this tree, and the
+    project's ruff configuration does fail a finding (an unused import, a bugbear loop
+    variable): a lint step that passed whatever the code said would prove nothing."""
+    proc = subprocess.run(["make", "--no-print-directory", "-s", "lint",
+                           f"VENV_ROOT={VENV_ROOT}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (tmp_path / "bad.py").write_text("import os\n\n\ndef f(xs):\n"
+                                     "    return [lambda: x for x in xs]\n")
+    bad = subprocess.run([sys.executable, "-m", "ruff", "check", "--config",
+                          str(REPO / "pyproject.toml"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "F401" in bad.stdout and "B023" in bad.stdout, bad.stdout

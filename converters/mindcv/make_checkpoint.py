@@ -46,9 +46,9 @@ def batch_stats_only(model) -> None:
 def cannot(what: str, exc: Exception) -> None:
     """Exit status CANNOT_BUILD and an `unsupported:` line, which scripts/zoo_sweep.py reads:
     mindcv's own code failed, so the model is unsupported here (as the worker says)."""
-    first = " ".join(str(exc).split())[:300]
-    print(f"unsupported: mindcv's own code cannot {what} here: {type(exc).__name__}: {first}",
-          file=sys.stderr)
+    from converters.worker_flow import source_failure
+
+    print(f"unsupported: {source_failure('mindcv', what, exc)}", file=sys.stderr)
     raise SystemExit(CANNOT_BUILD) from None
 
 
