@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from converters.mindcv.make_checkpoint import CANNOT_BUILD  # noqa: E402 - no framework import
 from converters.registry import SOURCES, env_python  # noqa: E402
 from fetch.download import sha256_file  # noqa: E402
 from manifests.add import default_name, render  # noqa: E402
@@ -89,8 +90,6 @@ class SourceCannotBuild(Exception):
     """The source's own constructor failed in the checkpoint maker (exit status
     CANNOT_BUILD): the model is unsupported here, as the pipeline's worker reports it."""
 
-
-CANNOT_BUILD = 3
 
 
 def cause(report: dict) -> str:
