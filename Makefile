@@ -26,7 +26,7 @@ TEST_DIST = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadg
 BENCH_JSON ?= bench.json
 
 .PHONY: help setup demo convert lint test test-fast test-offline list lock lock-hashes mutation zoo-sweep clean verify-artifact publish nightly \
-        bench-data-path bench bench-scale bench-int8 ray-head ray-worker ray-stop
+        bench-data-path bench bench-scale bench-int8 bench-warm ray-head ray-worker ray-stop
 RAY := $(VENV_ROOT)/orchestrator/bin/ray
 RAY_PORT ?= 6379
 # Options every conversion run takes from make variables (see `python pipeline.py --help`).
@@ -44,6 +44,7 @@ help:
 	@echo "make ray-stop                     stop the Ray node(s) started on this machine"
 	@echo "make bench-scale                  accuracy gate: local vs ray on 1 and 2 workers (JSON)"
 	@echo "make bench-int8 [CALIBRATION_IMAGES=256]  int8 build: ORT's calibrator vs in-graph ranges; localize time (JSON)"
+	@echo "make bench-warm [SOURCE=mmpretrain] [MODELS=a,b]  sweep seconds per model: fresh process per job vs warm workers (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN='res*'] [SEED=0]"
 	@echo "                                add + convert + gate zoo models (random init); coverage in $(ZOO_OUT)/"
@@ -142,6 +143,9 @@ bench: setup
 
 bench-data-path: setup
 	$(PY) benchmarks/data_path.py $(if $(DATA),--data $(DATA))
+
+bench-warm: setup
+	$(PY) benchmarks/warm_workers.py $(if $(SOURCE),--source $(SOURCE)) $(if $(MODELS),--models $(MODELS))
 
 bench-int8: setup
 	$(PY) benchmarks/int8.py $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES))

@@ -55,7 +55,7 @@ from pathlib import Path
 import click
 
 from converters.data_loader import DEFAULT_MAX_PIXELS
-from converters.runner import WorkerLimits
+from converters.runner import WorkerLimits, use_warm_workers
 from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE, FetchError, fetch, local_checkpoint, sha256_file
 from fetch.lock import LockError, lock_path_for, locked_spec, read_lock, write_lock
@@ -185,6 +185,11 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
                    "for every entry. Done anyway for an entry whose fp32 logit check fails; "
                    "costs one more source worker run (docs/usage.md, 'Localising a failure').")
 @click.option("--keep-work", is_flag=True, help="Keep each entry's work directory.")
+@click.option("--fresh-workers", is_flag=True,
+              help="Start a new framework process for every job. By default the local "
+                   "executor keeps one warm worker per source that imports its framework "
+                   "once and takes job after job (a job that failed ends its worker); Ray "
+                   "starts one per job anyway. Results are the same either way.")
 @click.option("--signing-key", type=click.Path(path_type=Path), envvar="SIGNING_KEY",
               default=None, help="EC private key (PEM) that signs each passed artifact "
               "(env SIGNING_KEY). Without it artifacts are written unsigned.")
@@ -194,7 +199,7 @@ def _parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, data_workers,
         precisions, threads, executor, ray_address, shard_size, skip_unchanged, mirror,
         worker_memory, max_image_pixels, checkpoint_lock, require_lock, localize, keep_work,
-        signing_key, list_only):
+        fresh_workers, signing_key, list_only):
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -266,6 +271,7 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
                       localize=localize, keep_work=keep_work, signing_key=signing_key,
                       signing_key_id=key_id)
     reporter = Reporter(click.echo, bar=executor == "ray")
+    use_warm_workers(executor == "local" and not fresh_workers)
     try:
         runner = make_executor(executor, ray_address, reporter)
     except (RuntimeError, ConnectionError) as exc:

@@ -1,7 +1,8 @@
 """The file protocol between the orchestrator and a framework worker.
 
 The orchestrator writes `job.json` into a fresh work directory and starts
-`<env>/bin/python -m converters.<source>.worker <workdir>/job.json`. The worker writes
+`<env>/bin/python -m converters.<source>.worker <workdir>/job.json`, or hands the path to a
+warm worker of that source (`--serve`), which takes jobs one after another. The worker writes
 `result.json` beside it and the files it names (ONNX, preprocessed inputs, reference logits).
 Nothing else crosses the process boundary, so the orchestrator never imports a framework.
 
@@ -66,17 +67,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def worker_main(handle: Callable[[dict, Path], dict]) -> None:
-    """Entry point of every worker: run `handle(job, workdir)` and write result.json.
+SERVE_FLAG = "--serve"
 
-    Exit status is 0 whenever result.json was written (success or a reported error), so the
-    orchestrator can tell a reported failure from a crash (no result.json, non-zero exit).
-    """
-    if len(sys.argv) != 2:
-        print(f"usage: python -m {sys.modules['__main__'].__spec__.name} WORKDIR/{JOB_FILE}",
-              file=sys.stderr)
-        raise SystemExit(2)
-    job_path = Path(sys.argv[1])
+
+def _run_one(handle: Callable[[dict, Path], dict], job_path: Path, served: int = 1) -> None:
+    """Run one job and write its result.json (success or a reported error). `process` says
+    which process ran it and how many jobs that process had taken by then (1: a fresh one)."""
     workdir = job_path.parent
     job = json.loads(job_path.read_text(encoding="utf-8"))
     if job.get("protocol") != PROTOCOL_VERSION:
@@ -92,7 +88,50 @@ def worker_main(handle: Callable[[dict, Path], dict]) -> None:
             "kind": "internal",
             "message": f"{type(exc).__name__}: {exc}",
             "details": {"traceback": traceback.format_exc(limit=20)}}}
+    result["process"] = {"pid": os.getpid(), "job": served}
     write_json_atomic(workdir / RESULT_FILE, result)
+
+
+def _serve(handle: Callable[[dict, Path], dict], reply_fd: int) -> None:
+    """A warm worker (converters/runner.py WarmPool): the framework is imported once, by the
+    first job, and each job after it reuses it. Reads one job.json path per line on stdin,
+    runs it with its stdout and stderr going to the job's own worker.log, writes its
+    result.json, then answers the path on REPLY_FD. Ends at end of input."""
+    replies = os.fdopen(reply_fd, "w", buffering=1, encoding="utf-8")
+    saved = os.dup(1), os.dup(2)
+    for served, line in enumerate(sys.stdin, start=1):
+        job_path = Path(line.strip())
+        log_fd = os.open(job_path.parent / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        log(f"warm worker {os.getpid()}, job {served} (its framework imported "
+            f"{'now' if served == 1 else 'for job 1'})")
+        try:
+            _run_one(handle, job_path, served)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+        replies.write(f"{job_path}\n")
+    os._exit(0)  # as below: framework destructors at exit are slow or noisy
+
+
+def worker_main(handle: Callable[[dict, Path], dict]) -> None:
+    """Entry point of every worker: run `handle(job, workdir)` and write result.json.
+    `--serve FD` instead takes many jobs, one after another (_serve).
+
+    Exit status is 0 whenever result.json was written (success or a reported error), so the
+    orchestrator can tell a reported failure from a crash (no result.json, non-zero exit).
+    """
+    if len(sys.argv) == 3 and sys.argv[1] == SERVE_FLAG:
+        _serve(handle, int(sys.argv[2]))
+    if len(sys.argv) != 2:
+        print(f"usage: python -m {sys.modules['__main__'].__spec__.name} WORKDIR/{JOB_FILE}"
+              f" | {SERVE_FLAG} REPLY_FD", file=sys.stderr)
+        raise SystemExit(2)
+    _run_one(handle, Path(sys.argv[1]))
     # Skip interpreter teardown: the result is on disk, and framework destructors at exit are
     # slow or noisy (MindSpore 2.7 prints ~277 Cell.__del__ tracebacks).
     sys.stdout.flush()

@@ -172,6 +172,9 @@ def main(argv=None) -> int:
                              "(trained-like), noise (large logits) or plain (default init)")
     parser.add_argument("--out", type=Path, default=REPO / "zoo-sweep")
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--fresh-workers", action="store_true",
+                        help="a new framework process per job (pipeline.py --fresh-workers); "
+                             "by default each source's warm worker takes job after job")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds one checkpoint may take to make")
     args = parser.parse_args(argv)
@@ -220,7 +223,8 @@ def main(argv=None) -> int:
         manifest = out / f"{args.source}.manifest.yaml"
         manifest.write_text("version: 1\nmodels:\n" + "".join(render(e, []) for e in entries))
         command = [sys.executable, str(REPO / "pipeline.py"), "--manifest", str(manifest),
-                   "--out", str(out / "artifacts" / args.source), "--executor", args.executor]
+                   "--out", str(out / "artifacts" / args.source), "--executor", args.executor,
+                   *(["--fresh-workers"] if args.fresh_workers else [])]
         print(f"running the pipeline on {len(entries)} entries: {' '.join(command)}", flush=True)
         subprocess.run(command, cwd=REPO)
         for row in rows:
@@ -235,7 +239,8 @@ def main(argv=None) -> int:
             if row["status"] != "passed":
                 row["cause"] = cause(report)
             row["nodes"] = (report.get("onnx") or {}).get("nodes_simplified")
-            row["seconds"] += report.get("timings", {}).get("total", 0.0)
+            row["convert_seconds"] = report.get("timings", {}).get("total", 0.0)
+            row["seconds"] += row["convert_seconds"]
 
     counts = collections.Counter(r["status"] for r in rows)
     causes = collections.Counter(cause_class(r) for r in rows if r["status"] != "passed")
@@ -245,7 +250,13 @@ def main(argv=None) -> int:
                "counts": dict(counts), "causes": dict(causes.most_common()),
                "coverage_percent": 100.0 * counts.get("passed", 0) / max(len(rows), 1),
                "wilson95": wilson(counts.get("passed", 0), len(rows)),
-               "seconds_per_model": sum(r["seconds"] for r in rows) / max(len(rows), 1)}
+               "seconds_per_model": sum(r["seconds"] for r in rows) / max(len(rows), 1),
+               "workers": "fresh" if args.fresh_workers else "warm",
+               # the pipeline's own time per converted entry (derive .. artifact), without
+               # the sweep's describe and checkpoint making
+               "convert_seconds_per_model": (
+                   sum(r["convert_seconds"] for r in rows if "convert_seconds" in r)
+                   / max(sum("convert_seconds" in r for r in rows), 1))}
     (out / f"{args.source}.json").write_text(json.dumps({"summary": summary, "models": rows},
                                                         indent=2) + "\n")
     (out / f"{args.source}.md").write_text(markdown(summary, rows))
