@@ -6,7 +6,8 @@ Runs `scripts/zoo_sweep.py` twice on the same seeded checkpoints (made once, by 
 run): warm first, then fresh, so the page cache favours the fresh run and the gain shown is
 not flattered by it. A model's seconds are the pipeline's own time for its entry (derive,
 convert, simplify, gates, artifact: `timings.total` of its report.json), without the
-sweep's checkpoint making. Prints a table, writes JSON.
+sweep's checkpoint making. It also says whether each entry's gate figures (every check's
+value and limit) came out the same both ways. Prints a table, writes JSON.
 
     make bench-warm [SOURCE=mmpretrain] [MODELS=a,b,c]
 """
@@ -40,6 +41,16 @@ def sweep(source: str, models: str, out: Path, fresh: bool) -> dict:
     return json.loads((out / f"{source}.json").read_text())
 
 
+def _figures(out: Path, source: str, row: dict) -> list | None:
+    """Every check's name, value and limit in the entry's report (results must not depend
+    on which process ran the job)."""
+    report = out / "artifacts" / source / row["name"] / "report.json"
+    if not report.is_file():
+        return None
+    checks = json.loads(report.read_text()).get("checks", [])
+    return [(c.get("name"), c.get("measured"), c.get("limit")) for c in checks]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,17 +77,20 @@ def main(argv=None) -> int:
         fresh = per["fresh"].get(model_id, {})
         rows.append({"model_id": model_id, "status": warm["status"],
                      "fresh_s": fresh.get("convert_seconds"),
-                     "warm_s": warm.get("convert_seconds")})
+                     "warm_s": warm.get("convert_seconds"),
+                     "same_figures": _figures(out / "warm", args.source, warm)
+                     == _figures(out / "fresh", args.source, warm)})
     both = [r for r in rows if r["fresh_s"] is not None and r["warm_s"] is not None]
     summary = {"source": args.source, "models": len(rows),
                "fresh_s_per_model": sum(r["fresh_s"] for r in both) / max(len(both), 1),
                "warm_s_per_model": sum(r["warm_s"] for r in both) / max(len(both), 1),
                "versions": runs["warm"]["summary"]["versions"]}
-    print(f"{'model':<40} {'status':<12} {'fresh s':>8} {'warm s':>8}")
+    print(f"{'model':<40} {'status':<12} {'fresh s':>8} {'warm s':>8}  same figures")
     for r in rows:
         print(f"{r['model_id']:<40} {r['status']:<12} "
               f"{r['fresh_s'] if r['fresh_s'] is not None else float('nan'):>8.1f} "
-              f"{r['warm_s'] if r['warm_s'] is not None else float('nan'):>8.1f}")
+              f"{r['warm_s'] if r['warm_s'] is not None else float('nan'):>8.1f}  "
+              f"{'yes' if r['same_figures'] else 'NO'}")
     print(f"{'mean per model':<53} {summary['fresh_s_per_model']:>8.1f} "
           f"{summary['warm_s_per_model']:>8.1f}")
     target = args.json or out / "warm_workers.json"

@@ -101,6 +101,35 @@ def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
     assert not failed(compare_logits(ref, got, TOL, {}))
 
 
+def test_weights_a_model_caches_when_set_to_eval_come_from_the_checkpoint(tmp_path):
+    """EfficientFormer's (and LeViT's) train(False) caches its attention biases from the
+    weights (`self.ab`). mmpretrain's own get_model loads the checkpoint, then sets eval; an
+    adapter that set eval only before loading would keep the init's biases (zeros) in the
+    cache and export them. After the adapter's load, every cache holds the checkpoint's."""
+    model_id = "efficientformer-l1_3rdparty_8xb128_in1k"
+    ckpt = tmp_path / "efficientformer.pth"
+    run_mm("-c", (
+        "import sys, torch\n"
+        "from converters.mmpretrain.worker import MMPretrainAdapter, build_model\n"
+        f"model = build_model({model_id!r}, 1000)\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "with torch.no_grad():\n"
+        "    for name, p in model.named_parameters():\n"
+        "        if name.endswith('attention_biases'):\n"
+        "            p.copy_(torch.randn(p.shape, generator=g))\n"
+        "torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[1])\n"
+        "adapter = MMPretrainAdapter()\n"
+        f"fresh = adapter.build({model_id!r}, 1000)\n"
+        "adapter.load(fresh, __import__('pathlib').Path(sys.argv[1]), [], 1000)\n"
+        "caches = [m for m in fresh.modules() if hasattr(m, 'ab')]\n"
+        "assert caches, 'no attention-bias cache found'\n"
+        "for m in caches:\n"
+        "    want = m.attention_biases[:, m.attention_bias_idxs]\n"
+        "    assert want.abs().max() > 0.1, 'the checkpoint biases are not trained-like'\n"
+        "    assert torch.equal(m.ab, want), (m.ab.abs().max(), want.abs().max())\n"
+        "print(len(caches), 'caches hold the checkpoint biases')\n"), str(ckpt))
+
+
 def _malicious_checkpoint(path, marker) -> None:
     code = (
         "import os, torch\n"

@@ -51,11 +51,15 @@ def calibrate_batchnorm(model, seed: int, batches: int = 2, batch_size: int = 4,
     if init == "plain":   # any other name is checked by calibration_batch
         return
 
+    # Only the BatchNorm layers in train mode: the rest stays as at inference (no dropout
+    # noise in the statistics, and heads that refuse training, such as LeViT's distillation
+    # head, "MMPretrain doesn't support training in distillation mode", still run).
+    model.eval()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average over the calibration batches
-    model.train()
+            module.train()
     with torch.no_grad():
         for index in range(batches):
             x = torch.from_numpy(calibration_batch(init, seed + index, batch_size,

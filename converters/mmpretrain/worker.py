@@ -155,6 +155,12 @@ class MMPretrainAdapter:
             if key.endswith("num_batches_tracked") and key not in mapped:
                 mapped[key] = value
         model.load_state_dict(mapped, strict=True)
+        # eval() again after loading, as mmpretrain's get_model(pretrained=...) orders them:
+        # LeViT's and EfficientFormer's train(False) caches the attention biases from the
+        # weights (`self.ab`), so the cache of the model as built would hold the init's zeros.
+        # The reference logits would then use those, and the export (torch.onnx sets eval
+        # again) the checkpoint's: a trained model refused for a fault of our own.
+        model.eval()
         return info
 
     def transform(self, cfg: dict):

@@ -79,6 +79,11 @@ class PaddleClasAdapter:
         if missing or unexpected:  # require_fit has already proven this cannot happen
             raise WorkerError("checkpoint_mismatch", f"paddle refused keys: missing "
                                                      f"{missing[:5]}, unexpected {unexpected[:5]}")
+        # eval() again after loading, in the order PaddleClas's own export and inference use
+        # (build, load, eval), so that no layer's eval-time state predates the checkpoint
+        # (the mmpretrain adapter's LeViT/EfficientFormer case; Paddle's Layer.eval() calls no
+        # sublayer's train(), so no PaddleClas model was found affected).
+        model.eval()
         return info
 
     def transform(self, cfg: dict):
