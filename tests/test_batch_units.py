@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.simplify import describe
@@ -131,6 +132,24 @@ def test_onnxsims_own_check_is_reported_and_never_refuses(tmp_path):
                     rtol=0.0)
     assert info["onnxsim_check"] == {"random_inputs": 3, "atol": 1e-3, "rtol": 0.0,
                                      "passed": True, "gating": False}
+
+
+def test_a_model_over_one_onnx_files_limit_is_unsupported_before_onnxsim_runs(tmp_path,
+                                                                                monkeypatch):
+    """A model over protobuf's 2 GiB (mmpretrain convnext-v2-huge) cannot be one ONNX file:
+    `unsupported`, with its size, before onnxsim (it was an internal EncodeError at save).
+    The limit is lowered to this small model's size, as making a 2 GiB file would cost."""
+    import converters.simplify as stage
+
+    src = _conv_bn(tmp_path / "a.onnx")
+    size = onnx.load(str(src)).ByteSize()
+    monkeypatch.setattr(stage, "MAX_MODEL_BYTES", size)
+    with pytest.raises(stage.OnnxCheckFailed) as over:
+        stage.simplify(src, tmp_path / "b.onnx", [2, 3, 16, 16], atol=1e-3, rtol=0.0)
+    assert over.value.kind == "unsupported" and "need ONNX external data" in over.value.message
+    assert not (tmp_path / "b.onnx").exists()
+    monkeypatch.setattr(stage, "MAX_MODEL_BYTES", size + 1)   # one byte under: simplified
+    assert stage.simplify(src, tmp_path / "b.onnx", [2, 3, 16, 16], atol=1e-3, rtol=0.0)
 
 
 def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded(tmp_path):
