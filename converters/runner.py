@@ -236,7 +236,8 @@ class WarmPool:
     def key(spec: SourceSpec, threads) -> tuple:
         # The job's thread count is part of the key: frameworks size their thread pools from
         # OMP_NUM_THREADS when they are imported (worker_flow.run), so a worker imported for
-        # a 1-thread job (derive's describe) does not run a job that asked for all cores.
+        # a 1-thread job (`pipeline.py add`'s describe) does not run a job that asked for all
+        # cores. A run's own describe asks for the run's threads, and shares its worker.
         return str(env_python(spec)), spec.worker, threads
 
     def take(self, spec: SourceSpec, key: tuple) -> _Warm:

@@ -45,9 +45,11 @@ def _worker(source: str, job: dict, label: str, timeout: float, memory_limit) ->
 
 
 def describe(source: str, model_id: str, timeout: float = DESCRIBE_TIMEOUT,
-             memory_limit: int | None = None) -> dict:
-    """What the source says about MODEL_ID (converters/worker_flow.py `describe`)."""
-    return _worker(source, {"task": "describe", "model_id": model_id, "threads": 1},
+             memory_limit: int | None = None, threads: int | None = 1) -> dict:
+    """What the source says about MODEL_ID (converters/worker_flow.py `describe`). A run
+    passes its own THREADS (None: all cores) so that, with warm workers, the describe and the
+    entry's convert share one framework process (converters/runner.py WarmPool)."""
+    return _worker(source, {"task": "describe", "model_id": model_id, "threads": threads},
                    f"describe-{source}", timeout, memory_limit)
 
 
@@ -101,8 +103,10 @@ def merge(entry: Entry, described: dict) -> tuple[Entry, dict]:
     return Entry(data, entry.file, declared=entry.as_written), section
 
 
-def resolve(entry: Entry, memory_limit: int | None = None) -> tuple[Entry, dict | None]:
+def resolve(entry: Entry, memory_limit: int | None = None, threads: int | None = 1
+            ) -> tuple[Entry, dict | None]:
     """The entry ready for every stage; (entry, None) when the manifest gave every field."""
     if not needs_source(entry):
         return entry, None
-    return merge(entry, describe(entry.source, entry["model_id"], memory_limit=memory_limit))
+    return merge(entry, describe(entry.source, entry["model_id"], memory_limit=memory_limit,
+                                 threads=threads))

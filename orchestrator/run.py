@@ -723,7 +723,7 @@ def _derive(entry: Entry, opts: RunOptions, say) -> tuple[Entry, dict]:
     say(f"  derive    asking {SOURCES[entry.source].framework} for the fields the manifest "
         "left out ...")
     try:
-        entry, section = resolve(entry, opts.limits.memory_limit())
+        entry, section = resolve(entry, opts.limits.memory_limit(), opts.threads)
     except DeriveFailed as exc:
         raise StageError("derive", exc.kind, exc.message, exc.details) from None
     for key, origin in section["fields"].items():
