@@ -404,6 +404,10 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
         model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
         adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
+    # The form the pipeline exports (convert: for_inference before export), so that a fused
+    # or re-parameterised layer is compared with its like: RepVGG's trained branches against
+    # the exported branch_reparam conv would be a false "first diverging layer".
+    form = adapter.for_inference(model)
     per_image, collate = adapter.transform(entry["preprocess"])
     inputs, used, unreadable = preprocess_all(job["images"], per_image, collate, 1,
                                               _max_pixels(job))
@@ -430,7 +434,7 @@ def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
         adapter.capture(model, inputs, record)
     log(f"captured {len(layers)} layer outputs")
     return {"versions": adapter.versions(), "layers": layers, "timings": timer.seconds,
-            "files": {"inputs": "inputs.npy"}, "images_used": used}
+            "files": {"inputs": "inputs.npy"}, "images_used": used, "source_form": form}
 
 
 @contextmanager

@@ -59,4 +59,10 @@ def localize_model(entry: Entry, model_path: Path, checkpoint: Path, images: lis
     found["image_names"] = [images[i].name for i in result["images_used"]]
     found["image"] = found["image_names"][0]   # the first (reports before several images)
     found["timings"] = result.get("timings", {})
+    # The source's layers are those of the form the pipeline exports (its own inference
+    # switch, as in convert); said, so that a reader knows what "agrees" was measured against.
+    found["source_form"] = result.get("source_form") or []
+    if found["source_form"]:
+        form = found["source_form"][0].split(";")[0].removeprefix("exported ")
+        found["summary"] += f" (source layers in the form exported: {form})"
     return found

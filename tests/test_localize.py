@@ -4,6 +4,7 @@ terms; no false alarm on the clean models; a failing logit check localises by it
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections import Counter
 
@@ -23,6 +24,31 @@ CASES = {  # entry -> (checkpoint kind of the session fixture, environment)
     "paddleclas-res2net50-14w-8s": ("pd-14w", PADDLE_PYTHON),
     "mindcv-res2net50": ("ms-r50", MINDSPORE_PYTHON),
 }
+
+
+def test_a_reparameterised_model_is_compared_in_the_form_it_was_exported(tmp_path):
+    """RepVGG is exported in its inference form (mmpretrain's own switch_to_deploy: each
+    block's three branches fused into one conv). The localiser captures the source in that
+    same form: compared with its trained branches, the fused conv was a false "first
+    diverging layer" (backbone.stem.branch_3x3.conv, 0.49 of its range) on a correct
+    conversion."""
+    model_id = "repvgg-a0_8xb32_in1k"
+    ckpt = tmp_path / "repvgg.pth"
+    run_in_env(MM_PYTHON, "-m", "converters.mmpretrain.make_checkpoint", "--arch",
+               f"mmpretrain:{model_id}", "--out", str(ckpt), "--num-classes", "1000",
+               "--size", "224")
+    manifest = write_manifest(tmp_path / "m.yaml", [
+        {"name": "repvgg", "source": "mmpretrain", "model_id": model_id, "num_classes": 1000,
+         "checkpoint": {"url": ckpt.as_uri(),
+                        "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}}])
+    proc = run_pipeline("--manifest", str(manifest), "--out", str(tmp_path / "out"),
+                        "--localize")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    found = read_report(tmp_path / "out", "repvgg")["verification"]["localization"]
+    assert found["first_diverging"] is None, found["summary"]
+    assert found["aligned"] > 20
+    assert "switch_to_deploy() on backbone" in found["source_form"][0]
+    assert "source layers in the form exported: the inference form" in found["summary"]
 
 
 def test_clean_models_localise_without_a_false_alarm(three_sources):
