@@ -24,12 +24,15 @@ RESULT_FILE = "result.json"
 PROTOCOL_VERSION = 1
 
 
-class WorkerError(Exception):
-    """An expected failure with a cause a user can act on.
+class PipelineError(Exception):
+    """The one shape of every expected failure in the pipeline, on both sides of the process
+    boundary (it is what result.json's `error` carries): a cause a user can act on.
 
-    kind: short machine-readable cause (checkpoint_format, checkpoint_unsafe,
-    checkpoint_mismatch, export, preprocess, ...); message: one paragraph for people;
-    details: structured figures for the report.
+    kind: short machine-readable cause (checkpoint_format, checkpoint_mismatch, export,
+    preprocess, timeout, ...); message: one paragraph for people; details: structured figures
+    for the report. Each stage raises its own subclass (WorkerError, WorkerFailed,
+    FetchError, DeriveFailed, OnnxCheckFailed, AccuracyFailed, LocalizeFailed, StageError),
+    so a caller can catch one stage's or all of them.
     """
 
     def __init__(self, kind: str, message: str, details: dict | None = None):
@@ -37,6 +40,13 @@ class WorkerError(Exception):
         self.kind = kind
         self.message = message
         self.details = details or {}
+
+    def __reduce__(self):   # pickled whole (a Ray task's error), not as Exception(message)
+        return type(self), (self.kind, self.message, self.details)
+
+
+class WorkerError(PipelineError):
+    """A failure inside a framework worker, reported in its result.json."""
 
 
 class Timer:

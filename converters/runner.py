@@ -21,16 +21,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from converters.data_loader import DEFAULT_MAX_PIXELS
-from converters.protocol import JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, SERVE_FLAG
+from converters.protocol import (JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, SERVE_FLAG,
+                                 PipelineError)
 from converters.registry import REPO_ROOT, SourceSpec, env_python
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(PipelineError):
     """The worker reported an error or died. `kind` and `details` go into the report."""
-
-    def __init__(self, kind: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.kind, self.message, self.details = kind, message, details or {}
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 import onnx
 import onnxsim
 
+from converters.protocol import PipelineError
+
 
 # One ONNX file holds at most protobuf's 2 GiB. A larger model (mmpretrain's
 # convnext-v2-huge, 660 M parameters) needs ONNX external data, which neither the artifact
@@ -19,10 +21,8 @@ import onnxsim
 MAX_MODEL_BYTES = onnx.checker.MAXIMUM_PROTOBUF
 
 
-class OnnxCheckFailed(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind, self.message = kind, message
+class OnnxCheckFailed(PipelineError):
+    """onnx.checker or onnxsim refused the graph (or it is too large for one file)."""
 
 
 def _dims(value_info) -> list:

@@ -22,15 +22,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from converters.protocol import PipelineError
+
 CHUNK = 1 << 20
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
     "model-convert" / "checkpoints"
 
 
-class FetchError(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind, self.message = kind, message
+class FetchError(PipelineError):
+    """The checkpoint could not be fetched or failed its digest."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from converters.protocol import PipelineError
 from converters.registry import SOURCES
 from converters.runner import Worker, WorkerFailed, WorkerLimits
 from orchestrator.deploy import contract_accuracy_checks, contract_batch, merge_contract
@@ -41,10 +42,8 @@ LISTED = 50   # unreadable / disagreeing images named in the report (the count i
 DEFAULT_RAY_SHARD_SIZE = 256
 
 
-class AccuracyFailed(Exception):
-    def __init__(self, kind: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.kind, self.message, self.details = kind, message, details or {}
+class AccuracyFailed(PipelineError):
+    """The accuracy gate could not measure (a shard's worker, timeout, shape)."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ import copy
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
+from converters.protocol import PipelineError
 from converters.registry import SOURCES
 from converters.runner import WorkerFailed, run_worker
 from manifests.loader import Entry
@@ -26,13 +27,9 @@ from orchestrator.workdir import run_dir
 DESCRIBE_TIMEOUT = 600.0
 
 
-class DeriveFailed(Exception):
+class DeriveFailed(PipelineError):
     """The source could not describe the model; kind is the worker's (model_id,
     unsupported, ...), message says why."""
-
-    def __init__(self, kind: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.kind, self.message, self.details = kind, message, details or {}
 
 
 def _worker(source: str, job: dict, label: str, timeout: float, memory_limit) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.protocol import PipelineError
 from converters.registry import SOURCES
 from converters.runner import WorkerFailed, WorkerLimits, run_worker
 from manifests.loader import Entry
@@ -29,10 +30,8 @@ VALUE_CHECKS = ("finite", "max_abs_diff", "cosine_min", "top1_agreement", "top5_
 LOCALIZE_IMAGES = 4
 
 
-class LocalizeFailed(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind, self.message = kind, message
+class LocalizeFailed(PipelineError):
+    """The localisation could not run (the capture worker failed)."""
 
 
 def localize_model(entry: Entry, model_path: Path, checkpoint: Path, images: list[Path],

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.protocol import PipelineError
 from converters.protocol import Timer
 from converters.registry import REPO_ROOT, SOURCES
 from converters.runner import WorkerFailed, WorkerLimits, run_worker
@@ -121,10 +122,15 @@ class EntryResult:
     runtimes: str = ""     # the runtime matrix in one line (orchestrator/runtimes.py)
 
 
-class StageError(Exception):
+class StageError(PipelineError):
+    """A stage's failure as the entry's report records it: which stage, and the cause."""
+
     def __init__(self, stage: str, kind: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.stage, self.kind, self.message, self.details = stage, kind, message, details or {}
+        super().__init__(kind, message, details)
+        self.stage = stage
+
+    def __reduce__(self):
+        return type(self), (self.stage, self.kind, self.message, self.details)
 
 
 @functools.lru_cache(maxsize=1)

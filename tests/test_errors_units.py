@@ -1,0 +1,36 @@
+"""One error type (converters/protocol.py PipelineError): every stage's expected failure is
+one, with kind, message and details, and survives pickling whole (a Ray task's error)."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from converters.protocol import PipelineError, WorkerError
+from converters.runner import WorkerFailed
+from converters.simplify import OnnxCheckFailed
+from fetch.download import FetchError
+from orchestrator.accuracy import AccuracyFailed
+from orchestrator.derive import DeriveFailed
+from orchestrator.localize import LocalizeFailed
+from orchestrator.run import StageError
+
+
+@pytest.mark.parametrize("cls", [WorkerError, WorkerFailed, OnnxCheckFailed, FetchError,
+                                 AccuracyFailed, DeriveFailed, LocalizeFailed])
+def test_each_stage_error_is_a_pipeline_error_and_pickles_whole(cls):
+    error = cls("timeout", "did not finish", {"seconds": 3})
+    assert isinstance(error, PipelineError) and str(error) == "did not finish"
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is cls
+    assert (back.kind, back.message, back.details) == ("timeout", "did not finish",
+                                                       {"seconds": 3})
+    assert cls("export", "no rule").details == {}
+
+
+def test_a_stage_error_keeps_its_stage():
+    error = StageError("simplify", "unsupported", "too large", {"bytes": 3})
+    assert isinstance(error, PipelineError)
+    back = pickle.loads(pickle.dumps(error))
+    assert (back.stage, back.kind, back.message, back.details) == (
+        "simplify", "unsupported", "too large", {"bytes": 3})
