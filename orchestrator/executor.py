@@ -1,6 +1,6 @@
 """Where stage tasks run: in this process (local) or on a Ray cluster (ray).
 
-The driver (orchestrator.run.run_all) submits plain functions as tasks (one per entry, one per
+The driver (orchestrator.driver.run_all) submits plain functions as tasks (one per entry, one per
 accuracy shard) and waits for whichever finishes first; it never knows where a task ran. A
 task gets `say` for its progress lines: printed at once when it runs here, returned with its
 result when it runs on a cluster (so one entry's lines are never interleaved with another's).

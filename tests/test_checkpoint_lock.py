@@ -124,7 +124,7 @@ def test_cache_and_mirror_come_from_the_environment_in_every_command(http_server
 def test_worker_limits_come_from_the_environment(tmp_path, monkeypatch):
     """MODEL_CONVERT_WORKER_MEMORY and MODEL_CONVERT_MAX_IMAGE_PIXELS (0 = off) reach the
     options the run is given, and flags win over them; read at the CLI, where the run starts
-    (orchestrator.run.run_all replaced by a recorder: no conversion is the point here)."""
+    (orchestrator.driver.run_all replaced by a recorder: no conversion is the point here)."""
     from click.testing import CliRunner
 
     import pipeline

@@ -411,7 +411,7 @@ def test_a_failed_shard_becomes_the_entrys_accuracy_error_and_the_first_one_stay
     'task_failed' naming the shard; a later failure does not replace the first."""
     from types import SimpleNamespace
 
-    from orchestrator.run import _EntryState, _shard_returned
+    from orchestrator.driver import _EntryState, _shard_returned
 
     state = _EntryState(1, None, "h", None, None, None)
     events = []
@@ -434,7 +434,7 @@ def test_each_node_checks_the_dataset_is_the_drivers_before_any_work(tmp_path):
     """docs/usage.md: `--data` must be readable at the same path on every node; each node checks
     the selected files and their sizes, and says what differs (run_all stops on it)."""
     from orchestrator.fingerprint import dataset_digest
-    from orchestrator.run import check_dataset_here
+    from orchestrator.driver import check_dataset_here
 
     paths = []
     for i in range(4):
