@@ -55,7 +55,7 @@ from pathlib import Path
 import click
 
 from converters.data_loader import DEFAULT_MAX_PIXELS
-from converters.runner import WorkerLimits, use_warm_workers
+from converters.runner import WorkerLimits, warm_workers
 from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE, FetchError, fetch, local_checkpoint, sha256_file
 from fetch.lock import LockError, lock_path_for, locked_spec, read_lock, write_lock
@@ -272,7 +272,6 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
                       localize=localize, keep_work=keep_work, signing_key=signing_key,
                       signing_key_id=key_id)
     reporter = Reporter(click.echo, bar=executor == "ray")
-    use_warm_workers(executor == "local" and not fresh_workers)
     try:
         runner = make_executor(executor, ray_address, reporter)
     except (RuntimeError, ConnectionError) as exc:
@@ -280,7 +279,8 @@ def cli(ctx, manifest, only, checkpoints, out_dir, cache_dir, data_dir, limit, d
         sys.exit(2)
     try:
         click.echo(f"executor: {runner.where()}")
-        results = run_all(chosen, entries, opts, runner, reporter)
+        with warm_workers(executor == "local" and not fresh_workers):
+            results = run_all(chosen, entries, opts, runner, reporter)
     except DatasetUnavailable as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

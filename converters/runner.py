@@ -7,6 +7,7 @@ imported the framework for an earlier job.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import json
 import os
@@ -264,9 +265,23 @@ atexit.register(WARM.close)
 
 
 def use_warm_workers(enabled: bool = True) -> None:
-    """Let this process's jobs run on warm workers (pipeline.py does for the local executor;
-    Ray tasks start a worker per job, so an idle one never holds a node's memory)."""
+    """Let this process's jobs run on warm workers (Ray tasks start a worker per job, so an
+    idle one never holds a node's memory)."""
     WARM.enabled = enabled
+
+
+@contextlib.contextmanager
+def warm_workers(enabled: bool = True):
+    """Warm workers for the jobs inside the block (pipeline.py's run with the local executor);
+    after it every warm worker is stopped and the previous setting is back, so a caller
+    that runs the CLI in-process (a test, a notebook) keeps neither processes nor the mode."""
+    before = WARM.enabled
+    use_warm_workers(enabled)
+    try:
+        yield
+    finally:
+        WARM.close()
+        use_warm_workers(before)
 
 
 class Worker:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from converters.registry import SOURCES
-from converters.runner import WARM, Worker, WorkerFailed, run_worker, use_warm_workers
+from converters.runner import (WARM, Worker, WorkerFailed, run_worker, use_warm_workers,
+                               warm_workers)
 
 pytestmark = pytest.mark.slow
 SPEC = SOURCES["mmpretrain"]
@@ -99,3 +100,28 @@ def test_close_leaves_no_worker_and_a_job_over_its_memory_limit_is_stopped(warm,
         run_worker(SPEC, _job(), tmp_path / "b", memory_limit=50 * 2**20)
     assert over.value.kind == "resource_limit"
     assert WARM.idle == {} and WARM.busy == set()
+
+
+def test_the_mode_and_its_workers_end_with_the_run(tmp_path, monkeypatch):
+    """pipeline.py turns warm workers on for its local run only: afterwards no warm worker
+    is left and the mode is as before, so a caller running the CLI in-process (a test, a
+    notebook) does not run its own later jobs on warm workers (test_limits' stand-in worker,
+    which does not serve, failed so after another test ran the CLI in its process)."""
+    from click.testing import CliRunner
+
+    import pipeline
+
+    with warm_workers():
+        pid = run_worker(SPEC, _job(), tmp_path / "a")["process"]["pid"]
+        assert WARM.enabled
+    assert not WARM.enabled and not _alive(pid) and WARM.idle == {}
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_all", lambda chosen, entries, opts, runner, reporter:
+                        seen.append(WARM.enabled) or [])
+    args = ["--only", "res2net50-w14-s8", "--out", str(tmp_path / "out")]
+    CliRunner().invoke(pipeline.cli, args, catch_exceptions=False)
+    assert seen == [True] and not WARM.enabled
+    CliRunner().invoke(pipeline.cli, [*args, "--fresh-workers"], catch_exceptions=False)
+    assert seen == [True, False] and not WARM.enabled
+
