@@ -51,6 +51,12 @@ def _figures(out: Path, source: str, row: dict) -> list | None:
     return [(c.get("name"), c.get("measured"), c.get("limit")) for c in checks]
 
 
+def _same(warm: list | None, fresh: list | None) -> bool:
+    """Both runs wrote a report with checks, and every figure is the same (two missing
+    reports are not 'the same figures')."""
+    return bool(warm) and warm == fresh
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,8 +84,8 @@ def main(argv=None) -> int:
         rows.append({"model_id": model_id, "status": warm["status"],
                      "fresh_s": fresh.get("convert_seconds"),
                      "warm_s": warm.get("convert_seconds"),
-                     "same_figures": _figures(out / "warm", args.source, warm)
-                     == _figures(out / "fresh", args.source, warm)})
+                     "same_figures": _same(_figures(out / "warm", args.source, warm),
+                                           _figures(out / "fresh", args.source, warm))})
     both = [r for r in rows if r["fresh_s"] is not None and r["warm_s"] is not None]
     summary = {"source": args.source, "models": len(rows),
                "fresh_s_per_model": sum(r["fresh_s"] for r in both) / max(len(both), 1),
