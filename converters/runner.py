@@ -219,8 +219,9 @@ class WarmPool:
     many jobs (a local run of a manifest, the zoo sweep): each source's framework is
     imported once, not once per job. Used only from the main thread: the kernel ends a
     worker when the thread that started it ends (PR_SET_PDEATHSIG), so one started from a
-    passing thread could die in another's job. A worker whose job failed, or that holds more than half of a job's
-    memory limit afterwards, is stopped, not reused: the next job gets a fresh process."""
+    passing thread could die in another's job. A worker whose job failed, or that holds more
+    than half of a job's memory limit afterwards, is stopped, not reused: the next job gets
+    a fresh process."""
 
     def __init__(self):
         self.idle: dict[tuple, _Warm] = {}
