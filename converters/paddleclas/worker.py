@@ -5,7 +5,8 @@ Runs only in the paddle environment:
 The order of the stages lives in converters/worker_flow.py.
 
 Paddle traps handled here (docs/environments.md): PaddleClas fixes ParamAttr names, so every
-model is built under `unique_name.guard()`; paddle2onnx calls sys.exit on failure, which is
+model is built under a unique-name generator of its own, which its re-parameterisation and its
+export use too (`names()`); paddle2onnx calls sys.exit on failure, which is
 caught and reported; its optimizer's dependencies are preinstalled by envs/paddle.lock.txt.
 """
 from __future__ import annotations
@@ -34,10 +35,25 @@ def build_model(model_id: str, num_classes: int):
     if factory is None or not callable(factory):
         raise WorkerError("model_id", f"PaddleClas has no model {model_id!r} "
                                       f"(ppcls.arch.backbone)")
-    with paddle.utils.unique_name.guard():
+    generator = paddle.base.unique_name.UniqueNameGenerator()
+    with paddle.utils.unique_name.guard(generator):
         model = factory(pretrained=False, class_num=num_classes)
+    model._converter_names = generator
     model.eval()
     return model
+
+
+def names(model):
+    """The unique-name generator `model` was built under, entered again: layers that
+    re-parameterisation creates (RepVGG's rbr_reparam) are named after the model's own, never
+    from paddle's process-wide counter. From that counter, a warm worker's second RepVGG
+    named a new conv after one the model already had (conv2d_28, 640x160x3x3 and 64x3x3x3),
+    and jit.save refused it: "Duplicate parameter ... with different type" (PaddleClas
+    RepVGG_B2g4 after RepVGG_B1; A0, A1, A0 the same); alone, each converted."""
+    import paddle
+
+    generator = getattr(model, "_converter_names", None)
+    return paddle.utils.unique_name.guard(generator)
 
 
 class PaddleClasAdapter:
@@ -138,8 +154,9 @@ class PaddleClasAdapter:
             model(paddle.to_tensor(inputs))
 
     def for_inference(self, model) -> list[str]:
-        return worker_flow.switch_to_inference(model.named_sublayers(include_self=True),
-                                               "re_parameterize", self.framework)
+        with names(model):
+            return worker_flow.switch_to_inference(model.named_sublayers(include_self=True),
+                                                   "re_parameterize", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
                workdir: Path) -> None:
@@ -148,8 +165,9 @@ class PaddleClasAdapter:
 
         prefix = workdir / "paddle_inference" / "inference"
         shape = [None if dynamic_batch else 1, *sample.shape[1:]]
-        paddle.jit.save(model, str(prefix),
-                        input_spec=[paddle.static.InputSpec(shape, "float32", "input")])
+        with names(model):
+            paddle.jit.save(model, str(prefix),
+                            input_spec=[paddle.static.InputSpec(shape, "float32", "input")])
         model_file = next(p for p in (prefix.with_suffix(".json"), prefix.with_suffix(".pdmodel"))
                           if p.exists())
         captured = io.StringIO()
