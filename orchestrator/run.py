@@ -473,6 +473,8 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         report["verification"]["images"]["count"] = len(result["images_used"])
     report["source"]["checkpoint"].update(result.get("checkpoint", {}))
     report["timings"]["worker"] = result.get("timings", {})
+    # which process converted it, and its how-manieth job (a warm worker's: converters/runner.py)
+    report["source"]["worker"] = result.get("process")
     if result.get("export_fixups"):
         report["source"]["export_fixups"] = result["export_fixups"]
         for note in result["export_fixups"]:
