@@ -296,6 +296,10 @@ class Worker:
     def __init__(self, spec: SourceSpec, job: dict, workdir: Path,
                  memory_limit: int | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
+        # A result an earlier job left here must never read as this job's: a worker that
+        # dies without writing its own would otherwise "return" the earlier one (the
+        # fixed-batch export after a failed dynamic one shares the entry's work dir).
+        (workdir / RESULT_FILE).unlink(missing_ok=True)
         job_path = workdir / JOB_FILE
         job_path.write_text(json.dumps({"protocol": PROTOCOL_VERSION, **job}, indent=2,
                                        default=str))

@@ -69,7 +69,11 @@ def test_a_failed_or_killed_job_ends_its_process_and_the_next_gets_a_fresh_one(w
     after = run_worker(SPEC, _job(), tmp_path / "c")["process"]
     assert after["job"] == 1 and after["pid"] != pid
 
-    worker = Worker(SPEC, _job(), tmp_path / "d")   # stopped before it answers
+    # stopped before it answers, in a work dir where an earlier job left its result: that
+    # result is not this job's
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "result.json").write_text('{"ok": true, "models": []}')
+    worker = Worker(SPEC, _job(), tmp_path / "d")
     worker.kill()
     assert not _alive(worker.proc.pid)
     with pytest.raises(WorkerFailed) as crashed:
