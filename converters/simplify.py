@@ -74,6 +74,23 @@ RETRIES = ([{"skipped": [name]} for name in FRAGILE_PASSES]
            + [{"optimize": False}, {"declared_shapes": False}])
 
 
+def stored_bytes(path: Path) -> int:
+    """The size of the model in `path` as one protobuf message, counted without loading it:
+    the file, plus the initializers it keeps as external data (torch.onnx writes a model
+    over 2 GiB so). Loading such a model whole fails in protobuf itself ("EncodeError:
+    Failed to serialize proto", mmpretrain convnext-v2-huge), so it is sized first."""
+    model = onnx.load(str(path), load_external_data=False)
+    size, files = model.ByteSize(), set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            if "length" in info:
+                size += int(info["length"])
+            else:
+                files.add(info["location"])
+    return size + sum((path.parent / name).stat().st_size for name in files)
+
+
 def optimizer_setting(skipped: list[str] | tuple = (), optimize: bool = True,
                       declared_shapes: bool = True) -> str:
     """How onnxsim's optimizer ran, for the report."""
@@ -98,14 +115,14 @@ def simplify(src: Path, dst: Path, test_shape: list[int], atol: float, rtol: flo
     deployment sees must not refuse what the logit gate accepts; a simplification that
     breaks the model fails the logit gate (`simplified` model scope).
     """
-    model = onnx.load(str(src))
-    size = model.ByteSize()
+    size = stored_bytes(src)
     if size >= MAX_MODEL_BYTES:
         raise OnnxCheckFailed(
             "unsupported", f"the exported model is {size / 2**30:.2f} GiB, over the "
                            f"{MAX_MODEL_BYTES / 2**30:.0f} GiB one ONNX file can hold; models "
                            "this large need ONNX external data, which this pipeline does not "
                            "write yet (docs/coverage.md)")
+    model = onnx.load(str(src))
     if not declared_shapes:
         del model.graph.value_info[:]
     name = model.graph.input[0].name

@@ -151,6 +151,20 @@ def test_a_model_over_one_onnx_files_limit_is_unsupported_before_onnxsim_runs(tm
     monkeypatch.setattr(stage, "MAX_MODEL_BYTES", size + 1)   # one byte under: simplified
     assert stage.simplify(src, tmp_path / "b.onnx", [2, 3, 16, 16], atol=1e-3, rtol=0.0)
 
+    # The same model with its weights in external data (as torch.onnx writes one over
+    # 2 GiB, which protobuf cannot even load whole): sized without loading them, its weights
+    # counted, and refused the same way.
+    ext = tmp_path / "ext" / "a.onnx"
+    ext.parent.mkdir()
+    onnx.save(onnx.load(str(src)), str(ext), save_as_external_data=True, location="a.data",
+              size_threshold=0)
+    assert onnx.load(str(ext), load_external_data=False).ByteSize() < size
+    assert stage.stored_bytes(ext) >= size
+    monkeypatch.setattr(stage, "MAX_MODEL_BYTES", size)
+    with pytest.raises(stage.OnnxCheckFailed) as over:
+        stage.simplify(ext, tmp_path / "c.onnx", [2, 3, 16, 16], atol=1e-3, rtol=0.0)
+    assert over.value.kind == "unsupported"
+
 
 def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded(tmp_path):
     """onnxsim's output fails the logit gate while the exporter's passes (as its
