@@ -165,9 +165,14 @@ class PaddleClasAdapter:
 
         prefix = workdir / "paddle_inference" / "inference"
         shape = [None if dynamic_batch else 1, *sample.shape[1:]]
-        with names(model):
-            paddle.jit.save(model, str(prefix),
-                            input_spec=[paddle.static.InputSpec(shape, "float32", "input")])
+        try:
+            with names(model):
+                paddle.jit.save(model, str(prefix),
+                                input_spec=[paddle.static.InputSpec(shape, "float32", "input")])
+        except (MemoryError, WorkerError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - paddle's dynamic-to-static conversion refused
+            raise WorkerError("export", jit_failure(exc, dynamic_batch)) from exc
         model_file = next(p for p in (prefix.with_suffix(".json"), prefix.with_suffix(".pdmodel"))
                           if p.exists())
         captured = io.StringIO()
@@ -183,6 +188,20 @@ class PaddleClasAdapter:
                                         f"{type(exc).__name__}: {exc}") from exc
         log("paddle2onnx: " + " | ".join(captured.getvalue().strip().splitlines()[-3:]))
         rename_io(path, dynamic_batch)
+
+
+def jit_failure(exc: Exception, dynamic_batch: bool) -> str:
+    """paddle.jit.save's error in two lines' worth: its last line and the source line of
+    PaddleClas's own code it stopped in (paddle prints the whole transformed code)."""
+    import re
+
+    text = str(exc)
+    last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    where = re.findall(r'File "[^"]*?(ppcls/[^"]+)", line (\d+), in (\w+)', text)
+    at = f" (in {where[-1][0]} line {where[-1][1]}, {where[-1][2]})" if where else ""
+    batch = "a dynamic batch" if dynamic_batch else "batch 1"
+    said = last if last.startswith(type(exc).__name__) else f"{type(exc).__name__}: {last}"
+    return f"paddle.jit.save (dynamic-to-static) failed at {batch}: {said[:300]}{at}"
 
 
 def rename_io(path: Path, dynamic_batch: bool) -> None:
