@@ -75,7 +75,9 @@ SCHEMA = {
                   "properties": {"name": {"type": "string"}, "layout": {"const": "NCHW"},
                                  "dtype": {"const": "float32"},
                                  "shape": {"type": "array", "minItems": 3, "maxItems": 3,
-                                           "items": _size}}},
+                                           "items": _size},
+                                 # a fixed batch the graph holds; absent: any batch
+                                 "batch": {"const": 1}}},
         "decode": {"type": "object", "required": ["library", "channels"],
                    "properties": {"library": {"enum": ["opencv", "pillow"]},
                                   "channels": {"enum": ["RGB", "BGR"]},

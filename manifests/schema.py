@@ -172,6 +172,9 @@ ENTRY = {
             "properties": {
                 "opset": {"type": "integer", "minimum": 7, "maximum": 23},
                 "dynamic_batch": {"type": "boolean"},
+                # where the exporter cannot write a dynamic batch, export at a fixed batch 1
+                # (stated in the report and the contract) instead of failing the entry
+                "fixed_batch_fallback": {"type": "boolean"},
             },
         },
         # Class names shipped with the model: "imagenet-1k" (deploy/imagenet1k_labels.txt,
@@ -216,7 +219,7 @@ DERIVED = ("preprocess", "input_shape", "published")
 SOURCE_DEFAULTS = {"mindcv": {"export": {"opset": 11}}}
 
 DEFAULTS = {
-    "export": {"opset": 17, "dynamic_batch": True},
+    "export": {"opset": 17, "dynamic_batch": True, "fixed_batch_fallback": True},
     # max|onnx - ref| <= atol + rtol * max|ref|; torch vs ORT fp32 differ by ~1e-6 here.
     "tolerances": {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.99999,
                    "min_top1_agreement": 1.0, "min_top5_agreement": 1.0},

@@ -43,7 +43,10 @@ def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
                 spec: dict | None = None) -> tuple[list[Check], dict]:
     """Checks and report['deploy'] for the decoded logit-check images (`images`, in the order
     of `source_inputs`); `spec`: the contract to check (default: the entry's)."""
-    spec = spec or contract(entry["preprocess"], entry["input_shape"])
+    if spec is None:
+        spec = contract(entry["preprocess"], entry["input_shape"])
+        if not entry["export"]["dynamic_batch"]:   # the graph takes this batch only
+            spec["input"]["batch"] = 1
     limit = entry["deploy"]["max_level_diff"]
     figures = {"contract": spec, "libraries": libraries(), "images": len(images)}
     scope = {"stage": "deploy", "model": "contract", "images": len(images)}

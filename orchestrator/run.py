@@ -18,7 +18,7 @@ import subprocess
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -260,7 +260,9 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
     simplify stage's onnx.checker pass), at the full batch and at batch 1; also each model's
     logits at the full batch (the canary compares its copy with them)."""
     tol = entry["tolerances"]
-    batch_sizes = sorted({len(inputs), 1}, reverse=True)
+    # a fixed-batch graph (exported so: _run_stages) runs one image at a time: no batch check
+    batch_sizes = (sorted({len(inputs), 1}, reverse=True) if entry["export"]["dynamic_batch"]
+                   else [1])
     checks: list[Check] = []
     figures: dict = {"batch_sizes": batch_sizes}
     logits: dict[str, np.ndarray] = {}
@@ -274,7 +276,7 @@ def _verify(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarr
         runner = OrtRunner(path, threads)
         figures["onnxruntime"] = runner.version
         outs = {bs: runner.infer(inputs, bs) for bs in batch_sizes}
-        logits[label] = outs[len(inputs)]
+        logits[label] = outs[batch_sizes[0]]   # all images (one at a time: fixed batch)
         # The worst batch size decides each check, so report the worst per check name.
         per_check: dict[str, Check] = {}
         agree: dict[int, bool] = {}
@@ -302,6 +304,11 @@ def _simplifier_broke(checks: list[Check]) -> bool:
     return bool(bad) and all(c.scope.get("model") == "simplified" for c in failed(checks))
 
 
+def _trial_shape(entry: Entry) -> list[int]:
+    """The input onnxsim runs the graph on: batch 2 where the graph takes any batch."""
+    return [2 if entry["export"]["dynamic_batch"] else 1, *entry["input_shape"]]
+
+
 def _each_retry(exported: Path, target: Path, entry: Entry):
     """onnxsim on the exporter's model into `target` with each of RETRIES' settings in turn
     (converters/simplify.py): yields (the optimizer setting, simplify()'s info or None, its
@@ -309,7 +316,7 @@ def _each_retry(exported: Path, target: Path, entry: Entry):
     tol = entry["tolerances"]
     for setting in RETRIES:
         try:
-            info = simplify(exported, target, [2, *entry["input_shape"]], atol=tol["atol"],
+            info = simplify(exported, target, _trial_shape(entry), atol=tol["atol"],
                             rtol=tol["rtol"], **setting)
         except OnnxCheckFailed as exc:
             yield optimizer_setting(**setting), None, exc.message
@@ -428,11 +435,65 @@ def _simplify_without_optimizer_passes(exported: Path, simplified: Path, entry: 
     return None
 
 
+def _batch_held(checks: list[Check]) -> Check | None:
+    """The failed batch check: the graph holds the batch it was traced at."""
+    return next((c for c in failed(checks) if c.name == "batch_independent"), None)
+
+
 def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report: dict,
                 timer: Timer, workdir: Path, checkpoint: CheckpointRef, blob: bytes | None,
                 say) -> tuple[list[Check], dict[str, dict], bool]:
     """fetch -> convert -> simplify -> verify -> variants; fills `report`, returns the checks,
-    the variants and whether the ONNX model is fit for the accuracy gate."""
+    the variants and whether the ONNX model is fit for the accuracy gate.
+
+    A dynamic-batch entry whose exporter cannot write a dynamic batch (it raises: PaddleClas
+    MobileViTV3's F.fold asserts on a batch of -1), or writes a graph that holds the batch
+    it traced (a failed batch check), is exported again at a fixed batch 1 and gated as
+    such (export.fixed_batch_fallback, on by default): report['onnx']['batch'] says so and
+    why, the contract's input says batch 1, and every check runs one image at a time."""
+    args = (all_entries, opts, report, timer, workdir, checkpoint, blob, say)
+    export = entry["export"]
+    if not (export["dynamic_batch"] and export.get("fixed_batch_fallback", True)):
+        return _stages(entry, *args)
+    try:
+        checks, variants, runnable = _stages(entry, *args, batch_fallback=True)
+    except StageError as exc:
+        if (exc.stage, exc.kind) != ("convert", "export"):
+            raise
+        first, why = exc, {"stage": "convert", "error": exc.message[:600]}
+    else:
+        held = _batch_held(checks)
+        if held is None:
+            return checks, variants, runnable
+        first, why = None, {"check": held.as_dict()}
+    reason = " ".join((why.get("error") or why["check"]["detail"]).split())
+    say(f"  batch     no dynamic-batch model ({reason[:160]}): exporting at a fixed batch 1")
+    fixed = replace(entry, data={**entry.data, "export": {**export, "dynamic_batch": False}})
+    try:
+        checks, variants, runnable = _stages(fixed, *args)
+    except StageError as again:
+        if first is None:
+            raise
+        # it fails at a fixed batch too: the entry's own error stands, with the second's
+        said = next((ln for ln in again.message.splitlines() if ln.strip()), "")[:300]
+        raise StageError(first.stage, first.kind, f"{first.message}\nexported at a fixed "
+                         f"batch 1 instead: {again.stage}/{again.kind}: {said}",
+                         first.details) from None
+    report["onnx"]["batch"] = {"fixed": 1, "dynamic_batch_tried": why,
+                               "note": "exported at a fixed batch 1: the dynamic-batch export "
+                                       "failed; runtimes take one image per run"}
+    report.setdefault("warnings", []).append(
+        "fixed batch 1: " + ("the exporter refused a dynamic batch" if first is not None else
+                             "the dynamic-batch graph held its traced batch")
+        + " (report: onnx.batch)")
+    return checks, variants, runnable
+
+
+def _stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report: dict,
+            timer: Timer, workdir: Path, checkpoint: CheckpointRef, blob: bytes | None,
+            say, batch_fallback: bool = False) -> tuple[list[Check], dict[str, dict], bool]:
+    """_run_stages once, at the entry's export settings; with `batch_fallback`, it stops
+    after verify when the batch check failed (the fixed-batch export follows)."""
     spec = SOURCES[entry.source]
     with timer.stage("fetch"):
         got = checkpoint.resolve(blob)
@@ -493,7 +554,7 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
         tol = entry["tolerances"]
         try:
             before = check(exported)
-            after = simplify(exported, simplified, [2, *entry["input_shape"]],
+            after = simplify(exported, simplified, _trial_shape(entry),
                              atol=tol["atol"], rtol=tol["rtol"])
         except OnnxCheckFailed as exc:
             failure = exc
@@ -542,6 +603,8 @@ def _run_stages(entry: Entry, all_entries: list[Entry], opts: RunOptions, report
                     report["verification"]["canary"]["warning"])
                 say(f"  WARNING   {report['verification']['canary']['warning']}")
 
+    if batch_fallback and _batch_held(checks):
+        return checks, {}, False
     if "simplified" in logits:   # the model passed its signature checks and ran
         with timer.stage("deploy"):
             used = [images[i] for i in result.get("images_used", range(len(images)))]

@@ -100,14 +100,15 @@ def _dumped(*entries) -> str:
 
 def test_defaults_fill_every_level_and_the_source_s_own_come_first(tmp_path):
     mindcv, paddle = _loaded(tmp_path, _dumped(ENTRY, _entry(name="b", source="paddleclas")))
-    assert mindcv["export"] == {"opset": 11, "dynamic_batch": True}   # SOURCE_DEFAULTS
-    assert paddle["export"] == {"opset": 17, "dynamic_batch": True}
+    assert mindcv["export"] == {"opset": 11, "dynamic_batch": True,   # SOURCE_DEFAULTS
+                                "fixed_batch_fallback": True}
+    assert paddle["export"] == {"opset": 17, "dynamic_batch": True, "fixed_batch_fallback": True}
     assert {key: paddle[key] for key in DEFAULTS} == DEFAULTS
     assert "input_shape" not in paddle.data        # left to orchestrator/derive.py
     (given,) = _loaded(tmp_path, _dumped(_entry(
         export={"dynamic_batch": False}, tolerances={"atol": 1e-3},
         variants={"int8": {"calibration": "entropy", "exclude_nodes": ["n1"]}})))
-    assert given["export"] == {"opset": 11, "dynamic_batch": False}
+    assert given["export"] == {"opset": 11, "dynamic_batch": False, "fixed_batch_fallback": True}
     assert given["tolerances"] == {**DEFAULTS["tolerances"], "atol": 1e-3}
     assert given["variants"] == {
         "fp16": DEFAULTS["variants"]["fp16"],

@@ -455,15 +455,17 @@ def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(t
     # test_export_rewrites.py.) coat's class token and padding, constants at the traced
     # batch 1 entering Concats, take the graph's batch (was a failed batch check). And one
     # whose export still holds the traced batch (convit's attention, past its class token,
-    # which took the batch too): a failed check naming the node, where onnxsim's run at
-    # batch 2 used to be a pipeline error (and, before its class token's fix, onnx.checker
-    # refused its declared shapes).
+    # which took the batch too): exported again at a fixed batch 1 and passed as such, the
+    # failed batch check that made it so, naming the node, in its report (with the
+    # fallback off, that check fails the entry: below). It was a failed check; before, a
+    # pipeline error at onnxsim's run at batch 2, and before its class token's fix,
+    # onnx.checker refused its declared shapes.
     ("mindcv", "edgenext_xx_small,mobilevit_xx_small,xcit_tiny_12_p16_224,coat_lite_tiny,"
                "convit_tiny,rexnet_10",
      {"edgenext_xx_small": "passed", "mobilevit_xx_small": "passed",
       "xcit_tiny_12_p16_224": "passed",
       "coat_lite_tiny": "passed",
-      "convit_tiny": ("failed", "check batch_independent: refused at batch 2", "Mul"),
+      "convit_tiny": "passed",
       # mindcv's own rexnet code does not build on MindSpore 2.7.2: no checkpoint, no run
       "rexnet_10": ("unsupported", "mindcv's own code cannot build rexnet_10 here", "build")}),
 ])
@@ -535,8 +537,36 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
                                 / "report.json").read_text())["source"]["worker"]
             now = report["source"]["worker"]
             assert now["pid"] == first["pid"] and now["job"] > first["job"], (first, now)
+        if row["model_id"] == "convit_tiny":
+            _check_fixed_batch(report, report_file.parent, tmp_path)
+        else:
+            assert "batch" not in report["onnx"], report["onnx"]["batch"]
         if row["model_id"] == "MicroNet_M3":
             tried = [t["optimizer"] for t in report["onnx"]["onnxsim_failed"]]
             assert tried[0] == "on" and "re-use buffer" in report["onnx"]["onnxsim_failed"][0][
                 "error"], report["onnx"]
             assert report["onnx"]["optimizer"] == "on, the exporter's intermediate shapes dropped"
+
+
+def _check_fixed_batch(report: dict, artifact: Path, sweep: Path) -> None:
+    """mindcv convit_tiny: its dynamic-batch graph holds the traced batch in its attention,
+    so it ships at a fixed batch 1, said in the report, the warning, the graph and the
+    contract; with export.fixed_batch_fallback off, the batch check fails the entry."""
+    tried = report["onnx"]["batch"]["dynamic_batch_tried"]["check"]
+    assert report["onnx"]["batch"]["fixed"] == 1
+    assert tried["name"] == "batch_independent" and "Mul" in tried["detail"], tried
+    assert report["onnx"]["inputs"][0]["shape"] == [1, 3, 224, 224]
+    assert any(w.startswith("fixed batch 1: the dynamic-batch graph held its traced batch")
+               for w in report["warnings"]), report.get("warnings")
+    assert "WARNING: fixed batch 1" in report["decided_by"]
+    assert json.loads((artifact / "preprocess.json").read_text())["input"]["batch"] == 1
+
+    entries = yaml.safe_load((sweep / "mindcv.manifest.yaml").read_text())["models"]
+    (entry,) = [e for e in entries if e["model_id"] == "convit_tiny"]
+    entry["export"] = {"fixed_batch_fallback": False}
+    (sweep / "strict.yaml").write_text(yaml.safe_dump({"version": 1, "models": [entry]}))
+    run_pipeline("--manifest", str(sweep / "strict.yaml"), "--out", str(sweep / "strict"))
+    strict = json.loads((sweep / "strict" / entry["name"] / "report.json").read_text())
+    assert strict["status"] == "failed", strict["decided_by"]
+    assert strict["checks"][0]["name"] == "batch_independent"
+    assert "Mul" in strict["checks"][0]["detail"] and "batch" not in strict.get("onnx", {})

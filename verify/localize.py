@@ -177,7 +177,7 @@ def _alone(runner: OrtRunner, inputs: np.ndarray, tried: list[tuple[str, np.ndar
         return None
     names = list(dict.fromkeys(t for t, _ in tried))
     try:
-        outs = dict(zip(names, runner.session.run(names, {runner.input_name: inputs[:1]})))
+        outs = dict(zip(names, runner.outputs(names, inputs[:1])))
     except Exception:  # noqa: BLE001 - a graph ORT refuses at batch 1: nothing to say
         return None
     return min(_relative(outs[t], ref)[1] for t, ref in tried)
@@ -219,7 +219,7 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
             onnx.save(_with_outputs(model, names), str(path))
             runner = OrtRunner(path, threads)
             try:
-                outs = runner.session.run(names, {runner.input_name: inputs})
+                outs = runner.outputs(names, inputs)
             except Exception as exc:  # noqa: BLE001 - ORT's error types differ by build
                 if batch == 1 or result["sessions"]:
                     raise
@@ -230,7 +230,7 @@ def localize(model_path: Path, inputs: np.ndarray, captured: list[dict], capture
                                   "first image at batch 1")
                 inputs, batch = inputs[:1], 1
                 result["images"] = 1
-                outs = runner.session.run(names, {runner.input_name: inputs})
+                outs = runner.outputs(names, inputs)
             outs = dict(zip(names, outs))
             result["sessions"] += 1
             for s, d in part:

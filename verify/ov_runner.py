@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from verify.ort_runner import fixed_batch, in_batches
+
 
 class OpenVinoRunner:
     name = "openvino"
@@ -28,12 +30,14 @@ class OpenVinoRunner:
              "INFERENCE_PRECISION_HINT": "f32"})
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
+        shape = self.compiled.input(0).get_partial_shape()
+        self.fixed_batch = fixed_batch([shape[0].get_length() if shape[0].is_static else None])
 
     @property
     def version(self) -> str:
         return self._ov.__version__.split("-")[0]
 
     def infer(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-        outs = [np.array(self.request.infer({0: inputs[i:i + batch_size]})[self.output])
-                for i in range(0, len(inputs), batch_size)]
-        return np.concatenate(outs)
+        parts = in_batches(inputs, batch_size, self.fixed_batch,
+                           lambda x: [np.array(self.request.infer({0: x})[self.output])])
+        return np.concatenate([p[0] for p in parts])
