@@ -46,7 +46,7 @@ help:
 	@echo "make bench-int8 [CALIBRATION_IMAGES=256]  int8 build: ORT's calibrator vs in-graph ranges; localize time (JSON)"
 	@echo "make bench-warm [SOURCE=mmpretrain] [MODELS=a,b]  sweep seconds per model: fresh process per job vs warm workers (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
-	@echo "make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN='res*'] [SEED=0]"
+	@echo "make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN='res*'] [SEED=0] [RESUME=1]"
 	@echo "                                add + convert + gate zoo models (random init); coverage in $(ZOO_OUT)/"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]   STORE: a folder or s3://BUCKET/PREFIX"
@@ -181,7 +181,7 @@ zoo-sweep: setup
 	@test -n "$(SOURCE)" || { echo "usage: make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN=...] [SEED=0] [MODELS=a,b]"; exit 2; }
 	$(PY) scripts/zoo_sweep.py --source $(SOURCE) --out $(ZOO_OUT) $(if $(SAMPLE),--sample $(SAMPLE)) \
 	    $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(SEED),--seed $(SEED)) $(if $(MODELS),--models $(MODELS)) \
-	    $(if $(EXECUTOR),--executor $(EXECUTOR))
+	    $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(RESUME),--resume)
 
 mutation: setup
 	MUTATION_BUDGET=$(or $(BUDGET),3600) MUTATION_OUT=$(or $(MUTATION_OUT),mutation-report) \

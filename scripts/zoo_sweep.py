@@ -86,6 +86,14 @@ def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, s
     return path
 
 
+def _converted(report_file: Path, sha256: str) -> bool:
+    """An earlier sweep's report for this very checkpoint (--resume keeps it)."""
+    if not report_file.is_file():
+        return False
+    report = json.loads(report_file.read_text())
+    return ((report.get("source") or {}).get("checkpoint") or {}).get("sha256") == sha256
+
+
 class SourceCannotBuild(Exception):
     """The source's own constructor failed in the checkpoint maker (exit status
     CANNOT_BUILD): the model is unsupported here, as the pipeline's worker reports it."""
@@ -175,6 +183,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh-workers", action="store_true",
                         help="a new framework process per job (pipeline.py --fresh-workers); "
                              "by default each source's warm worker takes job after job")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the reports an earlier sweep into OUT wrote for the same "
+                             "checkpoints, converting only the rest (after an interrupted run)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds one checkpoint may take to make")
     args = parser.parse_args(argv)
@@ -219,6 +230,13 @@ def main(argv=None) -> int:
         print(f"[{number}/{len(chosen)}] {model_id}: "
               f"{row.get('status', 'checkpoint ready')} {row.get('cause', '')}", flush=True)
 
+    reports = out / "artifacts" / args.source
+    if args.resume:
+        done = [e for e in entries if _converted(reports / e["name"] / "report.json",
+                                                  e["checkpoint"]["sha256"])]
+        print(f"--resume: {len(done)} of {len(entries)} converted before, kept", flush=True)
+        entries = [e for e in entries if e not in done]
+    pipeline_status = 0
     if entries:
         manifest = out / f"{args.source}.manifest.yaml"
         manifest.write_text("version: 1\nmodels:\n" + "".join(render(e, []) for e in entries))
@@ -226,21 +244,24 @@ def main(argv=None) -> int:
                    "--out", str(out / "artifacts" / args.source), "--executor", args.executor,
                    *(["--fresh-workers"] if args.fresh_workers else [])]
         print(f"running the pipeline on {len(entries)} entries: {' '.join(command)}", flush=True)
-        subprocess.run(command, cwd=REPO)
-        for row in rows:
-            if row["name"] not in checkpoints:
-                continue
-            report_file = out / "artifacts" / args.source / row["name"] / "report.json"
-            if not report_file.is_file():
-                row.update(status="error", cause="pipeline wrote no report")
-                continue
-            report = json.loads(report_file.read_text())
-            row["status"] = report.get("status") or ("passed" if report["passed"] else "failed")
-            if row["status"] != "passed":
-                row["cause"] = cause(report)
-            row["nodes"] = (report.get("onnx") or {}).get("nodes_simplified")
-            row["convert_seconds"] = report.get("timings", {}).get("total", 0.0)
-            row["seconds"] += row["convert_seconds"]
+        pipeline_status = subprocess.run(command, cwd=REPO).returncode
+    for row in rows:
+        if row["name"] not in checkpoints:
+            continue
+        report_file = reports / row["name"] / "report.json"
+        if not report_file.is_file():
+            row.update(status="error", cause="pipeline wrote no report" + (
+                f" (the pipeline process ended with status {pipeline_status}"
+                f"{': killed, out of memory?' if pipeline_status in (-9, 137) else ''}; "
+                "--resume converts the rest)" if pipeline_status not in (0, 1) else ""))
+            continue
+        report = json.loads(report_file.read_text())
+        row["status"] = report.get("status") or ("passed" if report["passed"] else "failed")
+        if row["status"] != "passed":
+            row["cause"] = cause(report)
+        row["nodes"] = (report.get("onnx") or {}).get("nodes_simplified")
+        row["convert_seconds"] = report.get("timings", {}).get("total", 0.0)
+        row["seconds"] += row["convert_seconds"]
 
     counts = collections.Counter(r["status"] for r in rows)
     causes = collections.Counter(cause_class(r) for r in rows if r["status"] != "passed")

@@ -546,6 +546,22 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
             assert tried[0] == "on" and "re-use buffer" in report["onnx"]["onnxsim_failed"][0][
                 "error"], report["onnx"]
             assert report["onnx"]["optimizer"] == "on, the exporter's intermediate shapes dropped"
+    if source == "paddleclas":   # again with --resume: every report kept, nothing converted
+        runs = {r["name"]: json.loads((tmp_path / "artifacts" / source / r["name"]
+                                       / "report.json").read_text())["run_id"]
+                for r in result["models"]}
+        again = subprocess.run([sys.executable, str(REPO / "scripts" / "zoo_sweep.py"),
+                                "--source", source, "--models", models, "--out", str(tmp_path),
+                                "--resume"], cwd=REPO, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"--resume: {len(expect)} of {len(expect)} converted before, kept" in again.stdout
+        assert "running the pipeline" not in again.stdout
+        assert runs == {name: json.loads((tmp_path / "artifacts" / source / name
+                                          / "report.json").read_text())["run_id"]
+                        for name in runs}
+        resumed = json.loads((tmp_path / f"{source}.json").read_text())
+        assert {r["model_id"]: r["status"] for r in resumed["models"]} == got
 
 
 def _check_fixed_batch(report: dict, artifact: Path, sweep: Path) -> None:
