@@ -74,6 +74,15 @@ RETRIES = ([{"skipped": [name]} for name in FRAGILE_PASSES]
            + [{"optimize": False}, {"declared_shapes": False}])
 
 
+def graph_batch(path: Path) -> int | None:
+    """The batch the ONNX model's input holds (exported at a fixed batch: orchestrator/run.py
+    `_run_stages`), None where it takes any."""
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type
+    first = dims.shape.dim[0] if dims.shape.dim else None
+    held = first.dim_value if first is not None and first.HasField("dim_value") else 0
+    return held if held > 0 else None
+
+
 def stored_bytes(path: Path) -> int:
     """The size of the model in `path` as one protobuf message, counted without loading it:
     the file, plus the initializers it keeps as external data (torch.onnx writes a model

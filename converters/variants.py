@@ -214,11 +214,13 @@ def make_int8(fp32: Path, out: Path, calibration: np.ndarray, cfg: dict,
 
     method = cfg.get("calibration", "entropy")
     stride = 8
-    dims = onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    if dims and dims[0].HasField("dim_value"):
-        raise VariantFailed(f"the model holds a fixed batch {dims[0].dim_value} (exported so: "
-                            "report onnx.batch) and int8 calibration runs it at batch "
-                            f"{stride}: not built")
+    from converters.simplify import graph_batch
+
+    held = graph_batch(fp32)
+    if held:
+        raise VariantFailed(f"the model holds a fixed batch {held} (exported so: report "
+                            f"onnx.batch) and int8 calibration runs it at batch {stride}: "
+                            "not built")
     usable = len(calibration) - len(calibration) % stride
     if usable < stride:
         raise VariantFailed(f"int8 calibration needs at least {stride} images, got "

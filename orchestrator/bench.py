@@ -91,13 +91,9 @@ def run_bench(entry: Entry, artifact: Path, batch_sizes: list[int], precisions: 
         raise BenchError(
             f"{artifact} has no {', '.join(missing)}: convert first, e.g. `make convert "
             f"MODEL={entry.name} PRECISIONS={','.join(precisions)} OUT={artifact.parent}`")
-    import onnx
+    from converters.simplify import graph_batch
 
-    from verify.ort_runner import fixed_batch
-
-    dims = onnx.load(str(artifact / FILES[precisions[0]]), load_external_data=False
-                     ).graph.input[0].type.tensor_type.shape.dim
-    held = fixed_batch([dims[0].dim_value if dims and dims[0].HasField("dim_value") else None])
+    held = graph_batch(artifact / FILES[precisions[0]])
     if held and batch_sizes != [held]:
         # exported at a fixed batch (report['onnx']['batch']): it runs at that batch only
         say(f"  the model holds a fixed batch {held}: timed at batch {held} only "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.simplify import graph_batch
 from deploy.preprocess import PreprocessError, contract, preprocess
 from verify.compare import Check
 from verify.ort_runner import OrtRunner
@@ -45,8 +46,9 @@ def deploy_gate(entry, images: list[Path], source_inputs: np.ndarray,
     of `source_inputs`); `spec`: the contract to check (default: the entry's)."""
     if spec is None:
         spec = contract(entry["preprocess"], entry["input_shape"])
-        if not entry["export"]["dynamic_batch"]:   # the graph takes this batch only
-            spec["input"]["batch"] = 1
+        held = graph_batch(model)
+        if held:   # exported at a fixed batch (orchestrator/run.py): the graph takes it only
+            spec["input"]["batch"] = held
     limit = entry["deploy"]["max_level_diff"]
     figures = {"contract": spec, "libraries": libraries(), "images": len(images)}
     scope = {"stage": "deploy", "model": "contract", "images": len(images)}

@@ -323,3 +323,16 @@ def test_a_fixed_batch_graph_is_checked_one_image_at_a_time_without_a_batch_chec
     checks, _, _ = _verify(entry, {"simplified": (path, describe(onnx.load(path)))},
                            x, wrong, 1)
     assert not next(c for c in checks if c.name == "max_abs_diff").passed
+
+
+def test_a_fixed_batch_graph_is_known_as_such_and_gets_no_int8_variant(tmp_path):
+    """converters/simplify.py graph_batch reads the batch a graph holds; int8 calibration,
+    which runs batches of 8, is refused for it with the reason (the fp32 model ships)."""
+    from converters.simplify import graph_batch
+    from converters.variants import VariantFailed, make_int8
+
+    fixed = _fixed(tmp_path / "fixed.onnx", 1)
+    assert graph_batch(fixed) == 1
+    assert graph_batch(_model(tmp_path / "dynamic.onnx", baked=False)) is None
+    with pytest.raises(VariantFailed, match="holds a fixed batch 1"):
+        make_int8(fixed, tmp_path / "int8.onnx", np.zeros((8, 4), np.float32), {})

@@ -179,6 +179,13 @@ def test_deploy_gate_refuses_tensors_of_another_shape_and_unreadable_images(tmp_
                             "the contract's preprocessing could not read 1 image(s) the source "
                             f"read: {error}", {**scope, "images": 2})]
     assert figures["error"] == error and "max_level_diff" not in figures
+    # a graph that takes batch 1 only (exported at a fixed batch): its contract says so
+    fixed = _onnx(tmp_path / "fixed.onnx", "Flatten", (1, 3, 4, 4))
+    ours = preprocess(str(tmp_path / "a.png"), contract(cfg, [3, 4, 4]))[None]
+    checks, figures = deploy_gate(entry, [tmp_path / "a.png"], ours, ours.reshape(1, -1),
+                                  fixed, 1)
+    assert figures["contract"]["input"]["batch"] == 1 and checks[0].passed, checks
+    assert "batch" not in contract(cfg, [3, 4, 4])["input"]
 
 
 # --------------------------------------------------------------------------- runtime matrix

@@ -443,10 +443,15 @@ def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(t
     # another RepVGG); Swin, whose paddle2onnx graph onnxsim's optimizer turns unsorted,
     # simplified without it (was an error), its Constant-node weights perturbed by the
     # canary; MicroNet, whose paddle2onnx shape declarations ONNX Runtime cannot plan
-    # with inside onnxsim, simplified without them (was an error)
-    ("paddleclas", "RepVGG_A1,RepVGG_A0,SwinTransformer_tiny_patch4_window7_224,MicroNet_M3",
+    # with inside onnxsim, simplified without them (was an error); MobileViTV3, which paddle's
+    # dynamic-to-static conversion refuses at a dynamic batch (F.fold) and paddle2onnx at
+    # batch 1 (no fold): unsupported in the exporter's words (was an internal error)
+    ("paddleclas", "RepVGG_A1,RepVGG_A0,SwinTransformer_tiny_patch4_window7_224,MicroNet_M3,"
+                   "MobileViTV3_x0_5",
      {"RepVGG_A1": "passed", "RepVGG_A0": "passed",
-      "SwinTransformer_tiny_patch4_window7_224": "passed", "MicroNet_M3": "passed"}),
+      "SwinTransformer_tiny_patch4_window7_224": "passed", "MicroNet_M3": "passed",
+      "MobileViTV3_x0_5": ("unsupported", "paddle.jit.save (dynamic-to-static) failed at a "
+                           "dynamic batch: AssertionError", "export")}),
     # xcit: a functional ops.unstack inside its attention's construct (Unstack), replaced
     # while the exporter parses it (was unsupported, as cait); edgenext passes through three
     # rewrites (exact GELU, its positional encoding's LogicalNot, XCA's L2Normalize) and mobilevit,
@@ -495,6 +500,10 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
             assert report["status"] == "unsupported" and not report["passed"]
             assert (report["error"]["stage"], report["error"]["kind"]) == ("convert", where)
             assert not (report_file.parent / "model.onnx").exists()
+            if row["model_id"] == "MobileViTV3_x0_5":   # tried at a fixed batch 1 as well
+                assert "mobilevit_v3.py line" in report["error"]["message"]
+                assert "\nexported at a fixed batch 1 instead: convert/" in \
+                    report["error"]["message"], report["error"]["message"]
             continue
         report = json.loads(report_file.read_text())
         if row["status"] == "failed":
