@@ -65,7 +65,7 @@ from manifests.schema import DERIVED
 from orchestrator.accuracy import DEFAULT_RAY_SHARD_SIZE, Selection
 from orchestrator.executor import Reporter, make_executor
 from orchestrator.driver import DatasetUnavailable, run_all
-from orchestrator.run import RunOptions
+from orchestrator.stages.context import RunOptions
 from orchestrator.summary import format_summary
 from release.deployable import LABELS_FILE, PREPROCESS_FILE
 from release.publish import publish as publish_store

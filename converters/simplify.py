@@ -56,8 +56,8 @@ def check(path: Path) -> dict:
 
 
 # onnxsim optimizer passes seen to change a model's outputs, each tried off on its own before
-# all of onnxsim's optimisation is (RETRIES; orchestrator/run.py re-simplifies only when the
-# exporter's model passes the logit gate and the simplified one does not):
+# all of onnxsim's optimisation is (RETRIES; orchestrator/stages/verify.py re-simplifies only
+# when the exporter's model passes the logit gate and the simplified one does not):
 # - fuse_pad_into_conv, onnxsim 0.8.1, mmpretrain efficientnet-b0: Conv2dAdaptivePadding's
 #   Pad [0,0,0,0, 0,0,1,1], whose pads constant three Pads share, became Conv pads
 #   [1,0,1,1] instead of [0,0,1,1] at layers.2.0.depthwise_conv: logits off by 9.98.
@@ -76,7 +76,7 @@ RETRIES = ([{"skipped": [name]} for name in FRAGILE_PASSES]
 
 def graph_batch(path: Path) -> int | None:
     """The batch the ONNX model's input holds (exported at a fixed batch: orchestrator/run.py
-    `_run_stages`), None where it takes any."""
+    `run_stages`), None where it takes any."""
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type
     first = dims.shape.dim[0] if dims.shape.dim else None
     held = first.dim_value if first is not None and first.HasField("dim_value") else 0

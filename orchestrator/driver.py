@@ -1,7 +1,7 @@
 """The driver loop: every chosen entry's tasks on the executor (local or Ray), the accuracy
 shards they fan out to, and each entry's end (`run_all`). What one entry's stages do is
-orchestrator/run.py (`prepare_entry`, a task; `finish_entry`, on the driver). Imports no
-deep-learning framework.
+orchestrator/run.py (`prepare_entry`, a task; `finish_entry`, on the driver), each stage in
+orchestrator/stages/. Imports no deep-learning framework.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from orchestrator.accuracy import (AccuracyFailed, Selection, ShardJob, ShardRes
                                    evaluate_shard, merge_shards, plan_shards)
 from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
-from orchestrator.run import (CheckpointRef, EntryResult, Prepared, RunOptions, StageError,
-                              _error, finish_entry, new_report, prepare_entry)
+from orchestrator.run import finish_entry, prepare_entry
+from orchestrator.stages.context import (CheckpointRef, EntryResult, Prepared, RunOptions,
+                                         StageError, new_report, record_error)
 from orchestrator.workdir import run_dir
 from release.store import StoreError, open_store
 
@@ -137,8 +138,8 @@ def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
                           "review and commit the line")
                 state = _EntryState(index, entry, header, ref, None, dataset)
                 state.prepared = Prepared(new_report(entry), status="error")
-                state.prepared.decided = _error(state.prepared.report, "fetch", "unlocked",
-                                                reason)
+                state.prepared.decided = record_error(state.prepared.report, "fetch",
+                                                      "unlocked", reason)
                 reporter.say(header)
                 reporter.say(f"  ERROR     [fetch/unlocked] {reason}")
                 speaking[0] = entry.name
@@ -201,7 +202,7 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
     if outcome.error is not None:
         report = new_report(entry)
         prepared = Prepared(report, status="error")
-        prepared.decided = _error(report, "executor", "task_failed",
+        prepared.decided = record_error(report, "executor", "task_failed",
                                   f"{type(outcome.error).__name__}: {outcome.error}")
         say(f"  ERROR     [executor/task_failed] {outcome.error}")
         state.prepared = prepared

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.simplify import describe
-from orchestrator.run import _verify
+from orchestrator.stages.verify import verify_models
 from verify.batch import baking_nodes, batch_check
 from verify.ort_runner import OrtRunner
 
@@ -78,7 +78,7 @@ def test_the_logit_gate_reports_a_baked_batch_for_each_model(tmp_path):
     good = _model(tmp_path / "ok.onnx", baked=False)
     entry = {"tolerances": TOL, "num_classes": 4, "input_shape": [4],
              "export": {"dynamic_batch": True, "opset": 17}}
-    checks, figures, _ = _verify(entry, {"exported": (good, describe(onnx.load(str(good)))),
+    checks, figures, _ = verify_models(entry, {"exported": (good, describe(onnx.load(str(good)))),
                                          "simplified": (bad, describe(onnx.load(str(bad))))},
                                  x, 2 * x, threads=1)
     by = {(c.name, c.scope["model"]): c for c in checks}
@@ -172,7 +172,7 @@ def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded
     passes off (converters/simplify.py RETRIES), checked the same way, and replaces
     model.onnx; the report says what failed and what was used. A fault the exporter's model
     shares is not onnxsim's, and nothing is redone."""
-    from orchestrator.run import _resimplify, _simplifier_broke
+    from orchestrator.stages.verify import resimplify, simplifier_broke
     from verify.compare import failed
 
     exported = _conv_bn(tmp_path / "exported.onnx")
@@ -187,12 +187,12 @@ def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded
              "export": {"dynamic_batch": True, "opset": 17}}
     models = {"exported": (exported, describe(onnx.load(str(exported)))),
               "simplified": (simplified, describe(broken))}
-    checks, _, logits = _verify(entry, models, x, reference, threads=1)
-    assert _simplifier_broke(checks)
-    assert not _simplifier_broke(_verify(entry, models, x, 2 * reference, threads=1)[0])
+    checks, _, logits = verify_models(entry, models, x, reference, threads=1)
+    assert simplifier_broke(checks)
+    assert not simplifier_broke(verify_models(entry, models, x, 2 * reference, threads=1)[0])
 
     report, said = {"onnx": {}}, []
-    checks, logits = _resimplify(entry, exported, simplified, x, reference, checks, logits,
+    checks, logits = resimplify(entry, exported, simplified, x, reference, checks, logits,
                                  1, report, said.append)
     assert not failed(checks) and {c.scope["model"] for c in checks} == {"exported",
                                                                          "simplified"}
@@ -246,7 +246,7 @@ def test_an_exported_graph_onnx_checker_rejects_is_a_failed_check_not_an_error(t
     import pytest
 
     from converters.simplify import OnnxCheckFailed, check
-    from orchestrator.run import _unsimplifiable
+    from orchestrator.stages.simplify import _unsimplifiable
 
     graph = helper.make_graph(
         [helper.make_node("Concat", ["input", "input"], ["logits"], axis=1, name="cat")],
@@ -306,22 +306,21 @@ def test_runners_feed_a_fixed_batch_graph_its_own_batch_at_any_asked_size(tmp_pa
 
 
 def test_a_fixed_batch_graph_is_checked_one_image_at_a_time_without_a_batch_check(tmp_path):
-    """_verify on an entry exported at a fixed batch: every image's logits compared, at
+    """verify_models on an entry exported at a fixed batch: every image's logits compared, at
     batch 1 only, and no batch check (a graph that takes one batch has none to hold)."""
     path = _fixed(tmp_path / "fixed.onnx", 1)
     x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
     entry = {"num_classes": 4, "input_shape": [4], "tolerances": TOL,
              "export": {"dynamic_batch": False, "opset": 17}}
-    checks, figures, logits = _verify(entry, {"simplified": (path, describe(onnx.load(path)))},
-                                      x, 2 * x, 1)
+    model = {"simplified": (path, describe(onnx.load(path)))}
+    checks, figures, logits = verify_models(entry, model, x, 2 * x, 1)
     assert figures["batch_sizes"] == [1]
     assert logits["simplified"].shape == (6, 4)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert "batch_independent" not in {c.name for c in checks}
     wrong = 2 * x
     wrong[5] += 1.0   # the last image: a check that stopped at the first batch would miss it
-    checks, _, _ = _verify(entry, {"simplified": (path, describe(onnx.load(path)))},
-                           x, wrong, 1)
+    checks, _, _ = verify_models(entry, model, x, wrong, 1)
     assert not next(c for c in checks if c.name == "max_abs_diff").passed
 
 

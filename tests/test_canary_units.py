@@ -289,14 +289,14 @@ def test_perturbed_changes_only_that_weight_each_element_by_its_own_draw(tmp_pat
 
 def test_a_pass_with_a_warning_says_so_in_decided_by():
     """The entry's one-line verdict carries the canary's warning on a pass, never on a fail."""
-    from orchestrator.run import _decided_by
+    from orchestrator.stages.package import decided_by
     from verify.compare import Check
 
     ok = Check("max_abs_diff", True, 1e-6, 1e-4)
     warning = "gate power not shown: no Conv/Gemm/MatMul weight to perturb"
-    assert _decided_by([ok], True, None, [warning]) == (
+    assert decided_by([ok], True, None, [warning]) == (
         f"max|diff| 1e-06 <= 0.0001; WARNING: {warning}")
-    assert _decided_by([ok], True) == "max|diff| 1e-06 <= 0.0001"
+    assert decided_by([ok], True) == "max|diff| 1e-06 <= 0.0001"
     bad = Check("max_abs_diff", False, 0.5, 1e-4, "", {"model": "simplified"})
-    assert _decided_by([bad], False, None, [warning]) == (
+    assert decided_by([bad], False, None, [warning]) == (
         "max_abs_diff (simplified) 0.5 vs limit 0.0001")

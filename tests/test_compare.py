@@ -273,12 +273,12 @@ def test_variant_top1_is_per_image():
 
 def test_decided_by_names_the_first_diverging_layer():
     """The summary line of a failed entry says where the network parts (docs/usage.md)."""
-    from orchestrator.run import _decided_by
+    from orchestrator.stages.package import decided_by
     from verify.compare import Check
 
     failed = Check("max_abs_diff", False, 0.5, 0.001, "",
                    {"model": "exported", "first_diverging_layer": "backbone.layer2.2.convs.0"})
-    assert _decided_by([failed], False) == ("max_abs_diff (exported) 0.5 vs limit 0.001; first "
+    assert decided_by([failed], False) == ("max_abs_diff (exported) 0.5 vs limit 0.001; first "
                                             "diverging layer backbone.layer2.2.convs.0")
     failed.scope["first_diverging_layer"] = None   # localised, nothing above the limit
-    assert _decided_by([failed], False) == "max_abs_diff (exported) 0.5 vs limit 0.001"
+    assert decided_by([failed], False) == "max_abs_diff (exported) 0.5 vs limit 0.001"

@@ -365,7 +365,8 @@ def test_runtime_matrix_required_openvino_blocks_what_it_cannot_run(tmp_path):
 def test_runtime_accuracy_gates_only_required_runtimes_and_the_summary_says_so():
     """--data figures of another runtime: a failing check of a required runtime fails the
     fp32 entry or drops the variant; of another runtime it is only reported."""
-    from orchestrator.run import EntryResult, _runtime_accuracy
+    from orchestrator.stages.context import EntryResult
+    from orchestrator.stages.runtimes import runtime_accuracy
     from orchestrator.runtimes import runtimes_line
     from orchestrator.summary import format_summary
     from verify.compare import Check
@@ -380,7 +381,7 @@ def test_runtime_accuracy_gates_only_required_runtimes_and_the_summary_says_so()
             "tensorrt": {"required": False, "skipped": "no GPU"}}}
         variants = {"int8": {"checks": [], "passed": True}}
         lines = []
-        gating = _runtime_accuracy(report, variants, {"openvino": {
+        gating = runtime_accuracy(report, variants, {"openvino": {
             "fp32": result(False), "int8": result(False)}}, lines.append)
         accuracy = report["runtimes"]["openvino"]["accuracy"]
         assert accuracy["int8"]["passed"] is False and accuracy["int8"]["top1"] == 70.0

@@ -13,7 +13,7 @@ from fetch.download import FetchError
 from orchestrator.accuracy import AccuracyFailed
 from orchestrator.derive import DeriveFailed
 from orchestrator.localize import LocalizeFailed
-from orchestrator.run import StageError
+from orchestrator.stages.context import StageError
 
 
 @pytest.mark.parametrize("cls", [WorkerError, WorkerFailed, OnnxCheckFailed, FetchError,

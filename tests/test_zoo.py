@@ -273,7 +273,7 @@ def test_inference_switch_calls_outermost_modules_once_and_a_failing_one_is_expo
 
 
 def test_run_summary_counts_unsupported_apart_from_failures():
-    from orchestrator.run import EntryResult
+    from orchestrator.stages.context import EntryResult
     from orchestrator.summary import format_summary
 
     text = format_summary([

@@ -1,0 +1,43 @@
+"""The accuracy gate's verdict, on the driver: the merged shard figures
+(orchestrator/accuracy.py merge_shards) into the report, the variants and the runtimes, and
+the lines that say them."""
+from __future__ import annotations
+
+from orchestrator.stages.runtimes import runtime_accuracy
+from orchestrator.stages.variants import variant_line
+from verify.compare import Check, failed
+
+
+def apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict], merged,
+                   say) -> list[Check]:
+    """`merged` is merge_shards()'s (checks, figures, per-variant (check, figures)); returns
+    the entry's checks with the accuracy ones added."""
+    acc_checks, accuracy, per_variant = merged
+    runtimes = accuracy.pop("runtimes", {})
+    report["accuracy"] = accuracy
+    for precision, (drop, figures) in per_variant.items():
+        variants[precision]["checks"].append(drop)
+        variants[precision]["accuracy"] = figures
+        variants[precision]["passed"] = not failed(variants[precision]["checks"])
+        say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
+            f"{variant_line(variants[precision])}")
+    acc_checks = acc_checks + runtime_accuracy(report, variants, runtimes, say)
+    if "contract" in accuracy:
+        c = accuracy["contract"]
+        say(f"  deploy    preprocess.json + ONNX top-1 {c['top1']:.2f}% vs the source's "
+            f"{accuracy['source']['top1']:.2f}%; tensors within {c['max_level_diff']:.3g} "
+            f"pixel levels ({c['exact_images']}/{c['images']} bit-exact"
+            f"{', %d unreadable by the contract' % len(c['errors']) if c['errors'] else ''})")
+    src, onx = accuracy["source"], accuracy["onnx"]
+    say(f"  accuracy  source top-1/top-5 {src['top1']:.2f}/{src['top5']:.2f}, ONNX "
+        f"{onx['top1']:.2f}/{onx['top5']:.2f} on {src['images']} images; "
+        f"{accuracy['disagree']} disagree{_near_ties(accuracy)}; "
+        f"{accuracy['unreadable']} unreadable; "
+        f"{accuracy['throughput']['wall_images_per_s']} images/s "
+        f"({accuracy['throughput']['shards']} shard(s))")
+    return checks + acc_checks
+
+
+def _near_ties(accuracy: dict) -> str:
+    ties = accuracy.get("near_ties", 0)
+    return f" (+{ties} near-tie{'s' if ties != 1 else ''}, not counted)" if ties else ""

@@ -1,0 +1,153 @@
+"""What every stage of one entry works on: the run's options, the entry's context (its
+report, timer, work directory and checkpoint), what the entry task returns, and the one
+error a stage raises. Imports no deep-learning framework."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from converters.protocol import PipelineError, Timer
+from converters.registry import REPO_ROOT
+from converters.runner import WorkerLimits
+from fetch.download import FetchError, Fetched, fetch, local_checkpoint, materialize
+from manifests.loader import Entry
+from orchestrator.accuracy import Selection
+from verify.compare import Check
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    cache_dir: Path
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    data: Selection | None = None     # --data (+ --limit): logit-check images and accuracy
+    threads: int | None = None
+    data_workers: int | None = None   # decode threads in the worker (default: all cores)
+    keep_work: bool = False
+    worker_timeout: float = 3600.0
+    signing_key: Path | None = None   # EC private key (PEM); passed artifacts get model.sig
+    signing_key_id: str | None = None
+    precisions: tuple[str, ...] = ("fp32",)   # fp32 always; fp16 / int8 variants on request
+    shard_size: int | None = None     # accuracy images per task (None: one shard per entry)
+    mirror: str | None = None         # --mirror: checkpoints from an internal mirror
+    skip_unchanged: str | None = None  # --skip-unchanged STORE: a folder or s3:// URL
+    checkpoint_lock: dict = field(default_factory=dict)  # fetch/lock.py: name -> full digest
+    require_lock: tuple | None = None   # --require-lock: (command that locks, lock file)
+    limits: WorkerLimits = WorkerLimits()  # --worker-memory, --max-image-pixels
+    localize: bool = False            # --localize: first diverging layer even when passing
+
+
+class StageError(PipelineError):
+    """A stage's failure as the entry's report records it: which stage, and the cause."""
+
+    def __init__(self, stage: str, kind: str, message: str, details: dict | None = None):
+        super().__init__(kind, message, details)
+        self.stage = stage
+
+    def __reduce__(self):
+        return type(self), (self.stage, self.kind, self.message, self.details)
+
+
+@dataclass
+class CheckpointRef:
+    """Where a task finds the entry's checkpoint, on whichever node it runs: the manifest's
+    URL (fetched, digest-checked, into that node's cache; from the mirror when set) or the
+    driver's --checkpoint file (used in place when the node sees it with the same sha256,
+    else written into the node's cache from the bytes the executor ships)."""
+    spec: dict
+    cache_dir: str
+    local: str | None = None
+    sha256: str | None = None
+    mirror: str | None = None
+
+    def resolve(self, blob: bytes | None) -> Fetched:
+        try:
+            if self.local:
+                path = materialize(Path(self.local), self.sha256, blob, Path(self.cache_dir))
+                return local_checkpoint(path, self.spec)
+            return fetch(self.spec, Path(self.cache_dir), mirror=self.mirror)
+        except FetchError as exc:
+            raise StageError("fetch", exc.kind, exc.message) from None
+
+
+@dataclass
+class EntryContext:
+    """One entry's stages share this: the entry (its export settings may change for the
+    fixed-batch retry: orchestrator/run.py), the run, and what the stages fill."""
+    entry: Entry
+    all_entries: list[Entry]
+    opts: RunOptions
+    report: dict
+    timer: Timer
+    workdir: Path
+    checkpoint: CheckpointRef
+    blob: bytes | None
+    say: Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """What an entry task returns: the report so far, its checks, its variants, and the
+    files it made (bytes: they travel back from whichever node ran it)."""
+    report: dict
+    checks: list[Check] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)   # model.onnx, model.P.onnx, log
+    status: str | None = None      # set when decided already: "error" | "unsupported"
+    entry: dict | None = None      # the entry with its derived fields (orchestrator/derive.py)
+    decided: str | None = None
+    runnable: bool = False         # ONNX I/O fit for the accuracy gate
+    seconds: float = 0.0
+
+
+@dataclass
+class EntryResult:
+    name: str
+    status: str            # passed | failed | error | unsupported | unavailable | unchanged
+    decided_by: str        # the figure or cause that decided the status
+    seconds: float
+    runtimes: str = ""     # the runtime matrix in one line (orchestrator/runtimes.py)
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The project's commit (+dirty), asked once per run."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 \
+            else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def new_report(entry: Entry) -> dict:
+    return {
+        "name": entry.name, "passed": False,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_id": uuid.uuid4().hex,   # provenance's invocationId
+        "pipeline": {"git_commit": git_commit()},
+        "entry": entry.data,
+        "source": {"framework": entry.source, "model_id": entry["model_id"]},
+        "checks": [], "timings": {}, "error": None,
+    }
+
+
+def record_error(report: dict, stage: str, kind: str, message: str,
+                 details: dict | None = None) -> str:
+    """The entry's error into its report; returns what decided it ("stage: kind")."""
+    report["error"] = {"stage": stage, "kind": kind, "message": message,
+                       "details": details or {}}
+    return f"{stage}: {kind}"
+
+
+def fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,79 @@
+"""Stage package, on the driver: the verdict (what decided it, in one line), and for a passed
+entry the deployable metadata (release/deployable.py: preprocess.json, labels), the
+provenance, the signature and the artifact folder (release/artifact.py), written whole or
+not at all. A failed or errored entry gets its report and worker log only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from manifests.loader import Entry
+from orchestrator.stages.context import RunOptions, fmt, record_error
+from release.artifact import write_artifact
+from release.deployable import make_deployable
+from release.provenance import build_provenance
+from release.signing import SIGNATURE, SigningError, sign_directory
+from verify.compare import Check, failed
+
+
+def decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None,
+               warnings: list[str] | None = None) -> str:
+    bad = failed(checks)
+    if bad:
+        c = bad[0]
+        where = (f"; first diverging layer {c.scope['first_diverging_layer']}"
+                 if c.scope.get("first_diverging_layer") else "")
+        return (f"{c.name} ({c.scope.get('model', '')}) {fmt(c.measured)} vs limit "
+                f"{fmt(c.limit)}{where}")
+    worst = max((c for c in checks if c.name == "max_abs_diff"), key=lambda c: c.measured,
+                default=None)
+    text = (f"max|diff| {fmt(worst.measured)} <= {fmt(worst.limit)}" if worst and passed
+            else "no logit check ran")
+    if accuracy:
+        text += (f"; top-1 source {accuracy['source']['top1']:.2f}% / ONNX "
+                 f"{accuracy['onnx']['top1']:.2f}% ({accuracy['source']['images']} images)")
+    if passed and warnings:   # a pass whose gate power is not shown says so (verify/canary.py)
+        text += f"; WARNING: {warnings[0]}"
+    return text
+
+
+def package(entry: Entry, report: dict, artifact_files: dict[str, Path],
+            files: dict[str, Path], workdir: Path, opts: RunOptions, say) -> tuple[str, str]:
+    """Writes the entry's artifact folder; returns its (status, decided_by), which change to
+    an error when the metadata or the signature cannot be made: fail closed, nothing ships
+    without them."""
+    status, decided = report["status"], report["decided_by"]
+    if report["passed"]:
+        try:
+            artifact_files = make_deployable(entry, report, artifact_files, workdir)
+        except (OSError, ValueError) as exc:  # fail closed: nothing ships without its metadata
+            report["passed"] = False
+            status = report["status"] = "error"
+            decided = report["decided_by"] = record_error(report, "package", "metadata",
+                                                          f"{type(exc).__name__}: {exc}")
+            say(f"  ERROR     [package/metadata] {exc}")
+    if report["passed"]:
+        try:
+            artifact = _write_passed(entry, report, artifact_files, opts)
+            if opts.signing_key:
+                say(f"  sign      {artifact / 'model.sig'} (key {opts.signing_key_id[:12]})")
+        except SigningError as exc:  # fail closed: no unsigned model when signing was asked
+            report["passed"] = False
+            status = report["status"] = "error"
+            decided = report["decided_by"] = record_error(report, "sign", "signing", str(exc))
+            artifact_files.clear()  # nothing unsigned ships: no fp32 model, no variant
+            say(f"  ERROR     [sign/signing] {exc}")
+    if not report["passed"]:
+        write_artifact(opts.out_dir, entry.name, report,
+                       {k: v for k, v in files.items() if k == "worker.log"})
+    return status, decided
+
+
+def _write_passed(entry: Entry, report: dict, files: dict[str, Path], opts: RunOptions) -> Path:
+    """model.onnx + report.json + provenance.json, signed in staging when a key is given."""
+    report["signature"] = ({"file": SIGNATURE, "public_key_sha256": opts.signing_key_id}
+                           if opts.signing_key else None)
+    provenance = build_provenance(report, opts.signing_key_id)
+    finalize = ((lambda staging: sign_directory(staging, opts.signing_key))
+                if opts.signing_key else None)
+    return write_artifact(opts.out_dir, entry.name, report, files,
+                          documents={"provenance.json": provenance}, finalize=finalize)
