@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters.registry import SOURCES, unavailable_reason  # noqa: E402
 from converters.runner import WorkerFailed, run_worker  # noqa: E402
-from converters.worker_flow import timed_runs  # noqa: E402
+from converters.protocol import timed_runs  # noqa: E402
 from manifests.loader import load_manifest  # noqa: E402
 from verify.dataset import load_dataset  # noqa: E402
 from verify.images import imagenet_like  # noqa: E402

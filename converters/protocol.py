@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +65,27 @@ class Timer:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def timed_runs(run: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Seconds of each of `runs` calls after `warmup` untimed ones (the worker's latency and
+    the orchestrator's runtime benchmarks time the same way)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def package_version(package: str) -> str | None:
+    """An installed distribution's version, None where it is not installed."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def log(message: str) -> None:

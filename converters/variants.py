@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from release.provenance import package_version
+from converters.protocol import package_version
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FIRST_BELOW_DB = 20.0   # SQNR under which an int8 activation counts as parted from fp32

@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from converters.data_loader import DEFAULT_MAX_PIXELS, LoaderStats, batches
-from converters.protocol import Timer, WorkerError, log
+from converters.protocol import Timer, WorkerError, log, timed_runs
 
 
 class Adapter(Protocol):
@@ -561,18 +561,6 @@ def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
                           "images_per_s": round(batch_size / median, 2),
                           "threads": int(os.environ["OMP_NUM_THREADS"])},
             "files": {"onnx": "bench.onnx", "batch": "batch.npy"}}
-
-
-def timed_runs(run: Callable[[], object], warmup: int, runs: int) -> list[float]:
-    """Seconds of each of `runs` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def latency(adapter: Adapter, job: dict, workdir: Path) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 
 from converters.registry import SOURCES, unavailable_reason
 from converters.runner import WorkerFailed, run_worker
-from converters.worker_flow import timed_runs
+from converters.protocol import timed_runs
 from manifests.loader import Entry
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}

@@ -6,15 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
-
-def package_version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
+from converters.protocol import package_version
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

@@ -60,6 +60,89 @@ def test_no_orchestrator_module_imports_a_framework_or_a_worker_even_lazily():
     assert not bad, bad
 
 
+# The layers, lowest first (docs/architecture.md): a module imports nothing of a package
+# listed against it. The worker side (WORKER_SIDE: it runs inside a framework's environment)
+# and the orchestrator's ONNX work meet only in converters/protocol.py and the data loader.
+WORKER_SIDE = ("converters.worker_flow", *(f"converters.{s}" for s in SOURCES))
+ORCHESTRATOR_ONNX = ("converters.simplify", "converters.variants", "converters.runner",
+                     "converters.registry", "verify.ort_runner", "verify.ov_runner",
+                     "verify.runners")
+UPPER = ("orchestrator", "pipeline", "release", "fetch", "benchmarks", "scripts")
+FORBIDDEN = {
+    "converters.protocol": ("converters.", "manifests", "verify", "deploy", *UPPER),
+    "converters.data_loader": ("converters.worker_flow", "manifests", "verify", *UPPER),
+    **{side: (*ORCHESTRATOR_ONNX, *UPPER) for side in WORKER_SIDE},
+    "converters": UPPER,   # the orchestrator-side top level (simplify, variants, runner, ...)
+    "manifests": ("verify", "converters", *UPPER),
+    "deploy": ("manifests", *UPPER),
+    "verify": UPPER,
+    "fetch": ("verify", "deploy", "orchestrator", "pipeline", "release", "benchmarks"),
+    "release": ("orchestrator", "pipeline", "benchmarks", *WORKER_SIDE),
+    "orchestrator": ("pipeline", "benchmarks", *WORKER_SIDE),
+}
+
+
+def _rule(module: str) -> tuple[str, tuple[str, ...]]:
+    """The most specific FORBIDDEN key that covers `module`."""
+    keys = [k for k in FORBIDDEN if module == k or module.startswith(k + ".")]
+    key = max(keys, key=len)
+    return key, FORBIDDEN[key]
+
+
+def _imports(path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def _covers(prefix: str, target: str) -> bool:
+    return (target.startswith(prefix) if prefix.endswith(".") else
+            target == prefix or target.startswith(prefix + "."))
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    """No import goes up a layer or across the worker/orchestrator line (lazy ones included):
+    converters.variants once imported release.provenance, and orchestrator/bench.py the
+    worker-only converters.worker_flow."""
+    packages = ("converters", "manifests", "deploy", "verify", "fetch", "release",
+                "orchestrator")
+    paths = [p for package in packages for p in (REPO / package).rglob("*.py")]
+    assert len(paths) > 60
+    bad = []
+    for path in paths:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        key, forbidden = _rule(module)
+        for target in _imports(path):
+            if any(_covers(f, target) for f in forbidden) and not _covers(key, target):
+                bad.append(f"{module} imports {target} ({key} may not import {forbidden})")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layer_rules_catch_an_upward_import(tmp_path):
+    """The rule set itself: an import each rule forbids is found, one it allows is not."""
+    assert _rule("converters.mindcv.worker")[0] == "converters.mindcv"
+    assert _rule("converters.simplify")[0] == "converters"
+    for module, target, caught in [
+            ("converters.variants", "release.provenance", True),
+            ("orchestrator.bench", "converters.worker_flow", True),
+            ("converters.mindcv.worker", "converters.simplify", True),
+            ("converters.protocol", "converters.registry", True),
+            ("verify.compare", "orchestrator.run", True),
+            ("orchestrator.bench", "converters.protocol", False),
+            ("converters.mindcv.worker", "converters.mindcv.rewrites", False),
+            ("release.provenance", "converters.protocol", False)]:
+        key, forbidden = _rule(module)
+        found = any(_covers(f, target) for f in forbidden) and not _covers(key, target)
+        assert found is caught, (module, target)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source,python", [("mmpretrain", MM_PYTHON),
                                            ("paddleclas", PADDLE_PYTHON),
