@@ -67,7 +67,7 @@ from orchestrator.executor import Reporter, make_executor
 from orchestrator.driver import DatasetUnavailable, run_all
 from orchestrator.stages.context import RunOptions
 from orchestrator.summary import format_summary
-from release.deployable import LABELS_FILE, PREPROCESS_FILE
+from release.contract_files import LABELS_FILE, PREPROCESS_FILE
 from release.publish import publish as publish_store
 from release.store import StoreError, fetch_artifact, is_url, open_store
 from manifests.bounded import read_json

@@ -4,7 +4,7 @@ A deployer feeds the ONNX model tensors made exactly as the source framework mad
 own evaluation; getting one step wrong costs from a fraction of a point of top-1 (Pillow vs
 OpenCV bilinear resize) to nearly everything (BGR vs RGB). `contract()` writes the steps down
 as data (preprocess.json, and the model's metadata), `preprocess()` runs them with numpy,
-OpenCV and Pillow only, and the deploy gate (orchestrator/deploy.py) measures this
+OpenCV and Pillow only, and the deploy gate (orchestrator/contract_gate.py) measures this
 implementation against the source's own transforms on the run's images, so the contract is
 checked, not trusted.
 

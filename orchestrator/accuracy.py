@@ -23,7 +23,7 @@ from tqdm import tqdm
 from converters.protocol import PipelineError
 from converters.registry import SOURCES
 from converters.runner import Worker, WorkerFailed, WorkerLimits
-from orchestrator.deploy import contract_accuracy_checks, contract_batch, merge_contract
+from orchestrator.contract_gate import contract_accuracy_checks, contract_batch, merge_contract
 from orchestrator.workdir import run_dir
 from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, score,
                              variant_drop_check)
@@ -97,7 +97,7 @@ class ShardResult:
     loader: dict = field(default_factory=dict)
     onnx_s: float = 0.0
     seconds: float = 0.0            # the whole task, as it ran
-    contract: dict | None = None    # orchestrator.deploy figures of this shard
+    contract: dict | None = None    # orchestrator.contract_gate figures of this shard
 
 
 AT = "@"   # candidate "fp16@openvino": the fp16 model on OpenVINO

@@ -19,7 +19,7 @@ from deploy.preprocess import (FORMAT, FORMAT_2, PreprocessError, contract, crop
                                efficientnet_crop, preprocess, preprocess_batch, resize_size,
                                validate)
 from manifests.loader import ManifestError, load_manifest
-from orchestrator.deploy import deploy_gate, level_diffs
+from orchestrator.contract_gate import deploy_gate, level_diffs
 from orchestrator.runtimes import runtime_matrix
 from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
 

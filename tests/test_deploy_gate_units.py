@@ -1,11 +1,11 @@
-"""orchestrator/deploy.py's arithmetic in-process: the level difference, the shards' merge
+"""orchestrator/contract_gate.py's arithmetic in-process: the level difference, the shards' merge
 and the --data contract checks, each Check compared whole with values worked out here."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from orchestrator.deploy import contract_accuracy_checks, contract_batch, level_diffs, \
+from orchestrator.contract_gate import contract_accuracy_checks, contract_batch, level_diffs, \
     merge_contract
 from deploy.preprocess import PreprocessError
 from verify.compare import Check
@@ -82,12 +82,12 @@ def test_contract_batch_stands_in_the_sources_tensor_for_an_unreadable_image(tmp
     theirs = np.ones((1, 3, 2, 2), np.float32)
     from unittest import mock
 
-    with mock.patch("orchestrator.deploy.preprocess",
+    with mock.patch("orchestrator.contract_gate.preprocess",
                     side_effect=PreprocessError("cannot read it")):
         ours, diffs, errors = contract_batch([str(bad)], spec, theirs)
     assert (ours == theirs).all() and diffs.tolist() == [0.0]
     assert errors == [{"path": str(bad), "error": "cannot read it"}]
-    with mock.patch("orchestrator.deploy.preprocess",
+    with mock.patch("orchestrator.contract_gate.preprocess",
                     return_value=np.zeros((3, 4, 4), np.float32)):
         with pytest.raises(PreprocessError, match=r"the contract makes tensors of \[3, 4, 4\], "
                                                   r"the source \[3, 2, 2\]"):
@@ -103,7 +103,7 @@ def test_deploy_gate_in_full_on_tensors_off_by_known_levels(tmp_path):
     from PIL import Image
 
     from deploy.preprocess import contract, preprocess_batch
-    from orchestrator.deploy import deploy_gate
+    from orchestrator.contract_gate import deploy_gate
 
     rng = np.random.default_rng(5)
     names = [f"{c}.png" for c in "abcdefghijklmnopq"]
@@ -151,7 +151,7 @@ def test_deploy_gate_refuses_tensors_of_another_shape_and_unreadable_images(tmp_
     from PIL import Image
 
     from deploy.preprocess import contract
-    from orchestrator.deploy import deploy_gate
+    from orchestrator.contract_gate import deploy_gate
 
     Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"not an image")

@@ -486,7 +486,7 @@ def _tiny_onnx(path: Path) -> Path:
 def test_make_deployable_embeds_each_precisions_figures_and_writes_the_documents(tmp_path):
     from deploy.metadata import read
     from manifests.loader import Entry
-    from release.deployable import make_deployable
+    from release.contract_files import make_deployable
 
     fp32, fp16 = _tiny_onnx(tmp_path / "a.onnx"), _tiny_onnx(tmp_path / "b.onnx")
     contract = {"resize": 3, "crop": 3}
@@ -545,7 +545,7 @@ def test_make_deployable_embeds_each_precisions_figures_and_writes_the_documents
 def test_deployable_accuracy_without_published_or_measured_figures(tmp_path):
     from deploy.metadata import read
     from manifests.loader import Entry
-    from release.deployable import make_deployable
+    from release.contract_files import make_deployable
 
     entry = Entry({"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2},
                   "m.yaml")
@@ -675,7 +675,7 @@ def test_deployable_after_another_file_without_a_dataset_digest(tmp_path, monkey
     dataset's digest say None; nothing is read from or written to the working folder."""
     from deploy.metadata import read
     from manifests.loader import Entry
-    from release.deployable import make_deployable
+    from release.contract_files import make_deployable
 
     entry = Entry({"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2},
                   "m.yaml")
@@ -716,7 +716,7 @@ def test_labels_preprocess_and_store_index_are_utf8_under_an_ascii_locale(tmp_pa
         assert locale.getpreferredencoding(False) == "ANSI_X3.4-1968", locale.getpreferredencoding()
         from test_release_units import _tiny_onnx
         from manifests.loader import Entry
-        from release.deployable import make_deployable
+        from release.contract_files import make_deployable
         from release.publish import render_markdown; from release.store import _write_atomic
         tmp = Path({str(tmp_path)!r})
         entry = Entry({{"name": "n", "source": "paddleclas", "model_id": "t", "num_classes": 2,

@@ -19,7 +19,7 @@ from deploy.preprocess import contract, preprocess_batch, validate
 from manifests.add import default_name
 from manifests.loader import load_manifest
 from orchestrator.derive import describe, merge
-from orchestrator.deploy import level_diffs
+from orchestrator.contract_gate import level_diffs
 from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
 
 PYTHONS = {"mmpretrain": MM_PYTHON, "paddleclas": PADDLE_PYTHON, "mindcv": MINDSPORE_PYTHON}

@@ -1,5 +1,5 @@
 """Stage package, on the driver: the verdict (what decided it, in one line), and for a passed
-entry the deployable metadata (release/deployable.py: preprocess.json, labels), the
+entry the deployable metadata (release/contract_files.py: preprocess.json, labels), the
 provenance, the signature and the artifact folder (release/artifact.py), written whole or
 not at all. A failed or errored entry gets its report and worker log only."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from manifests.loader import Entry
 from orchestrator.stages.context import RunOptions, fmt, record_error
 from release.artifact import write_artifact
-from release.deployable import make_deployable
+from release.contract_files import make_deployable
 from release.provenance import build_provenance
 from release.signing import SIGNATURE, SigningError, sign_directory
 from verify.compare import Check, failed

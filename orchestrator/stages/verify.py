@@ -2,7 +2,7 @@
 reference logits, at the verification batch and at batch 1 (verify/compare.py,
 verify/batch.py); onnxsim redone when it alone broke the logits; the canary, which shows the
 gate can see a known small fault (verify/canary.py); the deploy gate, the preprocessing
-contract against the source's tensors (orchestrator/deploy.py); and, where a value check
+contract against the source's tensors (orchestrator/contract_gate.py); and, where a value check
 failed (or with --localize), the first layer where the two implementations part."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from converters.registry import SOURCES
 from fetch.download import sha256_file
 from manifests.loader import Entry
-from orchestrator.deploy import deploy_gate
+from orchestrator.contract_gate import deploy_gate
 from orchestrator.localize import LOCALIZE_IMAGES, VALUE_CHECKS, LocalizeFailed, localize_model
 from orchestrator.stages.context import EntryContext, fmt
 from orchestrator.stages.simplify import Simplified, each_retry
