@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converters.protocol import PipelineError
 from converters.registry import SOURCES
 from fetch.download import FetchError, fetch, sha256_file
 from fetch.lock import locked_spec, prefix_only
@@ -203,8 +204,8 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
         report = new_report(entry)
         prepared = Prepared(report, status="error")
         prepared.decided = record_error(report, "executor", "task_failed",
-                                  f"{type(outcome.error).__name__}: {outcome.error}")
-        say(f"  ERROR     [executor/task_failed] {outcome.error}")
+                                        _failure_text(outcome.error))
+        say(f"  ERROR     [executor/task_failed] {_failure_text(outcome.error)}")
         state.prepared = prepared
         return
     state.prepared = prepared = outcome.value
@@ -236,6 +237,14 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
         pending[handle] = (entry.name, k)
 
 
+def _failure_text(err: Exception) -> str:
+    """A task's failure in one line for the report: the kind of an expected failure (the
+    executor's view of Ray's: orchestrator/executor.py ray_failure), else the exception's type."""
+    if isinstance(err, PipelineError):
+        return f"{err.kind}: {err.message}"
+    return f"{type(err).__name__}: {err}"
+
+
 def _shard_returned(state: _EntryState, index: int, outcome, reporter: Reporter) -> None:
     if outcome.error is not None:
         err = outcome.error
@@ -244,8 +253,8 @@ def _shard_returned(state: _EntryState, index: int, outcome, reporter: Reporter)
         elif isinstance(err, StageError):
             error = err
         else:
-            error = StageError("accuracy", "task_failed", f"shard {index}: "
-                                                          f"{type(err).__name__}: {err}")
+            error = StageError("accuracy", "task_failed",
+                               f"shard {index}: {_failure_text(err)}")
         state.accuracy_error = state.accuracy_error or error
         state.shards[index] = None
         return

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from converters.protocol import PipelineError
 from converters.registry import REPO_ROOT, SOURCES, unavailable_reason
 from orchestrator.fingerprint import code_resource, env_resource
 
@@ -266,7 +267,7 @@ class RayExecutor(Executor):
             cause = exc.as_instanceof_cause()
             return Outcome(ref, error=cause if isinstance(cause, Exception) else exc)
         except self.ray.exceptions.RayError as exc:  # died past its retries, cancelled, ...
-            return Outcome(ref, error=exc)
+            return Outcome(ref, error=ray_failure(exc))
 
     def on_each_node(self, fn, *args):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -288,6 +289,32 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         self.ray.shutdown()
+
+
+# Ray's own failures that a node's state causes, and what to do about each.
+RAY_NODE_STATE = {
+    "OutOfDiskError": "a node's object store is full and its disk is over Ray's capacity "
+                      "threshold (95 % used), so Ray could not spill to it: free disk space on "
+                      "that node (`df -h`; Ray's session logs are under /tmp/ray or "
+                      "$RAY_TMPDIR), or give it a larger object store (`ray start "
+                      "--object-store-memory`)",
+    "ObjectStoreFullError": "a node's object store is full of objects still in use: give it a "
+                            "larger object store (`ray start --object-store-memory`), or "
+                            "convert fewer entries at once",
+}
+
+
+def ray_failure(exc: Exception) -> Exception:
+    """A failure of Ray's, not the task's own, as the driver reports it: Ray's message
+    without the object ids it starts with, and for a node's full disk or object store what
+    to do (RAY_NODE_STATE). Other failures (a task that died past its retries, cancelled)
+    pass unchanged."""
+    advice = RAY_NODE_STATE.get(type(exc).__name__)
+    if advice is None:
+        return exc
+    said = [ln for ln in str(exc).splitlines()
+            if ln.strip() and not ln.lstrip().startswith(("('", "(b'", "ObjectRef("))]
+    return PipelineError(type(exc).__name__, f"{advice}. Ray said: {' '.join(said)}")
 
 
 def make_executor(kind: str, address: str | None, reporter: Reporter,

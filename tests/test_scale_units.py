@@ -430,6 +430,41 @@ def test_a_failed_shard_becomes_the_entrys_accuracy_error_and_the_first_one_stay
     assert AccuracyFailed("shards", "x").details == {}
 
 
+def test_ray_failures_of_a_nodes_state_say_what_to_do_and_drop_ray_ids():
+    """A node whose disk is too full for Ray to spill (the CI run that found it printed Ray's
+    object-id tuple as bytes) is reported as what it is, with the fix, without the ids; a
+    full object store likewise; Ray's other failures pass unchanged; the report's text
+    gives an expected failure's kind, anything else its exception type."""
+    import ray.exceptions as rex
+
+    from orchestrator.driver import _EntryState, _entry_returned, _failure_text
+    from orchestrator.executor import ray_failure
+
+    raw = rex.OutOfDiskError("c2668a65bda616c1ffff", b"\n\x1c\x80~Gh", "")
+    assert "b'" in str(raw)
+    found = ray_failure(raw)
+    assert found.kind == "OutOfDiskError"
+    assert "free disk space" in found.message and "over capacity" in found.message
+    assert "c2668a65" not in found.message and "\\x1c" not in found.message
+    full = ray_failure(rex.ObjectStoreFullError("id"))
+    assert full.kind == "ObjectStoreFullError" and "--object-store-memory" in full.message
+    died = rex.WorkerCrashedError()
+    assert ray_failure(died) is died
+    assert _failure_text(found).startswith("OutOfDiskError: a node's object store is full")
+    assert _failure_text(MemoryError("out")) == "MemoryError: out"
+
+    from types import SimpleNamespace
+
+    from manifests.loader import Entry
+    entry = Entry({"name": "e", "source": "mmpretrain", "model_id": "m"}, None)
+    state = _EntryState(0, entry, "h", None, None, None)
+    said = []
+    _entry_returned(state, SimpleNamespace(error=found), None, None, {}, None, said.append)
+    error = state.prepared.report["error"]
+    assert (error["stage"], error["kind"]) == ("executor", "task_failed")
+    assert error["message"] == _failure_text(found) and "b'" not in said[0]
+
+
 def test_each_node_checks_the_dataset_is_the_drivers_before_any_work(tmp_path):
     """docs/usage.md: `--data` must be readable at the same path on every node; each node checks
     the selected files and their sizes, and says what differs (run_all stops on it)."""
