@@ -1,6 +1,10 @@
 """Compare the report.json files of two pipeline runs key by key, with what differs from run
 to run masked: timings and throughput, the creation time, run ids, the git commit, the
-converting process's pid, and absolute paths (work directories, caches).
+converting process's pid, and absolute paths (work directories, caches). The code's digest
+(and the inputs fingerprint made from it) is masked too: it is what a refactor changes. The
+digests of shipped model files are masked because each file carries its run's metadata
+(creation time, run id, commit); instead every model file of both runs is compared with its
+metadata left out, graph and weights byte for byte.
 
     python scripts/compare_reports.py BEFORE_OUT AFTER_OUT [--json DIFF.json]
 
@@ -20,13 +24,23 @@ MASKED_KEYS = {"timings", "created", "run_id", "git_commit", "worker", "throughp
                "seconds", "wall_s", "images_per_s", "wall_images_per_s"}
 
 
-def masked(value, key: str = ""):
-    if key in MASKED_KEYS:
+# keys the code's own digest decides (inputs.parts.code_sha256 and the fingerprint of them)
+CODE_KEYS = {"code_sha256", "fingerprint"}
+
+
+def _file_digest(where: str) -> bool:
+    """A shipped model file's digest: its bytes hold the run's metadata."""
+    return (where in (".onnx.sha256", ".onnx.bytes") or where.startswith(".deploy.files.")
+            or (where.startswith(".variants.") and where.endswith((".sha256", ".bytes"))))
+
+
+def masked(value, key: str = "", where: str = ""):
+    if key in MASKED_KEYS or key in CODE_KEYS or _file_digest(where):
         return "<masked>"
     if isinstance(value, dict):
-        return {k: masked(v, k) for k, v in value.items()}
+        return {k: masked(v, k, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [masked(v) for v in value]
+        return [masked(v, where=f"{where}[]") for v in value]
     if isinstance(value, str) and value.startswith("/"):
         return "<path>"
     return value
@@ -49,6 +63,18 @@ def differences(a, b, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {json.dumps(a)[:120]} != {json.dumps(b)[:120]}"]
 
 
+def model_differences(a: Path, b: Path) -> list[str]:
+    """The two model files' graphs and weights, their metadata_props left out."""
+    import onnx
+
+    first, second = onnx.load(str(a)), onnx.load(str(b))
+    for model in (first, second):
+        del model.metadata_props[:]
+    if first.SerializeToString() == second.SerializeToString():
+        return []
+    return [f"{a.name}: the graph or its weights differ (metadata left out)"]
+
+
 def compare(before: Path, after: Path) -> dict[str, list[str]]:
     names = sorted({p.parent.name for p in before.glob("*/report.json")} |
                    {p.parent.name for p in after.glob("*/report.json")})
@@ -60,6 +86,11 @@ def compare(before: Path, after: Path) -> dict[str, list[str]]:
             continue
         found[name] = differences(masked(json.loads(a.read_text())),
                                   masked(json.loads(b.read_text())))
+        models = sorted({p.name for d in (before, after) for p in (d / name).glob("*.onnx")})
+        for model in models:
+            x, y = before / name / model, after / name / model
+            found[name] += (model_differences(x, y) if x.is_file() and y.is_file() else
+                            [f"{model} only in {'after' if y.is_file() else 'before'}"])
     return found
 
 
