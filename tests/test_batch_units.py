@@ -335,3 +335,61 @@ def test_a_fixed_batch_graph_is_known_as_such_and_gets_no_int8_variant(tmp_path)
     assert graph_batch(_model(tmp_path / "dynamic.onnx", baked=False)) is None
     with pytest.raises(VariantFailed, match="holds a fixed batch 1"):
         make_int8(fixed, tmp_path / "int8.onnx", np.zeros((8, 4), np.float32), {})
+
+
+def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors(monkeypatch):
+    """orchestrator/run.py run_stages, the order of its tries (the stages themselves are the
+    zoo test's): an exporter that refuses a dynamic batch is tried at a fixed batch 1; where
+    that passes, the report says so and why; where that fails too, the first refusal stands
+    with the second's first line; a failure that is not the exporter's is not retried; with
+    export.fixed_batch_fallback off nothing is retried."""
+    from converters.protocol import Timer
+    from manifests.loader import Entry
+    from orchestrator import run
+    from orchestrator.stages.context import EntryContext, StageError, new_report
+
+    def context(fallback=True):
+        entry = Entry({"name": "e", "source": "paddleclas", "model_id": "M",
+                       "export": {"dynamic_batch": True, "opset": 13,
+                                  "fixed_batch_fallback": fallback}}, None)
+        report = new_report(entry)
+        report["onnx"] = {}
+        return EntryContext(entry, [entry], None, report, Timer(), None, None, None,
+                            said.append)
+
+    said, tries = [], []
+
+    def stages(outcomes):
+        def fake(ctx, batch_fallback=False):
+            tries.append(ctx.entry["export"]["dynamic_batch"])
+            outcome = outcomes[len(tries) - 1]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        return fake
+
+    refused = StageError("convert", "export", "paddle.jit.save failed at a dynamic batch")
+    monkeypatch.setattr(run, "_stages", stages([refused, ([], {}, True)]))
+    ctx = context()
+    assert run.run_stages(ctx) == ([], {}, True) and tries == [True, False]
+    assert ctx.report["onnx"]["batch"]["fixed"] == 1
+    assert ctx.report["onnx"]["batch"]["dynamic_batch_tried"]["error"] == refused.message
+    assert ctx.report["warnings"] == ["fixed batch 1: the exporter refused a dynamic batch "
+                                      "(report: onnx.batch)"]
+
+    tries.clear()
+    again = StageError("convert", "export", "paddle2onnx failed at opset 13\nmore")
+    monkeypatch.setattr(run, "_stages", stages([refused, again]))
+    with pytest.raises(StageError) as caught:
+        run.run_stages(context())
+    assert (caught.value.stage, caught.value.kind) == ("convert", "export")
+    assert caught.value.message == (f"{refused.message}\nexported at a fixed batch 1 instead: "
+                                    "convert/export: paddle2onnx failed at opset 13")
+
+    for outcome, fallback in [(StageError("fetch", "digest", "wrong file"), True),
+                              (refused, False)]:
+        tries.clear()
+        monkeypatch.setattr(run, "_stages", stages([outcome, ([], {}, True)]))
+        with pytest.raises(StageError):
+            run.run_stages(context(fallback))
+        assert tries == [True]
