@@ -168,3 +168,36 @@ def test_mindcv_vit_exports_through_the_unstack_rewrite_and_runs_at_any_batch(tm
     batch = [c for c in report["checks"] if c["name"] == "batch_independent"]
     assert len(batch) == 2 and all(c["passed"] and c["scope"]["batch_sizes"] == [16, 1]
                                    for c in batch)
+
+
+def test_each_paddleclas_rewrite_is_needed_exact_and_exports():
+    """Per rule of converters/paddleclas/rewrites.py, on a small network with weights unlike an
+    init's: paddle2onnx writes each GroupNorm as an InstanceNormalization whose epsilon is not
+    the layer's (read from memory it never set: Paddle2ONNX issue #1644; 0.0 on this network,
+    2.8e22 or -4.7e22 in MobileViTV3_x0_5's, whose ONNX gave NaN), and with the rule the
+    network exports without one; paddle's jit refuses the MobileViT blocks' F.fold at a
+    dynamic batch, and with the rules they export; each rewritten network computes paddle's
+    values at batch 1 and 3."""
+    import json
+
+    from conftest import PADDLE_PYTHON, REPO, run_in_env
+
+    proc = run_in_env(PADDLE_PYTHON, str(REPO / "tests" / "helpers" / "pd_rewrite_check.py"))
+    results = {r["rule"]: r for r in (json.loads(line.removeprefix("RESULT "))
+                                      for line in proc.stdout.splitlines()
+                                      if line.startswith("RESULT "))}
+    assert sorted(results) == ["GroupNorm.forward", "MobileViTV2Block", "MobileViTV3BlockV2"]
+    norm = results["GroupNorm.forward"]
+    assert norm["export_before"] is None and norm["epsilons_before"], norm
+    assert all(abs(e - 1e-5) > 1e-9 for e in norm["epsilons_before"]), norm
+    for name, r in results.items():
+        assert r["export_after"] is None and r["onnx_diff_after"] < 1e-5, r
+        assert r["epsilons_after"] == [], r   # no InstanceNormalization written
+        assert r["paddle_diff"] < 1e-5, r
+        assert any("GroupNorm.forward" in n for n in r["notes"]), r   # the blocks' norms too
+        if name != "GroupNorm.forward":
+            assert r["export_before"].startswith("AssertionError: In transformed code"), r
+            assert "self.folding(" in r["export_before"], r
+            assert {f"{name}.unfolding", f"{name}.folding"} <= {
+                n.split(": ")[1] for n in r["notes"]}, r
+

@@ -443,15 +443,16 @@ def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(t
     # another RepVGG); Swin, whose paddle2onnx graph onnxsim's optimizer turns unsorted,
     # simplified without it (was an error), its Constant-node weights perturbed by the
     # canary; MicroNet, whose paddle2onnx shape declarations ONNX Runtime cannot plan
-    # with inside onnxsim, simplified without them (was an error); MobileViTV3, which paddle's
-    # dynamic-to-static conversion refuses at a dynamic batch (F.fold) and paddle2onnx at
-    # batch 1 (no fold): unsupported in the exporter's words (was an internal error)
+    # with inside onnxsim, simplified without them (was an error); MobileViTV3, whose F.fold
+    # paddle's dynamic-to-static conversion refuses at a dynamic batch and paddle2onnx at
+    # batch 1 (no fold op), exported through a rewrite of its patch folding as reshapes
+    # (converters/paddleclas/rewrites.py) at a dynamic batch (was unsupported, and before
+    # that an internal error)
     ("paddleclas", "RepVGG_A1,RepVGG_A0,SwinTransformer_tiny_patch4_window7_224,MicroNet_M3,"
                    "MobileViTV3_x0_5",
      {"RepVGG_A1": "passed", "RepVGG_A0": "passed",
       "SwinTransformer_tiny_patch4_window7_224": "passed", "MicroNet_M3": "passed",
-      "MobileViTV3_x0_5": ("unsupported", "paddle.jit.save (dynamic-to-static) failed at a "
-                           "dynamic batch: AssertionError", "export")}),
+      "MobileViTV3_x0_5": "passed"}),
     # xcit: a functional ops.unstack inside its attention's construct (Unstack), replaced
     # while the exporter parses it (was unsupported, as cait); edgenext passes through three
     # rewrites (exact GELU, its positional encoding's LogicalNot, XCA's L2Normalize) and mobilevit,
@@ -500,10 +501,6 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
             assert report["status"] == "unsupported" and not report["passed"]
             assert (report["error"]["stage"], report["error"]["kind"]) == ("convert", where)
             assert not (report_file.parent / "model.onnx").exists()
-            if row["model_id"] == "MobileViTV3_x0_5":   # tried at a fixed batch 1 as well
-                assert "mobilevit_v3.py line" in report["error"]["message"]
-                assert "\nexported at a fixed batch 1 instead: convert/" in \
-                    report["error"]["message"], report["error"]["message"]
             continue
         report = json.loads(report_file.read_text())
         if row["status"] == "failed":
@@ -539,6 +536,10 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
             assert "topologically sorted" in report["onnx"]["onnxsim_failed"][0]["error"]
             assert report["onnx"]["optimizer"].startswith("off")
             assert report["verification"]["canary"]["status"] == "caught", report["verification"]
+        if row["model_id"] == "MobileViTV3_x0_5":   # both rewrites, at a dynamic batch
+            fixups = " ".join(report["source"]["export_fixups"])
+            assert "MobileViTV3BlockV2.unfolding" in fixups, fixups
+            assert "MobileViTV3BlockV2.folding" in fixups, fixups
         if row["model_id"] == "RepVGG_A0":
             assert any("re_parameterize()" in n for n in report["source"]["export_fixups"])
             # after RepVGG_A1, in the same warm worker

@@ -159,14 +159,16 @@ class PaddleClasAdapter:
                                                    "re_parameterize", self.framework)
 
     def export(self, model, sample, path: Path, opset: int, dynamic_batch: bool,
-               workdir: Path) -> None:
+               workdir: Path) -> list[str]:
         import paddle
         import paddle2onnx
+
+        from converters.paddleclas.rewrites import rewritten
 
         prefix = workdir / "paddle_inference" / "inference"
         shape = [None if dynamic_batch else 1, *sample.shape[1:]]
         try:
-            with names(model):
+            with names(model), rewritten(model) as notes:
                 paddle.jit.save(model, str(prefix),
                                 input_spec=[paddle.static.InputSpec(shape, "float32", "input")])
         except (MemoryError, WorkerError):
@@ -188,6 +190,7 @@ class PaddleClasAdapter:
                                         f"{type(exc).__name__}: {exc}") from exc
         log("paddle2onnx: " + " | ".join(captured.getvalue().strip().splitlines()[-3:]))
         rename_io(path, dynamic_batch)
+        return notes
 
 
 def jit_failure(exc: Exception, dynamic_batch: bool) -> str:
