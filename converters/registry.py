@@ -1,12 +1,16 @@
-"""Which environment and worker module serve each source. Pure data, no framework imports.
+"""Every per-source fact, in one place: which environment and worker module serve each
+source, and what the manifest schema, `add`, the zoo sweep and the checkpoint makers need to
+know of it. Pure data, no framework imports (manifests/, scripts/ and the orchestrator read
+it).
 
-Adding a source = a worker module `converters/<source>/worker.py` speaking
-converters/protocol.py, a lock file `envs/<env>.lock.txt`, and one line here.
+Adding a source = its folder `converters/<source>/` (worker.py speaking
+converters/protocol.py, derive.py, make_checkpoint.py), a lock file `envs/<env>.lock.txt`,
+and one line here (docs/architecture.md, "Adding a source").
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,15 +22,30 @@ class SourceSpec:
     env: str             # environment name under VENV_ROOT, lock file envs/<env>.lock.txt
     worker: str          # python module run as `python -m <worker> job.json`
     framework: str       # human name for messages
+    checkpoint_suffix: str   # what its checkpoints are called (the zoo sweep's files)
+    # `add` names an entry SOURCE-ID where short ids collide across zoos (PaddleClas
+    # ResNet50, MindCV resnet50), as manifests/all.yaml names them
+    prefixed_names: bool = True
+    # over manifests/schema.py DEFAULTS, for every entry of the source
+    defaults: dict = field(default_factory=dict)
+    # make_checkpoint's option that names the model (the zoo sweep)
+    model_option: str = "--model-id"
+    model_arg_prefix: str = ""
+
+    def maker_args(self, model_id: str) -> list[str]:
+        """converters/<source>/make_checkpoint.py's arguments that name the model."""
+        return [self.model_option, f"{self.model_arg_prefix}{model_id}"]
 
 
 SOURCES: dict[str, SourceSpec] = {
     "mmpretrain": SourceSpec("mmpretrain", "mmpretrain", "converters.mmpretrain.worker",
-                             "mmpretrain (PyTorch)"),
+                             "mmpretrain (PyTorch)", ".pth", prefixed_names=False,
+                             model_option="--arch", model_arg_prefix="mmpretrain:"),
     "paddleclas": SourceSpec("paddleclas", "paddle", "converters.paddleclas.worker",
-                             "PaddleClas (PaddlePaddle)"),
+                             "PaddleClas (PaddlePaddle)", ".pdparams"),
+    # MindSpore 2.7's ONNX exporter takes no opset and writes 11
     "mindcv": SourceSpec("mindcv", "mindspore", "converters.mindcv.worker",
-                         "MindCV (MindSpore)"),
+                         "MindCV (MindSpore)", ".ckpt", defaults={"export": {"opset": 11}}),
 }
 
 

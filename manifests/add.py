@@ -16,18 +16,17 @@ from pathlib import Path
 
 import yaml
 
+from converters.registry import SOURCES
 from manifests.loader import ManifestError, load_manifest
 
 HEADER = "version: 1\nmodels:\n"
-# Short ids collide across zoos (PaddleClas ResNet50, MindCV resnet50): their entries are
-# named with the source in front, as manifests/all.yaml names them.
-_PREFIXED = ("paddleclas", "mindcv")
 
 
 def default_name(source: str, model_id: str) -> str:
     """A valid entry name (schema: ^[a-z0-9][a-z0-9._-]*$) from the model id."""
     name = re.sub(r"[^a-z0-9._-]+", "-", model_id.lower()).strip("-._")
-    return f"{source}-{name}" if source in _PREFIXED else name
+    # short ids collide across zoos: converters/registry.py says which sources prefix them
+    return f"{source}-{name}" if SOURCES[source].prefixed_names else name
 
 
 class _Dumper(yaml.SafeDumper):

@@ -5,7 +5,9 @@ Kept beside the manifests so that what an entry may hold is read in one place.
 ignored setting.
 """
 
-SOURCES = ("mmpretrain", "paddleclas", "mindcv")
+from converters.registry import SOURCES as _SPECS
+
+SOURCES = tuple(_SPECS)   # converters/registry.py: every per-source fact
 RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt")
 
 _number = {"type": "number"}
@@ -215,8 +217,9 @@ MANIFEST = {
 # its model index when the entry's checkpoint is the file those figures are for.
 DERIVED = ("preprocess", "input_shape", "published")
 
-# Per source, over DEFAULTS: MindSpore 2.7's ONNX exporter takes no opset and writes 11.
-SOURCE_DEFAULTS = {"mindcv": {"export": {"opset": 11}}}
+# Per source, over DEFAULTS (converters/registry.py: MindSpore 2.7's ONNX exporter takes no
+# opset and writes 11).
+SOURCE_DEFAULTS = {name: spec.defaults for name, spec in _SPECS.items() if spec.defaults}
 
 DEFAULTS = {
     "export": {"opset": 17, "dynamic_batch": True, "fixed_batch_fallback": True},

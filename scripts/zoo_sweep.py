@@ -40,10 +40,6 @@ from manifests.add import default_name, render  # noqa: E402
 from orchestrator.derive import describe_many, list_models  # noqa: E402
 from verify.images import INITS  # noqa: E402
 
-MAKERS = {"mmpretrain": (".pth", lambda m: ["--arch", f"mmpretrain:{m}"]),
-          "paddleclas": (".pdparams", lambda m: ["--model-id", m]),
-          "mindcv": (".ckpt", lambda m: ["--model-id", m])}
-
 
 def pick(models: list[dict], sample: int | None, seed: int, pattern: str,
          names: list[str]) -> list[dict]:
@@ -66,15 +62,14 @@ def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, s
                     timeout: float, init: str = "images") -> Path:
     """The source's own make_checkpoint at the model's input size, its BatchNorm statistics
     set as `init` says (verify/images.py INITS); reused when present."""
-    suffix, args = MAKERS[source]
+    spec = SOURCES[source]   # converters/registry.py: its suffix and maker arguments
     tag = "" if init == "images" else f"-{init}"
-    path = folder / f"{default_name(source, model_id)}-seed{seed}{tag}{suffix}"
+    path = folder / f"{default_name(source, model_id)}-seed{seed}{tag}{spec.checkpoint_suffix}"
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    spec = SOURCES[source]
     command = [str(env_python(spec)), "-m", f"converters.{source}.make_checkpoint",
-               *args(model_id), "--out", str(path), "--seed", str(seed),
+               *spec.maker_args(model_id), "--out", str(path), "--seed", str(seed),
                "--num-classes", str(described["num_classes"]),
                "--size", str(described["input_shape"][1]), "--init", init]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)

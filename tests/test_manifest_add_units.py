@@ -238,3 +238,26 @@ def test_provenance_comment_says_when_which_version_and_where_each_field_came_fr
         "family resnet)."]
     assert provenance_comment("mmpretrain", {"model_id": "Y"}, {"fields": {}}, on=day) == [
         f"Added by `pipeline.py add mmpretrain Y` on {today} (mmpretrain)."]
+
+
+def test_every_per_source_fact_comes_from_the_registry():
+    """converters/registry.py is the one place a source is declared: the manifest schema's
+    source names and per-source defaults, `add`'s entry names and the zoo sweep's checkpoint
+    names and maker arguments all read its SourceSpec."""
+    from converters.registry import SOURCES, SourceSpec
+    from manifests import schema
+    from manifests.add import default_name
+    from scripts import zoo_sweep
+
+    assert schema.SOURCES == tuple(SOURCES) == ("mmpretrain", "paddleclas", "mindcv")
+    assert schema.ENTRY["properties"]["source"]["enum"] == list(SOURCES)
+    assert schema.SOURCE_DEFAULTS == {"mindcv": {"export": {"opset": 11}}}
+    assert [default_name(s, "ResNet50") for s in SOURCES] == [
+        "resnet50", "paddleclas-resnet50", "mindcv-resnet50"]
+    assert SOURCES["mmpretrain"].maker_args("resnet18_8xb32_in1k") == [
+        "--arch", "mmpretrain:resnet18_8xb32_in1k"]
+    assert SOURCES["mindcv"].maker_args("resnet18") == ["--model-id", "resnet18"]
+    assert {s.checkpoint_suffix for s in SOURCES.values()} == {".pth", ".pdparams", ".ckpt"}
+    assert "MAKERS" not in vars(zoo_sweep)
+    spec = SourceSpec("x", "x", "converters.x.worker", "X", ".bin", prefixed_names=False)
+    assert spec.maker_args("m") == ["--model-id", "m"] and spec.defaults == {}
