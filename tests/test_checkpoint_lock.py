@@ -127,10 +127,11 @@ def test_worker_limits_come_from_the_environment(tmp_path, monkeypatch):
     (orchestrator.driver.run_all replaced by a recorder: no conversion is the point here)."""
     from click.testing import CliRunner
 
+    import commands.convert
     import pipeline
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_all", lambda chosen, entries, opts, runner, reporter:
+    monkeypatch.setattr(commands.convert, "run_all", lambda chosen, entries, opts, runner, reporter:
                         seen.append(opts) or [])
     args = ["--only", NAME, "--out", str(tmp_path / "out")]
     env = {"MODEL_CONVERT_WORKER_MEMORY": "3G", "MODEL_CONVERT_MAX_IMAGE_PIXELS": "0",

@@ -228,7 +228,7 @@ def test_an_image_over_the_pixel_limit_is_unreadable_and_never_decoded(tmp_path)
 
 
 # --------------------------------------------------------------------------- worker memory
-HOG = SourceSpec("hog", "orchestrator", "tests.helpers.memory_hog", "memory hog")
+HOG = SourceSpec("hog", "orchestrator", "tests.helpers.memory_hog", "memory hog", ".none")
 
 
 @pytest.mark.parametrize("in_child", [False, True])

@@ -14,7 +14,7 @@ FRAMEWORKS = ("torch", "torchvision", "paddle", "mindspore", "tensorflow", "jax"
 
 SOURCES = ("mmpretrain", "paddleclas", "mindcv")   # converters/<source>/: worker side only
 ORCHESTRATOR_SIDE = ("orchestrator", "deploy", "verify", "release", "fetch", "manifests",
-                     "benchmarks")
+                     "benchmarks", "commands")
 
 
 def _orchestrator_modules() -> list[str]:
@@ -29,8 +29,9 @@ def _orchestrator_modules() -> list[str]:
 
 def test_orchestrator_modules_import_no_framework():
     modules = [m for m in _orchestrator_modules() if not m.startswith("benchmarks.")]
-    assert {"pipeline", "orchestrator.run", "orchestrator.localize", "verify.localize",
-            "converters.runner", "converters.variants", "release.provenance"} <= set(modules)
+    assert {"pipeline", "commands.convert", "orchestrator.run", "orchestrator.localize",
+            "verify.localize", "converters.runner", "converters.variants",
+            "release.provenance"} <= set(modules)
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -66,7 +67,7 @@ def test_no_orchestrator_module_imports_a_framework_or_a_worker_even_lazily():
 WORKER_SIDE = ("converters.worker_flow", *(f"converters.{s}" for s in SOURCES))
 ORCHESTRATOR_ONNX = ("converters.simplify", "converters.variants", "converters.runner",
                      "verify.ort_runner", "verify.ov_runner", "verify.runners")
-UPPER = ("orchestrator", "pipeline", "release", "fetch", "benchmarks", "scripts")
+UPPER = ("orchestrator", "pipeline", "commands", "release", "fetch", "benchmarks", "scripts")
 FORBIDDEN = {
     "converters.protocol": ("converters.", "manifests", "verify", "deploy", *UPPER),
     "converters.data_loader": ("converters.worker_flow", "manifests", "verify", *UPPER),
@@ -79,7 +80,8 @@ FORBIDDEN = {
     "verify": UPPER,
     "fetch": ("verify", "deploy", "orchestrator", "pipeline", "release", "benchmarks"),
     "release": ("orchestrator", "pipeline", "benchmarks", *WORKER_SIDE),
-    "orchestrator": ("pipeline", "benchmarks", *WORKER_SIDE),
+    "orchestrator": ("pipeline", "commands", "benchmarks", *WORKER_SIDE),
+    "commands": ("pipeline", "benchmarks", *WORKER_SIDE),   # the command line, on top
 }
 
 
@@ -112,7 +114,7 @@ def test_each_layer_imports_only_the_layers_below_it():
     converters.variants once imported release.provenance, and orchestrator/bench.py the
     worker-only converters.worker_flow."""
     packages = ("converters", "manifests", "deploy", "verify", "fetch", "release",
-                "orchestrator")
+                "orchestrator", "commands")
     paths = [p for package in packages for p in (REPO / package).rglob("*.py")]
     assert len(paths) > 60
     bad = []

@@ -113,6 +113,7 @@ def test_the_mode_and_its_workers_end_with_the_run(tmp_path, monkeypatch):
     which does not serve, failed so after another test ran the CLI in its process)."""
     from click.testing import CliRunner
 
+    import commands.convert
     import pipeline
 
     with warm_workers():
@@ -121,7 +122,7 @@ def test_the_mode_and_its_workers_end_with_the_run(tmp_path, monkeypatch):
     assert not WARM.enabled and not _alive(pid) and WARM.idle == {}
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_all", lambda chosen, entries, opts, runner, reporter:
+    monkeypatch.setattr(commands.convert, "run_all", lambda chosen, entries, opts, runner, reporter:
                         seen.append(WARM.enabled) or [])
     args = ["--only", "res2net50-w14-s8", "--out", str(tmp_path / "out")]
     CliRunner().invoke(pipeline.cli, args, catch_exceptions=False)
