@@ -14,7 +14,7 @@ import yaml
 
 from conftest import (MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, run_in_env,
                       run_pipeline)
-from converters.worker_flow import closest_ids
+from converters.worker_tasks import closest_ids
 from deploy.preprocess import contract, preprocess_batch, validate
 from manifests.add import default_name
 from manifests.loader import load_manifest
