@@ -276,7 +276,7 @@ def test_leftovers_of_a_killed_publisher_are_removed_once_old(s3_server, keys, t
                                                                monkeypatch):
     """Unmarked files of a version are a killed publisher's; a later publisher removes them
     once they are older than ORPHAN_AGE (younger ones may be a live publisher's upload)."""
-    from release import store as store_module
+    from release import s3_store
 
     s3, bucket = s3_server, s3_server.bucket()
     for name, value in s3.env().items():
@@ -290,7 +290,7 @@ def test_leftovers_of_a_killed_publisher_are_removed_once_old(s3_server, keys, t
 
     publish_store(out, f"s3://{bucket}/nightly", keys["public"], say=said.append)
     assert orphan in s3.objects(bucket)                   # young: left alone
-    monkeypatch.setattr(store_module, "ORPHAN_AGE", -60)
+    monkeypatch.setattr(s3_store, "ORPHAN_AGE", -60)
     publish_store(out, f"s3://{bucket}/nightly", keys["public"], say=said.append)
     assert orphan not in s3.objects(bucket)
     assert any("gone/20260101T000000Z-0123456789ab/model.onnx (left by a publisher" in line
