@@ -50,7 +50,8 @@ from pathlib import Path
 import click
 
 from converters.data_loader import DEFAULT_MAX_PIXELS
-from converters.runner import WorkerLimits, warm_workers
+from converters.limits import WorkerLimits
+from converters.runner import warm_workers
 from converters.variants import PRECISIONS
 from fetch.download import DEFAULT_CACHE
 from fetch.lock import LockError, lock_path_for, locked_spec, read_lock

@@ -16,14 +16,13 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from converters.data_loader import DEFAULT_MAX_PIXELS
 from converters.protocol import (JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, SERVE_FLAG,
                                  PipelineError)
+from converters.limits import _gib, _MemoryWatch, tree_rss
 from converters.registry import REPO_ROOT, SourceSpec, env_python
 
 
@@ -63,94 +62,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def machine_memory() -> int:
-    """Physical memory of this machine, in bytes."""
-    return os.sysconf("SC_PHYS_PAGES") * _PAGE
-
-
-def default_worker_memory(parallel: int = 1) -> int:
-    """A worker's memory limit when --worker-memory is not given: 80 % of this machine's
-    memory shared by the workers it runs at once (1 with the local executor; with Ray,
-    the node's cores / CPUs per task). Computed where the worker runs."""
-    return int(machine_memory() * 0.8 / max(1, parallel))
-
-
-@dataclass(frozen=True)
-class WorkerLimits:
-    """What bounds a framework worker, as the driver was told (--worker-memory,
-    --max-image-pixels); resolved on the node that starts the worker."""
-    memory: int | None = None          # bytes; None: default_worker_memory on that node
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    parallel_per_core: int | None = None   # Ray: CPUs per task (node cores / this = workers)
-
-    def memory_limit(self) -> int:
-        if self.memory:
-            return self.memory
-        if self.parallel_per_core:
-            return default_worker_memory((os.cpu_count() or 1) // self.parallel_per_core)
-        return default_worker_memory(1)
-
-
-def _tree(pid: int) -> list[int]:
-    """pid and its descendants (/proc/PID/task/TID/children)."""
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    todo += [int(c) for c in handle.read().split()]
-        except OSError:
-            continue
-    return pids
-
-
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and its descendants, in bytes (0 once it is gone)."""
-    total = 0
-    for member in _tree(pid):
-        try:
-            with open(f"/proc/{member}/statm") as handle:
-                total += int(handle.read().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-class _MemoryWatch(threading.Thread):
-    """Polls the worker's resident memory (itself and its children) every 50 ms and kills
-    its process group the moment it exceeds the limit. A poll, not a kernel limit: the
-    frameworks reserve far more address space than they use, so RLIMIT_AS would refuse
-    them, and cgroups need privileges a node may not grant (docs/usage.md, "Limits")."""
-
-    def __init__(self, worker: "Worker", limit: int, interval: float = 0.05):
-        super().__init__(daemon=True, name="worker-memory-watch")
-        self.worker, self.limit, self.interval = worker, limit, interval
-        self.peak, self.exceeded = 0, False
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        pid = self.worker.proc.pid
-        while not self.done.wait(self.interval) and self.worker.proc.poll() is None:
-            rss = tree_rss(pid)
-            self.peak = max(self.peak, rss)
-            if rss > self.limit:
-                self.exceeded = True
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                return
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def _worker_env() -> dict[str, str]:

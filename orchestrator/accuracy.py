@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from converters.protocol import PipelineError
 from converters.registry import SOURCES
-from converters.runner import Worker, WorkerFailed, WorkerLimits
+from converters.limits import WorkerLimits
+from converters.runner import Worker, WorkerFailed
 from orchestrator.contract_gate import contract_accuracy_checks, contract_batch, merge_contract
 from orchestrator.workdir import run_dir
 from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, score,

@@ -15,7 +15,8 @@ import numpy as np
 
 from converters.protocol import PipelineError
 from converters.registry import SOURCES
-from converters.runner import WorkerFailed, WorkerLimits, run_worker
+from converters.limits import WorkerLimits
+from converters.runner import WorkerFailed, run_worker
 from manifests.loader import Entry
 from verify.localize import LAYER_RTOL, localize
 

@@ -19,7 +19,8 @@ import yaml
 from conftest import REPO, manifest_entries, png_declaring, run_pipeline
 from converters.data_loader import batches, header_size, stack
 from converters.registry import SourceSpec
-from converters.runner import Worker, WorkerFailed, tree_rss
+from converters.limits import tree_rss
+from converters.runner import Worker, WorkerFailed
 from manifests.bounded import DocumentTooLarge, load_json, load_yaml, read_json
 from manifests.loader import ManifestError, load_manifest
 from verify.dataset import DatasetError, load_dataset

@@ -67,7 +67,8 @@ def test_no_orchestrator_module_imports_a_framework_or_a_worker_even_lazily():
 WORKER_SIDE = ("converters.worker_flow", "converters.worker_tasks",
                *(f"converters.{s}" for s in SOURCES))
 ORCHESTRATOR_ONNX = ("converters.simplify", "converters.variants", "converters.runner",
-                     "verify.ort_runner", "verify.ov_runner", "verify.runners")
+                     "converters.limits", "verify.ort_runner", "verify.ov_runner",
+                     "verify.runners")
 UPPER = ("orchestrator", "pipeline", "commands", "release", "fetch", "benchmarks", "scripts")
 FORBIDDEN = {
     "converters.protocol": ("converters.", "manifests", "verify", "deploy", *UPPER),

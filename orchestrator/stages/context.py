@@ -13,7 +13,7 @@ from typing import Callable
 
 from converters.protocol import PipelineError, Timer
 from converters.registry import REPO_ROOT
-from converters.runner import WorkerLimits
+from converters.limits import WorkerLimits
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint, materialize
 from manifests.loader import Entry
 from orchestrator.accuracy import Selection
