@@ -19,7 +19,7 @@ import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 
-from converters.mindcv import rewrites  # noqa: E402
+from converters.mindcv import rewrite_cells, rewrites  # noqa: E402
 
 
 class Net(nn.Cell):
@@ -200,7 +200,7 @@ def erf_error() -> float:
             out = out * z2 + np.float32(c)
         return out
 
-    ours = z * horner(rewrites.ERF_NUMERATOR) / horner(rewrites.ERF_DENOMINATOR)
+    ours = z * horner(rewrite_cells.ERF_NUMERATOR) / horner(rewrite_cells.ERF_DENOMINATOR)
     exact = np.array([math.erf(float(v)) for v in x])
     return float(np.abs(ours.astype(np.float64) - exact).max())
 
