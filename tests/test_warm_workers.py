@@ -6,6 +6,7 @@ task: mmpretrain's own registry), so what is reused is the framework import."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -70,10 +71,15 @@ def test_a_failed_or_killed_job_ends_its_process_and_the_next_gets_a_fresh_one(w
     assert after["job"] == 1 and after["pid"] != pid
 
     # stopped before it answers, in a work dir where an earlier job left its result: that
-    # result is not this job's
+    # result is not this job's. The warm process is held (SIGSTOP) before it is handed the
+    # job, so the kill always comes first: the list task takes well under a second, and on
+    # a loaded machine it had finished before the kill (the full suite failed once so).
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "result.json").write_text('{"ok": true, "models": []}')
+    (held,) = WARM.idle.values()
+    os.kill(held.proc.pid, signal.SIGSTOP)
     worker = Worker(SPEC, _job(), tmp_path / "d")
+    assert worker.proc.pid == held.proc.pid   # the held process took the job
     worker.kill()
     assert not _alive(worker.proc.pid)
     with pytest.raises(WorkerFailed) as crashed:
