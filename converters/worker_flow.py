@@ -8,6 +8,7 @@ Imported inside worker environments only (needs numpy, which every worker env ha
 """
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -358,3 +359,32 @@ def hooked(named_layers, kinds, register, to_numpy, record):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def class_rewrites(rules, used: set[type], originals: dict | None = None):
+    """An export rewrite's patching, for every source (converters/<source>/rewrites.py): for
+    the duration of the block, each rule (module, class, attribute, replacement, why) whose
+    class is among the `used` layer types (or a base of one) has that attribute replaced;
+    yields one note per rule applied. `originals` gets each replaced attribute by (class,
+    attribute), for a replacement that falls back to it. Everything is put back on exit."""
+    applied, notes = [], []
+    for module_name, class_name, attribute, replacement, why in rules:
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        if not any(issubclass(t, cls) for t in used):
+            continue
+        original = cls.__dict__[attribute]
+        if originals is not None:
+            originals[(cls, attribute)] = original
+        applied.append((cls, attribute, original))
+        setattr(cls, attribute, replacement)
+        notes.append(f"export rewrite: {class_name}.{attribute}: {why} (the logit gate "
+                     "compares with the unmodified model)")
+    try:
+        yield notes
+    finally:
+        for cls, attribute, original in reversed(applied):
+            setattr(cls, attribute, original)

@@ -10,8 +10,7 @@ Runs in the mmpretrain environment only.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
+from converters.worker_flow import class_rewrites
 
 
 def _window_reverse(windows, H, W, window_size):  # noqa: N803 - mmpretrain's signature
@@ -33,25 +32,7 @@ RULES = [
 ]
 
 
-@contextlib.contextmanager
 def rewritten(model, rules=RULES):
     """Patch, for the duration of the block, each rule whose class the model uses; yields the
-    list of notes for the applied ones. The originals are restored on exit."""
-    used = {type(m) for m in model.modules()}
-    applied, notes = [], []
-    for module_name, class_name, attribute, replacement, why in rules:
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError):
-            continue
-        if not any(issubclass(t, cls) for t in used):
-            continue
-        applied.append((cls, attribute, cls.__dict__[attribute]))
-        setattr(cls, attribute, replacement)
-        notes.append(f"export rewrite: {class_name}.{attribute}: {why} (the logit gate "
-                     "compares with the unmodified model)")
-    try:
-        yield notes
-    finally:
-        for cls, attribute, original in reversed(applied):
-            setattr(cls, attribute, original)
+    list of notes for the applied ones (converters/worker_flow.py class_rewrites)."""
+    return class_rewrites(rules, {type(m) for m in model.modules()})

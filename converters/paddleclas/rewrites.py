@@ -9,8 +9,7 @@ Runs in the paddle environment only.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
+from converters.worker_flow import class_rewrites
 
 _ZOO = "paddleclas.ppcls.arch.backbone.model_zoo"
 # the replaced methods by (class, attribute), for inputs a rewrite does not cover
@@ -99,27 +98,8 @@ RULES = [
 ]
 
 
-@contextlib.contextmanager
 def rewritten(model, rules=RULES):
     """Patch, for the duration of the block, each rule whose class the model uses; yields the
-    list of notes for the applied ones. The originals are restored on exit."""
-    used = {type(layer) for layer in model.sublayers(include_self=True)}
-    applied, notes = [], []
-    for module_name, class_name, attribute, replacement, why in rules:
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError):
-            continue
-        if not any(issubclass(t, cls) for t in used):
-            continue
-        original = cls.__dict__[attribute]
-        _ORIGINAL[(cls, attribute)] = original
-        applied.append((cls, attribute, original))
-        setattr(cls, attribute, replacement)
-        notes.append(f"export rewrite: {class_name}.{attribute}: {why} (the logit gate "
-                     "compares with the unmodified model)")
-    try:
-        yield notes
-    finally:
-        for cls, attribute, original in reversed(applied):
-            setattr(cls, attribute, original)
+    list of notes for the applied ones (converters/worker_flow.py class_rewrites)."""
+    return class_rewrites(rules, {type(layer) for layer in model.sublayers(include_self=True)},
+                          _ORIGINAL)
