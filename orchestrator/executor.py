@@ -265,7 +265,8 @@ class RayExecutor(Executor):
             return Outcome(ref, value, lines=lines)
         except self.ray.exceptions.RayTaskError as exc:  # the task's own exception
             cause = exc.as_instanceof_cause()
-            return Outcome(ref, error=cause if isinstance(cause, Exception) else exc)
+            return Outcome(ref, error=ray_failure(cause) if isinstance(cause, Exception)
+                           else exc)
         except self.ray.exceptions.RayError as exc:  # died past its retries, cancelled, ...
             return Outcome(ref, error=ray_failure(exc))
 
@@ -305,16 +306,19 @@ RAY_NODE_STATE = {
 
 
 def ray_failure(exc: Exception) -> Exception:
-    """A failure of Ray's, not the task's own, as the driver reports it: Ray's message
-    without the object ids it starts with, and for a node's full disk or object store what
-    to do (RAY_NODE_STATE). Other failures (a task that died past its retries, cancelled)
-    pass unchanged."""
-    advice = RAY_NODE_STATE.get(type(exc).__name__)
-    if advice is None:
-        return exc
-    said = [ln for ln in str(exc).splitlines()
-            if ln.strip() and not ln.lstrip().startswith(("('", "(b'", "ObjectRef("))]
-    return PipelineError(type(exc).__name__, f"{advice}. Ray said: {' '.join(said)}")
+    """A failure of a node's state as the driver reports it, whether Ray raised it to the
+    driver or inside the task (then it arrives as RayTaskError(OutOfDiskError), a subclass
+    of both): what to do (RAY_NODE_STATE) and Ray's message without the object ids it starts
+    with. Any other failure passes unchanged."""
+    import ray.exceptions
+
+    for name, advice in RAY_NODE_STATE.items():
+        if isinstance(exc, getattr(ray.exceptions, name)):
+            own = getattr(exc, "cause", None) or exc   # a task's error carries Ray's own
+            said = [ln for ln in str(own).splitlines()
+                    if ln.strip() and not ln.lstrip().startswith(("('", "(b'", "ObjectRef("))]
+            return PipelineError(name, f"{advice}. Ray said: {' '.join(said)}")
+    return exc
 
 
 def make_executor(kind: str, address: str | None, reporter: Reporter,

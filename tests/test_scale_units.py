@@ -446,6 +446,12 @@ def test_ray_failures_of_a_nodes_state_say_what_to_do_and_drop_ray_ids():
     assert found.kind == "OutOfDiskError"
     assert "free disk space" in found.message and "over capacity" in found.message
     assert "c2668a65" not in found.message and "\\x1c" not in found.message
+    # raised inside the task (its return value could not be stored): RayTaskError's
+    # instance of the cause, as the executor gets it, names a process, not the ids
+    wrapped = rex.RayTaskError("prepare_entry", "Traceback ...\nray.exceptions.OutOfDiskError",
+                               raw).as_instanceof_cause()
+    inside = ray_failure(wrapped)
+    assert (inside.kind, inside.message) == (found.kind, found.message)
     full = ray_failure(rex.ObjectStoreFullError("id"))
     assert full.kind == "ObjectStoreFullError" and "--object-store-memory" in full.message
     died = rex.WorkerCrashedError()
