@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import commands.artifacts  # noqa: F401 - registers its commands on cli
 import commands.tools  # noqa: F401 - registers its commands on cli
-from commands.convert import _parse_size, cli  # noqa: F401 - the entry point; tests use both
+from commands.convert import cli
 
 if __name__ == "__main__":
     cli()  # pylint: disable=no-value-for-parameter

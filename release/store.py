@@ -273,12 +273,3 @@ def fetch_artifact(url: str, dest: Path) -> tuple[Path, str]:
             raise StoreError(f"store {store.url} has no published version of {name!r}")
         version = found[-1]
     return store.download(name, version, dest / version), f"{name}/{version}"
-
-
-def __getattr__(name: str):
-    """release.store.S3Store: the S3 store lives in release/s3_store.py (it imports this
-    module's helpers, so it is imported when first asked for)."""
-    if name == "S3Store":
-        from release.s3_store import S3Store
-        return S3Store
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -260,7 +260,7 @@ def test_a_worker_within_its_memory_limit_runs_to_its_end(tmp_path):
 def test_worker_memory_option_is_parsed_and_bad_sizes_refused(tmp_path):
     bad = run_pipeline("--worker-memory", "lots", "--list")
     assert bad.returncode == 2 and "'lots': expected a size such as 6G or 800M" in bad.stderr
-    from pipeline import _parse_size
+    from commands.convert import _parse_size
 
     assert _parse_size("6G") == 6 * 2**30 and _parse_size("800M") == 800 * 2**20
     assert _parse_size("1.5GiB") == int(1.5 * 2**30) and _parse_size("4096") == 4096

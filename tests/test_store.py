@@ -351,6 +351,7 @@ def test_a_server_that_ignores_conditional_writes_is_refused(s3_server, keys, tm
     publishers overwrite each other's index, so the first publish of a session probes it and
     refuses. Such a server is stood for by dropping the conditions from every write (moto
     honours them); the probe leaves nothing behind and nothing is published."""
+    from release import s3_store
     from release import store as store_module
     from release.publish import publish as publish_store
 
@@ -359,8 +360,8 @@ def test_a_server_that_ignores_conditional_writes_is_refused(s3_server, keys, tm
         monkeypatch.setenv(name, value)
     out = tmp_path / "out"
     make_artifact(out, "a", keys["private"])
-    real_put = store_module.S3Store._put
-    monkeypatch.setattr(store_module.S3Store, "_put",
+    real_put = s3_store.S3Store._put
+    monkeypatch.setattr(s3_store.S3Store, "_put",
                         lambda self, data, *parts, **conditions: real_put(self, data, *parts))
     with pytest.raises(store_module.StoreError, match="ignores conditional writes"):
         publish_store(out, f"s3://{bucket}/nightly", keys["public"], say=lambda _: None)
