@@ -367,6 +367,24 @@ def test_paddleclas_models_of_other_sizes_take_their_own_repository_config():
 
 
 @pytest.mark.slow
+def test_mindcv_models_without_a_size_take_their_class_default():
+    """mindcv's swinv2 cfgs give no input_size and its repository has a config for
+    swinv2_tiny_window8 alone; SwinTransformerV2 builds its windows for image_size=256 (the
+    224 px assumed before made its forward fail in the sweep). Where the entry point passes
+    a size (vit_b_16_384) or the cfg has one, that stays."""
+    from orchestrator.derive import describe_many
+
+    got = describe_many("mindcv", ["swinv2_base_window8", "vit_b_16_384", "resnet18"])
+    swin = got["swinv2_base_window8"]
+    assert swin["input_shape"] == [3, 256, 256] and swin["preprocess"]["crop"] == 256
+    assert swin["derived_from"]["input_shape"] == (
+        "mindcv/models/swintransformerv2.py (SwinTransformerV2's image_size=256)")
+    assert got["vit_b_16_384"]["input_shape"] == [3, 384, 384]
+    assert got["resnet18"]["input_shape"] == [3, 224, 224]
+    assert "default_cfgs['resnet18']" in got["resnet18"]["derived_from"]["input_shape"]
+
+
+@pytest.mark.slow
 def test_add_for_each_source_writes_a_reviewable_entry_and_refuses_a_typo(tmp_path):
     manifest = tmp_path / "zoo.yaml"
     added = {"mmpretrain": "deit-tiny_4xb256_in1k", "paddleclas": "MobileNetV3_small_x0_35",

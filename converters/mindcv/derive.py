@@ -58,6 +58,35 @@ def family(model_id: str) -> str:
     return registry._model_to_module.get(model_id, "?")
 
 
+def constructor_size(model_id: str) -> tuple[int, str] | None:
+    """(the input size the model's class defaults to, where that is written) for a model
+    whose cfg gives none and whose entry point does not pass one: mindcv's swinv2 cfgs have
+    no input_size, and SwinTransformerV2 builds its windows for image_size=256 (at 224 its
+    forward fails). None when the class has no such default or the entry point sets it."""
+    import inspect
+
+    from mindcv.models import registry
+
+    entry = registry._model_entrypoints[model_id]
+    try:
+        code = inspect.getsource(entry)
+    except (OSError, TypeError):
+        return None
+    called = re.search(r"model\s*=\s*(\w+)\(", code)
+    if called is None or re.search(r"\b(image_size|img_size)\s*=", code[called.start():]):
+        return None
+    cls = getattr(inspect.getmodule(entry), called.group(1), None)
+    if not inspect.isclass(cls):
+        return None
+    params = inspect.signature(cls.__init__).parameters
+    for name in ("image_size", "img_size"):
+        default = params[name].default if name in params else inspect.Parameter.empty
+        if isinstance(default, int):
+            return default, (f"mindcv/models/{family(model_id)}.py "
+                             f"({cls.__name__}'s {name}={default})")
+    return None
+
+
 def preprocess_from_cfg(model_id: str, cfg: dict) -> dict:
     """The manifest `preprocess` block equal to what mindcv's transforms_imagenet_eval does
     with this cfg (the resize side as it computes it: floor(crop / crop_pct))."""
@@ -97,10 +126,13 @@ def describe(model_id: str) -> dict:
     cfg = _cfg(model_id)
     module = registry._model_to_module.get(model_id, "?")
     where = f"mindcv/models/{module}.py (default_cfgs[{model_id!r}])"
+    size_from = f"{where} (input_size)"
+    if not cfg.get("input_size") and (built := constructor_size(model_id)) is not None:
+        cfg["input_size"], size_from = (3, built[0], built[0]), built[1]
     pre = preprocess_from_cfg(model_id, cfg)
     sources = {"preprocess": f"{where} + mindcv/data/transforms_factory.py "
                              "(transforms_imagenet_eval defaults)",
-               "input_shape": f"{where} (input_size)"}
+               "input_shape": size_from}
     own = own_config(model_id)
     if own is not None and own[0]["image_resize"] != pre["crop"]:
         settings, source = own
