@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters.registry import SOURCES, unavailable_reason  # noqa: E402
 from converters.runner import WorkerFailed, run_worker  # noqa: E402
-from converters.protocol import timed_runs  # noqa: E402
+from converters.protocol import BenchJob, timed_runs  # noqa: E402
 from manifests.loader import load_manifest  # noqa: E402
 from verify.dataset import load_dataset  # noqa: E402
 from verify.images import imagenet_like  # noqa: E402
@@ -83,10 +83,10 @@ def main() -> int:
         print(f"{name}: {spec.framework} worker ...", flush=True)
         workdir = work / name
         try:
-            result = run_worker(spec, {
-                "task": "bench", "entry": entry.data, "images": images,
-                "batch_size": args.batch_size, "data_workers_list": workers,
-                "threads": args.threads, "inference_batches": args.runs}, workdir)
+            result = run_worker(spec, BenchJob(
+                entry=entry.data, images=images, batch_size=args.batch_size,
+                data_workers_list=workers, threads=args.threads, inference_batches=args.runs),
+                workdir)
         except WorkerFailed as exc:
             print(f"  failed: [{exc.kind}] {exc.message}")
             continue

@@ -16,9 +16,10 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -48,6 +49,117 @@ class PipelineError(Exception):
 
 class WorkerError(PipelineError):
     """A failure inside a framework worker, reported in its result.json."""
+
+
+# --------------------------------------------------------------------------- the jobs
+# One dataclass per worker task: what the orchestrator may ask and what each field means, in
+# one place. job.json is `{"protocol": .., "task": .., **fields}`; the worker reads it back
+# with parse_job, which refuses an unknown task, an unknown field or a missing one.
+@dataclass(kw_only=True)
+class Job:
+    task: ClassVar[str] = ""
+    threads: int | None = None   # the framework's and ONNX Runtime's threads (None: all cores)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+@dataclass(kw_only=True)
+class _Images(Job):
+    entry: dict                  # the manifest entry, defaults filled in (Entry.data)
+    images: list[str]            # image paths, read by the source's own transforms
+    data_workers: int | None = None       # decode threads (None: one per core)
+    max_image_pixels: int | None = None   # the decoder's limit; 0 off, None the loader's own
+
+
+@dataclass(kw_only=True)
+class ConvertJob(_Images):
+    """build, load, preprocess, the reference logits, export (worker_flow.convert)."""
+    task: ClassVar[str] = "convert"
+    checkpoint: str
+    batch_size: int              # the source's forward batch for the reference logits
+    candidates: list = field(default_factory=list)   # other entries, to name a misfit's owner
+    calibration_images: list[str] = field(default_factory=list)   # int8, preprocessed too
+
+
+@dataclass(kw_only=True)
+class CaptureJob(_Images):
+    """The source's layer outputs on the images as one batch, for the localiser."""
+    task: ClassVar[str] = "capture"
+    checkpoint: str
+
+
+@dataclass(kw_only=True)
+class EvaluateJob(_Images):
+    """The accuracy pass: the source's logits on every image, streamed as batch files."""
+    task: ClassVar[str] = "evaluate"
+    checkpoint: str
+    batch_size: int
+    batch_dir: str = "batches"   # under the work dir; the orchestrator deletes each one read
+    max_pending: int = 4         # batch files waiting on disk before the worker waits
+    prefetch: int = 2            # batches the decoder works ahead
+
+
+@dataclass(kw_only=True)
+class BenchJob(_Images):
+    """The data path's speed, the source's forward, and an ONNX to time ORT on the same
+    batch (benchmarks/data_path.py)."""
+    task: ClassVar[str] = "bench"
+    batch_size: int
+    data_workers_list: list[int] = field(default_factory=list)   # empty: data_workers
+    inference_batches: int = 4
+
+
+@dataclass(kw_only=True)
+class LatencyJob(Job):
+    """The source's eval forward at each batch size, random-init weights."""
+    task: ClassVar[str] = "latency"
+    entry: dict
+    batch_sizes: list[int]
+    warmup: int
+    runs: int
+
+
+@dataclass(kw_only=True)
+class DescribeJob(Job):
+    """What the source says about a model (or each of several: one error per model)."""
+    task: ClassVar[str] = "describe"
+    model_id: str | None = None
+    model_ids: list[str] | None = None
+
+
+@dataclass(kw_only=True)
+class ListJob(Job):
+    """The source's classifier ids matching a pattern."""
+    task: ClassVar[str] = "list"
+    pattern: str = ""
+
+
+JOBS: dict[str, type[Job]] = {cls.task: cls for cls in (
+    ConvertJob, CaptureJob, EvaluateJob, BenchJob, LatencyJob, DescribeJob, ListJob)}
+
+
+def job_json(job: Job | dict) -> dict:
+    """What job.json holds for `job` (a dict passes as it is: test workers' own jobs)."""
+    return job.to_json() if isinstance(job, Job) else dict(job)
+
+
+def parse_job(data: dict) -> Job:
+    """job.json's fields as their task's Job; WorkerError `job` for an unknown task or field,
+    or a missing one."""
+    task = data.get("task", "convert")
+    cls = JOBS.get(task)
+    if cls is None:
+        raise WorkerError("job", f"unknown task {task!r} (known: {', '.join(JOBS)})")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known) - {"task", "protocol"})
+    missing = sorted(name for name, f in known.items() if name not in data
+                     and f.default is MISSING and f.default_factory is MISSING)
+    if unknown or missing:
+        raise WorkerError("job", f"{task} job: " + "; ".join(
+            part for part in (unknown and f"unknown field(s) {', '.join(unknown)}",
+                              missing and f"missing field(s) {', '.join(missing)}") if part))
+    return cls(**{name: data[name] for name in known if name in data})
 
 
 class Timer:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from converters.protocol import (JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, SERVE_FLAG,
-                                 PipelineError)
+from converters.protocol import (JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, SERVE_FLAG, Job,
+                                 PipelineError, job_json)
 from converters.limits import _gib, _MemoryWatch, tree_rss
 from converters.registry import REPO_ROOT, SourceSpec, env_python
 
@@ -204,8 +204,9 @@ class Worker:
     children hold more resident memory than that, and result() raises WorkerFailed of kind
     `resource_limit`."""
 
-    def __init__(self, spec: SourceSpec, job: dict, workdir: Path,
+    def __init__(self, spec: SourceSpec, job: Job | dict, workdir: Path,
                  memory_limit: int | None = None):
+        job = job_json(job)
         workdir.mkdir(parents=True, exist_ok=True)
         # A result an earlier job left here must never read as this job's: a worker that
         # dies without writing its own would otherwise "return" the earlier one (the
@@ -318,7 +319,7 @@ class Worker:
         return result
 
 
-def run_worker(spec: SourceSpec, job: dict, workdir: Path, timeout: float = 1800,
+def run_worker(spec: SourceSpec, job: Job | dict, workdir: Path, timeout: float = 1800,
                memory_limit: int | None = None) -> dict:
     """Write job.json, run the worker to its end, return its result (raises WorkerFailed)."""
     worker = Worker(spec, job, workdir, memory_limit)

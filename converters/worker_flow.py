@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from converters.data_loader import DEFAULT_MAX_PIXELS, batches
-from converters.protocol import Timer, WorkerError, log
+from converters.protocol import ConvertJob, Timer, WorkerError, log, parse_job
 
 
 class Adapter(Protocol):
@@ -191,24 +191,23 @@ def require_fit(adapter: Adapter, state: dict[str, tuple], model_shapes: dict[st
 
 
 # --------------------------------------------------------------------------- the flows
-def run(adapter: Adapter, job: dict, workdir: Path) -> dict:
-    """Dispatch a job to its task: convert (default), evaluate or bench."""
-    threads = int(job.get("threads") or os.cpu_count() or 1)
+def run(adapter: Adapter, data: dict, workdir: Path) -> dict:
+    """Dispatch job.json's job to its task (converters/protocol.py JOBS): convert (the
+    default), evaluate, bench, latency, capture, describe or list."""
+    job = parse_job(data)
+    threads = int(job.threads or os.cpu_count() or 1)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # adapters size their thread pools from it
-    task = job.get("task", "convert")
     from converters import worker_tasks   # its tasks use this module's helpers
 
     tasks = {"convert": convert, "evaluate": worker_tasks.evaluate,
              "bench": worker_tasks.bench, "latency": worker_tasks.latency,
              "capture": worker_tasks.capture, "describe": worker_tasks.describe,
              "list": worker_tasks.list_models}
-    if task not in tasks:
-        raise WorkerError("job", f"unknown task {task!r} (known: {', '.join(tasks)})")
-    return tasks[task](adapter, job, workdir)
+    return tasks[job.task](adapter, job, workdir)
 
 
-def _data_workers(job: dict) -> int:
-    return int(job.get("data_workers") or os.cpu_count() or 1)
+def _data_workers(job) -> int:
+    return int(job.data_workers or os.cpu_count() or 1)
 
 
 def _shapes_ok(inputs: np.ndarray, count: int, entry: dict) -> None:
@@ -218,9 +217,10 @@ def _shapes_ok(inputs: np.ndarray, count: int, entry: dict) -> None:
                                         f"{list(inputs.shape)}, manifest says {expected}")
 
 
-def _max_pixels(job: dict) -> int | None:
-    """The job's pixel limit (converters/data_loader.py); 0 turns the check off."""
-    value = job.get("max_image_pixels", DEFAULT_MAX_PIXELS)
+def _max_pixels(job) -> int | None:
+    """The job's pixel limit (converters/data_loader.py); 0 turns the check off, None is the
+    loader's default."""
+    value = DEFAULT_MAX_PIXELS if job.max_image_pixels is None else job.max_image_pixels
     return int(value) if value else None
 
 
@@ -278,20 +278,20 @@ def forward_with_source(adapter: Adapter, model, inputs: np.ndarray, batch_size:
                              exc) from exc
 
 
-def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def convert(adapter: Adapter, job: ConvertJob, workdir: Path) -> dict:
     """build -> load -> preprocess -> reference logits -> export; returns result fields."""
-    entry, timer = job["entry"], Timer()
+    entry, timer = job.entry, Timer()
     result: dict = {"versions": adapter.versions(), "files": {}}
 
     with timer.stage("build"):
         log(f"building {entry['model_id']} with {adapter.framework}")
         model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
-        log(f"loading {job['checkpoint']}")
-        result["checkpoint"] = adapter.load(model, Path(job["checkpoint"]),
-                                            job.get("candidates", []), entry["num_classes"])
+        log(f"loading {job.checkpoint}")
+        result["checkpoint"] = adapter.load(model, Path(job.checkpoint), job.candidates,
+                                            entry["num_classes"])
     with timer.stage("preprocess"):
-        images = job["images"]
+        images = job.images
         log(f"preprocessing {len(images)} images with {adapter.framework}'s transforms")
         per_image, collate = adapter.transform(entry["preprocess"])
         inputs, used, unreadable = preprocess_all(images, per_image, collate,
@@ -306,9 +306,9 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
         result["images_used"] = used
         if unreadable:
             result["unreadable"] = unreadable
-    if job.get("calibration_images"):
+    if job.calibration_images:
         with timer.stage("calibration"):
-            paths = job["calibration_images"]
+            paths = job.calibration_images
             log(f"preprocessing {len(paths)} int8 calibration images")
             calibration, _, _ = preprocess_all(paths, per_image, collate, _data_workers(job),
                                                _max_pixels(job))
@@ -319,7 +319,7 @@ def convert(adapter: Adapter, job: dict, workdir: Path) -> dict:
             result["calibration_images"] = len(calibration)
     with timer.stage("reference"):
         log(f"running {adapter.framework} eval forward")
-        logits = forward_with_source(adapter, model, inputs, int(job.get("batch_size", 16)),
+        logits = forward_with_source(adapter, model, inputs, job.batch_size,
                                      entry["model_id"])
         np.save(workdir / "reference_logits.npy", np.asarray(logits, dtype=np.float32))
         result["files"]["reference_logits"] = "reference_logits.npy"

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.data_loader import LoaderStats, batches
-from converters.protocol import Timer, WorkerError, log, timed_runs
+from converters.protocol import (BenchJob, CaptureJob, DescribeJob, EvaluateJob, LatencyJob,
+                                  ListJob, Timer, WorkerError, log, timed_runs)
 from converters.worker_flow import (Adapter, _data_workers, _max_pixels, _shapes_ok,
                                     build_with_source, preprocess_all)
 
@@ -47,54 +48,56 @@ def known_model(adapter: Adapter, model_id: str):
     return derive
 
 
-def describe(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def describe(adapter: Adapter, job: DescribeJob, workdir: Path) -> dict:
     """What the source says about one model: preprocess, input_shape, num_classes, family,
     published figures and checkpoint where it publishes them, and the files they came from."""
-    if "model_ids" in job:   # many at once (the zoo sweep): one error per model, not per job
+    if job.model_ids is not None:   # many at once (the zoo sweep): one error per model
         described = {}
-        for model_id in job["model_ids"]:
+        for model_id in job.model_ids:
             try:
                 described[model_id] = known_model(adapter, model_id).describe(model_id)
             except WorkerError as exc:
                 described[model_id] = {"error": {"kind": exc.kind, "message": exc.message}}
         return {"models": described, "versions": adapter.versions()}
-    derive = known_model(adapter, job["model_id"])
-    out = derive.describe(job["model_id"])
+    if job.model_id is None:
+        raise WorkerError("job", "describe job: neither model_id nor model_ids")
+    derive = known_model(adapter, job.model_id)
+    out = derive.describe(job.model_id)
     out["versions"] = adapter.versions()
     return out
 
 
-def list_models(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def list_models(adapter: Adapter, job: ListJob, workdir: Path) -> dict:
     """The source's classifier ids (matching a shell-style or substring pattern, any case),
     each with its family."""
     derive = importlib.import_module(adapter.derive_module)
-    pattern = (job.get("pattern") or "").lower()
+    pattern = job.pattern.lower()
     ids = [i for i in derive.model_ids() if not pattern or pattern in i.lower()
            or fnmatch.fnmatch(i.lower(), pattern)]
     return {"models": [{"model_id": i, "family": derive.family(i)} for i in ids],
             "versions": adapter.versions()}
 
 
-def capture(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def capture(adapter: Adapter, job: CaptureJob, workdir: Path) -> dict:
     """The source's own layer outputs on the job's images as one batch (the orchestrator
     sends several: a graph that holds the trace batch is right on one image alone), for
     verify/localize.py.
 
     Each hooked layer's output goes to its own .npy file as soon as the hook fires, so the
     worker never holds more than one layer's output beyond what the framework keeps."""
-    entry, timer = job["entry"], Timer()
+    entry, timer = job.entry, Timer()
     out_dir = workdir / "activations"
     out_dir.mkdir(parents=True, exist_ok=True)
     with timer.stage("build"):
         model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
-        adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
+        adapter.load(model, Path(job.checkpoint), [], entry["num_classes"])
     # The form the pipeline exports (convert: for_inference before export), so that a fused
     # or re-parameterised layer is compared with its like: RepVGG's trained branches against
     # the exported branch_reparam conv would be a false "first diverging layer".
     form = adapter.for_inference(model)
     per_image, collate = adapter.transform(entry["preprocess"])
-    inputs, used, unreadable = preprocess_all(job["images"], per_image, collate, 1,
+    inputs, used, unreadable = preprocess_all(job.images, per_image, collate, 1,
                                               _max_pixels(job))
     if inputs is None:
         raise WorkerError("preprocess", f"could not decode {unreadable[0]['path']}: "
@@ -134,31 +137,31 @@ def write_shard(shard_dir: Path, number: int, **arrays) -> None:
     os.replace(tmp, final)
 
 
-def evaluate(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def evaluate(adapter: Adapter, job: EvaluateJob, workdir: Path) -> dict:
     """Accuracy pass: the source's logits on every dataset image, streamed as shards.
 
     Each shard holds the preprocessed tensors, the source's logits and the images' positions,
     so the orchestrator runs ONNX Runtime on exactly the same tensors. At most
-    `max_pending_shards` wait on disk; the orchestrator deletes each shard once read.
+    `max_pending` wait on disk; the orchestrator deletes each shard once read.
     """
-    entry, timer = job["entry"], Timer()
-    batch_size = int(job.get("batch_size", 32))
-    shard_dir = workdir / job.get("shard_dir", "shards")
+    entry, timer = job.entry, Timer()
+    batch_size = job.batch_size
+    shard_dir = workdir / job.batch_dir
     shard_dir.mkdir(parents=True, exist_ok=True)
-    max_pending = int(job.get("max_pending_shards", 4))
+    max_pending = job.max_pending
     with timer.stage("build"):
         model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     with timer.stage("load"):
-        adapter.load(model, Path(job["checkpoint"]), [], entry["num_classes"])
+        adapter.load(model, Path(job.checkpoint), [], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
-    images = job["images"]
+    images = job.images
     log(f"evaluating {len(images)} images, batch {batch_size}, "
         f"{_data_workers(job)} decode threads")
     stats, unreadable, shards = LoaderStats(), [], 0
     forward_s = backpressure_s = 0.0
     start = time.perf_counter()
     for batch in batches(images, per_image, collate, batch_size, _data_workers(job),
-                         int(job.get("prefetch", 2)), stats, max_pixels=_max_pixels(job)):
+                         job.prefetch, stats, max_pixels=_max_pixels(job)):
         unreadable += batch.unreadable
         if batch.array is None:
             continue
@@ -185,17 +188,17 @@ def evaluate(adapter: Adapter, job: dict, workdir: Path) -> dict:
                         "consumer_wait": round(backpressure_s, 3)}}
 
 
-def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def bench(adapter: Adapter, job: BenchJob, workdir: Path) -> dict:
     """Data path alone vs source inference alone (random-init model: weights do not change
     speed), and an exported ONNX for the caller to time ONNX Runtime on the same batch."""
-    entry = job["entry"]
-    batch_size = int(job.get("batch_size", 32))
-    images = job["images"]
+    entry = job.entry
+    batch_size = job.batch_size
+    images = job.images
     model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     per_image, collate = adapter.transform(entry["preprocess"])
     data = []
     first = None
-    for workers in job.get("data_workers_list") or [_data_workers(job)]:
+    for workers in job.data_workers_list or [_data_workers(job)]:
         for _ in batches(images[:batch_size], per_image, collate, batch_size, workers):
             pass  # warm-up: imports, thread pool, decoder tables
         stats = LoaderStats()
@@ -209,7 +212,7 @@ def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
         log(f"data path, {workers} decode threads: {stats.images / seconds:.1f} images/s")
     if first is None:
         raise WorkerError("preprocess", f"bench needs at least {batch_size} readable images")
-    runs = max(1, int(job.get("inference_batches", 4)))
+    runs = max(1, job.inference_batches)
     # One warm-up run (graph compile for MindSpore).
     times = timed_runs(lambda: adapter.forward(model, first, batch_size), 1, runs)
     median = float(np.median(times))
@@ -226,17 +229,17 @@ def bench(adapter: Adapter, job: dict, workdir: Path) -> dict:
             "files": {"onnx": "bench.onnx", "batch": "batch.npy"}}
 
 
-def latency(adapter: Adapter, job: dict, workdir: Path) -> dict:
+def latency(adapter: Adapter, job: LatencyJob, workdir: Path) -> dict:
     """The source framework's eval forward at each batch size (random-init weights: speed does
     not depend on their values), warm runs only."""
-    entry = job["entry"]
+    entry = job.entry
     model = build_with_source(adapter, entry["model_id"], entry["num_classes"])
     rng = np.random.default_rng(0)
     rows = []
-    for batch in job["batch_sizes"]:
+    for batch in job.batch_sizes:
         x = rng.standard_normal((batch, *entry["input_shape"])).astype(np.float32)
         times = timed_runs(lambda x=x, batch=batch: adapter.forward(model, x, batch),
-                           int(job["warmup"]), int(job["runs"]))
+                           job.warmup, job.runs)
         rows.append({"batch_size": batch, "times_s": [round(t, 6) for t in times]})
         log(f"{adapter.framework} batch {batch}: median {np.median(times) * 1000:.1f} ms")
     return {"versions": adapter.versions(), "rows": rows,

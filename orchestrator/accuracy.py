@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from converters.protocol import PipelineError
+from converters.protocol import EvaluateJob, PipelineError
 from converters.registry import SOURCES
 from converters.limits import WorkerLimits
 from converters.runner import Worker, WorkerFailed
@@ -153,12 +153,10 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
             runners[name] = OrtRunner(path, job.threads, spinning=False)
             for runtime in shard_runtimes(entry):   # the runtime matrix, on the same tensors
                 runners[f"{name}{AT}{runtime}"] = make_runner(runtime, path, job.threads)
-        worker_job = {"task": "evaluate", "entry": entry, "checkpoint": str(got.path),
-                      "images": job.paths, "threads": job.threads,
-                      "data_workers": job.data_workers,
-                      "batch_size": entry["accuracy"]["batch_size"], "shard_dir": "batches",
-                      "max_pending_shards": 4,
-                      "max_image_pixels": job.limits.max_image_pixels}
+        worker_job = EvaluateJob(entry=entry, checkpoint=str(got.path), images=job.paths,
+                                 threads=job.threads, data_workers=job.data_workers,
+                                 batch_size=entry["accuracy"]["batch_size"],
+                                 max_image_pixels=job.limits.max_image_pixels)
         eval_dir = workdir / "evaluate"
         batch_dir = eval_dir / "batches"
         worker = Worker(SOURCES[job.source], worker_job, eval_dir, job.limits.memory_limit())

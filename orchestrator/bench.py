@@ -18,7 +18,7 @@ import numpy as np
 
 from converters.registry import SOURCES, unavailable_reason
 from converters.runner import WorkerFailed, run_worker
-from converters.protocol import timed_runs
+from converters.protocol import LatencyJob, timed_runs
 from manifests.loader import Entry
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -108,9 +108,9 @@ def run_bench(entry: Entry, artifact: Path, batch_sizes: list[int], precisions: 
         say(f"  {spec.framework}: eval forward at batch {batch_sizes} ...")
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             try:
-                result = run_worker(spec, {"task": "latency", "entry": entry.data,
-                                           "batch_sizes": batch_sizes, "warmup": warmup,
-                                           "runs": runs, "threads": threads}, Path(tmp))
+                result = run_worker(spec, LatencyJob(entry=entry.data,
+                                                     batch_sizes=batch_sizes, warmup=warmup,
+                                                     runs=runs, threads=threads), Path(tmp))
             except WorkerFailed as exc:
                 raise BenchError(f"{spec.framework} worker: [{exc.kind}] {exc.message}") from None
         runtime = (f"{spec.framework} (" + ", ".join(

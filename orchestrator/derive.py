@@ -17,7 +17,7 @@ import copy
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
-from converters.protocol import PipelineError
+from converters.protocol import DescribeJob, Job, ListJob, PipelineError
 from converters.registry import SOURCES
 from converters.runner import WorkerFailed, run_worker
 from manifests.loader import Entry
@@ -32,7 +32,7 @@ class DeriveFailed(PipelineError):
     unsupported, ...), message says why."""
 
 
-def _worker(source: str, job: dict, label: str, timeout: float, memory_limit) -> dict:
+def _worker(source: str, job: Job, label: str, timeout: float, memory_limit) -> dict:
     with run_dir(label) as workdir:
         try:
             return run_worker(SOURCES[source], job, workdir, timeout=timeout,
@@ -46,7 +46,7 @@ def describe(source: str, model_id: str, timeout: float = DESCRIBE_TIMEOUT,
     """What the source says about MODEL_ID (converters/worker_flow.py `describe`). A run
     passes its own THREADS (None: all cores) so that, with warm workers, the describe and the
     entry's convert share one framework process (converters/runner.py WarmPool)."""
-    return _worker(source, {"task": "describe", "model_id": model_id, "threads": threads},
+    return _worker(source, DescribeJob(model_id=model_id, threads=threads),
                    f"describe-{source}", timeout, memory_limit)
 
 
@@ -54,7 +54,7 @@ def describe_many(source: str, model_ids: list[str], timeout: float = 3600.0
                   ) -> dict[str, dict]:
     """describe() for many models in one worker: id -> described, or {"error": {kind,
     message}} for a model the source cannot describe."""
-    out = _worker(source, {"task": "describe", "model_ids": list(model_ids), "threads": 1},
+    out = _worker(source, DescribeJob(model_ids=list(model_ids), threads=1),
                   f"describe-{source}", timeout, None)
     for described in out["models"].values():
         described.setdefault("versions", out["versions"])
@@ -63,7 +63,7 @@ def describe_many(source: str, model_ids: list[str], timeout: float = 3600.0
 
 def list_models(source: str, pattern: str = "", timeout: float = DESCRIBE_TIMEOUT) -> list[dict]:
     """[{model_id, family}] of the source's classifiers matching PATTERN."""
-    return _worker(source, {"task": "list", "pattern": pattern, "threads": 1},
+    return _worker(source, ListJob(pattern=pattern, threads=1),
                    f"list-{source}", timeout, None)["models"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.protocol import PipelineError
+from converters.protocol import CaptureJob, PipelineError
 from converters.registry import SOURCES
 from converters.limits import WorkerLimits
 from converters.runner import WorkerFailed, run_worker
@@ -45,11 +45,11 @@ def localize_model(entry: Entry, model_path: Path, checkpoint: Path, images: lis
     capture_dir = workdir / "localize"
     capture_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_worker(SOURCES[entry.source], {
-            "task": "capture", "entry": entry.data, "checkpoint": str(checkpoint),
-            "images": [str(image) for image in images], "threads": threads,
-            "max_image_pixels": limits.max_image_pixels,
-        }, capture_dir, timeout=timeout, memory_limit=limits.memory_limit())
+        result = run_worker(SOURCES[entry.source], CaptureJob(
+            entry=entry.data, checkpoint=str(checkpoint),
+            images=[str(image) for image in images], threads=threads,
+            max_image_pixels=limits.max_image_pixels,
+        ), capture_dir, timeout=timeout, memory_limit=limits.memory_limit())
     except WorkerFailed as exc:
         raise LocalizeFailed(exc.kind, f"capturing the source's layer outputs failed: "
                                        f"{exc.message}") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from converters.protocol import ListJob
 from converters.registry import SOURCES
 from converters.runner import (WARM, Worker, WorkerFailed, run_worker, use_warm_workers,
                                warm_workers)
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.slow
 SPEC = SOURCES["mmpretrain"]
 
 
-def _job(pattern: str = "resnet18", **extra) -> dict:
-    return {"task": "list", "pattern": pattern, "threads": 1, **extra}
+def _job(pattern: str = "resnet18", threads: int = 1) -> ListJob:
+    return ListJob(pattern=pattern, threads=threads)
 
 
 def _alive(pid: int) -> bool:

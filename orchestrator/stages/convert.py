@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from converters.protocol import ConvertJob
 from converters.registry import SOURCES
 from converters.runner import WorkerFailed, run_worker
 from fetch.download import Fetched
@@ -38,14 +39,13 @@ def convert(ctx: EntryContext, got: Fetched, images: list[Path],
     with ctx.timer.stage("convert"):
         say(f"  convert   {spec.framework} worker: build, load, preprocess, export ...")
         try:
-            result = run_worker(spec, {
-                "entry": entry.data, "checkpoint": str(got.path),
-                "images": [str(p) for p in images],
-                "candidates": _candidates(entry, ctx.all_entries),
-                "calibration_images": [str(p) for p in calibration],
-                "threads": opts.threads, "batch_size": len(images),
-                "max_image_pixels": opts.limits.max_image_pixels,
-            }, ctx.workdir, timeout=opts.worker_timeout, memory_limit=opts.limits.memory_limit())
+            result = run_worker(spec, ConvertJob(
+                entry=entry.data, checkpoint=str(got.path), images=[str(p) for p in images],
+                candidates=_candidates(entry, ctx.all_entries),
+                calibration_images=[str(p) for p in calibration],
+                threads=opts.threads, batch_size=len(images),
+                max_image_pixels=opts.limits.max_image_pixels,
+            ), ctx.workdir, timeout=opts.worker_timeout, memory_limit=opts.limits.memory_limit())
         except WorkerFailed as exc:
             raise StageError("convert", exc.kind, exc.message, exc.details) from None
     report["source"]["versions"] = result["versions"]
