@@ -1,11 +1,12 @@
 """Every per-source fact, in one place: which environment and worker module serve each
 source, and what the manifest schema, `add`, the zoo sweep and the checkpoint makers need to
-know of it. Pure data, no framework imports (manifests/, scripts/ and the orchestrator read
-it).
+know of it; and every inference runtime a shipped model is checked on (RUNTIMES). Pure data,
+no framework imports (manifests/, scripts/ and the orchestrator read it).
 
 Adding a source = its folder `converters/<source>/` (worker.py speaking
 converters/protocol.py, derive.py, make_checkpoint.py), a lock file `envs/<env>.lock.txt`,
-and one line here (docs/architecture.md, "Adding a source").
+and one line here (docs/architecture.md, "Adding a source"). Adding a runtime = its runner
+in verify/ (`infer(inputs, batch_size)`, `version`) and one line in RUNTIMES.
 """
 from __future__ import annotations
 
@@ -47,6 +48,28 @@ SOURCES: dict[str, SourceSpec] = {
     "mindcv": SourceSpec("mindcv", "mindspore", "converters.mindcv.worker",
                          "MindCV (MindSpore)", ".ckpt", defaults={"export": {"opset": 11}}),
 }
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """An inference runtime the runtime matrix checks shipped models on (verify/runners.py
+    makes its runner; the manifest's `deploy.runtimes` names it)."""
+    name: str
+    runner: str          # "module:Class" of its runner, built as Class(path, threads, spinning)
+    # where it runs: "cpu" on any node (the accuracy shards run it too), "gpu" only where its
+    # ONNX Runtime execution provider is in the installed build
+    device: str = "cpu"
+    provider: str | None = None   # ONNX Runtime's execution provider, for ONNX Runtime's
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {spec.name: spec for spec in (
+    # the pipeline's own: the verify and variant stages run it
+    RuntimeSpec("onnxruntime", "verify.ort_runner:OrtRunner"),
+    RuntimeSpec("openvino", "verify.ov_runner:OpenVinoRunner"),
+    RuntimeSpec("onnxruntime-cuda", "verify.ort_runner:OrtRunner", "gpu",
+                "CUDAExecutionProvider"),
+    RuntimeSpec("tensorrt", "verify.ort_runner:OrtRunner", "gpu", "TensorrtExecutionProvider"),
+)}
 
 
 def venv_root() -> Path:

@@ -5,10 +5,11 @@ Kept beside the manifests so that what an entry may hold is read in one place.
 ignored setting.
 """
 
+from converters.registry import RUNTIMES as _RUNTIMES
 from converters.registry import SOURCES as _SPECS
 
 SOURCES = tuple(_SPECS)   # converters/registry.py: every per-source fact
-RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt")
+RUNTIMES = tuple(_RUNTIMES)   # and every runtime
 
 _number = {"type": "number"}
 _percent = {"type": "number", "minimum": 0, "maximum": 100}

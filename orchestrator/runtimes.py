@@ -14,45 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from verify.compare import Check, compare_logits, compare_variant, failed
-
-GPU_PROVIDERS = {"onnxruntime-cuda": "CUDAExecutionProvider",
-                 "tensorrt": "TensorrtExecutionProvider"}
-
-
-def unavailable(runtime: str) -> str | None:
-    """Why `runtime` cannot run here, or None."""
-    if runtime not in GPU_PROVIDERS:
-        return None
-    import onnxruntime as ort
-
-    provider = GPU_PROVIDERS[runtime]
-    if provider not in ort.get_available_providers():
-        return (f"{provider} is not in this onnxruntime build ({ort.__version__}; install "
-                "onnxruntime-gpu on a machine with an NVIDIA GPU)")
-    return None
-
-
-def providers(runtime: str) -> list[str]:
-    """ONNX Runtime's execution providers for a GPU runtime, in order: the GPU's, then the
-    CPU's for any node the GPU's cannot take. A name ONNX Runtime does not know makes it
-    print "EP Error" and fall back to CPU alone (measured with 1.31.1), which _runner would
-    then refuse: tests/test_deploy_gate_units.py checks every name against ORT's own list."""
-    return [GPU_PROVIDERS[runtime], "CPUExecutionProvider"]
-
-
-def _runner(runtime: str, path: Path, threads: int | None):
-    if runtime in GPU_PROVIDERS:
-        from verify.ort_runner import OrtRunner
-
-        runner = OrtRunner(path, threads, providers=providers(runtime))
-        used = runner.session.get_providers()[0]
-        if used != GPU_PROVIDERS[runtime]:   # ORT falls back to CPU silently (CUDA libs)
-            raise RuntimeError(f"ONNX Runtime ran the model on {used}, not "
-                               f"{GPU_PROVIDERS[runtime]}")
-        return runner
-    from verify.runners import make_runner
-
-    return make_runner(runtime, path, threads)
+from verify.runners import make_runner, unavailable
 
 
 def runtime_matrix(entry, models: dict[str, Path], inputs: np.ndarray,
@@ -83,7 +45,7 @@ def runtime_matrix(entry, models: dict[str, Path], inputs: np.ndarray,
         for precision, path in models.items():
             scope = {"model": precision, "runtime": runtime, "batch": len(inputs)}
             try:
-                runner = _runner(runtime, path, threads)
+                runner = make_runner(runtime, path, threads)
                 section["version"] = runner.version
                 out = runner.infer(inputs, len(inputs))
             except Exception as exc:  # noqa: BLE001 - a runtime's refusal is a finding

@@ -244,30 +244,36 @@ def test_runtime_matrix_in_full_with_a_skipped_required_runtime_first(tmp_path):
 
 def test_a_gpu_runtime_that_falls_back_to_the_cpu_is_refused(tmp_path, monkeypatch):
     """ONNX Runtime silently runs on the CPU when the GPU provider cannot load; the matrix
-    must not report CPU figures as the GPU runtime's. A provider that is there runs."""
+    must not report CPU figures as the GPU runtime's. A provider that is there runs. The
+    runtimes come from the one registry (converters/registry.py RUNTIMES)."""
     import onnxruntime as ort
 
-    from orchestrator import runtimes
+    from converters.registry import RUNTIMES, RuntimeSpec
+    from verify import runners
 
     model = _onnx(tmp_path / "a.onnx", "Flatten", ("N", 2, 3))
-    monkeypatch.setattr(runtimes, "GPU_PROVIDERS", {"cpu-as-gpu": "CPUExecutionProvider",
-                                                    "missing": "NoSuchExecutionProvider"})
-    runner = runtimes._runner("cpu-as-gpu", model, 1)
+    ort_runner = "verify.ort_runner:OrtRunner"
+    for name, provider in (("cpu-as-gpu", "CPUExecutionProvider"),
+                           ("missing", "NoSuchExecutionProvider"),
+                           ("cuda", "CUDAExecutionProvider")):
+        monkeypatch.setitem(RUNTIMES, name, RuntimeSpec(name, ort_runner, "gpu", provider))
+    runner = runners.make_runner("cpu-as-gpu", model, 1)
     assert runner.session.get_providers() == ["CPUExecutionProvider"]
     x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     assert runner.infer(x, 1).tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]   # this model
-    assert runtimes.unavailable("cpu-as-gpu") is None
-    assert runtimes.unavailable("missing") == (
+    assert runners.unavailable("cpu-as-gpu") is None
+    assert runners.unavailable("missing") == (
         f"NoSuchExecutionProvider is not in this onnxruntime build ({ort.__version__}; "
         "install onnxruntime-gpu on a machine with an NVIDIA GPU)")
     # Asked for a provider the build lacks, ONNX Runtime warns and runs on the CPU.
-    monkeypatch.setattr(runtimes, "GPU_PROVIDERS", {"cuda": "CUDAExecutionProvider"})
     with pytest.warns(UserWarning), pytest.raises(RuntimeError) as err:
-        runtimes._runner("cuda", model, 1)
+        runners.make_runner("cuda", model, 1)
     assert str(err.value) == ("ONNX Runtime ran the model on CPUExecutionProvider, not "
                               "CUDAExecutionProvider")
-    assert runtimes._runner("openvino", model, 1).infer(x, 1).tolist() == [
+    assert runners.make_runner("openvino", model, 1).infer(x, 1).tolist() == [
         [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
+    with pytest.raises(ValueError, match="unknown runtime 'coreml'; known: onnxruntime, "):
+        runners.make_runner("coreml", model, 1)
 
 
 def test_a_runtime_that_cannot_run_a_model_is_a_finding_in_full(tmp_path):
@@ -322,9 +328,12 @@ def test_gpu_runtimes_name_providers_onnxruntime_knows():
     machine. ORT lists every provider name it knows, GPU ones included, in any build."""
     import onnxruntime as ort
 
-    from orchestrator.runtimes import GPU_PROVIDERS, providers
+    from converters.registry import RUNTIMES
+    from verify.runners import providers
 
     known = set(ort.get_all_providers())
-    for runtime, provider in GPU_PROVIDERS.items():
+    gpu = {name: spec.provider for name, spec in RUNTIMES.items() if spec.device == "gpu"}
+    assert set(gpu) == {"onnxruntime-cuda", "tensorrt"}
+    for runtime, provider in gpu.items():
         assert providers(runtime) == [provider, "CPUExecutionProvider"]
         assert set(providers(runtime)) <= known, (runtime, set(providers(runtime)) - known)
