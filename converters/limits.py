@@ -57,7 +57,13 @@ def _tree(pid: int) -> list[int]:
 
 
 def tree_rss(pid: int) -> int:
-    """Resident memory of a process and its descendants, in bytes (0 once it is gone)."""
+    """Resident memory of a process and its descendants, in bytes (0 once it is gone).
+
+    By hand on purpose, not psutil: the watch polls this every 50 ms for the worker's whole
+    life, and psutil's `children(recursive=True)` reads /proc/*/stat of every process on the
+    machine to find them, where the kernel's /proc/PID/task/TID/children lists them directly.
+    Measured (2026-12-06, 75 processes on the machine, psutil 7.2.2): 0.14 ms per poll here,
+    1.30 ms with psutil; the gap grows with a node's process count (docs/usage.md, "Limits")."""
     total = 0
     for member in _tree(pid):
         try:
