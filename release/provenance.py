@@ -96,7 +96,12 @@ def _need(condition: bool, what: str) -> None:
 
 
 def check_statement(statement: dict) -> None:
-    """The fields SLSA v1 provenance requires, with their types (raises ProvenanceError)."""
+    """The fields SLSA v1 provenance requires, with their types (raises ProvenanceError).
+
+    By hand, not with in-toto's library: in-toto-attestation 0.9.3 (in the environment, for
+    model-signing) ships no SLSA provenance predicate, only scai, and its Statement.validate
+    covers the envelope alone (type, a subject with a digest, a predicate type) with
+    messages that do not say which subject ("Wrong statement type")."""
     _need(isinstance(statement, dict), "not a JSON object")
     _need(statement.get("_type") == STATEMENT_TYPE, f"_type is not {STATEMENT_TYPE}")
     _need(statement.get("predicateType") == PREDICATE_TYPE,
