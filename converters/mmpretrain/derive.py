@@ -55,6 +55,19 @@ def _metainfo(model_id: str):
                                          f"{type(exc).__name__}: {exc}") from exc
 
 
+def classes_part(model_config) -> str | None:
+    """Which part of an mmpretrain model config sets its class count: the head's (most), or
+    the backbone's where the classifier is the backbone's own (VGG, InceptionV3: their head is
+    a plain ClsHead over the backbone's logits); None for neither."""
+    for part in ("head", "backbone"):
+        try:
+            int(model_config[part]["num_classes"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+        return part
+    return None
+
+
 def family(model_id: str) -> str:
     """The config folder the model lives in (res2net, deit, swin_transformer, ...)."""
     from mmpretrain.apis.model import ModelHub
@@ -166,14 +179,14 @@ def describe(model_id: str) -> dict:
     info = _metainfo(model_id)
     config = info.config
     config_file = _relative(config.filename)
-    try:
-        num_classes = int(config.model.head.num_classes)
-    except (AttributeError, KeyError, TypeError):
+    part = classes_part(config.model)
+    if part is None:
         raise WorkerError("unsupported", f"{model_id}: its config has no "
-                                         "model.head.num_classes (not a classifier head)"
-                          ) from None
+                                         "model.head.num_classes or model.backbone.num_classes"
+                                         " (not a classifier)")
     out = {"model_id": model_id, "family": Path(config.filename).parent.name,
-           "num_classes": num_classes, "derived_from": {}}
+           "num_classes": int(config.model[part].num_classes),
+           "derived_from": {"num_classes": f"{config_file} (model.{part}.num_classes)"}}
     out["preprocess"] = preprocess_from_config(config, model_id)
     out["input_shape"] = [3, out["preprocess"]["crop"], out["preprocess"]["crop"]]
     out["derived_from"]["preprocess"] = (f"{config_file} (test_dataloader.dataset.pipeline, "

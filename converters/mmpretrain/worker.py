@@ -21,8 +21,13 @@ def build_model(model_id: str, num_classes: int):
     """An mmpretrain ImageClassifier from its model-index name, random init, eval mode."""
     from mmpretrain import get_model
 
+    from converters.mmpretrain.derive import _metainfo, classes_part
+
+    # The class count goes where the config sets it: the head, or for VGG and InceptionV3 the
+    # backbone (derive.classes_part); their ClsHead takes no num_classes.
+    part = classes_part(_metainfo(model_id).config.model) or "head"
     try:
-        model = get_model(model_id, pretrained=False, head=dict(num_classes=num_classes))
+        model = get_model(model_id, pretrained=False, **{part: dict(num_classes=num_classes)})
     except (ValueError, KeyError) as exc:
         raise WorkerError("model_id",
                           f"mmpretrain does not know model {model_id!r}: {exc}") from exc
