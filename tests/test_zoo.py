@@ -207,6 +207,30 @@ def test_wilson_interval_of_a_sampled_pass_rate():
     assert zoo_sweep.wilson(0, 0) == (0.0, 100.0)
 
 
+def test_the_sweep_also_counts_the_models_the_source_itself_runs():
+    """A model the source's own code cannot build or run here (worker_flow.source_failure's
+    words) is left out of the second rate, and the table says both."""
+    rows = [{"model_id": "a", "status": "passed", "seconds": 1.0},
+            {"model_id": "b", "status": "unsupported", "seconds": 1.0,
+             "cause": "build/unsupported: MindCV (MindSpore)'s own code cannot build b here: "
+                      "RuntimeError: x"},
+            {"model_id": "c", "status": "unsupported", "seconds": 1.0,
+             "cause": "convert/export: mindspore.onnx.export wrote no model.onnx"},
+            {"model_id": "d", "status": "passed", "seconds": 1.0}]
+    runs = zoo_sweep.source_runs(rows)
+    assert (runs["models"], runs["passed"]) == (3, 2)
+    assert runs["wilson95"] == pytest.approx(zoo_sweep.wilson(2, 3))
+    summary = {"source": "mindcv", "date": "d", "versions": {}, "selected": 4, "zoo_size": 9,
+               "pattern": None, "sample": 4, "seed": 0, "init": "images",
+               "counts": {"passed": 2, "unsupported": 2}, "causes": {},
+               "coverage_percent": 50.0, "wilson95": zoo_sweep.wilson(2, 4),
+               "seconds_per_model": 1.0, "source_runs": runs}
+    text = zoo_sweep.markdown(summary, rows)
+    assert "**2 of 4 passed (50 %; 95 % Wilson interval 15-85 %)**; unsupported 2; 1 s" in text
+    assert ("Of the 3 models the source's own code runs here: **2 passed (67 %; 95 % Wilson "
+            "interval 21-94 %)**.") in text
+
+
 def test_a_source_whose_own_forward_raises_is_unsupported_naming_the_input():
     """The worker's reference forward: an exception from the source's code (mindcv pvt's
     removed ops.ResizeBilinear) is `unsupported` in its words, with the input shape; the
@@ -382,6 +406,27 @@ def test_mindcv_models_without_a_size_take_their_class_default():
     assert got["vit_b_16_384"]["input_shape"] == [3, 384, 384]
     assert got["resnet18"]["input_shape"] == [3, 224, 224]
     assert "default_cfgs['resnet18']" in got["resnet18"]["derived_from"]["input_shape"]
+
+
+@pytest.mark.slow
+def test_mmpretrain_classifiers_whose_backbone_holds_the_classes_derive_and_build():
+    """mmpretrain's VGG and InceptionV3 configs set num_classes on the backbone (their head is
+    a plain ClsHead): derive reads it there, and the worker builds them with the entry's class
+    count on the backbone (they were `unsupported`, "no model.head.num_classes")."""
+    from orchestrator.derive import describe_many
+
+    got = describe_many("mmpretrain", ["vgg11_8xb32_in1k", "inception-v3_3rdparty_8xb32_in1k",
+                                       "resnet18_8xb32_in1k"])
+    assert got["vgg11_8xb32_in1k"]["num_classes"] == 1000
+    assert got["vgg11_8xb32_in1k"]["derived_from"]["num_classes"].endswith(
+        "vgg11_8xb32_in1k.py (model.backbone.num_classes)")
+    assert got["inception-v3_3rdparty_8xb32_in1k"]["input_shape"] == [3, 299, 299]
+    assert got["resnet18_8xb32_in1k"]["derived_from"]["num_classes"].endswith(
+        "(model.head.num_classes)")
+    code = ("import torch; from converters.mmpretrain.worker import build_model; "
+            "m = build_model('vgg11_8xb32_in1k', 7); "
+            "print(tuple(m(torch.zeros(1, 3, 224, 224), mode='tensor').shape))")
+    assert run_in_env(MM_PYTHON, "-c", code).stdout.strip().splitlines()[-1] == "(1, 7)"
 
 
 @pytest.mark.slow
