@@ -323,6 +323,10 @@ def convert(adapter: Adapter, job: ConvertJob, workdir: Path) -> dict:
                                      entry["model_id"])
         np.save(workdir / "reference_logits.npy", np.asarray(logits, dtype=np.float32))
         result["files"]["reference_logits"] = "reference_logits.npy"
+    with timer.stage("sensitivity"):
+        from converters.worker_tasks import rounding_sensitivity
+
+        result["source_sensitivity"] = rounding_sensitivity(adapter, model, inputs)
     with timer.stage("export"):
         # The reference logits above came from the model as trained; the export is of the
         # inference form the source itself switches to (RepVGG-style re-parameterisation),

@@ -244,3 +244,23 @@ def latency(adapter: Adapter, job: LatencyJob, workdir: Path) -> dict:
         log(f"{adapter.framework} batch {batch}: median {np.median(times) * 1000:.1f} ms")
     return {"versions": adapter.versions(), "rows": rows,
             "threads": int(os.environ["OMP_NUM_THREADS"])}
+
+
+SENSITIVITY_IMAGES = 2
+
+
+def rounding_sensitivity(adapter: Adapter, model, inputs: np.ndarray) -> dict:
+    """How far the source's own logits move when every input value moves by one float32 ulp
+    (its sign at random, seed 0), on the first SENSITIVITY_IMAGES images, both at that batch:
+    the least rounding any other implementation differs by. A trained model moves by about
+    as much as the rounding (1e-6 of its logits); one that amplifies it (a random-init deep
+    ResNeSt here: 8,700 on logits of 11,000) cannot be matched by any float32 conversion
+    within the logit limit, and the verify stage says so when its value check fails."""
+    x = inputs[:SENSITIVITY_IMAGES]
+    sign = np.random.default_rng(0).choice(np.array([-1.0, 1.0], dtype=np.float32), x.shape)
+    nudged = np.nextafter(x, np.where(sign > 0, np.inf, -np.inf).astype(np.float32))
+    base = np.asarray(adapter.forward(model, x, len(x)), dtype=np.float64)
+    moved = np.asarray(adapter.forward(model, nudged, len(x)), dtype=np.float64)
+    return {"images": int(len(x)), "max_abs_logit_change": float(np.abs(moved - base).max()),
+            "max_abs_logit": float(np.abs(base).max()),
+            "nudge": "each input value moved by one float32 ulp, its sign at random (seed 0)"}

@@ -56,6 +56,13 @@ def test_three_sources_side_by_side_in_one_run(three_sources):
                  for n in THREE_SOURCES}
     assert sorted(framework.values()) == ["mindcv", "mmpretrain", "paddleclas"]
     assert "3/3 passed" in stdout
+    # Each source's own rounding sensitivity was measured, and these trained-like models move
+    # by less than the logit limit under a one-ulp input change (a chaotic one would not).
+    for name in THREE_SOURCES:
+        report = read_report(out, name)
+        moved = report["verification"]["source_sensitivity"]["max_abs_logit_change"]
+        [limit] = {c["limit"] for c in report["checks"] if c["name"] == "max_abs_diff"}
+        assert 0 < moved < limit, (name, moved, limit)
 
 
 def test_bad_ckpts_and_optimizer_state(checkpoints, tmp_path):
