@@ -170,6 +170,18 @@ def test_mindcv_vit_exports_through_the_unstack_rewrite_and_runs_at_any_batch(tm
                                    for c in batch)
 
 
+def test_a_mindcv_export_is_the_same_file_whatever_the_process_ran_before():
+    """MindSpore names the graph after process-wide compile counters; a warm worker's second
+    export of a model (or one after another forward) would be another file, and the
+    artifact's digest would depend on where the job ran. converters/mindcv/worker.py
+    stable_graph_name drops the counters."""
+    from conftest import MINDSPORE_PYTHON, REPO, run_in_env
+
+    proc = run_in_env(MINDSPORE_PYTHON, str(REPO / "tests" / "helpers" / "ms_export_twice.py"),
+                      "squeezenet1_0")
+    assert proc.stdout.split()[-2:] == ["True", "mindcv_models_squeezenet_SqueezeNet_construct"]
+
+
 def test_each_paddleclas_rewrite_is_needed_exact_and_exports():
     """Per rule of converters/paddleclas/rewrites.py, on a small network with weights unlike an
     init's: paddle2onnx writes each GroupNorm as an InstanceNormalization whose epsilon is not

@@ -11,7 +11,9 @@ always built with the manifest's num_classes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -141,7 +143,7 @@ class MindCVAdapter:
         try:
             # Functions a construct calls that the exporter cannot write are replaced while
             # it parses the network (rewrites.FUNCTION_RULES), and put back after.
-            with rewrites.functions_rewritten(model) as called:
+            with rewrites.functions_rewritten(model) as called, logged_errors() as errors:
                 ms_onnx.export(model, ms.Tensor(sample), file_name=str(path),
                                input_names=["input"], output_names=["logits"],
                                dynamic_axes=axes)
@@ -150,11 +152,38 @@ class MindCVAdapter:
                                         f"{str(exc)[:400]}") from exc
         fixups = rewrites.notes({**counts, **called})
         if not path.exists():
-            raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}")
+            # MindSpore 2.7's exporter logs a failed write ("Failed to write ONNX file"),
+            # removes the file and returns: its log is the only account of why.
+            said = "; ".join(errors)[:400] or "and logged no error"
+            raise WorkerError("export", f"mindspore.onnx.export wrote no {path.name}: {said}")
+        stable_graph_name(path)
         if dynamic_batch:
             fixups += (free_traced_batch(path) + batch_from_concat(path)
                        + declare_output_batch(path))
         return fixups
+
+
+@contextlib.contextmanager
+def logged_errors():
+    """The messages MindSpore's own logger records at ERROR or above while the block runs
+    (it logs some failures instead of raising them)."""
+    import logging
+
+    from mindspore import log as ms_log
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep(logging.ERROR)
+    logger = ms_log._get_logger()   # noqa: SLF001 - MindSpore exposes no other handle on it
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
 
 
 def free_traced_batch(path: Path) -> list[str]:
@@ -298,6 +327,20 @@ def _drop_if_unused(graph, name: str) -> None:
         graph.initializer.remove(init)
     for node in [n for n in graph.node if n.op_type == "Constant" and name in n.output]:
         graph.node.remove(node)
+
+
+def stable_graph_name(path: Path) -> None:
+    """MindSpore names the exported graph after its compile counters, which count every graph
+    the process compiled before ('4622_2312_mindcv_models_res2net_Res2Net_construct_167'), so
+    the same model exported by a warm worker after other jobs, or after another forward,
+    would be another file. The counters are dropped: the name says the cell's construct."""
+    import onnx  # after mindspore: see the import at the top
+
+    model = onnx.load(str(path))
+    found = re.fullmatch(r"\d+_\d+_(.+?)(_\d+)?", model.graph.name)
+    if found and found.group(1) != model.graph.name:
+        model.graph.name = found.group(1)
+        onnx.save(model, str(path))
 
 
 def declare_output_batch(path: Path) -> list[str]:
