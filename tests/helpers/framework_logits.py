@@ -6,7 +6,10 @@ module, so a test compares the pipeline's ONNX against an independent path.
 
     python tests/helpers/framework_logits.py ARCH CHECKPOINT INPUTS.npy OUT.npy
     ARCH: mmpretrain:MODEL_ID | timm:NAME
+With FAULT_BN_EPS=E in the environment, every BatchNorm computes with epsilon E: a
+conversion fault (a wrong epsilon) made in the source, for the gate's fault tests.
 """
+import os
 import sys
 import warnings
 
@@ -36,6 +39,12 @@ def main(arch, checkpoint, inputs, out):
         model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
         run = model
     model.eval()
+    if os.environ.get("FAULT_BN_EPS"):
+        changed = [m for m in model.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert changed, "no BatchNorm layer"
+        for module in changed:
+            module.eps = float(os.environ["FAULT_BN_EPS"])
     with torch.no_grad():
         np.save(out, run(x).numpy())
 

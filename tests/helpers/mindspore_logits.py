@@ -5,6 +5,8 @@ mindspore.load_checkpoint + load_param_into_net path, PyNative mode (the pipelin
 runs in graph mode, so this is also a second execution mode).
 
     python tests/helpers/mindspore_logits.py MODEL_ID CHECKPOINT INPUTS.npy OUT.npy
+With FAULT_BN_EPS=E in the environment, every BatchNorm computes with epsilon E (a fault for
+the gate's fault tests).
 """
 import os
 import sys
@@ -21,6 +23,14 @@ def main(model_id, checkpoint, inputs, out):
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
     assert not not_loaded, not_loaded[:3]
     net.set_train(False)
+    if os.environ.get("FAULT_BN_EPS"):
+        eps = float(os.environ["FAULT_BN_EPS"])
+        changed = [c for _, c in net.cells_and_names() if isinstance(c, ms.nn.BatchNorm2d)]
+        assert changed, "no BatchNorm layer"
+        for cell in changed:
+            cell.eps = eps
+            cell.bn_infer = ms.ops.BatchNorm(is_training=False, epsilon=eps,
+                                             data_format=cell.format)
     np.save(out, net(ms.Tensor(np.load(inputs))).asnumpy())
 
 
