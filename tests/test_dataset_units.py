@@ -237,4 +237,5 @@ def test_make_runner_passes_threads_and_spinning_on_and_names_the_runtimes_it_kn
     assert make_runner("openvino", model, 2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
     with pytest.raises(ValueError) as caught:
         make_runner("tflite", model)
-    assert str(caught.value) == "unknown runtime 'tflite'; known: onnxruntime, openvino"
+    assert str(caught.value) == ("unknown runtime 'tflite'; known: onnxruntime, openvino, "
+                                 "onnxruntime-cuda, tensorrt")

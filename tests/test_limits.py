@@ -212,14 +212,18 @@ def test_an_image_over_the_pixel_limit_is_unreadable_and_never_decoded(tmp_path)
     assert "huge.png" in decoded
     # 0 turns the check off (docs/usage.md, "Limits"), in the workers' loader and in the job they
     # are given, and in the contract's own preprocessing.
+    from converters.protocol import CaptureJob
     from converters.worker_flow import _max_pixels
     from deploy.preprocess import PreprocessError, preprocess
 
+    def job(**limit):
+        return CaptureJob(entry={}, checkpoint="c", images=[], **limit)
+
     decoded.clear()
-    off = list(batches([str(huge)], per_image, stack, 4, 1, max_pixels=_max_pixels(
-        {"max_image_pixels": 0})))
+    off = list(batches([str(huge)], per_image, stack, 4, 1,
+                       max_pixels=_max_pixels(job(max_image_pixels=0))))
     assert "huge.png" in decoded and "too large" not in off[0].unreadable[0]["error"]
-    assert _max_pixels({}) == 50_000_000 and _max_pixels({"max_image_pixels": 7}) == 7
+    assert _max_pixels(job()) == 50_000_000 and _max_pixels(job(max_image_pixels=7)) == 7
     spec = {"decode": {"library": "pillow"}, "resize": None, "crop": None}
     with pytest.raises(PreprocessError, match="too large"):
         preprocess(huge, spec, max_pixels=10)
