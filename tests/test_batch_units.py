@@ -421,5 +421,8 @@ def test_a_source_that_amplifies_rounding_is_named_in_its_failed_value_check():
     assert [c.detail for c in found[1:]] == ["", "limit = ..."]
     steady = checks()
     assert amplified_rounding(steady, {**chaotic, "max_abs_logit_change": 0.2}) == []
+    zero = [Check("max_abs_diff", False, 1e-6, 0.0, "", {"model": "simplified"})]
+    assert len(amplified_rounding(zero, {**chaotic, "max_abs_logit_change": 4e-5})) == 1
+    assert "(over the limit, on 2 images)" in zero[0].detail   # no division by a zero limit
     assert [c.detail for c in steady] == [c.detail for c in checks()]
 

@@ -56,7 +56,7 @@ def test_openmmlab_checkpoint_converts_at_any_batch_size(three_sources, checkpoi
     for stage in ("fetch", "convert", "simplify", "verify", "total"):
         assert report["timings"][stage] > 0
     assert set(report["timings"]["worker"]) == {"build", "load", "preprocess", "reference",
-                                                "export"}
+                                                "sensitivity", "export"}
 
     # Any batch size: ORT on batches of 1, 3 and 7 against mmpretrain's own loading path.
     inputs = random_inputs(11, seed=5)
@@ -229,6 +229,9 @@ def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_pa
     worst = [c for c in strict["checks"] if c["name"] == "max_abs_diff" and not c["passed"]]
     assert worst and worst[0]["measured"] > 0.0 and worst[0]["limit"] == 0.0
     assert strict["decided_by"].startswith("max_abs_diff")
+    # A zero limit is below any rounding: the failed check says the source itself moves by
+    # more under a one-ulp input change (and no ratio to a zero limit).
+    assert "over the limit" in worst[0]["detail"]
     assert not (out / "too-strict" / "model.onnx").exists()
     assert (out / "too-strict" / "worker.log").exists()
     assert MM_PYTHON.exists()

@@ -67,11 +67,11 @@ def amplified_rounding(checks: list[Check], sensitivity: dict) -> list[str]:
     for check in failed(checks):
         if check.name != "max_abs_diff" or not moved > check.limit:
             continue
+        times = f"{moved / check.limit:.3g}x the limit" if check.limit else "over the limit"
         note = (f"the source itself is this sensitive: a one-ulp change of its input moves "
-                f"its logits by {moved:.3g} ({moved / check.limit:.3g}x the limit, on "
-                f"{sensitivity['images']} images), so it amplifies float32 rounding and "
-                "this difference may be rounding, not a conversion fault; trained "
-                "checkpoints rarely do this")
+                f"its logits by {moved:.3g} ({times}, on {sensitivity['images']} images), "
+                "so it amplifies float32 rounding and this difference may be rounding, not a "
+                "conversion fault; trained checkpoints rarely do this")
         check.detail = f"{check.detail}; {note}" if check.detail else note
         notes.append(f"{check.scope.get('model')}: {note}")
     return notes
