@@ -37,6 +37,8 @@ MS_RULES = {"HSwish": ("HSwish", "x * relu6(x + 3) / 6"),
                                           "a constant for one image (the same for every "
                                           "image), then its projection"),
             "XCA": ("L2Normalize", "L2Normalize(-1) as x / sqrt(max(sum(x^2), 1e-4))"),
+            "L2Normalize": ("L2Normalize", "x / sqrt(max(sum(x^2) along its axis, its "
+                                           "epsilon))"),
             "Interpolate(bilinear, align_corners)": ("ResizeBilinearV2", "two matrix products "
                                                      "with constant bilinear weights"),
             "MobileViTBlock": ("Reshape", "unfolding and folding with the batch left to -1"),
@@ -51,7 +53,7 @@ MS_RULES = {"HSwish": ("HSwish", "x * relu6(x + 3) / 6"),
 # applied as matrix products (1.7e-6 on outputs up to about 5).
 MS_RULE_DIFF = {"HSwish": 0.0, "HSigmoid": 0.0, "Unstack(axis=0)": 0.0,
                 "GELU(approximate=False)": 2e-6, "GroupNorm": 1e-6,
-                "PositionalEncodingFourier": 1e-6, "XCA": 1e-6,
+                "PositionalEncodingFourier": 1e-6, "XCA": 1e-6, "L2Normalize": 1e-6,
                 "Interpolate(bilinear, align_corners)": 4e-6, "MobileViTBlock": 0.0,
                 "WindowReverse": 0.0, "ops.unstack": 0.0}
 

@@ -143,6 +143,22 @@ def _without_mask(cell):
     return cell
 
 
+class _L2Normalize(nn.Cell):
+    """ops.L2Normalize(axis, epsilon) held as an attribute (mindcv swinv2's cosine attention,
+    `self.Normalize = ops.L2Normalize(axis=-1, epsilon=1e-12)`), with its own axis and
+    epsilon: x / sqrt(max(sum(x^2 along axis), epsilon))."""
+
+    def __init__(self, primitive):
+        super().__init__()
+        axis = primitive.axis
+        self.axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+        self.epsilon = float(primitive.epsilon)
+
+    def construct(self, x):
+        return x / ops.sqrt(ops.maximum((x * x).sum(axis=self.axis, keepdims=True),
+                                        self.epsilon))
+
+
 def _l2_normalize(x, epsilon=1e-4):
     """ops.L2Normalize(axis=-1): x / sqrt(max(sum(x^2), epsilon)), as MindSpore defines it."""
     return x / ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), epsilon))

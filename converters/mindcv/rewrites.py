@@ -20,6 +20,8 @@ MindSpore 2.7.2's exporter stops with `Can not find key X in convert map` on:
   rounding of sin/cos, 2.4e-7 on the test network;
 - L2Normalize, which mindcv edgenext's XCA attention makes inside its construct: the cell's
   construct is swapped for mindcv's own with x / sqrt(max(sum(x^2), 1e-4)) in its place;
+  and which mindcv swinv2's cosine attention holds as an attribute (axis -1, epsilon 1e-12):
+  replaced by the same formula with the primitive's own axis and epsilon;
 - ResizeBilinearV2, which mindcv's Interpolate(mode="bilinear", align_corners=True) runs
   (MobileViT where its patches do not divide a feature map): two matrix products with
   constant bilinear weights (rows, then columns); 5.2e-7 on the test network.
@@ -56,7 +58,8 @@ from typing import Callable
 from mindspore import nn, ops
 
 from converters.mindcv.rewrite_cells import (_XCA, _GELUErf, _GroupNorm, _HSigmoid, _HSwish,
-                                              _Interpolate, _MobileViTBlock, _PositionalEncodings,
+                                              _Interpolate, _L2Normalize, _MobileViTBlock,
+                                              _PositionalEncodings,
                                               _Unstack, _WindowReverse, _bilinear_align_corners,
                                               _interpolate_as_matmul, _mobilevit_batch_free,
                                               _unstack, _window_reverse_batch_free,
@@ -96,6 +99,9 @@ RULES: tuple[Rule, ...] = (
     # mindcv edgenext's cross-covariance attention makes ops.L2Normalize(-1) in its construct.
     Rule("XCA", "L2Normalize", lambda c: type(c) in _XCA,
          _xca_without_l2normalize, "L2Normalize(-1) as x / sqrt(max(sum(x^2), 1e-4))"),
+    # mindcv swinv2's cosine attention holds ops.L2Normalize(axis=-1, epsilon=1e-12).
+    Rule("L2Normalize", "L2Normalize", lambda c: type(c) is ops.L2Normalize, _L2Normalize,
+         "x / sqrt(max(sum(x^2) along its axis, its epsilon))"),
     # mindcv's Interpolate(mode="bilinear", align_corners=True) (MobileViT, at sizes its
     # patches do not divide).
     Rule("Interpolate(bilinear, align_corners)", "ResizeBilinearV2",

@@ -64,6 +64,21 @@ class PositionNet(nn.Cell):
         return y + self.pos(b, h, w) * self.again(b, h, w)
 
 
+class L2NormalizeNet(nn.Cell):
+    """As mindcv swinv2's WindowCosineAttention: ops.L2Normalize held as an attribute, with
+    swinv2's axis and epsilon and with the defaults along another axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.first = ops.L2Normalize(axis=-1, epsilon=1e-12)
+        self.second = ops.L2Normalize(axis=1)
+
+    def construct(self, x):
+        y = self.first(self.conv(x))
+        return self.second(y * 3.0 - 1.0)
+
+
 class XCANet(nn.Cell):
     """mindcv edgenext's XCA attention twice, on the (B, H*W, C) tokens of a conv."""
 
@@ -181,7 +196,7 @@ NETS = {"HSwish": lambda: Net(nn.HSwish), "HSigmoid": lambda: Net(nn.HSigmoid),
         # gamma and beta drawn at random: ones and zeros would hide a swapped affine.
         "GroupNorm": lambda: Net(lambda: nn.GroupNorm(2, 4, gamma_init="normal",
                                                       beta_init="normal")),
-        "PositionalEncodingFourier": PositionNet, "XCA": XCANet,
+        "PositionalEncodingFourier": PositionNet, "XCA": XCANet, "L2Normalize": L2NormalizeNet,
         "Interpolate(bilinear, align_corners)": ResizeNet, "MobileViTBlock": MobileViTNet,
         "WindowReverse": WindowNet, "ops.unstack": FunctionUnstackNet}
 
