@@ -135,6 +135,45 @@ def test_swin_window_reverse_rewrite_keeps_the_batch_dynamic(tmp_path):
     assert all(c["passed"] and c["scope"]["batch_sizes"] == [16, 1] for c in batch)
 
 
+def test_a_reshape_of_a_constant_keeps_its_traced_shape(tmp_path):
+    """free_traced_batch frees only Reshapes fed from the graph's input. mindcv swinv2's
+    attention mask, a constant (nW, N, N) reshaped to (1, -1, 1, N, N), was given a 0 first
+    (the constant's own leading dimension, nW): (nW, 1, 1, N, N), which onnx.checker refused
+    at the Add beside it. Here a constant (2, 3) mask reshaped to [1, -1, 3] beside an input
+    reshaped to [1, 8]."""
+    model = tmp_path / "m.onnx"
+    run_mindspore("-c", (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from converters.mindcv.worker import free_traced_batch\n"
+        "import onnx\n"
+        "from onnx import helper, numpy_helper, TensorProto\n"
+        "inits = [numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), 'mask'),"
+        " numpy_helper.from_array(np.array([1, -1, 3], np.int64), 'mask_shape'),"
+        " numpy_helper.from_array(np.array([1, 8], np.int64), 'x_shape')]\n"
+        "nodes = [helper.make_node('Reshape', ['mask', 'mask_shape'], ['m']),"
+        " helper.make_node('Reshape', ['input', 'x_shape'], ['y'])]\n"
+        "graph = helper.make_graph(nodes, 'g',"
+        " [helper.make_tensor_value_info('input', TensorProto.FLOAT, ['batch', 2, 4])],"
+        " [helper.make_tensor_value_info('m', TensorProto.FLOAT, None),"
+        "  helper.make_tensor_value_info('y', TensorProto.FLOAT, None)], inits)\n"
+        "onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]),"
+        " sys.argv[1])\n"
+        "print(free_traced_batch(Path(sys.argv[1])))\n"), str(model))
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    saved = onnx.load(str(model))
+    shapes = {i.name: numpy_helper.to_array(i).tolist() for i in saved.graph.initializer}
+    assert shapes["mask_shape"] == [1, -1, 3]     # as traced
+    assert shapes["x_shape"] == [-1, 8]           # the batch from the element count
+    inferred = shape_inference.infer_shapes(saved, strict_mode=True)
+    dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+            for o in inferred.graph.output}
+    assert dims["m"] == [1, 2, 3]
+
+
 def test_mindspore_static_reshapes_take_the_batch_from_the_element_count(tmp_path):
     """MindSpore writes each Reshape with the shape traced at batch 1 (shufflenet_v2's channel
     shuffle `[24, 2, 784]`): the graph failed at batch 2 in onnxsim. With the leading

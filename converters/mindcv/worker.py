@@ -197,14 +197,22 @@ def free_traced_batch(path: Path) -> list[str]:
     gets 0 first: the input's own leading dimension, the batch. Where the batch is not
     in the leading dimension this computes other values at batch > 1, and the logit gate,
     which compares batch 1 with the verification batch and both with the source
-    (verify/batch.py), fails the model: nothing wrong ships."""
+    (verify/batch.py), fails the model: nothing wrong ships.
+    A Reshape of a constant (no path from the graph's input) is left as written: its shape
+    is the same at every batch. mindcv swinv2's attention mask, (nW, N, N) reshaped to
+    (1, -1, 1, N, N), became (nW, 1, 1, N, N) with a 0 first."""
     import numpy as np
     import onnx  # after mindspore: see the import at the top
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
+    constant = {init.name for init in model.graph.initializer}
+    varying = {i.name for i in model.graph.input} - constant
+    for node in model.graph.node:   # in topological order, as ONNX requires
+        if any(name in varying for name in node.input):
+            varying.update(node.output)
     targets = {node.input[1] for node in model.graph.node
-               if node.op_type == "Reshape" and len(node.input) > 1}
+               if node.op_type == "Reshape" and len(node.input) > 1 and node.input[0] in varying}
 
     def freed(tensor) -> bool:
         shape = numpy_helper.to_array(tensor)
