@@ -292,7 +292,8 @@ def add(source, model_id, name, num_classes, checkpoint_url, sha256, manifest):
 @click.argument("source", type=click.Choice(list(SOURCES)))
 @click.argument("pattern", default="")
 def list_models_cmd(source, pattern):
-    """List SOURCE's image classifiers (id and family), optionally only those matching
+    """List SOURCE's image classifiers (id, family, and the dataset where the source names
+    one other than ImageNet-1k), optionally only those matching
     PATTERN (a substring or shell pattern such as 'res2net*', any case). Asks the installed
     source package itself; `pipeline.py add SOURCE ID` turns one into a manifest entry."""
     from orchestrator.derive import DeriveFailed, list_models
@@ -307,7 +308,9 @@ def list_models_cmd(source, pattern):
         sys.exit(1)
     width = max(len(m["model_id"]) for m in models)
     for m in models:
-        click.echo(f"{m['model_id']:<{width}}  {m['family']}")
+        other = m.get("dataset") not in (None, "ImageNet-1k")
+        click.echo(f"{m['model_id']:<{width}}  {m['family']}"
+                   + (f"  ({m['dataset']}, not ImageNet-1k)" if other else ""))
     click.echo(f"{len(models)} {source} model(s)" + (f" matching {pattern!r}" if pattern
                                                       else ""))
 

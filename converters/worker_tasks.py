@@ -69,12 +69,15 @@ def describe(adapter: Adapter, job: DescribeJob, workdir: Path) -> dict:
 
 def list_models(adapter: Adapter, job: ListJob, workdir: Path) -> dict:
     """The source's classifier ids (matching a shell-style or substring pattern, any case),
-    each with its family."""
+    each with its family, and the dataset its results are on where the source says (None
+    where it does not: PaddleClas's and MindCV's registries are ImageNet-1k models)."""
     derive = importlib.import_module(adapter.derive_module)
     pattern = job.pattern.lower()
     ids = [i for i in derive.model_ids() if not pattern or pattern in i.lower()
            or fnmatch.fnmatch(i.lower(), pattern)]
-    return {"models": [{"model_id": i, "family": derive.family(i)} for i in ids],
+    dataset = getattr(derive, "dataset", lambda _: None)
+    return {"models": [{"model_id": i, "family": derive.family(i), "dataset": dataset(i)}
+                       for i in ids],
             "versions": adapter.versions()}
 
 

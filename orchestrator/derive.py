@@ -62,7 +62,8 @@ def describe_many(source: str, model_ids: list[str], timeout: float = 3600.0
 
 
 def list_models(source: str, pattern: str = "", timeout: float = DESCRIBE_TIMEOUT) -> list[dict]:
-    """[{model_id, family}] of the source's classifiers matching PATTERN."""
+    """[{model_id, family, dataset}] of the source's classifiers matching PATTERN (dataset:
+    what the source's own results are on, None where it does not say)."""
     return _worker(source, ListJob(pattern=pattern, threads=1),
                    f"list-{source}", timeout, None)["models"]
 

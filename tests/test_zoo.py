@@ -181,6 +181,14 @@ def test_sweep_picks_the_same_sample_for_the_same_seed_and_explains_causes():
     first = zoo_sweep.pick(zoo, 5, 7, "", [])
     assert first == zoo_sweep.pick(zoo, 5, 7, "", []) and len(first) == 5
     assert first != zoo_sweep.pick(zoo, 5, 8, "", [])
+    # Coverage is of ImageNet-1k classifiers: a model the source says is of another dataset
+    # is never drawn, but can still be named.
+    mixed = [{**m, "dataset": "CIFAR-10" if i % 2 else ("ImageNet-1k" if i % 4 else None)}
+             for i, m in enumerate(zoo)]
+    drawn = zoo_sweep.pick(mixed, None, 0, "", [])
+    assert [m["model_id"] for m in drawn] == sorted(f"net{i}" for i in range(0, 40, 2))
+    assert len(zoo_sweep.pick(mixed, 30, 0, "", [])) == 20
+    assert zoo_sweep.pick(mixed, None, 0, "", ["net1"])[0]["dataset"] == "CIFAR-10"
     assert [m["model_id"] for m in zoo_sweep.pick(zoo, None, 0, "net1*", [])] == \
         ["net1"] + [f"net1{i}" for i in range(10)]
     failed = {"checks": [{"name": "cosine_min", "passed": False, "measured": 0.9,
@@ -465,6 +473,14 @@ def test_add_for_each_source_writes_a_reviewable_entry_and_refuses_a_typo(tmp_pa
     listed = run_pipeline("list-models", "paddleclas", "mobilenetv3_small*")
     assert listed.returncode == 0
     assert "MobileNetV3_small_x0_35" in listed.stdout and "mobilenet_v3" in listed.stdout
+    assert "not ImageNet-1k" not in listed.stdout
+    # mmpretrain's metafile names the dataset: its CIFAR configs say so (and the zoo sweep
+    # leaves them out of its ImageNet-1k sample).
+    listed = run_pipeline("list-models", "mmpretrain", "resnet50_8xb*")
+    assert listed.returncode == 0
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[:-1]}
+    assert lines["resnet50_8xb16_cifar10"].endswith("(CIFAR-10, not ImageNet-1k)")
+    assert "not ImageNet-1k" not in lines["resnet50_8xb32_in1k"]
 
 
 @pytest.mark.slow

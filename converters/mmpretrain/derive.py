@@ -77,6 +77,18 @@ def family(model_id: str) -> str:
     return Path(config if isinstance(config, str) else config.filename).parent.name
 
 
+def dataset(model_id: str) -> str | None:
+    """The dataset mmpretrain's metafile gives the model's results on (ImageNet-1k for 436 of
+    its 448 classifiers; CIFAR-10/100 and CUB-200-2011 for the rest); None where it gives
+    none or several."""
+    from mmpretrain.apis.model import ModelHub
+
+    ModelHub._register_mmpretrain_models()
+    results = ModelHub._models_dict[model_id.lower()].results or []
+    named = {r.dataset for r in results if getattr(r, "dataset", None)}
+    return named.pop() if len(named) == 1 else None
+
+
 def _square(size, model_id: str, what: str) -> int:
     """An int, or a list/tuple of equal ints; WorkerError('unsupported') otherwise."""
     if isinstance(size, (list, tuple)):
