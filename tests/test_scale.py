@@ -118,10 +118,15 @@ def _cluster_driver(c, manifest, checkpoints, name, out, data):
 
 
 @IN_CLUSTER
-def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, shared_manifest,
-                                                       shared_data, tmp_path, request):
+def test_node_removed_mid_shard_gives_the_same_figures(three_sources, cluster, checkpoints,
+                                                       shared_manifest, shared_data, tmp_path):
     """A node removed while shards run: Ray reruns its shard elsewhere and the figures are
-    the local run's (conftest.three_sources, its fp32 model)."""
+    the local run's (conftest.three_sources, its fp32 model).
+
+    This test asks for three_sources first, so that it makes it while the other worker runs
+    test_ray_reports_the_local_figures_on_three_sources (which asks for it after its Ray
+    run): when both asked at their end, one worker made it while the other waited idle, about
+    3 minutes of one core at the start of every suite."""
     c, nodes, work = cluster
     name = "res2net50-w14-s8"
     proc, log = _cluster_driver(c, shared_manifest, checkpoints, name, tmp_path / "ray",
@@ -145,7 +150,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(cluster, checkpoints, sha
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     assert len(seen) >= 4, f"no shard was rerun after its node was removed: {sorted(seen)}"
-    local, _ = request.getfixturevalue("three_sources")   # only now: it may be in the making
+    local, _ = three_sources
     a, b = read_report(local, name), read_report(tmp_path / "ray", name)
     assert b["accuracy"]["throughput"]["shards"] == 3
     assert b["accuracy"]["source"]["images"] == DATA_IMAGES and b["accuracy"]["unreadable"] == 2
