@@ -387,6 +387,30 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
     assert caught.value.message == (f"{refused.message}\nexported at a fixed batch 1 instead: "
                                     "convert/export: paddle2onnx failed at opset 13")
 
+    # A graph that holds its traced batch (a failed batch check, not an error): exported
+    # again at a fixed batch 1, the check that made it so in the report. (mindcv convit_tiny
+    # went this way in the zoo test until its constant Reshapes were left as traced.)
+    from verify.compare import Check
+    held = Check("batch_independent", False, 0.7, 1e-4,
+                 "batch 16 vs 1: the graph holds batch 1 at node '12Mul'",
+                 {"model": "exported"})
+    tries.clear()
+    monkeypatch.setattr(run, "_stages", stages([([held], {}, True), ([], {}, True)]))
+    ctx = context()
+    assert run.run_stages(ctx) == ([], {}, True) and tries == [True, False]
+    assert ctx.report["onnx"]["batch"]["fixed"] == 1
+    assert ctx.report["onnx"]["batch"]["dynamic_batch_tried"] == {"check": held.as_dict()}
+    assert ctx.report["warnings"] == ["fixed batch 1: the dynamic-batch graph held its traced "
+                                      "batch (report: onnx.batch)"]
+    # At a fixed batch, failing again: the fixed-batch run's own checks stand, no third try.
+    tries.clear()
+    monkeypatch.setattr(run, "_stages", stages([([held], {}, True), ([held], {}, False)]))
+    assert run.run_stages(context()) == ([held], {}, False) and tries == [True, False]
+    # With the fallback off, the failed check is the entry's verdict: no retry.
+    tries.clear()
+    monkeypatch.setattr(run, "_stages", stages([([held], {}, True)]))
+    assert run.run_stages(context(False)) == ([held], {}, True) and tries == [True]
+
     for outcome, fallback in [(StageError("fetch", "digest", "wrong file"), True),
                               (refused, False)]:
         tries.clear()

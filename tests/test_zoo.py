@@ -538,13 +538,12 @@ def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(t
     # at the 256 px of MindCV's own config, through two (its bilinear resize as matrix
     # products, its blocks' batch left to -1), both unsupported before. (Each rule:
     # test_export_rewrites.py.) coat's class token and padding, constants at the traced
-    # batch 1 entering Concats, take the graph's batch (was a failed batch check). And one
-    # whose export still holds the traced batch (convit's attention, past its class token,
-    # which took the batch too): exported again at a fixed batch 1 and passed as such, the
-    # failed batch check that made it so, naming the node, in its report (with the
-    # fallback off, that check fails the entry: below). It was a failed check; before, a
-    # pipeline error at onnxsim's run at batch 2, and before its class token's fix,
-    # onnx.checker refused its declared shapes.
+    # batch 1 entering Concats, take the graph's batch (was a failed batch check). convit,
+    # whose class token takes the batch the same way, runs at any batch since its constant
+    # Reshapes keep their traced shapes (free_traced_batch): it shipped at a fixed batch 1
+    # (the fallback after a failed batch check, now tested in test_batch_units.py), before
+    # that it was a failed check, a pipeline error at onnxsim's run at batch 2, and before its
+    # class token's fix, onnx.checker refused its declared shapes.
     ("mindcv", "edgenext_xx_small,mobilevit_xx_small,xcit_tiny_12_p16_224,coat_lite_tiny,"
                "convit_tiny,rexnet_10",
      {"edgenext_xx_small": "passed", "mobilevit_xx_small": "passed",
@@ -627,9 +626,10 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
             now = report["source"]["worker"]
             assert now["pid"] == first["pid"] and now["job"] > first["job"], (first, now)
         if row["model_id"] == "convit_tiny":
-            _check_fixed_batch(report, report_file.parent, tmp_path)
-        else:
-            assert "batch" not in report["onnx"], report["onnx"]["batch"]
+            fixups = " ".join(report["source"]["export_fixups"])
+            assert "constant(s) at the traced batch 1 entering a Concat" in fixups, fixups
+        # a dynamic batch: no fixed-batch fallback
+        assert "batch" not in report["onnx"], report["onnx"]["batch"]
         if row["model_id"] == "MicroNet_M3":
             tried = [t["optimizer"] for t in report["onnx"]["onnxsim_failed"]]
             assert tried[0] == "on" and "re-use buffer" in report["onnx"]["onnxsim_failed"][0][
@@ -652,26 +652,3 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
         resumed = json.loads((tmp_path / f"{source}.json").read_text())
         assert {r["model_id"]: r["status"] for r in resumed["models"]} == got
 
-
-def _check_fixed_batch(report: dict, artifact: Path, sweep: Path) -> None:
-    """mindcv convit_tiny: its dynamic-batch graph holds the traced batch in its attention,
-    so it ships at a fixed batch 1, said in the report, the warning, the graph and the
-    contract; with export.fixed_batch_fallback off, the batch check fails the entry."""
-    tried = report["onnx"]["batch"]["dynamic_batch_tried"]["check"]
-    assert report["onnx"]["batch"]["fixed"] == 1
-    assert tried["name"] == "batch_independent" and "Mul" in tried["detail"], tried
-    assert report["onnx"]["inputs"][0]["shape"] == [1, 3, 224, 224]
-    assert any(w.startswith("fixed batch 1: the dynamic-batch graph held its traced batch")
-               for w in report["warnings"]), report.get("warnings")
-    assert "WARNING: fixed batch 1" in report["decided_by"]
-    assert json.loads((artifact / "preprocess.json").read_text())["input"]["batch"] == 1
-
-    entries = yaml.safe_load((sweep / "mindcv.manifest.yaml").read_text())["models"]
-    (entry,) = [e for e in entries if e["model_id"] == "convit_tiny"]
-    entry["export"] = {"fixed_batch_fallback": False}
-    (sweep / "strict.yaml").write_text(yaml.safe_dump({"version": 1, "models": [entry]}))
-    run_pipeline("--manifest", str(sweep / "strict.yaml"), "--out", str(sweep / "strict"))
-    strict = json.loads((sweep / "strict" / entry["name"] / "report.json").read_text())
-    assert strict["status"] == "failed", strict["decided_by"]
-    assert strict["checks"][0]["name"] == "batch_independent"
-    assert "Mul" in strict["checks"][0]["detail"] and "batch" not in strict.get("onnx", {})
