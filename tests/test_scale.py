@@ -125,8 +125,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(three_sources, cluster, c
 
     This test asks for three_sources first, so that it makes it while the other worker runs
     test_ray_reports_the_local_figures_on_three_sources (which asks for it after its Ray
-    run): when both asked at their end, one worker made it while the other waited idle, about
-    3 minutes of one core at the start of every suite."""
+    run): when both asked at their end, one worker made it while the other waited idle."""
     c, nodes, work = cluster
     name = "res2net50-w14-s8"
     proc, log = _cluster_driver(c, shared_manifest, checkpoints, name, tmp_path / "ray",

@@ -155,13 +155,13 @@ class _L2Normalize(nn.Cell):
         self.epsilon = float(primitive.epsilon)
 
     def construct(self, x):
-        return x / ops.sqrt(ops.maximum((x * x).sum(axis=self.axis, keepdims=True),
-                                        self.epsilon))
+        return _l2_normalize(x, self.epsilon, self.axis)
 
 
-def _l2_normalize(x, epsilon=1e-4):
-    """ops.L2Normalize(axis=-1): x / sqrt(max(sum(x^2), epsilon)), as MindSpore defines it."""
-    return x / ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), epsilon))
+def _l2_normalize(x, epsilon=1e-4, axis=-1):
+    """ops.L2Normalize(axis, epsilon): x / sqrt(max(sum(x^2 along axis), epsilon)), as
+    MindSpore defines it."""
+    return x / ops.sqrt(ops.maximum((x * x).sum(axis=axis, keepdims=True), epsilon))
 
 
 _XCA = _mindcv_classes("mindcv.models.edgenext:XCA")
