@@ -9,6 +9,8 @@ For each model of SOURCE (its own registry, `pipeline.py list-models`), no netwo
    model whose config the preprocessing contract cannot express is `unsupported`, by cause;
 2. makes a seeded random-init checkpoint with the source's own code at the model's input
    size (converters/<source>/make_checkpoint.py), kept under OUT/checkpoints/ for reruns;
+   one framework process makes them all (scripts/checkpoint_jobs.py), each model under
+   --timeout, a model that fails or hangs reported alone;
 3. writes a manifest of minimal entries (name, source, model_id, num_classes, checkpoint:
    everything else is derived at run time, as a user's 5-line entry is) and runs the
    pipeline on it once (`--executor ray` fans the entries out like any other run);
@@ -33,11 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from converters.mindcv.make_checkpoint import CANNOT_BUILD  # noqa: E402 - no framework import
 from converters.registry import SOURCES, env_python  # noqa: E402
 from fetch.download import sha256_file  # noqa: E402
 from manifests.add import default_name, render  # noqa: E402
 from orchestrator.derive import describe_many, list_models  # noqa: E402
+from scripts.checkpoint_jobs import Made  # noqa: E402
+from scripts.checkpoint_jobs import make_checkpoints as run_jobs  # noqa: E402
 from verify.images import INITS  # noqa: E402
 
 
@@ -69,27 +72,36 @@ def pick(models: list[dict], sample: int | None, seed: int, pattern: str,
     return sorted(chosen, key=lambda m: m["model_id"])
 
 
-def make_checkpoint(source: str, model_id: str, described: dict, folder: Path, seed: int,
-                    timeout: float, init: str = "images") -> Path:
-    """The source's own make_checkpoint at the model's input size, its BatchNorm statistics
-    set as `init` says (verify/images.py INITS); reused when present."""
-    spec = SOURCES[source]   # converters/registry.py: its suffix and maker arguments
+def checkpoint_path(source: str, model_id: str, folder: Path, seed: int, init: str) -> Path:
     tag = "" if init == "images" else f"-{init}"
-    path = folder / f"{default_name(source, model_id)}-seed{seed}{tag}{spec.checkpoint_suffix}"
-    if path.is_file():
-        return path
+    return folder / (f"{default_name(source, model_id)}-seed{seed}{tag}"
+                     f"{SOURCES[source].checkpoint_suffix}")
+
+
+def make_checkpoints(source: str, wanted: dict[str, dict], folder: Path, seed: int,
+                     timeout: float, init: str = "images", on_result=None) -> dict[str, Made]:
+    """The source's own make_checkpoint (converters/<source>/make_checkpoint.py) for each
+    model_id -> description of WANTED, at the model's input size, its BatchNorm statistics
+    set as `init` says (verify/images.py INITS): one framework process for all of them
+    (scripts/checkpoint_jobs.py), each under TIMEOUT seconds. A checkpoint already in FOLDER
+    is reused."""
+    spec = SOURCES[source]   # converters/registry.py: its suffix and maker arguments
     folder.mkdir(parents=True, exist_ok=True)
-    command = [str(env_python(spec)), "-m", f"converters.{source}.make_checkpoint",
-               *spec.maker_args(model_id), "--out", str(path), "--seed", str(seed),
-               "--num-classes", str(described["num_classes"]),
-               "--size", str(described["input_shape"][1]), "--init", init]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0 or not path.is_file():
-        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        if done.returncode == CANNOT_BUILD and last and last[-1].startswith("unsupported: "):
-            raise SourceCannotBuild(last[-1].removeprefix("unsupported: "))
-        raise RuntimeError(last[-1] if last else f"exit status {done.returncode}")
-    return path
+    jobs, made = {}, {}
+    for model_id, described in wanted.items():
+        path = checkpoint_path(source, model_id, folder, seed, init)
+        if path.is_file():
+            made[model_id] = Made("done", 0.0)
+            if on_result:
+                on_result(model_id, made[model_id])
+            continue
+        jobs[model_id] = ([*spec.maker_args(model_id), "--out", str(path), "--seed", str(seed),
+                           "--num-classes", str(described["num_classes"]),
+                           "--size", str(described["input_shape"][1]), "--init", init], path)
+    if jobs:
+        made.update(run_jobs(env_python(spec), f"converters.{source}.make_checkpoint", jobs,
+                             timeout, on_result))
+    return made
 
 
 def _converted(report_file: Path, sha256: str) -> bool:
@@ -98,11 +110,6 @@ def _converted(report_file: Path, sha256: str) -> bool:
         return False
     report = json.loads(report_file.read_text())
     return ((report.get("source") or {}).get("checkpoint") or {}).get("sha256") == sha256
-
-
-class SourceCannotBuild(Exception):
-    """The source's own constructor failed in the checkpoint maker (exit status
-    CANNOT_BUILD): the model is unsupported here, as the pipeline's worker reports it."""
 
 
 
@@ -229,36 +236,51 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     described_all = describe_many(args.source, [m["model_id"] for m in chosen])
     each = (time.perf_counter() - start) / max(len(chosen), 1)
-    rows, entries, checkpoints, versions = [], [], {}, ""
-    for number, model in enumerate(chosen, start=1):
-        model_id, start = model["model_id"], time.perf_counter()
-        row = {"model_id": model_id, "family": model["family"], "name":
-               default_name(args.source, model_id)}
-        described = described_all[model_id]
-        error = described.get("error")
-        versions = versions or ", ".join(f"{k} {v}" for k, v in
-                                         described["versions"].items() if k != "framework")
+    rows, entries, checkpoints = [], [], {}
+    versions = next((", ".join(f"{k} {v}" for k, v in d["versions"].items() if k != "framework")
+                     for d in described_all.values() if "versions" in d), "")
+    wanted = {}
+    for model in chosen:
+        model_id = model["model_id"]
+        row = {"model_id": model_id, "family": model["family"], "seconds": each,
+               "name": default_name(args.source, model_id)}
+        error = described_all[model_id].get("error")
         if error:
             row.update(status="unsupported" if error["kind"] == "unsupported" else "error",
                        cause=f"derive/{error['kind']}: {error['message']}")
         else:
-            try:
-                path = make_checkpoint(args.source, model_id, described, out / "checkpoints",
-                                       args.seed, args.timeout, args.init)
-            except SourceCannotBuild as exc:
-                row.update(status="unsupported", cause=f"build/unsupported: {exc}")
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                row.update(status="error", cause=f"checkpoint/build: {exc}")
-            else:
-                entries.append({"name": row["name"], "source": args.source,
-                                "model_id": model_id, "num_classes": described["num_classes"],
-                                "checkpoint": {"url": path.as_uri(),
-                                               "sha256": sha256_file(path)}})
-                checkpoints[row["name"]] = path
-        row["seconds"] = each + time.perf_counter() - start
+            wanted[model_id] = described_all[model_id]
         rows.append(row)
-        print(f"[{number}/{len(chosen)}] {model_id}: "
+    by_id = {row["model_id"]: row for row in rows}
+
+    def show(row: dict) -> None:
+        print(f"[{rows.index(row) + 1}/{len(chosen)}] {row['model_id']}: "
               f"{row.get('status', 'checkpoint ready')} {row.get('cause', '')}", flush=True)
+
+    for row in rows:
+        if "status" in row:
+            show(row)
+
+    def made(model_id: str, result: Made) -> None:
+        row = by_id[model_id]
+        row["seconds"] += result.seconds
+        if result.status == "cannot_build":   # the source's own constructor or forward failed
+            row.update(status="unsupported", cause=f"build/unsupported: {result.message}")
+        elif result.status != "done":
+            row.update(status="error", cause=f"checkpoint/build: {result.message}")
+        else:
+            path = checkpoint_path(args.source, model_id, out / "checkpoints", args.seed,
+                                   args.init)
+            entries.append({"name": row["name"], "source": args.source, "model_id": model_id,
+                            "num_classes": wanted[model_id]["num_classes"],
+                            "checkpoint": {"url": path.as_uri(), "sha256": sha256_file(path)}})
+            checkpoints[row["name"]] = path
+        show(row)
+
+    make_checkpoints(args.source, wanted, out / "checkpoints", args.seed, args.timeout,
+                     args.init, made)
+    order = {m["model_id"]: number for number, m in enumerate(chosen)}
+    entries.sort(key=lambda e: order[e["model_id"]])   # --models' order is the run's order
 
     reports = out / "artifacts" / args.source
     if args.resume:

@@ -410,8 +410,7 @@ def checkpoints(tmp_path_factory):
         jobs = [[*args, "--seed", "0", "--out", str(folder / f"{kind}{suffix}")]
                 for kind, (of, suffix, args) in CHECKPOINT_RECIPES.items() if of == source]
         (folder / "jobs.json").write_text(json.dumps(jobs))
-        run_in_env(FRAMEWORK_PYTHON[source], str(REPO / "tests" / "helpers" /
-                                                 "make_checkpoints.py"),
+        run_in_env(FRAMEWORK_PYTHON[source], "-m", "converters.checkpoint_batch",
                    f"converters.{source}.make_checkpoint", str(folder / "jobs.json"))
 
     def make(kind: str) -> Path:

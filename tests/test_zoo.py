@@ -635,6 +635,18 @@ def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
             assert tried[0] == "on" and "re-use buffer" in report["onnx"]["onnxsim_failed"][0][
                 "error"], report["onnx"]
             assert report["onnx"]["optimizer"] == "on, the exporter's intermediate shapes dropped"
+    # One maker process made the sample's checkpoints (scripts/checkpoint_jobs.py); the last
+    # one made after the others there is the one made alone in a fresh process, byte for byte.
+    last = [r for r in result["models"] if r["status"] == "passed"][-1]
+    entry = json.loads((tmp_path / "artifacts" / source / last["name"] / "report.json")
+                       .read_text())["entry"]
+    alone = zoo_sweep.make_checkpoints(source, {last["model_id"]: entry}, tmp_path / "alone",
+                                       0, 1200)
+    assert alone[last["model_id"]].status == "done", alone
+    assert (zoo_sweep.checkpoint_path(source, last["model_id"], tmp_path / "alone", 0, "images")
+            .read_bytes() == zoo_sweep.checkpoint_path(source, last["model_id"],
+                                                       tmp_path / "checkpoints", 0, "images")
+            .read_bytes()), last["model_id"]
     if source == "paddleclas":   # again with --resume: every report kept, nothing converted
         runs = {r["name"]: json.loads((tmp_path / "artifacts" / source / r["name"]
                                        / "report.json").read_text())["run_id"]

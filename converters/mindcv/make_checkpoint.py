@@ -24,11 +24,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from converters.checkpoint_batch import CannotBuild
 from verify.images import INITS
 
 warnings.filterwarnings("ignore")
 
-CANNOT_BUILD = 3   # exit status: mindcv's own code cannot build or run the model here
 
 
 def batch_stats_only(model) -> None:
@@ -44,12 +44,14 @@ def batch_stats_only(model) -> None:
 
 
 def cannot(what: str, exc: Exception) -> None:
-    """Exit status CANNOT_BUILD and an `unsupported:` line, which scripts/zoo_sweep.py reads:
-    mindcv's own code failed, so the model is unsupported here (as the worker says)."""
+    """mindcv's own code failed, so the model is unsupported here (as the worker says):
+    CannotBuild, which scripts/zoo_sweep.py reads through converters/checkpoint_batch.py
+    (alone: exit status CANNOT_BUILD after an `unsupported:` line)."""
     from converters.worker_flow import source_failure
 
-    print(f"unsupported: {source_failure('mindcv', what, exc)}", file=sys.stderr)
-    raise SystemExit(CANNOT_BUILD) from None
+    message = source_failure("mindcv", what, exc)
+    print(f"unsupported: {message}", file=sys.stderr)
+    raise CannotBuild(message) from None
 
 
 def main(argv=None) -> None:
