@@ -357,6 +357,21 @@ CHECKPOINT_RECIPES = {
     "w26": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w26-s8"],
                                    "--format", "openmmlab"]),
     "official": ("mmpretrain", ".pth", ["--arch", "timm:res2net50_14w_8s", "--format", "bare"]),
+    # the gate on the two other conditions (test_gate_inits.py): plain-init BatchNorm, and
+    # BatchNorm statistics from Gaussian noise (logits ~1e3)
+    "r18-plain": ("mmpretrain", ".pth", ["--arch", "mmpretrain:resnet18_8xb32_in1k",
+                                         "--init", "plain"]),
+    "mnv2-plain": ("mmpretrain", ".pth", ["--arch", "mmpretrain:mobilenet-v2_8xb32_in1k",
+                                          "--init", "plain"]),
+    "pd-vd-noise": ("paddleclas", ".pdparams", ["--model-id", "Res2Net50_vd_26w_4s",
+                                                "--init", "noise"]),
+    # models of the export-rewrite and localiser tests (test_export_rewrites.py,
+    # test_localize.py)
+    "swin-tiny": ("mmpretrain", ".pth", ["--arch", "mmpretrain:swin-tiny_16xb64_in1k"]),
+    "repvgg-a0": ("mmpretrain", ".pth", ["--arch", "mmpretrain:repvgg-a0_8xb32_in1k"]),
+    **{kind: ("mindcv", ".ckpt", ["--model-id", model_id]) for kind, model_id in {
+        "ms-mnv3": "mobilenet_v3_small_075", "ms-shufflenet": "shufflenet_v2_x0_5",
+        "ms-vit": "vit_b_32_224"}.items()},
     **{kind: ("paddleclas", ".pdparams", ["--model-id", model_id, "--format", fmt])
        for kind, (model_id, fmt) in {
            "pd-14w": ("Res2Net50_14w_8s", "training"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import read_report, run_mindspore, run_mm, run_pipeline, write_manifest
+from conftest import read_report, run_mindspore, run_pipeline, write_manifest
 from fetch.download import sha256_file
 
 pytestmark = pytest.mark.slow
@@ -103,13 +103,12 @@ def test_each_mindspore_rewrite_is_needed_exact_and_exports(tmp_path):
                "the unmodified model)" in r["notes"], r
 
 
-def test_mindspore_rewrites_let_mobilenet_v3_export_and_the_gate_checks_them(tmp_path):
+def test_mindspore_rewrites_let_mobilenet_v3_export_and_the_gate_checks_them(checkpoints,
+                                                                             tmp_path):
     """MindSpore 2.7.2's exporter has no HSwish / HSigmoid rule (mindcv MobileNetV3 was
     `unsupported`); converters/mindcv/rewrites.py replaces them before export, the report
     names each rewrite, and the logit gate compares with the unmodified model."""
-    ckpt = tmp_path / "mnv3.ckpt"
-    run_mindspore("-m", "converters.mindcv.make_checkpoint", "--model-id",
-                  "mobilenet_v3_small_075", "--seed", "0", "--out", str(ckpt))
+    ckpt = checkpoints("ms-mnv3")
     report, stdout = _convert(tmp_path, "mnv3", "mindcv", "mobilenet_v3_small_075", ckpt)
     assert report["passed"] and report["verification"]["canary"]["status"] == "caught"
     fixups = report["source"]["export_fixups"]
@@ -119,13 +118,11 @@ def test_mindspore_rewrites_let_mobilenet_v3_export_and_the_gate_checks_them(tmp
     assert "fix-up    export rewrite:" in stdout
 
 
-def test_swin_window_reverse_rewrite_keeps_the_batch_dynamic(tmp_path):
+def test_swin_window_reverse_rewrite_keeps_the_batch_dynamic(checkpoints, tmp_path):
     """mmpretrain's ShiftWindowMSA.window_reverse computes the batch with int(), which the
     tracer bakes in: swin-tiny was right at batch 1 and wrong at batch 16 (max diff 1.6).
     With the rewrite the same images give the same logits at both batch sizes."""
-    ckpt = tmp_path / "swin.pth"
-    run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch",
-           "mmpretrain:swin-tiny_16xb64_in1k", "--seed", "0", "--out", str(ckpt))
+    ckpt = checkpoints("swin-tiny")
     report, _ = _convert(tmp_path, "swin", "mmpretrain", "swin-tiny_16xb64_in1k", ckpt)
     assert report["passed"]
     assert any(n.startswith("export rewrite: ShiftWindowMSA.window_reverse")
@@ -174,13 +171,11 @@ def test_a_reshape_of_a_constant_keeps_its_traced_shape(tmp_path):
     assert dims["m"] == [1, 2, 3]
 
 
-def test_mindspore_static_reshapes_take_the_batch_from_the_element_count(tmp_path):
+def test_mindspore_static_reshapes_take_the_batch_from_the_element_count(checkpoints, tmp_path):
     """MindSpore writes each Reshape with the shape traced at batch 1 (shufflenet_v2's channel
     shuffle `[24, 2, 784]`): the graph failed at batch 2 in onnxsim. With the leading
     dimension set to -1 it runs at any batch, and the gate compares batch 1 with batch 16."""
-    ckpt = tmp_path / "shufflenet.ckpt"
-    run_mindspore("-m", "converters.mindcv.make_checkpoint", "--model-id",
-                  "shufflenet_v2_x0_5", "--seed", "0", "--out", str(ckpt))
+    ckpt = checkpoints("ms-shufflenet")
     report, _ = _convert(tmp_path, "shufflenet", "mindcv", "shufflenet_v2_x0_5", ckpt)
     assert report["passed"]
     [note] = [n for n in report["source"]["export_fixups"] if "Reshape target shape" in n]
@@ -190,15 +185,14 @@ def test_mindspore_static_reshapes_take_the_batch_from_the_element_count(tmp_pat
     assert len(batch) == 2
 
 
-def test_mindcv_vit_exports_through_the_unstack_rewrite_and_runs_at_any_batch(tmp_path):
+def test_mindcv_vit_exports_through_the_unstack_rewrite_and_runs_at_any_batch(checkpoints,
+                                                                              tmp_path):
     """mindcv ViT: its attention's `ops.Unstack` primitive is rewritten (the exporter has no
     rule), and MindSpore's trace of the class token (`broadcast_to(token, (B, -1, -1))`
     written as an Expand to batch 1) and of the patches (`(B, C, -1)` written [1, 768, -1])
     take their batch from the graph: it was an error at batch 2 in onnxsim. The gate compares
     batch 1 with batch 16 and both with the unmodified model."""
-    ckpt = tmp_path / "vit.ckpt"
-    run_mindspore("-m", "converters.mindcv.make_checkpoint", "--model-id", "vit_b_32_224",
-                  "--seed", "0", "--out", str(ckpt))
+    ckpt = checkpoints("ms-vit")
     report, _ = _convert(tmp_path, "vit", "mindcv", "vit_b_32_224", ckpt)
     assert report["passed"]
     fixups = report["source"]["export_fixups"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import read_report, run_mm, run_paddle, run_pipeline, write_manifest
+from conftest import read_report, run_pipeline, write_manifest
 from fetch.download import sha256_file
 
 pytestmark = pytest.mark.slow
@@ -23,18 +23,10 @@ def _canary(report):
     return report["verification"]["canary"]
 
 
-def test_plain_init_and_noise_statistics_pass_and_a_loose_tolerance_fails(tmp_path):
-    plain = tmp_path / "resnet18-plain.pth"
-    run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch",
-           "mmpretrain:resnet18_8xb32_in1k", "--init", "plain", "--seed", "0",
-           "--out", str(plain))
-    mnv2 = tmp_path / "mobilenet-v2-plain.pth"
-    run_mm("-m", "converters.mmpretrain.make_checkpoint", "--arch",
-           "mmpretrain:mobilenet-v2_8xb32_in1k", "--init", "plain", "--seed", "0",
-           "--out", str(mnv2))
-    noise = tmp_path / "res2net50-vd-noise.pdparams"
-    run_paddle("-m", "converters.paddleclas.make_checkpoint", "--model-id",
-               "Res2Net50_vd_26w_4s", "--init", "noise", "--seed", "0", "--out", str(noise))
+def test_plain_init_and_noise_statistics_pass_and_a_loose_tolerance_fails(checkpoints, tmp_path):
+    # made with the other checkpoints of their framework, seed 0 (conftest CHECKPOINT_RECIPES)
+    plain, mnv2, noise = (checkpoints(kind) for kind in ("r18-plain", "mnv2-plain",
+                                                         "pd-vd-noise"))
     # Loose in every figure: any one left tight (cosine, top-k agreement) still catches.
     loose = {"atol": 1.0, "rtol": 0.0, "min_cosine": 0.0, "min_top1_agreement": 0.0,
              "min_top5_agreement": 0.0}

@@ -26,17 +26,14 @@ CASES = {  # entry -> (checkpoint kind of the session fixture, environment)
 }
 
 
-def test_a_reparameterised_model_is_compared_in_the_form_it_was_exported(tmp_path):
+def test_a_reparameterised_model_is_compared_in_the_form_it_was_exported(checkpoints, tmp_path):
     """RepVGG is exported in its inference form (mmpretrain's own switch_to_deploy: each
     block's three branches fused into one conv). The localiser captures the source in that
     same form: compared with its trained branches, the fused conv was a false "first
     diverging layer" (backbone.stem.branch_3x3.conv, 0.49 of its range) on a correct
     conversion."""
     model_id = "repvgg-a0_8xb32_in1k"
-    ckpt = tmp_path / "repvgg.pth"
-    run_in_env(MM_PYTHON, "-m", "converters.mmpretrain.make_checkpoint", "--arch",
-               f"mmpretrain:{model_id}", "--out", str(ckpt), "--num-classes", "1000",
-               "--size", "224")
+    ckpt = checkpoints("repvgg-a0")
     manifest = write_manifest(tmp_path / "m.yaml", [
         {"name": "repvgg", "source": "mmpretrain", "model_id": model_id, "num_classes": 1000,
          "checkpoint": {"url": ckpt.as_uri(),
