@@ -112,7 +112,6 @@ def _converted(report_file: Path, sha256: str) -> bool:
     return ((report.get("source") or {}).get("checkpoint") or {}).get("sha256") == sha256
 
 
-
 def cause(report: dict) -> str:
     """Why an entry did not pass, in one line: the failed check and its figures, or the
     stage, kind and message of the error."""
