@@ -365,6 +365,10 @@ CHECKPOINT_RECIPES = {
                                           "--init", "plain"]),
     "pd-vd-noise": ("paddleclas", ".pdparams", ["--model-id", "Res2Net50_vd_26w_4s",
                                                 "--init", "noise"]),
+    # the small models of SMALL_THREE (below)
+    "mm-mnv2": ("mmpretrain", ".pth", ["--arch", "mmpretrain:mobilenet-v2_8xb32_in1k"]),
+    "pd-mnv3s": ("paddleclas", ".pdparams", ["--model-id", "MobileNetV3_small_x0_35"]),
+    "ms-mnv2": ("mindcv", ".ckpt", ["--model-id", "mobilenet_v2_075"]),
     # models of the export-rewrite and localiser tests (test_export_rewrites.py,
     # test_localize.py)
     "swin-tiny": ("mmpretrain", ".pth", ["--arch", "mmpretrain:swin-tiny_16xb64_in1k"]),
@@ -492,18 +496,21 @@ def shared_manifest(tmp_path_factory) -> Path:
     return root / "m.yaml"
 
 
+def _ask_for(checkpoints, kinds: list[str]) -> None:
+    """Each framework's checkpoints are made by the first worker that asks, the others
+    waiting: odd workers ask in reverse order, so that two workers at the start of the run
+    make two frameworks' checkpoints side by side instead of one waiting for each."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    for kind in kinds[::-1] if worker.isdigit() and int(worker) % 2 else kinds:
+        checkpoints(kind)
+
+
 def shared_args(manifest: Path, checkpoints, names, out: Path, data: Path, *extra) -> list:
     """pipeline.py arguments of the runs compared with `three_sources` (same manifest, data,
     threads; figures and input fingerprints must match wherever the run happened)."""
     args = ["--manifest", str(manifest), "--out", str(out), "--data", str(data),
             "--threads", "1", *extra]
-    # Each framework's checkpoints are made by the first worker that asks, the others
-    # waiting: odd workers ask in reverse order, so that two workers at the start of the run
-    # make two frameworks' checkpoints side by side instead of one waiting for each.
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    order = list(names)[::-1] if worker.isdigit() and int(worker) % 2 else list(names)
-    for name in order:
-        checkpoints(THREE_SOURCES[name])
+    _ask_for(checkpoints, [THREE_SOURCES[name] for name in names])
     for name in names:
         args += ["--only", name, "--checkpoint", f"{name}={checkpoints(THREE_SOURCES[name])}"]
     return args
@@ -530,6 +537,62 @@ def three_sources(checkpoints, shared_manifest, shared_data, tmp_path_factory):
     result = json.loads((root / "result.json").read_text())
     assert result["returncode"] == 0, result["stdout"][-4000:] + result["stderr"][-3000:]
     return root / "out", result["stdout"]
+
+
+# A small model of each source, for the tests whose point is where or how a run happens (on
+# Ray, on a cluster losing a node), not the model: as `add` writes them (five fields, the
+# rest derived at run time), with the shared manifest's accuracy settings. Their conversion
+# with data and fp16 takes 15-30 s here, a Res2Net50's 80-140 s.
+SMALL_THREE = {"mm-small": ("mmpretrain", "mobilenet-v2_8xb32_in1k", "mm-mnv2"),
+               "pd-small": ("paddleclas", "MobileNetV3_small_x0_35", "pd-mnv3s"),
+               "ms-small": ("mindcv", "mobilenet_v2_075", "ms-mnv2")}
+
+
+def small_entry(name: str, checkpoints, **extra) -> dict:
+    """SMALL_THREE's entry NAME as `add` writes it, with EXTRA fields (accuracy, ...)."""
+    from fetch.download import sha256_file
+
+    source, model_id, kind = SMALL_THREE[name]
+    path = checkpoints(kind)
+    return {"name": name, "source": source, "model_id": model_id, "num_classes": 1000,
+            "checkpoint": {"url": path.as_uri(), "sha256": sha256_file(path)}, **extra}
+
+
+@pytest.fixture(scope="session")
+def small_manifest(checkpoints, tmp_path_factory) -> Path:
+    _ask_for(checkpoints, [kind for _, _, kind in SMALL_THREE.values()])
+    root = shared_tmp(tmp_path_factory, "small-manifest")
+    _once(root, lambda folder: write_manifest(folder / "m.yaml", [
+        small_entry(name, checkpoints, accuracy={"batch_size": 4, "unreadable": 20})
+        for name in SMALL_THREE]))
+    return root / "m.yaml"
+
+
+def small_args(manifest: Path, names, out: Path, data: Path, *extra) -> list:
+    """pipeline.py arguments of the runs compared with `small_three`."""
+    args = ["--manifest", str(manifest), "--out", str(out), "--data", str(data),
+            "--threads", "1", "--precisions", "fp32,fp16", *extra]
+    for name in names:
+        args += ["--only", name]
+    return args
+
+
+@pytest.fixture(scope="session")
+def small_three(small_manifest, shared_data, tmp_path_factory) -> Path:
+    """OUT of one local run of SMALL_THREE with the shared data and fp16, once per test run
+    (whichever worker asks first): the figures the Ray tests must match."""
+    root = shared_tmp(tmp_path_factory, "small-three")
+
+    def make(folder: Path) -> None:
+        proc = run_pipeline(*small_args(small_manifest, SMALL_THREE, folder / "out",
+                                        shared_data))
+        (folder / "result.json").write_text(json.dumps(
+            {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+
+    _once(root, make)
+    result = json.loads((root / "result.json").read_text())
+    assert result["returncode"] == 0, result["stdout"][-4000:] + result["stderr"][-3000:]
+    return root / "out"
 
 
 def helper_logits(python: Path, helper: str, model: str, checkpoint: Path, inputs,

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import (MINDSPORE_PYTHON, MM_PYTHON, MODEL_IDS, PADDLE_PYTHON, REPO,
                       manifest_entries, read_report, run_in_env, run_make, run_pipeline,
-                      write_manifest)
+                      small_entry, write_manifest)
 from deploy.metadata import read as read_metadata
 from verify.dataset import SYNSETS_FILE
 from verify.images import imagenet_like
@@ -136,16 +136,17 @@ def test_mmpretrain_accuracy_equals_mmpretrain_eval(checkpoints, tmp_path):
     assert f"{own['top1']:.2f} / {own['top5']:.2f} (24 images)" in \
         (store / "index.md").read_text()
 
-    # The same run with an unreadable-image limit of 0: the gate decides, fail closed.
-    strict = _manifest(tmp_path, "res2net50-w14-s8", 0.0)
-    proc = run_pipeline("--manifest", strict, "--checkpoint",
-                        f"res2net50-w14-s8={checkpoint}", "--data", str(root),
+    # The same data with an unreadable-image limit of 0: the gate decides, fail closed (on a
+    # small model of the source: the gate is about the data, not the model).
+    strict = write_manifest(tmp_path / "strict.yaml", [
+        small_entry("mm-small", checkpoints, accuracy={"unreadable": 0.0})])
+    proc = run_pipeline("--manifest", str(strict), "--data", str(root),
                         "--out", str(tmp_path / "strict"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = read_report(tmp_path / "strict", "res2net50-w14-s8")
+    report = read_report(tmp_path / "strict", "mm-small")
     assert report["passed"] is False
     assert report["decided_by"].startswith("unreadable_images (dataset) 4")
-    assert not (tmp_path / "strict" / "res2net50-w14-s8" / "model.onnx").exists()
+    assert not (tmp_path / "strict" / "mm-small" / "model.onnx").exists()
 
 
 def test_paddleclas_accuracy_equals_paddleclas_eval(checkpoints, tmp_path):
@@ -187,12 +188,14 @@ def test_paddleclas_accuracy_equals_paddleclas_eval(checkpoints, tmp_path):
     [line] = [x for x in proc.stdout.splitlines() if x.startswith("  int8      top-1/top-5 ")]
     assert ("NOT SHIPPED: top1_drop" in line) is (not drop["passed"]), line
 
-    # --limit: a deterministic subset spread over the classes; the report says how many.
-    proc = run_make("convert", "MODEL=paddleclas-res2net50-14w-8s", f"CHECKPOINT={checkpoint}",
-                    f"OUT={tmp_path / 'limited'}", f"DATA={root}", "LIMIT=6",
-                    f"MANIFEST={_manifest(tmp_path, 'paddleclas-res2net50-14w-8s', 20.0)}")
+    # --limit: a deterministic subset spread over the classes; the report says how many (on
+    # a small model of the source: the subset is about the data).
+    limited = write_manifest(tmp_path / "limited.yaml", [
+        small_entry("pd-small", checkpoints, accuracy={"unreadable": 20.0})])
+    proc = run_make("convert", "MODEL=pd-small", f"OUT={tmp_path / 'limited'}", f"DATA={root}",
+                    "LIMIT=6", f"MANIFEST={limited}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    acc = read_report(tmp_path / "limited", "paddleclas-res2net50-14w-8s")["accuracy"]
+    acc = read_report(tmp_path / "limited", "pd-small")["accuracy"]
     assert acc["dataset"]["limit"] == 6 and acc["dataset"]["selected"] == 6
     assert acc["dataset"]["selected_classes"] == 6
     assert acc["source"]["images"] + acc["unreadable"] == 6

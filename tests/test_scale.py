@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DATA_IMAGES, HUGE_IMAGE, REPO, THREE_SOURCES, VENV_ROOT, read_report,
-                      run_pipeline, shared_args)
+from conftest import (DATA_IMAGES, HUGE_IMAGE, REPO, SMALL_THREE, VENV_ROOT, read_report,
+                      run_pipeline, shared_args, small_args)
 
 pytestmark = pytest.mark.slow
 IN_CLUSTER = pytest.mark.xdist_group("cluster")   # one worker runs the cluster's tests
@@ -33,19 +33,18 @@ def _figures(report: dict, variants: bool = True) -> dict:
                          for p, v in (report.get("variants") or {}).items() if variants}}
 
 
-def test_ray_reports_the_local_figures_on_three_sources(checkpoints, shared_manifest, shared_data,
-                                                       tmp_path, request):
-    """The shared three-source local run (conftest.three_sources: same manifest, data,
-    threads and precisions) against the same run on Ray in shards of 4."""
-    names = list(THREE_SOURCES)
-    ray = run_pipeline(*shared_args(shared_manifest, checkpoints, names, tmp_path / "ray",
-                                    shared_data, "--precisions", "fp32,fp16",
-                                    "--executor", "ray", "--shard-size", "4"),
+def test_ray_reports_the_local_figures_on_three_sources(small_manifest, shared_data, tmp_path,
+                                                       request):
+    """The shared local run of a small model of each source (conftest.small_three: same
+    manifest, data, threads and precisions) against the same run on Ray in shards of 4."""
+    names = list(SMALL_THREE)
+    ray = run_pipeline(*small_args(small_manifest, names, tmp_path / "ray", shared_data,
+                                   "--executor", "ray", "--shard-size", "4"),
                        env={"MODEL_CONVERT_WORK": str(tmp_path / "work")})
     assert ray.returncode == 0, ray.stdout[-4000:] + ray.stderr[-3000:]
     assert "executor: ray (embedded local instance" in ray.stdout
     # Asked for only now: another worker may be making it meanwhile.
-    local, _ = request.getfixturevalue("three_sources")
+    local = request.getfixturevalue("small_three")
     for name in names:
         a, b = read_report(local, name), read_report(tmp_path / "ray", name)
         assert a["accuracy"]["throughput"]["shards"] == 1
@@ -106,10 +105,10 @@ def cluster(tmp_path_factory):
         yield c, nodes, work
 
 
-def _cluster_driver(c, manifest, checkpoints, name, out, data):
+def _cluster_driver(c, manifest, name, out, data):
     """pipeline.py joining the cluster in its own process, shards of 4, its output in a log."""
-    args = shared_args(manifest, checkpoints, [name], out, data, "--executor", "ray",
-                 "--shard-size", "4", "--ray-address", c.address)
+    args = small_args(manifest, [name], out, data, "--executor", "ray", "--shard-size", "4",
+                      "--ray-address", c.address)
     log = out.parent / f"{out.name}-driver.log"
     with log.open("w") as sink:
         proc = subprocess.Popen([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO,
@@ -118,18 +117,17 @@ def _cluster_driver(c, manifest, checkpoints, name, out, data):
 
 
 @IN_CLUSTER
-def test_node_removed_mid_shard_gives_the_same_figures(three_sources, cluster, checkpoints,
-                                                       shared_manifest, shared_data, tmp_path):
+def test_node_removed_mid_shard_gives_the_same_figures(small_three, cluster, small_manifest,
+                                                       shared_data, tmp_path):
     """A node removed while shards run: Ray reruns its shard elsewhere and the figures are
-    the local run's (conftest.three_sources, its fp32 model).
+    the local run's (conftest.small_three).
 
-    This test asks for three_sources first, so that it makes it while the other worker runs
+    This test asks for small_three first, so that it makes it while the other worker runs
     test_ray_reports_the_local_figures_on_three_sources (which asks for it after its Ray
     run): when both asked at their end, one worker made it while the other waited idle."""
     c, nodes, work = cluster
-    name = "res2net50-w14-s8"
-    proc, log = _cluster_driver(c, shared_manifest, checkpoints, name, tmp_path / "ray",
-                                shared_data)
+    name = "mm-small"
+    proc, log = _cluster_driver(c, small_manifest, name, tmp_path / "ray", shared_data)
     # Every shard task works in its own run-shard-* directory: a task that Ray reruns after
     # its node died shows up as one more directory than there are shards.
     seen: set[str] = set()
@@ -149,8 +147,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(three_sources, cluster, c
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     assert len(seen) >= 4, f"no shard was rerun after its node was removed: {sorted(seen)}"
-    local, _ = three_sources
-    a, b = read_report(local, name), read_report(tmp_path / "ray", name)
+    a, b = read_report(small_three, name), read_report(tmp_path / "ray", name)
     assert b["accuracy"]["throughput"]["shards"] == 3
     assert b["accuracy"]["source"]["images"] == DATA_IMAGES and b["accuracy"]["unreadable"] == 2
     assert _figures(a, variants=False) == _figures(b, variants=False)
@@ -160,8 +157,8 @@ def test_node_removed_mid_shard_gives_the_same_figures(three_sources, cluster, c
         p.name for p in (tmp_path / "ray" / name).iterdir()}
 
 
-def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(checkpoints, shared_manifest,
-                                                             shared_data, tmp_path):
+def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(small_manifest, shared_data,
+                                                             tmp_path):
     """A cluster of its own (one node): after a node removal in the shared cluster, this
     driver's tasks were sometimes never scheduled (issue 11 closing note). Ctrl-C while the
     entry's task converts on the node: exit 130, nothing written, and the cancelled task and
@@ -169,10 +166,9 @@ def test_ctrl_c_cancels_the_cluster_tasks_and_writes_nothing(checkpoints, shared
     from orchestrator.workdir import sweep_stale
 
     work = tmp_path / "work"
-    name = "res2net50-w14-s8"
+    name = "mm-small"
     with _local_cluster(work, nodes=1) as (c, _):
-        proc, log = _cluster_driver(c, shared_manifest, checkpoints, name, tmp_path / "out",
-                                    shared_data)
+        proc, log = _cluster_driver(c, small_manifest, name, tmp_path / "out", shared_data)
         deadline = time.monotonic() + 600
         while not list(work.glob("run-entry-*/job.json")):  # the task's worker converts
             assert proc.poll() is None, log.read_text()[-4000:]
