@@ -319,19 +319,25 @@ def convert(adapter: Adapter, job: ConvertJob, workdir: Path) -> dict:
             result["calibration_images"] = len(calibration)
     with timer.stage("reference"):
         log(f"running {adapter.framework} eval forward")
-        logits = forward_with_source(adapter, model, inputs, job.batch_size,
-                                     entry["model_id"])
+        logits = forward_with_source(adapter, model, inputs, job.batch_size, entry["model_id"])
         np.save(workdir / "reference_logits.npy", np.asarray(logits, dtype=np.float32))
         result["files"]["reference_logits"] = "reference_logits.npy"
     with timer.stage("sensitivity"):
         from converters.worker_tasks import rounding_sensitivity
 
         result["source_sensitivity"] = rounding_sensitivity(adapter, model, inputs)
-    with timer.stage("export"):
+    with timer.stage("inference_form"):
         # The reference logits above came from the model as trained; the export is of the
         # inference form the source itself switches to (RepVGG-style re-parameterisation),
-        # so the logit gate checks that switch too.
+        # so the logit gate checks that switch too; the switched source's own distance from
+        # the model as trained names the cause when that fails (orchestrator/stages/verify.py).
         notes = adapter.for_inference(model)
+        if notes:
+            moved = np.abs(np.asarray(logits, np.float64) - forward_with_source(
+                adapter, model, inputs, job.batch_size, entry["model_id"]))
+            result["inference_form_change"] = {"images": int(len(inputs)),
+                                               "max_abs_logit_change": float(moved.max())}
+    with timer.stage("export"):
         opset, dynamic = entry["export"]["opset"], entry["export"]["dynamic_batch"]
         log(f"exporting ONNX opset {opset}, dynamic batch {dynamic}")
         notes += adapter.export(model, inputs[:1], workdir / "exported.onnx", opset, dynamic,

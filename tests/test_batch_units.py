@@ -450,3 +450,31 @@ def test_a_source_that_amplifies_rounding_is_named_in_its_failed_value_check():
     assert "(over the limit, on 2 images)" in zero[0].detail   # no division by a zero limit
     assert [c.detail for c in steady] == [c.detail for c in checks()]
 
+
+
+def test_a_source_whose_own_inference_form_moved_the_logits_is_named_in_its_failed_check():
+    """orchestrator/stages/verify.py switched_form_differs: a failed max_abs_diff of a model
+    exported in the source's own inference form, when that form run by the source is already
+    over the limit from the model as trained (a random-init LeViT-384: 0.55 vs 0.005), keeps
+    failing and says that the switch moved the logits; under the limit, nothing is added."""
+    from orchestrator.stages.verify import switched_form_differs
+
+    def checks():
+        return [Check("max_abs_diff", False, 0.549, 0.00505, "limit = ...",
+                      {"model": "exported"}),
+                Check("max_abs_diff", True, 1e-6, 0.00505, "limit = ...",
+                      {"model": "simplified"})]
+
+    found = checks()
+    notes = switched_form_differs(found, {"images": 16, "max_abs_logit_change": 0.55})
+    assert [c.passed for c in found] == [False, True]
+    assert found[0].detail == (
+        "limit = ...; the source's own inference form, which is what was exported, is "
+        "already 0.55 from the model as trained (109x the limit, run by the source on the "
+        "same 16 images): its switch, not the exporter, moved the logits (a random-init "
+        "checkpoint can amplify the switch's rounding)")
+    assert notes == [f"exported: {found[0].detail.split('; ', 1)[1]}"]
+    assert found[1].detail == "limit = ..."
+    exact = checks()
+    assert switched_form_differs(exact, {"images": 16, "max_abs_logit_change": 2e-6}) == []
+    assert [c.detail for c in exact] == [c.detail for c in checks()]

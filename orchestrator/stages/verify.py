@@ -43,6 +43,11 @@ def verify_stage(ctx: EntryContext, result: dict, simp: Simplified
             report["verification"]["source_sensitivity"] = sensitivity
             for note in amplified_rounding(checks, sensitivity)[:1]:
                 say(f"  note      {note}")
+        form = result.get("inference_form_change")
+        if form:
+            report["verification"]["inference_form_change"] = form
+            for note in switched_form_differs(checks, form)[:1]:
+                say(f"  note      {note}")
         if not failed(checks):   # gate power: a known small fault must fail the same check
             canary, report["verification"]["canary"] = canary_check(
                 simp.path, inputs, reference, entry["tolerances"], threads,
@@ -56,25 +61,45 @@ def verify_stage(ctx: EntryContext, result: dict, simp: Simplified
     return checks, logits, inputs, reference
 
 
-def amplified_rounding(checks: list[Check], sensitivity: dict) -> list[str]:
-    """A failed max_abs_diff of a source whose own logits move by more than its limit when
-    its input moves by one float32 ulp (converters/worker_tasks.py rounding_sensitivity):
-    the failure stands (fail closed), and its detail says that this model amplifies
-    rounding, so that no float32 conversion of it can be shown to match within the limit.
+def _explain_failed_value_check(checks: list[Check], moved: float, why) -> list[str]:
+    """Each failed max_abs_diff whose limit MOVED (a change of the source's own logits)
+    exceeds: the failure stands (fail closed), its detail gains why(times the limit).
     Returns what was added, once per check."""
-    moved = sensitivity["max_abs_logit_change"]
     notes = []
     for check in failed(checks):
         if check.name != "max_abs_diff" or not moved > check.limit:
             continue
-        times = f"{moved / check.limit:.3g}x the limit" if check.limit else "over the limit"
-        note = (f"the source itself is this sensitive: a one-ulp change of its input moves "
-                f"its logits by {moved:.3g} ({times}, on {sensitivity['images']} images), "
-                "so it amplifies float32 rounding and this difference may be rounding, not a "
-                "conversion fault; trained checkpoints rarely do this")
+        note = why(f"{moved / check.limit:.3g}x the limit" if check.limit else "over the limit")
         check.detail = f"{check.detail}; {note}" if check.detail else note
         notes.append(f"{check.scope.get('model')}: {note}")
     return notes
+
+
+def amplified_rounding(checks: list[Check], sensitivity: dict) -> list[str]:
+    """A failed max_abs_diff of a source whose own logits move by more than its limit when
+    its input moves by one float32 ulp (converters/worker_tasks.py rounding_sensitivity):
+    its detail says that this model amplifies rounding, so that no float32 conversion of it
+    can be shown to match within the limit."""
+    moved = sensitivity["max_abs_logit_change"]
+    return _explain_failed_value_check(checks, moved, lambda times: (
+        f"the source itself is this sensitive: a one-ulp change of its input moves its "
+        f"logits by {moved:.3g} ({times}, on {sensitivity['images']} images), so it "
+        "amplifies float32 rounding and this difference may be rounding, not a conversion "
+        "fault; trained checkpoints rarely do this"))
+
+
+def switched_form_differs(checks: list[Check], form: dict) -> list[str]:
+    """A failed max_abs_diff of a model exported in the source's own inference form (its
+    switch_to_deploy / re_parameterize, converters/worker_flow.py) when that form, run by the
+    source itself, is already over the limit from the model as trained: the artifact would
+    not compute the checkpoint's function, and the detail says that the source's own
+    switch, not the exporter, moved the logits."""
+    moved = form["max_abs_logit_change"]
+    return _explain_failed_value_check(checks, moved, lambda times: (
+        f"the source's own inference form, which is what was exported, is already "
+        f"{moved:.3g} from the model as trained ({times}, run by the source on the same "
+        f"{form['images']} images): its switch, not the exporter, moved the logits (a "
+        "random-init checkpoint can amplify the switch's rounding)"))
 
 
 def verify_models(entry: Entry, models: dict[str, tuple[Path, dict]], inputs: np.ndarray,
