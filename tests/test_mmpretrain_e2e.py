@@ -6,13 +6,14 @@ statistics set from data); nothing is downloaded except from a loopback server.
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import numpy as np
 import pytest
 
-from conftest import (MM_PYTHON, assert_passed, helper_logits, manifest_entries, read_report,
-                      run_mm, run_pipeline, write_manifest, random_bytes)
+from conftest import (MM_PYTHON, REPO, assert_passed, helper_logits, manifest_entries,
+                      random_bytes, read_report, run_mm, run_pipeline, write_manifest)
 from verify.compare import compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -234,3 +235,17 @@ def test_bad_inputs_each_get_their_error_and_the_run_goes_on(checkpoints, tmp_pa
     assert not (out / "too-strict" / "model.onnx").exists()
     assert (out / "too-strict" / "worker.log").exists()
     assert MM_PYTHON.exists()
+
+
+def test_buffers_the_source_drops_on_load_and_re_derives_do_not_refuse_a_checkpoint(tmp_path):
+    """mmpretrain's SwinTransformerV2 deletes relative_position_index and relative_coords_table
+    from any state dict it loads and re-derives them from its window size; a strict load then
+    called every checkpoint of it broken (the zoo sweep's swinv2-base-w8: an internal error).
+    The worker loads as the source does, says which buffers were re-derived, and the model
+    computes what the saved one did."""
+    proc = run_mm(str(REPO / "tests" / "helpers" / "mm_load.py"),
+                  "swinv2-tiny-w8_3rdparty_in1k-256px", str(tmp_path))
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["same_logits"] is True
+    rederived = found["buffers_rederived"]
+    assert rederived["count"] == 24 and "relative_coords_table" in rederived["first"], rederived

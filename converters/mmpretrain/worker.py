@@ -159,7 +159,18 @@ class MMPretrainAdapter:
         for key, value in model_state.items():
             if key.endswith("num_batches_tracked") and key not in mapped:
                 mapped[key] = value
-        model.load_state_dict(mapped, strict=True)
+        # Not strict: the source's own load hooks may drop buffers it re-derives from its
+        # config (SwinTransformerV2 deletes relative_position_index / relative_coords_table
+        # from any state dict it is given); require_fit has proven every tensor fits.
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+        parameters = {name for name, _ in model.named_parameters()}
+        if unexpected or any(key in parameters for key in missing):
+            raise WorkerError("checkpoint_mismatch", f"torch did not load {missing[:5]}, "
+                                                     f"left unused {unexpected[:5]}")
+        if missing:
+            info["buffers_rederived"] = {
+                "count": len(missing), "first": missing[0],
+                "why": "the source's own loading drops and re-derives these buffers"}
         # eval() again after loading, as mmpretrain's get_model(pretrained=...) orders them:
         # LeViT's and EfficientFormer's train(False) caches the attention biases from the
         # weights (`self.ab`), so the cache of the model as built would hold the init's zeros.
