@@ -326,13 +326,13 @@ def convert(adapter: Adapter, job: ConvertJob, workdir: Path) -> dict:
         from converters.worker_tasks import rounding_sensitivity
 
         result["source_sensitivity"] = rounding_sensitivity(adapter, model, inputs)
-    with timer.stage("inference_form"):
-        # The reference logits above came from the model as trained; the export is of the
-        # inference form the source itself switches to (RepVGG-style re-parameterisation),
-        # so the logit gate checks that switch too; the switched source's own distance from
-        # the model as trained names the cause when that fails (orchestrator/stages/verify.py).
-        notes = adapter.for_inference(model)
-        if notes:
+    # The reference logits above came from the model as trained; the export is of the
+    # inference form the source itself switches to (RepVGG-style re-parameterisation), so the
+    # logit gate checks that switch too; the switched source's own distance from the model as
+    # trained names the cause when that fails (orchestrator/stages/verify.py).
+    notes = adapter.for_inference(model)
+    if notes:
+        with timer.stage("inference_form"):
             moved = np.abs(np.asarray(logits, np.float64) - forward_with_source(
                 adapter, model, inputs, job.batch_size, entry["model_id"]))
             result["inference_form_change"] = {"images": int(len(inputs)),
