@@ -36,7 +36,7 @@ class VariantFailed(Exception):
 def as_raw_data(model):
     """MODEL with every float initializer held as raw bytes, the same values. paddle2onnx and
     MindSpore write weights as repeated float_data, which onnxconverter-common's float16
-    converts one Python int at a time (its `_npfloat16_to_int`): 23 s against 1.8 s for the
+    converts one Python int at a time (its `_npfloat16_to_int`): 23 s against 1.5 s for the
     same Res2Net50 held as raw bytes (2026-12-07, 2 cores; the fp16 weights are identical)."""
     from onnx import TensorProto, numpy_helper
 

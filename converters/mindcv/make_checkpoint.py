@@ -30,7 +30,6 @@ from verify.images import INITS
 warnings.filterwarnings("ignore")
 
 
-
 def batch_stats_only(model) -> None:
     """Every BatchNorm's moving statistics := the next train-mode batch's (MindSpore keeps
     1 - momentum in the layer and bakes it into its BatchNorm primitive at construction)."""
