@@ -2,6 +2,7 @@
 """How much of a model zoo converts: add + convert + gate every (or a sampled) classifier.
 
     python scripts/zoo_sweep.py --source mmpretrain --sample 10 --pattern 'mobilenet*'
+    python scripts/zoo_sweep.py --list mmdeploy      # a peer project's own test list
     make zoo-sweep SOURCE=mindcv SAMPLE=5
 
 For each model of SOURCE (its own registry, `pipeline.py list-models`), no network:
@@ -16,7 +17,8 @@ For each model of SOURCE (its own registry, `pipeline.py list-models`), no netwo
    pipeline on it once (`--executor ray` fans the entries out like any other run);
 4. reads each entry's report.json: passed / failed (which check, by how much) /
    unsupported (the exporter's or the contract's message) / error.
-Writes OUT/<source>.json and OUT/<source>.md (a coverage table and the causes, counted).
+Writes OUT/<source>.json and OUT/<source>.md (a coverage table and the causes, counted);
+with --list NAME (scripts/peer_lists.py: mmdeploy, paddle2onnx, mindcv-popular), OUT/NAME.*.
 Exit status 0 when the sweep ran (whatever the coverage), 2 for bad usage.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from manifests.add import default_name, render  # noqa: E402
 from orchestrator.derive import describe_many, list_models  # noqa: E402
 from scripts.checkpoint_jobs import Made  # noqa: E402
 from scripts.checkpoint_jobs import make_checkpoints as run_jobs  # noqa: E402
+from scripts.peer_lists import PEER_LISTS  # noqa: E402
 from verify.images import INITS  # noqa: E402
 
 
@@ -104,6 +107,21 @@ def make_checkpoints(source: str, wanted: dict[str, dict], folder: Path, seed: i
     return made
 
 
+def prune(reports: Path, names: list[str]) -> int:
+    """Remove all but the report (report.json) of each of NAMES' artifact folders, once its
+    chunk of the sweep is done: a sweep measures coverage, and its models are as large as
+    its checkpoints (mmpretrain's sample of 40 left 21 GB of both and filled the disk).
+    Returns the bytes freed."""
+    freed = 0
+    for name in names:
+        folder = reports / name
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.is_file() and path.name != "report.json":
+                freed += path.stat().st_size
+                path.unlink()
+    return freed
+
+
 def _converted(report_file: Path, sha256: str) -> bool:
     """An earlier sweep's report for this very checkpoint (--resume keeps it)."""
     if not report_file.is_file():
@@ -165,13 +183,18 @@ def source_runs(rows: list[dict]) -> dict:
 
 def markdown(summary: dict, rows: list[dict]) -> str:
     counts = summary["counts"]
-    lines = [f"# Zoo sweep: {summary['source']}", "",
-             f"{summary['date']}; {summary['versions']}; {summary['selected']} of "
-             f"{summary['zoo_size']} models ("
-             + (f"{summary['not_imagenet_1k']} not ImageNet-1k classifiers left out; "
-                if summary.get("not_imagenet_1k") else "")
-             + f"pattern {summary['pattern'] or '*'!r}, sample "
-             f"{summary['sample']}, seed {summary['seed']}); seeded random-init checkpoints "
+    if summary.get("list"):     # a peer project's own list: its models, whatever the zoo
+        title = f"{summary['source']}, peer list {summary['list']}"
+        chosen = f"the {summary['selected']} models of {summary['list_origin']} (seed "
+    else:
+        title = summary["source"]
+        chosen = (f"{summary['selected']} of {summary['zoo_size']} models ("
+                  + (f"{summary['not_imagenet_1k']} not ImageNet-1k classifiers left out; "
+                     if summary.get("not_imagenet_1k") else "")
+                  + f"pattern {summary['pattern'] or '*'!r}, sample {summary['sample']}, seed ")
+    lines = [f"# Zoo sweep: {title}", "",
+             f"{summary['date']}; {summary['versions']}; {chosen}"
+             f"{summary['seed']}); seeded random-init checkpoints "
              f"made with the source's own code (BatchNorm statistics: "
              f"{summary['init']}); minimal 5-field entries (everything else "
              "derived).", "",
@@ -203,7 +226,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--source", required=True, choices=list(SOURCES))
+    parser.add_argument("--source", choices=list(SOURCES),
+                        help="the zoo (required unless --list names one)")
+    parser.add_argument("--list", choices=list(PEER_LISTS), dest="peer_list",
+                        help="a peer project's own test list (scripts/peer_lists.py): its "
+                             "source and models, results in OUT/LIST.{md,json}")
     parser.add_argument("--sample", type=int, default=None,
                         help="sweep this many models drawn at random (default: all)")
     parser.add_argument("--pattern", default="", help="shell pattern on model ids, any case")
@@ -220,14 +247,32 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep the reports an earlier sweep into OUT wrote for the same "
                              "checkpoints, converting only the rest (after an interrupted run)")
+    parser.add_argument("--chunk", type=int, default=10,
+                        help="entries per pipeline run: after each, the chunk's models are "
+                             "removed (their reports kept), so a whole zoo fits on a disk")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="keep every converted model under OUT/artifacts (by default only "
+                             "the reports stay)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds one checkpoint may take to make")
     args = parser.parse_args(argv)
+    peer = PEER_LISTS.get(args.peer_list)
+    if peer and args.source not in (None, peer.source):
+        parser.error(f"--list {args.peer_list} is a {peer.source} list, not {args.source}")
+    if peer and (args.models or args.pattern or args.sample is not None):
+        parser.error("--list names its own models: leave out --models, --pattern and --sample")
+    if not (peer or args.source):
+        parser.error("name a zoo with --source, or a peer list with --list")
+    if args.chunk < 1:
+        parser.error("--chunk must be 1 or more")
+    args.source = peer.source if peer else args.source
+    stem = args.peer_list or args.source     # OUT/<stem>.{md,json}
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     zoo = list_models(args.source)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    names = (list(peer.model_ids) if peer else
+             [n.strip() for n in args.models.split(",") if n.strip()])
     chosen = pick(zoo, args.sample, args.seed, args.pattern, names)
     others = len(zoo) - len(imagenet_1k(zoo))
     print(f"zoo sweep: {args.source}, {len(chosen)} of {len(zoo)} models"
@@ -288,14 +333,22 @@ def main(argv=None) -> int:
         print(f"--resume: {len(done)} of {len(entries)} converted before, kept", flush=True)
         entries = [e for e in entries if e not in done]
     pipeline_status = 0
-    if entries:
-        manifest = out / f"{args.source}.manifest.yaml"
-        manifest.write_text("version: 1\nmodels:\n" + "".join(render(e, []) for e in entries))
+    manifest = out / f"{stem}.manifest.yaml"
+    for first in range(0, len(entries), args.chunk):
+        chunk = entries[first:first + args.chunk]
+        manifest.write_text("version: 1\nmodels:\n" + "".join(render(e, []) for e in chunk))
         command = [sys.executable, str(REPO / "pipeline.py"), "--manifest", str(manifest),
-                   "--out", str(out / "artifacts" / args.source), "--executor", args.executor,
+                   "--out", str(reports), "--executor", args.executor,
                    *(["--fresh-workers"] if args.fresh_workers else [])]
-        print(f"running the pipeline on {len(entries)} entries: {' '.join(command)}", flush=True)
-        pipeline_status = subprocess.run(command, cwd=REPO).returncode
+        print(f"running the pipeline on entries {first + 1}-{first + len(chunk)} of "
+              f"{len(entries)}: {' '.join(command)}", flush=True)
+        status = subprocess.run(command, cwd=REPO).returncode
+        if not args.keep_models:
+            prune(reports, [e["name"] for e in chunk])
+        if status not in (0, 1):   # interrupted (130) or killed (<0): the rest is --resume's
+            pipeline_status = status
+            break
+        pipeline_status = max(pipeline_status, status)
     for row in rows:
         if row["name"] not in checkpoints:
             continue
@@ -316,7 +369,9 @@ def main(argv=None) -> int:
 
     counts = collections.Counter(r["status"] for r in rows)
     causes = collections.Counter(cause_class(r) for r in rows if r["status"] != "passed")
-    summary = {"source": args.source, "date": dt.date.today().isoformat(), "init": args.init,
+    summary = {"source": args.source, "list": args.peer_list,
+               "list_origin": peer.origin if peer else None,
+               "date": dt.date.today().isoformat(), "init": args.init,
                "versions": versions, "zoo_size": len(zoo), "selected": len(chosen),
                "not_imagenet_1k": others,
                "pattern": args.pattern, "sample": args.sample, "seed": args.seed,
@@ -331,11 +386,11 @@ def main(argv=None) -> int:
                "convert_seconds_per_model": (
                    sum(r["convert_seconds"] for r in rows if "convert_seconds" in r)
                    / max(sum("convert_seconds" in r for r in rows), 1))}
-    (out / f"{args.source}.json").write_text(json.dumps({"summary": summary, "models": rows},
-                                                        indent=2) + "\n")
-    (out / f"{args.source}.md").write_text(markdown(summary, rows))
+    (out / f"{stem}.json").write_text(json.dumps({"summary": summary, "models": rows},
+                                                 indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(summary, rows))
     print(markdown(summary, rows))
-    print(f"wrote {out / (args.source + '.md')} and .json")
+    print(f"wrote {out / (stem + '.md')} and .json")
     return 0
 
 

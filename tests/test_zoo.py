@@ -18,13 +18,14 @@ from converters.worker_tasks import closest_ids
 from deploy.preprocess import contract, preprocess_batch, validate
 from manifests.add import default_name
 from manifests.loader import load_manifest
-from orchestrator.derive import describe, merge
+from orchestrator.derive import describe, list_models, merge
 from orchestrator.contract_gate import level_diffs
 from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
 
 PYTHONS = {"mmpretrain": MM_PYTHON, "paddleclas": PADDLE_PYTHON, "mindcv": MINDSPORE_PYTHON}
 sys.path.insert(0, str(REPO / "scripts"))
 import zoo_sweep  # noqa: E402
+from peer_lists import PEER_LISTS  # noqa: E402
 
 
 def _five_fields(tmp_path: Path, url: str, **extra) -> object:
@@ -237,6 +238,57 @@ def test_the_sweep_also_counts_the_models_the_source_itself_runs():
     assert "**2 of 4 passed (50 %; 95 % Wilson interval 15-85 %)**; unsupported 2; 1 s" in text
     assert ("Of the 3 models the source's own code runs here: **2 passed (67 %; 95 % Wilson "
             "interval 21-94 %)**.") in text
+
+
+def test_a_peer_list_names_its_source_and_refuses_a_selection_of_its_own(capsys):
+    """`--list` sweeps a peer project's own list: its source is the list's, and a --source
+    of another zoo or a --sample/--models/--pattern beside it is a usage error (exit 2),
+    before any model is listed or converted."""
+    for argv, words in ((["--list", "mmdeploy", "--source", "paddleclas"],
+                         "--list mmdeploy is a mmpretrain list, not paddleclas"),
+                        (["--list", "paddle2onnx", "--sample", "3"], "leave out --models"),
+                        (["--list", "mindcv-popular", "--models", "resnet18"],
+                         "leave out --models"),
+                        ([], "name a zoo with --source, or a peer list with --list")):
+        with pytest.raises(SystemExit) as stopped:
+            zoo_sweep.main(argv)
+        assert stopped.value.code == 2 and words in capsys.readouterr().err
+    summary = {"source": "mmpretrain", "list": "mmdeploy", "list_origin": "mmdeploy's yml",
+               "date": "d", "versions": "", "selected": 1, "zoo_size": 9, "pattern": "",
+               "sample": None, "seed": 0, "init": "images", "counts": {"passed": 1},
+               "causes": {}, "coverage_percent": 100.0, "wilson95": zoo_sweep.wilson(1, 1),
+               "seconds_per_model": 1.0,
+               "source_runs": {"models": 1, "passed": 1, "percent": 100.0,
+                               "wilson95": zoo_sweep.wilson(1, 1)}}
+    text = zoo_sweep.markdown(summary, [{"model_id": "a", "status": "passed", "seconds": 1.0}])
+    assert text.startswith("# Zoo sweep: mmpretrain, peer list mmdeploy\n")
+    assert "the 1 models of mmdeploy's yml (seed 0)" in text and "sample" not in text
+
+
+def test_a_sweep_keeps_each_report_and_removes_the_rest_of_its_artifact(tmp_path):
+    """What the sweep prunes after each chunk: every file of the named artifact folders
+    but report.json; other folders and a missing one are left alone."""
+    for name in ("a", "b", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text("{}")
+        (tmp_path / name / "model.onnx").write_bytes(b"x" * 1000)
+        (tmp_path / name / "labels.txt").write_text("cat\n")
+    assert zoo_sweep.prune(tmp_path, ["a", "b", "never-written"]) == 2 * (1000 + 4)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.json"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["report.json"]
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == \
+        ["labels.txt", "model.onnx", "report.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PEER_LISTS))
+def test_every_peer_list_id_is_one_its_source_offers(name):
+    """A list's ids are its source's own registry ids (a renamed model would make `--list`
+    stop at 'unknown model')."""
+    peer = PEER_LISTS[name]
+    offered = {m["model_id"] for m in list_models(peer.source)}
+    assert len(set(peer.model_ids)) == len(peer.model_ids) >= 10
+    assert [i for i in peer.model_ids if i not in offered] == []
 
 
 def test_a_source_whose_own_forward_raises_is_unsupported_naming_the_input():
@@ -554,10 +606,18 @@ def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(t
       "rexnet_10": ("unsupported", "mindcv's own code cannot build rexnet_10 here", "build")}),
 ])
 def test_zoo_sweep_on_a_small_sample(source, models, expect, tmp_path):
+    # MindCV's five checkpoints go through the pipeline in chunks of two (--chunk), the
+    # others in one run (a warm worker, which paddleclas's RepVGG pair needs).
+    chunk = ["--chunk", "2"] if source == "mindcv" else []
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "zoo_sweep.py"),
-                           "--source", source, "--models", models, "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=2400)
+                           "--source", source, "--models", models, "--out", str(tmp_path),
+                           *chunk], cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
+    if chunk:
+        assert "running the pipeline on entries 5-5 of 5" in done.stdout, done.stdout[-3000:]
+    # Each chunk's models are removed once it is done; the reports stay (the sweep's table).
+    left = {p.name for p in (tmp_path / "artifacts" / source).glob("*/*")}
+    assert left == {"report.json"}, left
     result = json.loads((tmp_path / f"{source}.json").read_text())
     got = {r["model_id"]: r["status"] for r in result["models"]}
     status = {m: e if isinstance(e, str) else e[0] for m, e in expect.items()}
