@@ -47,6 +47,7 @@ help:
 	@echo "make bench-warm [SOURCE=mmpretrain] [MODELS=a,b]  sweep seconds per model: fresh process per job vs warm workers (JSON)"
 	@echo "make list                       entries of $(MANIFEST)"
 	@echo "make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN='res*'] [SEED=0] [RESUME=1]"
+	@echo "make zoo-sweep LIST=mmdeploy|paddle2onnx|mindcv-popular   a peer project's own test list"
 	@echo "                                add + convert + gate zoo models (random init); coverage in $(ZOO_OUT)/"
 	@echo "make verify-artifact ARTIFACT=DIR PUBLIC_KEY=PUB"
 	@echo "make publish FROM=OUT TO=STORE PUBLIC_KEY=PUB [KEEP=K]   STORE: a folder or s3://BUCKET/PREFIX"
@@ -178,8 +179,9 @@ lock-hashes:
 # job can run it whole (EXECUTOR=ray fans the conversions out). scripts/zoo_sweep.py.
 ZOO_OUT ?= zoo-sweep
 zoo-sweep: setup
-	@test -n "$(SOURCE)" || { echo "usage: make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN=...] [SEED=0] [MODELS=a,b]"; exit 2; }
-	$(PY) scripts/zoo_sweep.py --source $(SOURCE) --out $(ZOO_OUT) $(if $(SAMPLE),--sample $(SAMPLE)) \
+	@test -n "$(SOURCE)$(LIST)" || { echo "usage: make zoo-sweep SOURCE=mmpretrain|paddleclas|mindcv [SAMPLE=N] [PATTERN=...] [SEED=0] [MODELS=a,b]"; echo "       make zoo-sweep LIST=mmdeploy|paddle2onnx|mindcv-popular   (a peer project's own test list)"; exit 2; }
+	$(PY) scripts/zoo_sweep.py $(if $(SOURCE),--source $(SOURCE)) $(if $(LIST),--list $(LIST)) --out $(ZOO_OUT) \
+	    $(if $(SAMPLE),--sample $(SAMPLE)) \
 	    $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(SEED),--seed $(SEED)) $(if $(MODELS),--models $(MODELS)) \
 	    $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(RESUME),--resume)
 

@@ -398,6 +398,47 @@ def test_two_publishers_at_once_do_not_corrupt_the_index(keys, tmp_path):
     assert_store_consistent(store, keys["public"])
 
 
+@pytest.mark.parametrize("ray_address, sample_var, sample", [
+    ("", "", "40"),                 # a hosted runner alone: a seeded sample, said so
+    ("head:6379", "", ""),          # a Ray cluster: the whole zoo
+    ("", "all", ""), ("head:6379", "12", "12")])
+def test_nightly_sweeps_each_zoo_and_its_peer_list(tmp_path, ray_address, sample_var, sample):
+    """The nightly's zoo-sweep job: one per source, each with its peer list
+    (scripts/peer_lists.py), the whole zoo on a Ray cluster and a sample of 40 on a runner
+    alone. Its step's script runs here under bash with `make` recording its arguments."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from peer_lists import PEER_LISTS
+
+    job = yaml.safe_load((REPO / ".github" / "workflows" / "nightly.yml").read_text())[
+        "jobs"]["zoo-sweep"]
+    pairs = {(m["source"], m["list"]) for m in job["strategy"]["matrix"]["include"]}
+    assert pairs == {(peer.source, name) for name, peer in PEER_LISTS.items()}
+    step = next(s for s in job["steps"] if "make zoo-sweep" in s.get("run", ""))
+    assert step["env"]["EXECUTOR"] == "${{ vars.RAY_ADDRESS != '' && 'ray' || 'local' }}"
+    assert any("zoo-sweep/*.md" in (s.get("with") or {}).get("path", "")
+               for s in job["steps"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text('#!/bin/sh\nprintf "%s|" "$@" >> "$CALLS"; echo >> "$CALLS"\n'
+                                  'mkdir -p zoo-sweep; touch zoo-sweep/mindcv.md '
+                                  'zoo-sweep/mindcv-popular.md\n')
+    (bin_dir / "make").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls"),
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "SOURCE": "mindcv",
+           "LIST": "mindcv-popular", "ZOO_SWEEP_SAMPLE": sample_var, "ZOO_SWEEP_SEED": "",
+           "EXECUTOR": "ray" if ray_address else "local", "RAY_ADDRESS": ray_address}
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0].startswith(f"zoo-sweep|SOURCE=mindcv|SAMPLE={sample}|"), calls
+    assert calls[1] == f"zoo-sweep|LIST=mindcv-popular|EXECUTOR={env['EXECUTOR']}|" \
+        "ZOO_OUT=zoo-sweep|", calls
+    assert ("A sample, not the whole zoo" in done.stdout) is (sample == "40")
+
+
 def test_nightly_workflow_is_valid_and_calls_the_make_targets():
     import yaml
 
