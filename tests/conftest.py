@@ -352,8 +352,9 @@ def run_mindspore(*args: str, timeout: float = 900) -> subprocess.CompletedProce
 CHECKPOINT_RECIPES = {
     "w14": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w14-s8"],
                                    "--format", "openmmlab"]),
-    "w14-module": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w14-s8"],
-                                          "--format", "module"]),
+    # DataParallel's `module.` prefix on every key (test_mmpretrain_e2e.py): a small model
+    "mnv2-module": ("mmpretrain", ".pth", ["--arch", "mmpretrain:mobilenet-v2_8xb32_in1k",
+                                           "--format", "module"]),
     "w26": ("mmpretrain", ".pth", ["--arch", "mmpretrain:" + MODEL_IDS["res2net50-w26-s8"],
                                    "--format", "openmmlab"]),
     "official": ("mmpretrain", ".pth", ["--arch", "timm:res2net50_14w_8s", "--format", "bare"]),

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import (MM_PYTHON, REPO, assert_passed, helper_logits, manifest_entries,
-                      random_bytes, read_report, run_mm, run_pipeline, write_manifest)
+                      random_bytes, read_report, run_mm, run_pipeline, small_entry,
+                      write_manifest)
+from fetch.download import sha256_file
 from verify.compare import compare_logits, failed
 from verify.images import generate_images
 from verify.ort_runner import OrtRunner
@@ -70,19 +72,20 @@ def test_openmmlab_checkpoint_converts_at_any_batch_size(three_sources, checkpoi
 
 
 def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
-    """timm's res2net50_14w_8s (the official code and names) and DataParallel prefixes."""
-    module_entry = copy.deepcopy(ENTRIES["res2net50-w14-s8"])
-    module_entry["name"] = "w14-module-prefix"
+    """timm's res2net50_14w_8s (the official code and names) and DataParallel prefixes (on
+    mobilenet-v2, as `add` writes its entry: the prefix is the point, not the model)."""
+    module = checkpoints("mnv2-module")
+    module_entry = {**small_entry("mm-small", checkpoints), "name": "mnv2-module-prefix",
+                    "checkpoint": {"url": module.as_uri(), "sha256": sha256_file(module)}}
     manifest = write_manifest(tmp_path / "m.yaml", [
         ENTRIES["res2net50-14w-8s-official"], module_entry])
-    official, module = checkpoints("official"), checkpoints("w14-module")
+    official = checkpoints("official")
     data = tmp_path / "data"
     for cls in ("n01440764", "n01443537"):  # ImageFolder-style class sub-folders
         generate_images(data / cls, 5, seed=len(cls) + ord(cls[-1]))
     out = tmp_path / "out"
     proc = run_pipeline("--manifest", str(manifest), "--out", str(out), "--data", str(data),
-                        "--checkpoint", f"res2net50-14w-8s-official={official}",
-                        "--checkpoint", f"w14-module-prefix={module}")
+                        "--checkpoint", f"res2net50-14w-8s-official={official}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     official_report = read_report(out, "res2net50-14w-8s-official")
     assert_passed(official_report)
@@ -90,7 +93,7 @@ def test_official_release_naming_and_module_prefix(checkpoints, tmp_path):
     assert official_report["source"]["checkpoint"]["container"] == "bare state dict"
     assert official_report["verification"]["images"] == {
         "kind": "data", "dir": str(data), "count": 10, "available": 10}
-    module_report = read_report(out, "w14-module-prefix")
+    module_report = read_report(out, "mnv2-module-prefix")
     assert_passed(module_report)
     assert module_report["source"]["checkpoint"]["layout"] == "openmmlab+module."
 
