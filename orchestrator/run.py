@@ -13,6 +13,8 @@ it. Imports no deep-learning framework.
 """
 from __future__ import annotations
 
+import errno
+import shutil
 import time
 import traceback
 from dataclasses import replace
@@ -75,10 +77,11 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             say(f"  {out.status.upper():<9} [{exc.stage}/{exc.kind}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
             out.status = "error"
-            record_error(report, timer.current, "internal", f"{type(exc).__name__}: {exc}",
+            kind, message = _unforeseen(exc, workdir)
+            record_error(report, timer.current, kind, message,
                          {"traceback": traceback.format_exc(limit=20)})
-            out.decided = f"{timer.current}: internal error"
-            say(f"  ERROR     [{timer.current}/internal] {type(exc).__name__}: {exc}")
+            out.decided = f"{timer.current}: {kind.replace('_', ' ')}"
+            say(f"  ERROR     [{timer.current}/{kind}] {message}")
         log = workdir / "worker.log"
         if log.exists():
             out.files["worker.log"] = log.read_bytes()
@@ -86,6 +89,19 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             say(f"  work dir  kept at {workdir}")
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _unforeseen(exc: Exception, workdir: Path) -> tuple[str, str]:
+    """The kind and message of an exception no stage turned into a StageError: `disk_full`
+    for a full disk (a zoo sweep's models once filled this machine's, and every later entry
+    failed as an internal error at whatever file it was writing), else `internal`."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(workdir if workdir.exists() else workdir.parent).free
+        return "disk_full", (f"no space left on the device writing {exc.filename or 'a file'} "
+                             f"({free / 2**20:.0f} MiB free where the work directory "
+                             f"{workdir} is); free some, or set MODEL_CONVERT_WORK to a "
+                             "larger disk")
+    return "internal", f"{type(exc).__name__}: {exc}"
 
 
 def run_stages(ctx: EntryContext) -> tuple[list[Check], dict[str, dict], bool]:

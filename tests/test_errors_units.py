@@ -34,3 +34,24 @@ def test_a_stage_error_keeps_its_stage():
     back = pickle.loads(pickle.dumps(error))
     assert (back.stage, back.kind, back.message, back.details) == (
         "simplify", "unsupported", "too large", {"bytes": 3})
+
+
+def test_a_full_disk_is_named_as_such_not_an_internal_error(tmp_path):
+    """A conversion that finds the disk full (a zoo sweep's models once filled this
+    machine's) is `disk_full`, with the free space where the work directory is and what to
+    do; any other unforeseen exception stays `internal`. The ENOSPC is real: /dev/full."""
+    from orchestrator.run import _unforeseen
+
+    try:
+        with open("/dev/full", "wb") as full:
+            full.write(b"x" * 65536)
+            full.flush()
+    except OSError as exc:
+        kind, message = _unforeseen(exc, tmp_path / "entry-m")
+    assert kind == "disk_full", message
+    assert message.startswith("no space left on the device writing a file (")
+    assert f"MiB free where the work directory {tmp_path / 'entry-m'} is" in message
+    assert "MODEL_CONVERT_WORK" in message
+    assert _unforeseen(OSError(13, "denied"), tmp_path) == ("internal",
+                                                           "PermissionError: [Errno 13] denied")
+    assert _unforeseen(KeyError("x"), tmp_path) == ("internal", "KeyError: 'x'")
