@@ -40,6 +40,17 @@ class CannotBuild(SystemExit):
         self.message = message
 
 
+def cannot(framework: str, what: str, exc: Exception) -> None:
+    """The source's own code failed, so the model is unsupported here (as the worker says):
+    raises CannotBuild, which scripts/zoo_sweep.py reads through run_jobs (alone: exit
+    status CANNOT_BUILD after an `unsupported:` line)."""
+    from converters.worker_flow import source_failure
+
+    message = source_failure(framework, what, exc)
+    print(f"unsupported: {message}", file=sys.stderr)
+    raise CannotBuild(message) from None
+
+
 def run_jobs(maker, jobs: list[list[str]], emit) -> bool:
     ok = True
     for number, argv in enumerate(jobs):

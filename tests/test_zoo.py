@@ -536,6 +536,26 @@ def test_add_for_each_source_writes_a_reviewable_entry_and_refuses_a_typo(tmp_pa
 
 
 @pytest.mark.slow
+def test_paddleclas_checkpoint_maker_says_when_the_sources_own_forward_fails(tmp_path):
+    """A model PaddleClas's own code cannot run (the sweep's MAE_vit_huge_patch14 normalizes
+    an already pooled feature, whatever the input; here DeiT at an input size its patch
+    embedding refuses) is the source's failure: the maker exits CANNOT_BUILD (3) after an
+    `unsupported:` line in PaddleClas's words, writes nothing, and a sweep counts it as
+    `unsupported` (converters/checkpoint_batch.py), not as the maker's error."""
+    from converters.checkpoint_batch import CANNOT_BUILD
+
+    out = tmp_path / "deit.pdparams"
+    done = subprocess.run([str(PADDLE_PYTHON), "-m", "converters.paddleclas.make_checkpoint",
+                           "--model-id", "DeiT_tiny_patch16_224", "--size", "96",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == CANNOT_BUILD, done.stderr[-2000:]
+    assert ("unsupported: PaddleClas's own code cannot run DeiT_tiny_patch16_224 on input "
+            "[3, 96, 96] here: AssertionError: Input image size (96*96)") in done.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_a_model_the_sources_own_code_cannot_build_is_unsupported_in_its_words(tmp_path):
     """mindcv 0.3's rexnet does not build on MindSpore 2.7.2 (its _initialize_weights reshapes
     a Tensor before its initializer ran). A user's entry for it is `unsupported`, naming the

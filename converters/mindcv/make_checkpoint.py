@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import warnings
 from pathlib import Path
 
-from converters.checkpoint_batch import CannotBuild
+from converters.checkpoint_batch import cannot
 from verify.images import INITS
 
 warnings.filterwarnings("ignore")
@@ -40,17 +39,6 @@ def batch_stats_only(model) -> None:
             cell.momentum = 1.0
             cell.bn_train = ops.BatchNorm(is_training=True, epsilon=cell.eps, momentum=1.0,
                                           data_format=cell.format)
-
-
-def cannot(what: str, exc: Exception) -> None:
-    """mindcv's own code failed, so the model is unsupported here (as the worker says):
-    CannotBuild, which scripts/zoo_sweep.py reads through converters/checkpoint_batch.py
-    (alone: exit status CANNOT_BUILD after an `unsupported:` line)."""
-    from converters.worker_flow import source_failure
-
-    message = source_failure("mindcv", what, exc)
-    print(f"unsupported: {message}", file=sys.stderr)
-    raise CannotBuild(message) from None
 
 
 def main(argv=None) -> None:
@@ -89,7 +77,7 @@ def main(argv=None) -> None:
             model = build_model(args.model_id, args.num_classes)
             batch_stats_only(model)
     except Exception as exc:  # noqa: BLE001 - mindcv's own constructor: its failure
-        cannot(f"build {args.model_id}", exc)
+        cannot("mindcv", f"build {args.model_id}", exc)
     batch = calibration_batch(args.init, args.seed, 8, mean=[123.675, 116.28, 103.53],
                               std=[58.395, 57.12, 57.375], size=args.size)
     if batch is not None:
@@ -98,7 +86,7 @@ def main(argv=None) -> None:
         try:
             model(x)  # moving statistics := this batch's statistics
         except Exception as exc:  # noqa: BLE001 - mindcv's own forward: its failure
-            cannot(f"run {args.model_id} on input {list(batch.shape[1:])}", exc)
+            cannot("mindcv", f"run {args.model_id} on input {list(batch.shape[1:])}", exc)
         model.set_train(False)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
