@@ -48,6 +48,9 @@ from verify.images import INITS  # noqa: E402
 
 
 IMAGENET_1K = "ImageNet-1k"
+# Entries per pipeline run, by executor: the models a chunk leaves on the driver's disk
+# until it ends (Ray converts a chunk's entries side by side, so its chunks are larger).
+CHUNK = {"local": 10, "ray": 50}
 
 
 def imagenet_1k(models: list[dict]) -> list[dict]:
@@ -247,9 +250,11 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep the reports an earlier sweep into OUT wrote for the same "
                              "checkpoints, converting only the rest (after an interrupted run)")
-    parser.add_argument("--chunk", type=int, default=10,
-                        help="entries per pipeline run: after each, the chunk's models are "
-                             "removed (their reports kept), so a whole zoo fits on a disk")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="entries per pipeline run (default 10, with --executor ray 50: "
+                             "a cluster converts a chunk's entries side by side): after "
+                             "each, the chunk's models are removed (their reports kept), so "
+                             "a whole zoo fits on a disk")
     parser.add_argument("--keep-models", action="store_true",
                         help="keep every converted model under OUT/artifacts (by default only "
                              "the reports stay)")
@@ -263,6 +268,7 @@ def main(argv=None) -> int:
         parser.error("--list names its own models: leave out --models, --pattern and --sample")
     if not (peer or args.source):
         parser.error("name a zoo with --source, or a peer list with --list")
+    args.chunk = CHUNK[args.executor] if args.chunk is None else args.chunk
     if args.chunk < 1:
         parser.error("--chunk must be 1 or more")
     args.source = peer.source if peer else args.source

@@ -249,7 +249,8 @@ def test_a_peer_list_names_its_source_and_refuses_a_selection_of_its_own(capsys)
                         (["--list", "paddle2onnx", "--sample", "3"], "leave out --models"),
                         (["--list", "mindcv-popular", "--models", "resnet18"],
                          "leave out --models"),
-                        ([], "name a zoo with --source, or a peer list with --list")):
+                        ([], "name a zoo with --source, or a peer list with --list"),
+                        (["--source", "mindcv", "--chunk", "0"], "--chunk must be 1 or more")):
         with pytest.raises(SystemExit) as stopped:
             zoo_sweep.main(argv)
         assert stopped.value.code == 2 and words in capsys.readouterr().err
