@@ -14,7 +14,8 @@ For each model of SOURCE (its own registry, `pipeline.py list-models`), no netwo
    --timeout, a model that fails or hangs reported alone;
 3. writes a manifest of minimal entries (name, source, model_id, num_classes, checkpoint:
    everything else is derived at run time, as a user's 5-line entry is) and runs the
-   pipeline on it once (`--executor ray` fans the entries out like any other run);
+   pipeline on it, --chunk entries at a time (`--executor ray` fans a chunk's entries out
+   like any other run), keeping only each entry's report.json unless --keep-models;
 4. reads each entry's report.json: passed / failed (which check, by how much) /
    unsupported (the exporter's or the contract's message) / error.
 Writes OUT/<source>.json and OUT/<source>.md (a coverage table and the causes, counted:

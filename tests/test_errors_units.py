@@ -36,11 +36,32 @@ def test_a_stage_error_keeps_its_stage():
         "simplify", "unsupported", "too large", {"bytes": 3})
 
 
-def test_a_full_disk_is_named_as_such_not_an_internal_error(tmp_path):
+def test_a_full_disk_is_named_as_such_not_an_internal_error(tmp_path, monkeypatch):
     """A conversion that finds the disk full (a zoo sweep's models once filled this
     machine's) is `disk_full`, with the free space where the work directory is and what to
-    do; any other unforeseen exception stays `internal`. The ENOSPC is real: /dev/full."""
+    do; any other unforeseen exception stays `internal`. The ENOSPC is real: /dev/full,
+    written from inside the entry's stages, and the entry task reports it so."""
+    import orchestrator.run as run
+    from conftest import manifest_entries
+    from manifests.loader import Entry
     from orchestrator.run import _unforeseen
+    from orchestrator.stages.context import CheckpointRef, RunOptions
+
+    def stages_on_a_full_disk(ctx):
+        with open("/dev/full", "wb") as full:
+            full.write(b"x" * 65536)
+            full.flush()
+
+    monkeypatch.setattr(run, "run_stages", stages_on_a_full_disk)
+    monkeypatch.setenv("MODEL_CONVERT_WORK", str(tmp_path / "work"))
+    entry = Entry(manifest_entries()["res2net50-w14-s8"], None)   # every field: no derive
+    said = []
+    prepared = run.prepare_entry(entry, [entry], RunOptions(tmp_path / "out", tmp_path / "c"),
+                                 CheckpointRef({}, str(tmp_path / "c")), None, "e", said.append)
+    error = prepared.report["error"]
+    assert error["kind"] == "disk_full" and prepared.status == "error", error
+    assert error["message"].startswith("no space left on the device"), error
+    assert any("/disk_full] no space left" in line for line in said), said
 
     try:
         with open("/dev/full", "wb") as full:

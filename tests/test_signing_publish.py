@@ -437,6 +437,14 @@ def test_nightly_sweeps_each_zoo_and_its_peer_list(tmp_path, ray_address, sample
     assert calls[1] == f"zoo-sweep|LIST=mindcv-popular|EXECUTOR={env['EXECUTOR']}|" \
         "ZOO_OUT=zoo-sweep|", calls
     assert ("A sample, not the whole zoo" in done.stdout) is (sample == "40")
+    # ... and the make target passes them on: a list alone, an empty SAMPLE as no --sample.
+    for args, has, lacks in ((["LIST=mindcv-popular"], "--list mindcv-popular", "--source"),
+                             (["SOURCE=mindcv", "SAMPLE="], "--source mindcv", "--sample"),
+                             (["SOURCE=mindcv", "SAMPLE=12"], "--sample 12", "--list")):
+        dry = subprocess.run(["make", "-n", "zoo-sweep", *args], cwd=REPO,
+                             capture_output=True, text=True).stdout
+        command = dry.split("scripts/zoo_sweep.py", 1)[1]   # its arguments, continued lines
+        assert has in command and lacks not in command, dry
 
 
 def test_nightly_workflow_is_valid_and_calls_the_make_targets():

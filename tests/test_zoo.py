@@ -551,7 +551,8 @@ def test_paddleclas_checkpoint_maker_says_when_the_sources_own_forward_fails(tmp
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == CANNOT_BUILD, done.stderr[-2000:]
-    assert ("unsupported: PaddleClas's own code cannot run DeiT_tiny_patch16_224 on input "
+    # in the worker's words (converters/worker_flow.py source_failure, "paddleclas")
+    assert ("unsupported: paddleclas's own code cannot run DeiT_tiny_patch16_224 on input "
             "[3, 96, 96] here: AssertionError: Input image size (96*96)") in done.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
 

@@ -75,13 +75,13 @@ def main(argv=None) -> None:
     try:
         model = build_model(args.model_id, args.num_classes)
     except Exception as exc:  # noqa: BLE001 - PaddleClas's own constructor: its failure
-        cannot("PaddleClas", f"build {args.model_id}", exc)
+        cannot("paddleclas", f"build {args.model_id}", exc)
     try:
         calibrate_batchnorm(model, args.seed, size=args.size, init=args.init)
     except Exception as exc:  # noqa: BLE001 - PaddleClas's own forward: its failure (its
         # MAE_vit_huge_patch14 normalizes an already pooled feature: "normalized_shape
         # [1280] ... got input shape [8]", whatever the input)
-        cannot("PaddleClas", f"run {args.model_id} on input [3, {args.size}, {args.size}]", exc)
+        cannot("paddleclas", f"run {args.model_id} on input [3, {args.size}, {args.size}]", exc)
     state = model.state_dict()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
