@@ -18,7 +18,7 @@ from converters.worker_tasks import closest_ids
 from deploy.preprocess import contract, preprocess_batch, validate
 from manifests.add import default_name
 from manifests.loader import load_manifest
-from orchestrator.derive import describe, list_models, merge
+from orchestrator.derive import describe_many, list_models, merge
 from orchestrator.contract_gate import level_diffs
 from verify.images import ODD_KINDS, generate_images, synth_image, write_jpeg
 
@@ -407,17 +407,38 @@ DERIVED_CASES = [("mmpretrain", "deit-tiny_4xb256_in1k"),
 LEVELS_ALLOWED = {("mindcv", "pit_ti"): 1.0}
 
 
+@pytest.fixture(scope="module")
+def configured_tensors(tmp_path_factory):
+    """tensors(source) -> (images, {model_id: (described, the source's own tensors)}) for
+    every DERIVED_CASES model of SOURCE, made on first ask: one describe worker and one
+    framework process per source for all its models (a process per case paid the
+    framework's imports ten times over)."""
+    made: dict[str, tuple] = {}
+
+    def tensors(source: str):
+        if source not in made:
+            root = tmp_path_factory.mktemp(f"derived-{source}")
+            paths = _images(root)
+            (root / "images.txt").write_text("\n".join(map(str, paths)))
+            ids = [m for s, m in DERIVED_CASES if s == source]
+            described = describe_many(source, ids)
+            run_in_env(PYTHONS[source], str(REPO / "tests" / "helpers" / "config_tensors.py"),
+                       source, ",".join(ids), str(root / "images.txt"), str(root))
+            made[source] = paths, {m: (described[m], np.load(root / f"{m}.npy")) for m in ids}
+        return made[source]
+
+    return tensors
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("derived-preprocessing")   # one worker: configured_tensors, once
 @pytest.mark.parametrize("source, model_id", DERIVED_CASES)
 def test_derived_preprocessing_equals_the_sources_own_configured_transforms(
-        source, model_id, tmp_path):
-    described = describe(source, model_id)
+        source, model_id, configured_tensors):
+    paths, cases = configured_tensors(source)
+    described, theirs = cases[model_id]
+    assert "error" not in described, described
     spec = validate(contract(described["preprocess"], described["input_shape"]))
-    paths = _images(tmp_path)
-    (tmp_path / "images.txt").write_text("\n".join(map(str, paths)))
-    run_in_env(PYTHONS[source], str(REPO / "tests" / "helpers" / "config_tensors.py"), source,
-               model_id, str(tmp_path / "images.txt"), str(tmp_path / "theirs.npy"))
-    theirs = np.load(tmp_path / "theirs.npy")
     ours = preprocess_batch(paths, spec)
     assert ours.shape == theirs.shape == (len(paths), *described["input_shape"])
     allowed = LEVELS_ALLOWED.get((source, model_id), 0.0)

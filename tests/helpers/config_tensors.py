@@ -1,7 +1,10 @@
 """The tensors a source's own eval transforms make of some images, configured the way the
 source configures them for MODEL_ID (test helper; none of the pipeline's code).
 
-    python tests/helpers/config_tensors.py SOURCE MODEL_ID IMAGES.txt OUT.npy
+    python tests/helpers/config_tensors.py SOURCE MODEL_ID[,MODEL_ID...] IMAGES.txt OUT_DIR
+
+writes OUT_DIR/MODEL_ID.npy for each model, all in one process (the framework's imports,
+most of a run's time, are paid once).
 
 mmpretrain: the model config's own test pipeline (Compose of its dicts) and the built
 model's data_preprocessor. PaddleClas: what its `paddleclas` predictor does for an ImageNet
@@ -103,7 +106,8 @@ def mindcv(model_id, paths):
 
 
 if __name__ == "__main__":
-    source, model_id, images, target = sys.argv[1:]
+    source, model_ids, images, target = sys.argv[1:]
     files = [p for p in open(images).read().split("\n") if p]
-    np.save(target, {"mmpretrain": mmpretrain, "paddleclas": paddleclas,
-                     "mindcv": mindcv}[source](model_id, files))
+    tensors = {"mmpretrain": mmpretrain, "paddleclas": paddleclas, "mindcv": mindcv}[source]
+    for model_id in model_ids.split(","):
+        np.save(os.path.join(target, f"{model_id}.npy"), tensors(model_id, files))
