@@ -140,6 +140,11 @@ LONGEST_FIRST = ("test_scale.py", "test_mindcv_e2e.py", "test_localize.py",
                  "test_accuracy_e2e.py", "test_mmpretrain_e2e.py", "test_demo.py",
                  "test_gate_inits.py", "test_paddleclas_e2e.py", "test_limits_workers.py",
                  "test_variants_e2e.py", "test_export_rewrites.py", "test_zoo.py")
+# Before all of them, the test that makes `three_sources` (one thread, 2-3 minutes): on one
+# worker while the other runs the Ray tests, which make `small_three`. When it came after the
+# Ray tests, the next tests of both workers needed it and one worker waited idle for it
+# (measured: 160 s of one core at 55-65 % CPU, 2026-12-07).
+FIRST = ("tests/test_mindcv_e2e.py::test_three_sources_side_by_side_in_one_run",)
 
 
 def pytest_collection_modifyitems(items):
@@ -147,10 +152,10 @@ def pytest_collection_modifyitems(items):
         _mutation_order(items)
         return
 
-    def rank(item) -> tuple[int, int]:
+    def rank(item) -> tuple[int, int, int]:
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
         slow = item.get_closest_marker("slow") is not None
-        return (0 if slow else 1,
+        return (0 if slow else 1, 0 if item.nodeid in FIRST else 1,
                 LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST))
 
     items.sort(key=rank)   # stable: a module's tests keep their order

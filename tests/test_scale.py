@@ -117,14 +117,14 @@ def _cluster_driver(c, manifest, name, out, data):
 
 
 @IN_CLUSTER
-def test_node_removed_mid_shard_gives_the_same_figures(small_three, cluster, small_manifest,
-                                                       shared_data, tmp_path):
+def test_node_removed_mid_shard_gives_the_same_figures(cluster, small_manifest, shared_data,
+                                                       tmp_path, request):
     """A node removed while shards run: Ray reruns its shard elsewhere and the figures are
     the local run's (conftest.small_three).
 
-    This test asks for small_three first, so that it makes it while the other worker runs
-    test_ray_reports_the_local_figures_on_three_sources (which asks for it after its Ray
-    run): when both asked at their end, one worker made it while the other waited idle."""
+    Like test_ray_reports_the_local_figures_on_three_sources, it asks for small_three only
+    after its Ray run: the other worker makes `three_sources` at the start of the run
+    (conftest FIRST), and whichever of the two Ray tests ends first makes small_three."""
     c, nodes, work = cluster
     name = "mm-small"
     proc, log = _cluster_driver(c, small_manifest, name, tmp_path / "ray", shared_data)
@@ -147,6 +147,7 @@ def test_node_removed_mid_shard_gives_the_same_figures(small_three, cluster, sma
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     assert len(seen) >= 4, f"no shard was rerun after its node was removed: {sorted(seen)}"
+    small_three = request.getfixturevalue("small_three")
     a, b = read_report(small_three, name), read_report(tmp_path / "ray", name)
     assert b["accuracy"]["throughput"]["shards"] == 3
     assert b["accuracy"]["source"]["images"] == DATA_IMAGES and b["accuracy"]["unreadable"] == 2
