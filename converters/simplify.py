@@ -9,7 +9,6 @@ import io
 from pathlib import Path
 
 import onnx
-import onnxsim
 
 from converters.protocol import PipelineError
 
@@ -131,6 +130,8 @@ def simplify(src: Path, dst: Path, test_shape: list[int], atol: float, rtol: flo
                            f"{MAX_MODEL_BYTES / 2**30:.0f} GiB one ONNX file can hold; models "
                            "this large need ONNX external data, which this pipeline does not "
                            "write yet (docs/coverage.md)")
+    import onnxsim   # here: 1 s of imports every other command (--help, predict) need not pay
+
     model = onnx.load(str(src))
     if not declared_shapes:
         del model.graph.value_info[:]
