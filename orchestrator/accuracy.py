@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +33,9 @@ from verify.compare import Check
 from verify.dataset import Dataset
 from verify.ort_runner import OrtRunner
 from verify.runners import CPU_RUNTIMES, make_runner
+
+if TYPE_CHECKING:   # for the annotation only: stages.context imports this module
+    from orchestrator.stages.context import CheckpointRef
 
 LISTED = 50   # unreadable / disagreeing images named in the report (the count is always full)
 # Accuracy images per Ray task unless --shard-size says otherwise. A shard costs about 8 s
@@ -76,7 +80,7 @@ class ShardJob:
     index: int
     start: int                      # position of the first image in the selection
     paths: list[str]
-    checkpoint: object              # orchestrator.run.CheckpointRef
+    checkpoint: CheckpointRef       # resolved on the node that runs the shard
     models: list[str]               # candidate names ("onnx", "fp16", ...), blob order
     threads: int | None
     data_workers: int | None

@@ -31,7 +31,7 @@ class _EntryState:
     entry: Entry
     header: str
     checkpoint: CheckpointRef
-    blob: object                  # what the executor ships of a --checkpoint file, or None
+    blob: object                  # executor.ship_file() of a --checkpoint file (a Ray ref) or None
     dataset: str | None           # dataset digest (--data), for the inputs fingerprint
     inputs: dict | None = None
     prepared: Prepared | None = None
