@@ -131,6 +131,12 @@ from mutation_credit import pytest_collection_modifyitems as _mutation_order  # 
 
 _install_mutation_credit(REPO)
 
+# Tests of the source files themselves (their length, their lint) judge no mutant: mutmut
+# rewrites each module it mutates with every mutant inside, and its copy of the tree is no
+# git checkout (docs/testing.md, "Mutation testing").
+NOT_UNDER_MUTMUT = pytest.mark.skipif(bool(os.environ.get("MUTANT_UNDER_TEST")),
+                                      reason="mutmut rewrites the modules it mutates")
+
 # `make test` runs on every core (pytest-xdist, --dist loadgroup --no-loadscope-reorder):
 # tests are handed out in collection order, so the longest go first and the short ones fill
 # the gaps at the end; a long test handed out last would keep one worker busy while the

@@ -1,13 +1,13 @@
 """The orchestrator imports no deep-learning framework: each lives in its own worker."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import MINDSPORE_PYTHON, MM_PYTHON, PADDLE_PYTHON, REPO, run_in_env
+from conftest import (MINDSPORE_PYTHON, MM_PYTHON, NOT_UNDER_MUTMUT, PADDLE_PYTHON, REPO,
+                      run_in_env)
 
 FRAMEWORKS = ("torch", "torchvision", "paddle", "mindspore", "tensorflow", "jax", "mmpretrain",
               "mmcv", "mmengine", "paddleclas", "mindcv", "paddle2onnx")
@@ -136,8 +136,7 @@ PROJECT_FOLDERS = ("benchmarks", "commands", "converters", "deploy", "fetch", "m
                    "orchestrator", "release", "scripts", "verify")
 
 
-@pytest.mark.skipif(bool(os.environ.get("MUTANT_UNDER_TEST")),
-                    reason="mutmut rewrites each module it mutates with every mutant inside")
+@NOT_UNDER_MUTMUT
 def test_no_module_outside_the_tests_is_over_400_lines():
     """run.py had grown to 971 lines doing seven jobs; each split since kept a module to one
     job. A module that grows past this is split the same way (docs/architecture.md).

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VENV_ROOT
+from conftest import NOT_UNDER_MUTMUT, REPO, VENV_ROOT
 
 sys.path.insert(0, str(REPO / "scripts"))
 from uv_index_args import pip_settings, uv_args  # noqa: E402
@@ -173,6 +173,7 @@ def test_zizmor_flags_what_the_workflow_no_longer_does(tmp_path, line):
     assert idents & {"unpinned-uses", "template-injection"}, idents
 
 
+@NOT_UNDER_MUTMUT   # `make test` lints first, and the mutated modules are not clean
 def test_make_test_fast_and_offline_leave_out_what_the_readme_says():
     """README/docs: `make test-offline` runs everything but the `index` tests, `make
     test-fast` neither `slow` nor `index` ones, `make test` everything on up to 4 workers.
@@ -203,6 +204,7 @@ def test_make_test_fast_and_offline_leave_out_what_the_readme_says():
     assert ruff and pytest_at and ruff[0] < pytest_at[0], dry
 
 
+@NOT_UNDER_MUTMUT
 def test_make_lint_passes_on_the_repository_and_the_config_fails_a_finding(tmp_path):
     """`make lint` (run first by `make test`, so by CI) is clean on this tree, and the
     project's ruff configuration does fail a finding (an unused import, a bugbear loop
