@@ -114,7 +114,16 @@ def test_setup_refuses_a_wheel_whose_hash_does_not_match(tmp_path):
 
     ok = _setup(tmp_path, "good", good)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert (tmp_path / "venvs" / "good" / ".lock-sha256").exists()
+    venv = tmp_path / "venvs" / "good"
+    assert (venv / ".lock-sha256").exists()
+    # Its bytecode is compiled at setup: with PYTHONDONTWRITEBYTECODE set, no process would
+    # ever write it. An environment built without it is compiled in place, not rebuilt.
+    compiled = next(venv.glob("lib/python3.*/site-packages/__pycache__/six.cpython-*.pyc"))
+    compiled.unlink()
+    (venv / ".bytecode").unlink()
+    again = _setup(tmp_path, "good", good)
+    assert again.returncode == 0 and "compiling good's bytecode" in again.stdout, again.stdout
+    assert "building" not in again.stdout and compiled.exists()
 
     bad = _setup(tmp_path, "tampered", tampered)
     assert bad.returncode != 0
