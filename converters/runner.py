@@ -68,6 +68,10 @@ def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Idle OpenMP threads sleep instead of spinning: a worker shares the cores with ONNX
+    # Runtime, onnxsim and other entries' workers. Two Res2Net-50 conversions side by side on
+    # 2 cores took 50 s spinning and 40 s without; one alone, the same (docs/environments.md).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
