@@ -47,6 +47,9 @@ def test_jobs_share_one_process_and_each_keeps_its_own_log(warm, tmp_path):
     second = run_worker(SPEC, _job("mobilenet-v2"), tmp_path / "b")
     assert first["process"]["pid"] == second["process"]["pid"]
     assert (first["process"]["job"], second["process"]["job"]) == (1, 2)
+    # Its idle OpenMP threads sleep, not spin (docs/environments.md): it shares the cores.
+    environ = Path(f"/proc/{first['process']['pid']}/environ").read_bytes().split(b"\0")
+    assert b"OMP_WAIT_POLICY=PASSIVE" in environ
     assert {m["model_id"] for m in first["models"]} and all(
         "mobilenet" in m["model_id"] for m in second["models"])
     # the same answer as a process of its own gives (the pool is off in this thread's job)
@@ -137,3 +140,12 @@ def test_the_mode_and_its_workers_end_with_the_run(tmp_path, monkeypatch):
     CliRunner().invoke(pipeline.cli, [*args, "--fresh-workers"], catch_exceptions=False)
     assert seen == [True, False] and not WARM.enabled
 
+
+
+def test_a_wait_policy_the_caller_set_is_kept(monkeypatch):
+    from converters.runner import _worker_env
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert _worker_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert _worker_env()["OMP_WAIT_POLICY"] == "PASSIVE"
