@@ -153,8 +153,7 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
         for name, blob in zip(job.models, model_blobs):
             path = workdir / f"{name}.onnx"
             path.write_bytes(blob)
-            # ONNX Runtime shares the cores with the worker: idle threads sleep.
-            runners[name] = OrtRunner(path, job.threads, spinning=False)
+            runners[name] = OrtRunner(path, job.threads)   # idle threads sleep (the default)
             for runtime in shard_runtimes(entry):   # the runtime matrix, on the same tensors
                 runners[f"{name}{AT}{runtime}"] = make_runner(runtime, path, job.threads)
         worker_job = EvaluateJob(entry=entry, checkpoint=str(got.path), images=job.paths,

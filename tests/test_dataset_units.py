@@ -217,23 +217,24 @@ def test_openvino_runs_on_the_cpu_in_f32_with_the_threads_asked_for(tmp_path):
     assert np.array_equal(every.infer(x, batch_size=2), x.reshape(3, 4))
 
 
-def test_make_runner_passes_threads_and_spinning_on_and_names_the_runtimes_it_knows(tmp_path):
-    """Spinning stays on unless asked (ONNX Runtime's own default); threads reach both
-    runtimes."""
+def test_make_runner_passes_threads_and_spinning_off_and_names_the_runtimes_it_knows(tmp_path):
+    """Spinning is off unless asked (the pipeline's runs share the cores: docs/
+    environments.md); threads reach both runtimes."""
     from test_deploy import _onnx
     from verify.runners import make_runner
 
     model = _onnx(tmp_path / "m.onnx", "Flatten", (None, 2, 2))
     spinning = "session.intra_op.allow_spinning"
-    options = make_runner("onnxruntime", model, 3, spinning=False).session.get_session_options()
+    options = make_runner("onnxruntime", model, 3).session.get_session_options()
     assert (options.intra_op_num_threads, options.get_session_config_entry(spinning)) == (3, "0")
-    default = make_runner("onnxruntime", model).session.get_session_options()
-    assert default.intra_op_num_threads == os.cpu_count()
     from verify.ort_runner import OrtRunner
 
-    for options in (default, OrtRunner(model).session.get_session_options()):
-        with pytest.raises(RuntimeError, match="does not have configuration"):
-            options.get_session_config_entry(spinning)
+    assert OrtRunner(model).session.get_session_options().get_session_config_entry(
+        spinning) == "0"
+    asked = make_runner("onnxruntime", model, spinning=True).session.get_session_options()
+    assert asked.intra_op_num_threads == os.cpu_count()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        asked.get_session_config_entry(spinning)   # ONNX Runtime's own default: spinning
     assert make_runner("openvino", model, 2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
     with pytest.raises(ValueError) as caught:
         make_runner("tflite", model)

@@ -11,12 +11,16 @@ import onnxruntime as ort
 class OrtRunner:
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, spinning: bool = True,
+    def __init__(self, path: Path, threads: int | None = None, spinning: bool = False,
                  providers: list[str] | None = None):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
-        if not spinning:  # sharing the cores with another process: idle threads must sleep
+        # Idle threads sleep unless asked to spin (ONNX Runtime's own default): the pipeline's
+        # runs share the cores with a framework worker, another entry or a Ray node's tasks.
+        # Two conversions side by side ran about a tenth faster, one alone the same
+        # (docs/environments.md). The latency benchmark builds its own spinning sessions.
+        if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options,
                                             providers=providers or ["CPUExecutionProvider"])

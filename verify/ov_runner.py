@@ -19,7 +19,7 @@ from verify.ort_runner import fixed_batch, in_batches
 class OpenVinoRunner:
     name = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None, spinning: bool = True):
+    def __init__(self, path: Path, threads: int | None = None, spinning: bool = False):
         import openvino as ov
 
         self._ov = ov

@@ -44,7 +44,7 @@ def unavailable(runtime: str) -> str | None:
     return None
 
 
-def make_runner(runtime: str, path: Path, threads: int | None = None, spinning: bool = True):
+def make_runner(runtime: str, path: Path, threads: int | None = None, spinning: bool = False):
     """The runtime's runner on the model at `path`. A GPU runtime that ONNX Runtime put on
     the CPU instead (it falls back silently when the provider's libraries do not load) is a
     RuntimeError, never CPU figures under the GPU's name."""
