@@ -300,3 +300,84 @@ def test_a_pass_with_a_warning_says_so_in_decided_by():
     bad = Check("max_abs_diff", False, 0.5, 1e-4, "", {"model": "simplified"})
     assert decided_by([bad], False, None, [warning]) == (
         "max_abs_diff (simplified) 0.5 vs limit 0.0001")
+
+
+def _step(noise, caught, shift, diff=None, limit=0.002, failed_checks=("max_abs_diff",)):
+    return {"noise": noise, "caught": caught, "probability_shift": shift,
+            "max_abs_diff": diff, "limit": limit, "failed_checks": list(failed_checks)}
+
+
+def test_the_verdict_names_each_outcome_its_figures_and_what_it_was_built_from():
+    """canary._verdict on hand-made ladders: every field of the report's section and every
+    figure of the check's text (the end-to-end tests reach it only through whole models)."""
+    from verify import canary
+
+    scope = {"model": "simplified"}
+
+    def _verdict(layers, tried, scope):   # every outcome is the same check, for that scope
+        check, info = canary._verdict(layers, tried, scope)
+        assert (check.name, check.limit, check.scope) == ("canary_caught", f"< {MATTERS:g}",
+                                                          scope)
+        return check, info
+    SEED = canary.SEED
+    base = {"noises": list(NOISES), "seed": SEED, "matters": MATTERS}
+
+    check, info = _verdict([], [], scope)
+    assert info == {**base, "tried": [], "layers": [], "status": "not_shown",
+                    "warning": "gate power not shown: no Conv/Gemm/MatMul weight to perturb",
+                    "largest_let_through": None, "resolution": None}
+    assert (check.name, check.passed, check.measured, check.limit, check.scope) == (
+        "canary_caught", True, None, f"< {MATTERS:g}", scope)
+    assert check.detail == info["warning"]
+    tried = ["a", "b", "c", "d"]
+    _, info = _verdict([], tried, scope)
+    assert info["warning"] == (
+        "gate power not shown: the logits do not respond to the weights of the 4 node(s) tried "
+        f"(a, b, c...), even at x (1 + {NOISES[-1]:g} N(0,1))")
+    _, info = _verdict([], tried[:3], scope)
+    assert "(a, b, c), even" in info["warning"]
+
+    # caught: the smallest noise caught over the layers, per layer, the worst let through
+    conv = {"node": "Conv.7", "smallest_caught": 0.01,
+            "steps": [_step(1e-3, False, 0.004), _step(1e-2, True, 0.02, 0.05)]}
+    head = {"node": "Gemm.0", "smallest_caught": None,
+            "steps": [_step(1e-3, False, 0.001), _step(1.0, False, 0.003)]}
+    check, info = _verdict([conv, head], ["Conv.7", "Gemm.0"], scope)
+    assert info == {**base, "tried": ["Conv.7", "Gemm.0"], "layers": [conv, head],
+                    "status": "caught", "largest_let_through": 0.004, "resolution": 0.01}
+    assert (check.passed, check.measured) == (True, 0.004)
+    assert check.detail == (
+        "caught: the smallest fault caught is Conv.7's weights x (1 + 0.01 N(0,1)) (fails "
+        "max_abs_diff; max|diff| 0.05, 25.0x the limit 0.002); smallest caught per layer: "
+        "Conv.7: 0.01; Gemm.0: none up to 1 (largest shift 0.30%); the largest fault let "
+        "through moves 0.40% of the class probability (< 1%)")
+    # caught by a check without a figure (top-1 agreement): no ratio; a zero limit: none
+    conv["steps"][1] = _step(1e-2, True, 0.02, None, failed_checks=("top1", "top5"))
+    assert "(fails top1, top5); smallest" in _verdict([conv], [], scope)[0].detail
+    conv["steps"][1] = _step(1e-2, True, 0.02, 0.05, limit=0.0)
+    assert "(fails max_abs_diff; max|diff| 0.05, limit 0); smallest" in \
+        _verdict([conv], [], scope)[0].detail
+
+    # blind: a fault let through moves as much as matters
+    loose = {"node": "Conv.3", "smallest_caught": None,
+             "steps": [_step(1e-3, False, 0.002, 0.01), _step(0.1, False, 0.2, 0.3)]}
+    check, info = _verdict([loose, head], [], scope)
+    assert (info["status"], info["largest_let_through"], info["resolution"]) == (
+        "blind", 0.2, None)
+    assert (check.passed, check.measured) == (False, 0.2)
+    assert check.detail == (
+        "a copy with Conv.3's weights x (1 + 0.1 N(0,1)) moves 20.0% of the class probability "
+        "on some image and differs from the source by 0.3, yet passes the logit check (limit "
+        "0.002): the tolerance is too loose to catch a fault that matters; tighten it in the "
+        "manifest")
+    exact = {"node": "Conv.3", "smallest_caught": None, "steps": [_step(1.0, False, MATTERS, 1)]}
+    assert _verdict([exact], [], scope)[1]["status"] == "blind"   # MATTERS itself matters
+
+    # nothing caught and nothing that matters: passes, saying so
+    check, info = _verdict([head], [], scope)
+    assert (info["status"], info["largest_let_through"], info["resolution"]) == (
+        "not_shown", 0.003, None)
+    assert info["warning"] == (f"gate power not shown: no fault up to x (1 + {NOISES[-1]:g} "
+                               "N(0,1)) in 1 layer(s) was caught, and none moved 1% of the "
+                               "class probability")
+    assert (check.passed, check.measured, check.detail) == (True, 0.003, info["warning"])
