@@ -69,8 +69,9 @@ def _worker_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Idle OpenMP threads sleep instead of spinning: a worker shares the cores with ONNX
-    # Runtime, onnxsim and other entries' workers. Two Res2Net-50 conversions side by side on
-    # 2 cores took 50 s spinning and 40 s without; one alone, the same (docs/environments.md).
+    # Runtime, onnxsim and other entries' workers. Two mmpretrain Res2Net-50 conversions side
+    # by side on 2 cores took 44-55 s spinning and 39-45 s without; one alone, the same
+    # (docs/environments.md).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 

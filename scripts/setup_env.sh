@@ -54,9 +54,9 @@ mapfile -t index_args < <("$python" "$here/scripts/uv_index_args.py")
 # unsafe-best-match: pick the best file over all indexes, as pip does; the hashes, not the
 # index order, decide what may be installed.
 # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
-# (it is on the machines this project is built on) Python never writes them either, so every process would
-# compile each module it imports from source again: `import mmpretrain.models` took 9.6 s
-# without them and 4.4 s with them (docs/environments.md).
+# (it is on the machines this project is built on) Python never writes them either, so every
+# process would compile each module it imports from source again: `import mmpretrain.models`
+# took 9.6 s without them and 4.4 s with them (docs/environments.md).
 if ! "$uv" pip install --quiet --python "$venv/bin/python" --no-deps --require-hashes \
      --compile-bytecode \
      --index-strategy unsafe-best-match "${index_args[@]}" -r "$lock"; then

@@ -141,7 +141,6 @@ def test_the_mode_and_its_workers_end_with_the_run(tmp_path, monkeypatch):
     assert seen == [True, False] and not WARM.enabled
 
 
-
 def test_a_wait_policy_the_caller_set_is_kept(monkeypatch):
     from converters.runner import _worker_env
 
