@@ -478,3 +478,190 @@ def test_a_source_whose_own_inference_form_moved_the_logits_is_named_in_its_fail
     exact = checks()
     assert switched_form_differs(exact, {"images": 16, "max_abs_logit_change": 2e-6}) == []
     assert [c.detail for c in exact] == [c.detail for c in checks()]
+
+
+# ------------------------------------------------- the diagnosis itself, node by node
+def _graph(nodes, inits=(), outputs=(("logits", ["batch", 4]),), batch="batch"):
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _to(name, values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def test_a_reduction_over_the_batch_is_named_and_shape_nodes_are_not(tmp_path):
+    """A node whose input follows the symbolic batch and whose output starts with a fixed
+    number (shape inference: a mean over the batch keeps a batch of 1) is named, an unnamed
+    one by its op and position; Shape and Size, whose outputs describe a shape, are not."""
+    model = _graph([helper.make_node("Shape", ["input"], ["shape"], name="shape_of"),
+                    helper.make_node("Size", ["input"], ["size"], name="size_of"),
+                    helper.make_node("ReduceMean", ["input"], ["mean"], axes=[0], keepdims=1),
+                    helper.make_node("Add", ["input", "mean"], ["logits"], name="add")],
+                   outputs=[("logits", ["batch", 4]), ("shape", [2]), ("size", [])])
+    assert baking_nodes(model) == [{"node": "ReduceMean#2", "op": "ReduceMean",
+                                    "input_shape": ["batch", 4], "output_shape": [1, 4]}]
+
+
+def test_a_reshape_counts_only_when_it_fixes_a_batch_the_data_does_not_have():
+    """Reshape to a constant shape (an initializer or a Constant node's value): counted when
+    the shape starts with a fixed positive number the data's first dimension is not; a 0
+    (copy the dimension) or -1 (infer it) first entry keeps the batch, and a Reshape of data
+    that already has that first dimension changes nothing."""
+    constant = helper.make_node("Constant", [], ["from_node"], name="shape_node",
+                                value=numpy_helper.from_array(np.array([2, -1], np.int64)))
+    nodes = [constant,
+             helper.make_node("Reshape", ["input", "zero"], ["r0"], name="keeps_zero"),
+             helper.make_node("Reshape", ["input", "minus"], ["r1"], name="keeps_minus"),
+             helper.make_node("Reshape", ["input", "from_node"], ["r2"], name="fixes_two"),
+             helper.make_node("ReduceMean", ["input"], ["one"], axes=[0], keepdims=1,
+                              name="mean"),
+             helper.make_node("Reshape", ["one", "again"], ["r3"], name="already_one"),
+             helper.make_node("Add", ["r0", "r1"], ["logits"], name="add")]
+    inits = [_to("zero", [0, 4]), _to("minus", [-1, 4]), _to("again", [1, 4])]
+    outputs = [("logits", ["batch", 4]), ("r2", None), ("r3", None)]
+    found = baking_nodes(_graph(nodes, inits, outputs))
+    assert [(n["node"], n["op"]) for n in found] == [("fixes_two", "Reshape"),
+                                                     ("mean", "ReduceMean")]
+    assert (found[0]["input_shape"], found[0]["output_shape"]) == (["batch", 4], [2, -1])
+    # The Constant node's value is read as the target shape.
+    from verify.batch import graph_constants
+    values = graph_constants(_graph(nodes, inits, outputs).graph)
+    assert sorted(values) == ["again", "from_node", "minus", "zero"]
+    assert values["from_node"].tolist() == [2, -1] and values["zero"].tolist() == [0, 4]
+
+
+def test_baking_nodes_stops_at_its_limit_in_graph_order():
+    nodes = [helper.make_node("Reshape", ["input", "one"], [f"r{i}"], name=f"bake{i}")
+             for i in range(12)]
+    nodes.append(helper.make_node("Relu", ["input"], ["logits"]))
+    model = _graph(nodes, [_to("one", [1, -1])])
+    assert [n["node"] for n in baking_nodes(model)] == [f"bake{i}" for i in range(10)]
+    assert [n["node"] for n in baking_nodes(model, limit=3)] == ["bake0", "bake1", "bake2"]
+    assert len(baking_nodes(model, limit=20)) == 12
+
+
+def test_baking_nodes_needs_a_symbolic_batch_and_an_inferable_graph():
+    """A graph whose input holds a fixed batch has no symbolic batch to lose; a graph
+    without inputs has none either; a model shape inference cannot read names nothing."""
+    held = _graph([helper.make_node("ReduceMean", ["input"], ["logits"], axes=[0],
+                                    keepdims=1)], outputs=[("logits", [1, 4])], batch=4)
+    assert baking_nodes(held) == []
+    symbolic = _graph([helper.make_node("ReduceMean", ["input"], ["logits"], axes=[0],
+                                        keepdims=1)], outputs=[("logits", [1, 4])])
+    assert len(baking_nodes(symbolic)) == 1
+    empty = helper.make_model(helper.make_graph([], "m", [], []),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert baking_nodes(empty) == []
+    assert baking_nodes(b"\xff\xff not a model") == []
+
+
+def test_dims_reads_names_numbers_and_unknowns():
+    from verify.batch import _dims
+
+    info = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 3, None])
+    assert _dims(info) == ["batch", 3, None]
+    zero = helper.make_tensor_value_info("z", TensorProto.FLOAT, [0])
+    assert _dims(zero) == [0]
+
+
+def test_the_named_nodes_are_cut_at_five_and_the_rest_counted():
+    from verify.batch import _named
+
+    nodes = [{"node": f"n{i}", "op": "Reshape", "input_shape": ["batch", 4],
+              "output_shape": [1, 4]} for i in range(7)]
+    assert _named(nodes[:1]) == ("; nodes that fix the batch dimension: n0 (Reshape "
+                                 "['batch', 4] -> [1, 4])")
+    assert _named(nodes[:5]).count("Reshape") == 5 and "more" not in _named(nodes[:5])
+    assert _named(nodes) == _named(nodes[:5]) + " (+2 more)"
+    assert _named([]) == "; shape inference names no node that fixes it"
+
+
+def test_batch_checks_limit_scale_and_what_counts_as_a_difference():
+    """The limit is atol + rtol x max|logits at batch 1|; a difference exactly at it passes;
+    logits of another shape, or non-finite ones, are an infinite difference (the limit then
+    atol alone where batch 1's logits are not finite); the passing detail names both sizes
+    and the scope is kept."""
+    tol = {"atol": 0.5, "rtol": 0.25}
+    small = np.array([[4.0, -8.0]], np.float32)
+    check = batch_check({1: small, 3: small + np.float32(2.5)}, tol, None, {"model": "m"})
+    assert (check.passed, check.measured, check.limit) == (True, 2.5, 2.5)
+    assert check.detail == "the same images at batch 1 and batch 3 give the same logits"
+    assert check.scope == {"model": "m"}
+    check = batch_check({1: small, 3: small + np.float32(2.75)}, tol, None, {"model": "m"})
+    assert (check.passed, check.measured, check.limit) == (False, 2.75, 2.5)
+    assert check.detail == ("batch baked into the graph: the same images give other logits "
+                            "at batch 3 than at batch 1; shape inference names no node that "
+                            "fixes it. " + "The exporter traced a batch into the graph; its "
+                            "dynamic-shape export or an export rewrite must keep the batch "
+                            "symbolic")
+    assert batch_check({1: small, 2: small[:, :1]}, tol, None, {}).measured == float("inf")
+    nan = np.array([[np.nan, 1.0]], np.float32)
+    check = batch_check({1: nan, 2: nan}, tol, None, {})
+    assert (check.passed, check.measured, check.limit) == (False, float("inf"), 0.5)
+    check = batch_check({1: small, 2: nan}, tol, None, {})
+    assert (check.passed, check.measured, check.limit) == (False, float("inf"), 2.5)
+
+
+@pytest.mark.parametrize("agree, where", [
+    ({1: True, 4: True}, "; right at batch 1, 4"),
+    ({1: False, 4: False}, ", wrong at batch 1, 4"),
+    ({4: True}, "; right at batch 4, wrong at batch 1"),
+    ({}, "")])
+def test_a_failed_batch_check_says_at_which_sizes_the_source_agreed(agree, where):
+    small = np.zeros((1, 2), np.float32)
+    check = batch_check({1: small, 4: small + 1}, {"atol": 0.0, "rtol": 0.0}, None, {},
+                        agree=agree)
+    assert not check.passed
+    assert check.detail.startswith("batch baked into the graph: the same images give other "
+                                   f"logits at batch 4 than at batch 1{where}; shape "
+                                   "inference names no node")
+
+
+def test_in_batches_feeds_each_batch_and_pads_a_fixed_graphs_short_last_one():
+    """verify/ort_runner.py in_batches with a recording `run`: a dynamic graph gets the asked
+    batch size, the last batch short; a graph that holds its batch gets exactly that many
+    images each time, a short last batch padded with copies of its last image and every
+    output cut back to the real images; `run`'s outputs are kept in order."""
+    from verify.ort_runner import fixed_batch, in_batches
+
+    x = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    fed = []
+
+    def run(batch):
+        fed.append(batch[:, 0].tolist())
+        return [batch * 2, batch[:, :1]]
+
+    parts = in_batches(x, 3, None, run)
+    assert fed == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [[p.shape[0] for p in part] for part in parts] == [[3, 3], [3, 3], [1, 1]]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), 2 * x)
+    fed.clear()
+    parts = in_batches(x, 3, 4, run)
+    assert fed == [[0, 1, 2, 3], [4, 5, 6, 6]]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), 2 * x)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), x[:, :1])
+    fed.clear()
+    assert len(in_batches(x[:4], 1, 2, run)) == 2 and fed == [[0, 1], [2, 3]]   # no padding
+    assert in_batches(x[:0], 3, None, run) == []
+    assert (fixed_batch([4, 3]), fixed_batch(["N", 3]), fixed_batch([None, 3]),
+            fixed_batch([0, 3]), fixed_batch([-1, 3]), fixed_batch([])) == (
+        4, None, None, None, None, None)
+
+
+def test_outputs_names_tensors_and_batches_them_as_asked(tmp_path):
+    from verify.ort_runner import OrtRunner
+
+    runner = OrtRunner(_model(tmp_path / "ok.onnx", baked=False), threads=1)
+    assert (runner.name, runner.input_name, runner.output_name) == ("onnxruntime", "input",
+                                                                    "logits")
+    x = _x(5)
+    whole = runner.outputs(["logits"], x)
+    batched = runner.outputs(["logits"], x, 2)
+    assert len(whole) == len(batched) == 1
+    np.testing.assert_array_equal(whole[0], 2 * x)
+    np.testing.assert_array_equal(batched[0], 2 * x)
+    assert runner.session.get_session_options().intra_op_num_threads == 1

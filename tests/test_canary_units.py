@@ -381,3 +381,119 @@ def test_the_verdict_names_each_outcome_its_figures_and_what_it_was_built_from()
                                "N(0,1)) in 1 layer(s) was caught, and none moved 1% of the "
                                "class probability")
     assert (check.passed, check.measured, check.detail) == (True, 0.003, info["warning"])
+
+
+def test_one_step_of_the_ladder_reports_the_faults_effect_and_the_gates_answer():
+    """canary._step on hand-made logits: the fault's largest logit move from the clean
+    model, its probability shift (rounded to 1e-6), the logit check's figure and limit
+    against the source, whether any check failed, and which, by name."""
+    from verify import canary
+
+    clean = np.array([[2.0, 0.0, -1.0], [0.5, 0.25, 0.0]], np.float32)
+    reference = clean + np.float32(1e-3)
+    out = clean.copy()
+    out[1, 2] = 4.0      # row 2 turns: the cosine check fails too (named in sorted order)
+    tol = {**TOL, "atol": 0.5, "rtol": 0.25, "min_cosine": 0.99}
+    step = canary._step(0.1, out, clean, reference, tol)
+    assert step == {"noise": 0.1, "effect": 4.0,
+                    "probability_shift": round(probability_shift(out, clean), 6),
+                    "max_abs_diff": pytest.approx(3.999, abs=1e-6),
+                    "limit": pytest.approx(0.5 + 0.25 * 2.001, abs=1e-6), "caught": True,
+                    "failed_checks": ["cosine_min", "max_abs_diff"]}
+    assert 0.5 < step["probability_shift"] < 1
+    assert step["probability_shift"] == round(step["probability_shift"], 6)
+
+    # Under the limit: nothing failed, nothing named.
+    near = clean + np.float32(0.01)
+    step = canary._step(1e-3, near, clean, reference, tol)
+    assert (step["caught"], step["failed_checks"]) == (False, [])
+    assert step["effect"] == pytest.approx(0.01, abs=1e-6) and step["max_abs_diff"] < 0.01
+    assert step["probability_shift"] == 0.0       # every logit moved alike: no probability
+
+    # A fault that makes the logits non-finite: caught by `finite`, no figures but a whole
+    # probability moved.
+    broken = clean.copy()
+    broken[0, 0] = np.inf
+    step = canary._step(1.0, broken, clean, reference, tol)
+    assert step == {"noise": 1.0, "effect": None, "probability_shift": 1.0,
+                    "max_abs_diff": None, "limit": None, "caught": True,
+                    "failed_checks": ["finite"]}
+
+
+def test_every_step_is_the_copy_with_that_fault_run_against_the_source(tmp_path, monkeypatch):
+    """Each step of each layer's ladder is what ONNX Runtime gives for the model with that
+    weight times (1 + noise N(0,1)), run here independently: its move from the clean logits,
+    its difference from the source's and the check's limit; the ladder stops at the first
+    caught step. The faulty copies are written to one scratch file, canary.onnx, in a
+    canary-* folder beside the model, each run on the threads asked for, and the mid layers
+    past LAYERS are never tried."""
+    from pathlib import Path
+
+    from verify import canary
+
+    path = _tiny_cnn(tmp_path / "m.onnx")
+    x = _inputs()
+    clean = _logits(path, x)
+    reference = clean + np.float32(2e-7)
+    tight = {**TOL, "atol": 1e-6, "rtol": 0.0}
+    opened = []
+
+    class Seen(canary.OrtRunner):
+        def __init__(self, model_path, threads=None):
+            opened.append((Path(model_path), threads))
+            super().__init__(model_path, threads)
+
+    monkeypatch.setattr(canary, "OrtRunner", Seen)
+    check, info = canary_check(path, x, reference, tight, threads=1, clean=clean)
+    model = onnx.load(str(path))
+    assert info["tried"] == ["conv2", "conv1", "fc"]       # conv3 is past LAYERS
+    for layer in info["layers"]:
+        for step in layer["steps"]:
+            copy = tmp_path / "copy.onnx"
+            onnx.save(perturbed(model, layer["weight"], step["noise"]), str(copy))
+            out = _logits(copy, x)
+            assert step["effect"] == float(np.abs(out - clean).max())
+            assert step["max_abs_diff"] == float(np.abs(out.astype(np.float64)
+                                                         - reference).max())
+            assert step["limit"] == 1e-6
+            assert step["probability_shift"] == round(probability_shift(out, clean), 6)
+        assert layer["smallest_caught"] == layer["steps"][-1]["noise"]
+    assert {(p.name, threads) for p, threads in opened} == {("canary.onnx", 1)}
+    assert {p.parent.parent for p, _ in opened} == {tmp_path}
+    assert all(p.parent.name.startswith("canary-") for p, _ in opened)
+    # One run per step, none for the clean model (given), and no second look at a step.
+    assert len(opened) == sum(len(layer["steps"]) for layer in info["layers"])
+
+
+def test_logits_all_zero_judge_no_effect_on_an_absolute_scale(tmp_path):
+    """`no effect` is a move of at most NO_EFFECT x max|clean logits|; where the clean logits
+    are all zero on these images that scale is 1, so a weight whose largest fault moves
+    them by 1.5e-5 reaches the logits (its ladder is climbed) and one moving them by 0.5e-5
+    does not."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(0, 1, (4, 4)).astype(np.float32), "w")
+
+    def model(x, name):
+        """logits = x @ w - (x @ w as ONNX Runtime computes it for this x): all zero."""
+        plain = _save(tmp_path / f"{name}-plain.onnx",
+                      [helper.make_node("MatMul", ["input", "w"], ["logits"], name="mm")],
+                      [w], list(x.shape), list(x.shape))
+        offset = numpy_helper.from_array(_logits(plain, x), "offset")
+        return _save(tmp_path / f"{name}.onnx",
+                     [helper.make_node("MatMul", ["input", "w"], ["h"], name="mm"),
+                      helper.make_node("Sub", ["h", "offset"], ["logits"])],
+                     [w, offset], list(x.shape), list(x.shape))
+
+    x0 = rng.normal(0, 1, (3, 4)).astype(np.float32)
+    probe = model(x0, "probe")
+    moved = onnx.load(str(probe))
+    onnx.save(perturbed(moved, "w", NOISES[-1]), str(tmp_path / "moved.onnx"))
+    largest = float(np.abs(_logits(tmp_path / "moved.onnx", x0)).max())
+    for target, reached in ((1.5e-5, True), (0.5e-5, False)):
+        x = (x0 * np.float32(target / largest)).astype(np.float32)
+        path = model(x, f"m{target}")
+        clean = _logits(path, x)
+        assert not clean.any()
+        _, info = canary_check(path, x, clean, TOL, threads=1)
+        assert info["tried"] == ["mm"]
+        assert bool(info["layers"]) is reached, (target, info)

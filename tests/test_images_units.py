@@ -87,3 +87,29 @@ def test_generate_images_makes_its_folder_and_is_the_same_bytes_for_a_seed(tmp_p
     assert written("one", seed=1) != first
     assert [p.name for p in generate_images(tmp_path / "n", 2)] == ["generated_0000.png",
                                                                     "generated_0001.png"]
+
+
+def test_the_generated_pictures_are_fixed_by_their_seed_in_every_version():
+    """A report names generated verification images by seed and count alone
+    (report['verification']['images'] = {"kind": "generated", "count", "seed"}), and every
+    Ray node generates its own: the seed must mean the same pixels on every machine and in
+    every version, or a report cannot be reproduced. So the pixels of the six sizes from seed
+    0 are pinned (decoded pixels, not PNG bytes, which depend on the zlib build). A deliberate
+    change to verify/images.py synth_image changes what old reports' seeds mean: update this
+    digest and say so in the changelog."""
+    import hashlib
+
+    from verify.images import SIZES, synth_image
+
+    rng = np.random.default_rng(0)
+    pixels = [synth_image(rng, height, width) for height, width in SIZES]
+    assert [p.shape for p in pixels] == [(h, w, 3) for h, w in SIZES]
+    assert all(p.dtype == np.uint8 for p in pixels)
+    # What the docstring promises, loosely: the full range, fine noise between neighbours
+    # (N(0, 12) each: a median step of about 11), a few sharp shape edges.
+    for p in pixels:
+        steps = np.abs(np.diff(p.astype(np.int16), axis=1))
+        assert (p.min(), p.max()) == (0, 255) and 8 <= np.median(steps) <= 16
+        assert 0.001 < (steps > 60).mean() < 0.01
+    digest = hashlib.sha256(b"".join(p.tobytes() for p in pixels)).hexdigest()
+    assert digest == "c15a6b76477ad4ce14e0f2ba7a1eb192d5b6a6bb1471e23a46658ec8aed7a544"

@@ -369,3 +369,65 @@ def test_a_graph_refused_at_the_batch_size_is_compared_on_the_first_image(tmp_pa
     assert found["note"].endswith("); compared on the first image at batch 1")
     assert found["first_diverging"] is None and found["compared"] == 2 and found["images"] == 1
     assert found["worst"]["relative"] < 1e-6
+
+
+def test_rows_over_names_each_image_by_its_closest_pairing():
+    """localize._rows_over: per image, the smallest relative difference over the pairs tried
+    (as the layer is judged: its own output or the norm after it), against each reference's
+    whole range; images strictly over rtol, 0-based."""
+    source = np.array([[10.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
+    near = source + np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 2.0]])   # rows: 0, .05, .2
+    far = source + np.array([[3.0, 0.0], [0.0, 0.0], [0.0, 1.5]])    # rows: .3, 0, .15
+    assert loc._rows_over([(near, source)], 3, 0.01) == [1, 2]
+    assert loc._rows_over([(near, source)], 3, 0.05) == [2]           # over, not at
+    assert loc._rows_over([(near, source), (far, source)], 3, 0.01) == [2]
+    assert loc._rows_over([(far, source), (near, source)], 3, 0.149) == [2]
+    assert loc._rows_over([(far, source), (near, source)], 3, 0.15) == []
+    # An output of the same size in another layout ((N, C, 1, 1) for (N, C)) is reshaped.
+    assert loc._rows_over([(near.reshape(3, 2, 1, 1), source)], 3, 0.01) == [1, 2]
+
+
+def test_rows_over_skips_pairs_that_do_not_lead_with_the_batch():
+    source = np.array([[1.0, 2.0], [3.0, 4.0]])
+    off = source + [[0.0, 0.0], [1.0, 0.0]]
+    assert loc._rows_over([(off, source)], 2, 0.1) == [1]
+    assert loc._rows_over([(off, source)], 1, 0.1) is None            # one image: no rows
+    assert loc._rows_over([(off[:1], source[:1])], 2, 0.1) is None    # not the batch's size
+    assert loc._rows_over([(np.float64(1.0), np.float64(2.0))], 2, 0.1) is None   # 0-d
+    assert loc._rows_over([(off[:, :1], source)], 2, 0.1) is None     # another size
+    assert loc._rows_over([(off.T, source.T)], 3, 0.1) is None        # batch 3 of 2 rows
+    assert loc._rows_over([], 2, 0.1) is None
+    # A skipped pair does not hide the one that counts.
+    assert loc._rows_over([(off[:, :1], source), (off, source)], 2, 0.1) == [1]
+
+
+def test_rows_over_of_an_all_zero_reference_counts_any_difference():
+    zero = np.zeros((3, 2))
+    moved = zero.copy()
+    moved[2, 1] = 1e-9
+    assert loc._rows_over([(moved, zero)], 3, 1e-3) == [2]
+    assert loc._rows_over([(zero, zero)], 3, 1e-3) == []
+
+
+def test_alone_is_the_first_images_closest_difference_at_batch_one(tmp_path):
+    """localize._alone runs the first image alone and takes the smallest relative difference
+    over the (tensor, reference) pairs tried, each reference cut to its first image; nothing
+    to say at batch 1, for references that do not lead with the batch, or for a graph ONNX
+    Runtime refuses at batch 1."""
+    from verify.ort_runner import OrtRunner
+
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    runner = OrtRunner(_batch_model(tmp_path / "m.onnx", None), 1)
+    y = runner.infer(x, 3).astype(np.float64)
+    first = y.copy()
+    first[0] *= 1.5                              # the first image off by a third ...
+    first[1:] *= 100                             # (the others are not looked at)
+    assert loc._alone(runner, x, [("y", first)]) == pytest.approx(1 / 3, rel=1e-5)
+    other = y.copy()
+    other[1:] *= 2                               # ... this one right on the first image
+    assert loc._alone(runner, x, [("y", first), ("y", other)]) < 1e-6
+    assert loc._alone(runner, x, [("y", other), ("y", first)]) < 1e-6
+    assert loc._alone(runner, x[:1], [("y", first[:1])]) is None       # batch 1 already
+    assert loc._alone(runner, x, [("y", y[:2])]) is None               # not the batch
+    assert loc._alone(runner, x, [("y", np.float64(1.0))]) is None     # 0-d
+    assert loc._alone(runner, x, [("h1", y)]) is None                  # ORT refuses

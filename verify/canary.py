@@ -124,7 +124,7 @@ def probability_shift(a: np.ndarray, b: np.ndarray) -> float:
 
 def _step(noise: float, out: np.ndarray, clean: np.ndarray, reference: np.ndarray,
           tol: dict) -> dict:
-    checks = compare_logits(reference, out, tol, {"model": "canary"})
+    checks = compare_logits(reference, out, tol, {})   # only the figures are kept
     worst = next((c for c in checks if c.name == "max_abs_diff"), None)
     finite = bool(np.isfinite(out).all())
     return {"noise": noise,
