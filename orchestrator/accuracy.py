@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,7 @@ from converters.registry import SOURCES
 from converters.limits import WorkerLimits
 from converters.runner import Worker, WorkerFailed
 from orchestrator.contract_gate import contract_accuracy_checks, contract_batch, merge_contract
-from orchestrator.workdir import run_dir
+from orchestrator.workdir import placed, run_dir
 from verify.accuracy import (AccuracyMeter, accuracy_checks, concat_scores, score,
                              variant_drop_check)
 from verify.compare import Check
@@ -142,7 +143,7 @@ def runtime_accuracy(entry, meter: AccuracyMeter, names: list[str]) -> dict[str,
 
 # Not mutated (`make mutation`): a shard runs a framework worker, which only the slow
 # end-to-end tests reach; its arithmetic lives in the functions around it, which are.
-def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: bytes,
+def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: bytes | Path,
                    say=print) -> ShardResult:  # pragma: no mutate block
     """Run the source's eval forward and ONNX Runtime on this shard's images."""
     started = time.perf_counter()
@@ -151,8 +152,7 @@ def evaluate_shard(job: ShardJob, checkpoint_blob: bytes | None, *model_blobs: b
         got = job.checkpoint.resolve(checkpoint_blob)
         runners = {}
         for name, blob in zip(job.models, model_blobs):
-            path = workdir / f"{name}.onnx"
-            path.write_bytes(blob)
+            path = placed(blob, workdir / f"{name}.onnx")   # a path where it runs locally
             runners[name] = OrtRunner(path, job.threads)   # idle threads sleep (the default)
             for runtime in shard_runtimes(entry):   # the runtime matrix, on the same tensors
                 runners[f"{name}{AT}{runtime}"] = make_runner(runtime, path, job.threads)

@@ -167,9 +167,12 @@ def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
             if ref.local and ref.sha256:
                 state.blob = executor.ship_file(Path(ref.local))
             states[entry.name] = state
+            # Where the task runs in this process, its files are moved to the folder
+            # _finish uses (orchestrator/workdir.py hand_over), not sent back as bytes.
+            handoff = driver_dir / entry.name if executor.shares_files else None
             handle = executor.submit(prepare_entry, entry, all_entries, opts, ref, state.blob,
-                                     header, env=SOURCES[entry.source].env, cpus=cpus,
-                                     priority=(index, 0), label=f"entry:{entry.name}")
+                                     header, handoff=handoff, env=SOURCES[entry.source].env,
+                                     cpus=cpus, priority=(index, 0), label=f"entry:{entry.name}")
             pending[handle] = (entry.name, None)
         try:
             while pending:

@@ -96,9 +96,11 @@ class Executor:
     """Interface: submit(fn, *args, env=, cpus=, priority=, label=, **kwargs) -> handle;
     wait_any(handles) -> Outcome; put(bytes) -> what a task receives as those bytes;
     unavailable(source) -> reason or None; on_each_node(fn, *args) -> [(node, value)];
-    cancel(handles); close()."""
+    cancel(handles); close(). `shares_files`: tasks run in the driver's process, so a file
+    a task leaves in a folder the driver names is the driver's without a copy."""
 
     name = "?"
+    shares_files = False
 
     def where(self) -> str:
         return self.name
@@ -135,6 +137,7 @@ class LocalExecutor(Executor):
     """Tasks run in this process, one at a time, lowest priority first."""
 
     name = "local"
+    shares_files = True
 
     def __init__(self, reporter: Reporter):
         self.reporter = reporter

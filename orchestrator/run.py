@@ -35,7 +35,7 @@ from orchestrator.stages.runtimes import runtimes_stage
 from orchestrator.stages.simplify import simplify_stage
 from orchestrator.stages.variants import build_variants, variants_report
 from orchestrator.stages.verify import batch_held, deploy_stage, localize_stage, verify_stage
-from orchestrator.workdir import run_dir
+from orchestrator.workdir import hand_over, placed, run_dir
 from verify.compare import Check, failed
 
 # What the source itself cannot do (a config the preprocessing contract cannot express, an
@@ -46,8 +46,12 @@ UNSUPPORTED_KINDS = {"unsupported", "export"}
 
 def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
                   checkpoint: CheckpointRef, blob: bytes | None, header: str,
-                  say=print) -> Prepared:
-    """The entry task: every stage up to the accuracy gate, on whichever node runs it."""
+                  say=print, handoff: Path | None = None) -> Prepared:
+    """The entry task: every stage up to the accuracy gate, on whichever node runs it.
+
+    `handoff`: a folder of the driver's, given where the task runs in the driver's process
+    (the local executor): the files it made are moved there and handed over as paths, so the
+    model is not read into memory and written again; else (Ray) they travel back as bytes."""
     start = time.perf_counter()
     say(header)
     report = new_report(entry)
@@ -66,11 +70,11 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             for v in variants.values():
                 path = v.pop("path")
                 if v["passed"]:
-                    v["onnx"] = path.read_bytes()
                     v["sha256"], v["bytes"] = sha256_file(path), path.stat().st_size
+                    v["onnx"] = hand_over(path, handoff)
             out.variants = variants
             if (workdir / "model.onnx").exists():   # not when the graph failed before it
-                out.files["model.onnx"] = (workdir / "model.onnx").read_bytes()
+                out.files["model.onnx"] = hand_over(workdir / "model.onnx", handoff)
         except StageError as exc:
             out.status = "unsupported" if exc.kind in UNSUPPORTED_KINDS else "error"
             out.decided = record_error(report, exc.stage, exc.kind, exc.message, exc.details)
@@ -84,7 +88,7 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             say(f"  ERROR     [{timer.current}/{kind}] {message}")
         log = workdir / "worker.log"
         if log.exists():
-            out.files["worker.log"] = log.read_bytes()
+            out.files["worker.log"] = hand_over(log, handoff)
         if opts.keep_work:
             say(f"  work dir  kept at {workdir}")
     out.seconds = time.perf_counter() - start
@@ -193,8 +197,7 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
         report["inputs"] = inputs
     files: dict[str, Path] = {}
     for name, data in prepared.files.items():
-        (workdir / name).write_bytes(data)
-        files[name] = workdir / name
+        files[name] = placed(data, workdir / name)
     if status is None and accuracy_error is not None:
         status = "error"
         decided = record_error(report, accuracy_error.stage, accuracy_error.kind,
@@ -211,8 +214,8 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
             report["variants"] = variants_report(variants, report["passed"])
             for precision, v in report["variants"].items():
                 if "file" in v:
-                    (workdir / v["file"]).write_bytes(variants[precision]["onnx"])
-                    artifact_files[v["file"]] = workdir / v["file"]
+                    artifact_files[v["file"]] = placed(variants[precision]["onnx"],
+                                                       workdir / v["file"])
         decided = decided_by(checks, report["passed"], report.get("accuracy"),
                              report.get("warnings"))
         say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")

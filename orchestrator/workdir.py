@@ -73,3 +73,21 @@ def run_dir(label: str = "run", keep: bool = False) -> Iterator[Path]:
                 (path / LOCK).unlink(missing_ok=True)
             else:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def hand_over(path: Path, handoff: Path | None) -> bytes | Path:
+    """A file an entry task made, for the driver: moved into `handoff` (same name) when the
+    driver gave one, else its bytes."""
+    if handoff is None:
+        return path.read_bytes()
+    handoff.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.move(path, handoff / path.name))
+
+
+def placed(data: bytes | Path, target: Path) -> Path:
+    """A handed-over file (hand_over) at a path on the driver: where it lies already, or its
+    bytes written to `target`."""
+    if isinstance(data, Path):
+        return data
+    target.write_bytes(data)
+    return target

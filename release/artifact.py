@@ -48,17 +48,22 @@ def clean_stale_staging(out_dir: Path, name: str) -> None:
 
 def write_artifact(out_dir: Path, name: str, report: dict,
                    files: dict[str, Path] | None = None, documents: dict[str, dict] | None = None,
-                   finalize: Callable[[Path], None] | None = None) -> Path:
+                   finalize: Callable[[Path], None] | None = None, move: bool = False) -> Path:
     """Create OUT/NAME holding `files` (artifact name -> source path), `documents` (name ->
     JSON) and report.json. `finalize(staging_dir)` runs on the complete directory just before
-    it becomes visible (signing); if it raises, nothing becomes visible."""
+    it becomes visible (signing); if it raises, nothing becomes visible. `move`: the files
+    are the caller's scratch, moved in (renamed where OUT is on the same file system), not
+    copied."""
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(out_dir, name)
     staging = out_dir / f".{name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         for target, source in (files or {}).items():
-            shutil.copyfile(source, staging / target)
+            if move:
+                shutil.move(source, staging / target)
+            else:
+                shutil.copyfile(source, staging / target)
         for target, document in {**(documents or {}), "report.json": report}.items():
             (staging / target).write_text(
                 json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")

@@ -18,6 +18,23 @@ def test_artifact_has_files_and_report(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["res"]  # no staging left
 
 
+def test_scratch_files_are_moved_in_not_copied(tmp_path):
+    """move=True (the driver's own scratch: orchestrator/stages/package.py): the file is
+    renamed into the artifact (same inode on the same file system) and leaves its folder;
+    without it the source stays as it was."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    inode = model.stat().st_ino
+    final = write_artifact(tmp_path / "out", "res", {"passed": True}, {"model.onnx": model},
+                           move=True)
+    assert (final / "model.onnx").read_bytes() == b"onnx" and not model.exists()
+    assert (final / "model.onnx").stat().st_ino == inode
+    model.write_bytes(b"kept")
+    final = write_artifact(tmp_path / "out", "res", {"passed": True}, {"model.onnx": model})
+    assert model.read_bytes() == b"kept" and (final / "model.onnx").stat().st_ino != \
+        model.stat().st_ino
+
+
 def test_failed_rerun_replaces_an_earlier_model(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx")

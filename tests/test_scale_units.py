@@ -280,6 +280,32 @@ def test_dataset_digest_sees_files_sizes_labels_and_limit(tmp_path):
 
 
 # --------------------------------------------------------------------------- executor
+def test_a_task_in_the_drivers_process_hands_its_files_over_by_moving_them(tmp_path):
+    """orchestrator/workdir.py: with a hand-over folder (the local executor's tasks run in
+    the driver's process) a task's file is moved there, same inode, and the driver uses it
+    where it lies; without one (a Ray task on any node) its bytes travel, and the driver
+    writes them once."""
+    from orchestrator.executor import Executor
+    from orchestrator.workdir import hand_over, placed
+
+    made = tmp_path / "task" / "model.onnx"
+    made.parent.mkdir()
+    made.write_bytes(b"graph")
+    inode = made.stat().st_ino
+    handed = hand_over(made, tmp_path / "driver" / "entry")
+    assert handed == tmp_path / "driver" / "entry" / "model.onnx" and not made.exists()
+    assert handed.stat().st_ino == inode
+    assert placed(handed, tmp_path / "elsewhere.onnx") == handed
+    assert not (tmp_path / "elsewhere.onnx").exists()
+
+    made.write_bytes(b"graph")
+    data = hand_over(made, None)
+    assert data == b"graph" and made.exists()
+    target = placed(data, tmp_path / "written.onnx")
+    assert target == tmp_path / "written.onnx" and target.read_bytes() == b"graph"
+    assert LocalExecutor.shares_files and not Executor.shares_files
+
+
 def test_local_executor_runs_lowest_priority_first_and_keeps_errors():
     said = []
     ex = LocalExecutor(Reporter(said.append))

@@ -93,11 +93,12 @@ class EntryContext:
 @dataclass
 class Prepared:
     """What an entry task returns: the report so far, its checks, its variants, and the
-    files it made (bytes: they travel back from whichever node ran it)."""
+    files it made (bytes: they travel back from whichever node ran it; paths where the task
+    ran in the driver's process: orchestrator/workdir.py hand_over)."""
     report: dict
     checks: list[Check] = field(default_factory=list)
     variants: dict[str, dict] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)   # model.onnx, model.P.onnx, log
+    files: dict[str, bytes | Path] = field(default_factory=dict)   # model.onnx, worker.log
     status: str | None = None      # set when decided already: "error" | "unsupported"
     entry: dict | None = None      # the entry with its derived fields (orchestrator/derive.py)
     decided: str | None = None

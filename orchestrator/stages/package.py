@@ -75,5 +75,8 @@ def _write_passed(entry: Entry, report: dict, files: dict[str, Path], opts: RunO
     provenance = build_provenance(report, opts.signing_key_id)
     finalize = ((lambda staging: sign_directory(staging, opts.signing_key))
                 if opts.signing_key else None)
+    # The files are the driver's scratch (release/contract_files.py make_deployable wrote
+    # them): moved into the artifact, not copied.
     return write_artifact(opts.out_dir, entry.name, report, files,
-                          documents={"provenance.json": provenance}, finalize=finalize)
+                          documents={"provenance.json": provenance}, finalize=finalize,
+                          move=True)
