@@ -57,6 +57,17 @@ def test_write_jpeg_is_a_jpeg_at_the_quality_asked_whatever_the_name(tmp_path):
     assert (tmp_path / "default").read_bytes() == pil("RGB", format="JPEG", quality=90)
     write_jpeg(tmp_path / "png", RGB, "png_named_jpeg")
     assert _opened(tmp_path / "png") == ("PNG", "RGB", (30, 20))
+    # Stored as given, with EXIF Orientation 6 (turn 90 degrees to show), at the quality asked.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write_jpeg(tmp_path / "turned", RGB, "exif_rotated", quality=60)
+    assert (tmp_path / "turned").read_bytes() == pil("RGB", format="JPEG", quality=60,
+                                                      exif=exif)
+    with Image.open(tmp_path / "turned") as turned:
+        assert turned.getexif()[0x0112] == 6 and turned.size == (30, 20)
+    write_jpeg(tmp_path / "turned90", RGB, "exif_rotated")
+    assert (tmp_path / "turned90").read_bytes() == pil("RGB", format="JPEG", quality=90,
+                                                        exif=exif)
     with pytest.raises(ValueError) as caught:
         write_jpeg(tmp_path / "x.JPEG", RGB, "webp")
     assert str(caught.value) == "unknown image kind 'webp'"
@@ -113,3 +124,28 @@ def test_the_generated_pictures_are_fixed_by_their_seed_in_every_version():
         assert 0.001 < (steps > 60).mean() < 0.01
     digest = hashlib.sha256(b"".join(p.tobytes() for p in pixels)).hexdigest()
     assert digest == "c15a6b76477ad4ce14e0f2ba7a1eb192d5b6a6bb1471e23a46658ec8aed7a544"
+
+
+def test_the_batch_a_checkpoint_maker_calibrates_on_follows_the_init():
+    """verify/images.py calibration_batch, which the three make_checkpoint scripts call in
+    their own environments: synthetic images for `images` (the same as synthetic_batch),
+    seeded N(0, 1) tensors for `noise`, nothing for `plain`, and an unknown init refused
+    with the choices."""
+    from verify.images import INITS, calibration_batch, synthetic_batch
+
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    images = calibration_batch("images", 3, 2, mean, std, size=32)
+    np.testing.assert_array_equal(images, synthetic_batch(3, 2, mean, std, size=32))
+    scaled = calibration_batch("images", 3, 2, mean, std, scale=1 / 255, size=32)
+    np.testing.assert_array_equal(scaled, synthetic_batch(3, 2, mean, std, scale=1 / 255,
+                                                          size=32))
+    noise = calibration_batch("noise", 3, 4, mean, std, size=32)
+    assert noise.shape == (4, 3, 32, 32) and noise.dtype == np.float32
+    np.testing.assert_array_equal(
+        noise, np.random.default_rng(4).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
+    assert calibration_batch("plain", 3, 4, mean, std) is None
+    assert INITS == ("images", "noise", "plain")
+    with pytest.raises(ValueError) as caught:
+        calibration_batch("trained", 3, 4, mean, std)
+    assert str(caught.value) == "init must be one of images, noise, plain, got 'trained'"
