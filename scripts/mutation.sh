@@ -37,6 +37,7 @@ unset MUTATION_SRC MUTATION_BUDGET MUTATION_JOBS MUTATION_OUT MUTATION_WORK MUTA
 bin="${VENV_ROOT:-$here/.venvs}/mutation/bin"
 
 mkdir -p "$work" "$out"
+out=$(cd "$out" && pwd)   # the report goes here, not into the working copy cd'ed to below
 # The tree as git sees it (tracked and untracked, not ignored), into the working copy; what
 # mutmut keeps there (mutants/) stays, so it can resume.
 if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then

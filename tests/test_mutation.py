@@ -47,12 +47,14 @@ def _toy(root):
 
 
 def _run(toy, tmp_path, **settings):
+    # MUTATION_OUT relative, as `make mutation` gives it: the report lands there, relative to
+    # where the run started, not in the working copy the script moves into.
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "mutation.sh")], cwd=REPO, capture_output=True,
+        ["bash", str(REPO / "scripts" / "mutation.sh")], cwd=tmp_path, capture_output=True,
         text=True, timeout=600,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("MUTATION_")},
              "VENV_ROOT": str(VENV_ROOT), "MUTATION_SRC": str(toy),
-             "MUTATION_WORK": str(tmp_path / "work"), "MUTATION_OUT": str(tmp_path / "out"),
+             "MUTATION_WORK": str(tmp_path / "work"), "MUTATION_OUT": "out",
              "MUTATION_BUDGET": "300", "MUTATION_JOBS": "2", **settings})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads((tmp_path / "out" / "mutation.json").read_text())
