@@ -227,11 +227,16 @@ def test_a_graph_the_runtime_refuses_at_batch_2_is_a_failed_check_naming_it(tmp_
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                                 ir_version=8), str(baked))
     check = refused_at_another_batch(baked, [4], {"model": "exported"})
-    assert check is not None and not check.passed and check.name == "batch_independent"
+    assert check is not None and check.passed is False and check.name == "batch_independent"
     assert (check.measured, check.limit) == ("refused at batch 2", "runs at every batch")
+    try:     # ONNX Runtime's own words, first line, as it refuses batch 2 here
+        OrtRunner(baked, 1).infer(np.zeros((2, 4), np.float32), 2)
+    except Exception as exc:  # noqa: BLE001 - ORT's error types differ by build
+        said = str(exc).splitlines()[0][:300]
+    assert "cat_token" in said      # ONNX Runtime names the node it refused
     assert check.detail.startswith("batch baked into the graph: ONNX Runtime runs it at "
-                                   "batch 1 and refuses it at batch 2 (")
-    assert "cat_token" in check.detail     # ONNX Runtime names the node it refused
+                                   f"batch 1 and refuses it at batch 2 ({said}); nodes that "
+                                   "fix the batch dimension: cat_token (Concat")
     assert check.scope == {"model": "exported", "batch_sizes": [2, 1]}
     assert refused_at_another_batch(_model(tmp_path / "ok.onnx", baked=False), [4],
                                     {"model": "exported"}) is None
@@ -665,3 +670,76 @@ def test_outputs_names_tensors_and_batches_them_as_asked(tmp_path):
     np.testing.assert_array_equal(whole[0], 2 * x)
     np.testing.assert_array_equal(batched[0], 2 * x)
     assert runner.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_the_diagnosis_reads_graphs_shape_inference_only_half_agrees_with():
+    """Shape inference is asked not to be strict: a graph whose declared output shape
+    contradicts what inference finds (exporters write such shapes: MindSpore's convit) is
+    still read, and its baking node named."""
+    model = _graph([helper.make_node("ReduceMean", ["input"], ["mean"], axes=[0], keepdims=1,
+                                     name="mean"),
+                    helper.make_node("Relu", ["input"], ["logits"])],
+                   outputs=[("logits", ["batch", 5]), ("mean", None)])
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert [n["node"] for n in baking_nodes(model)] == ["mean"]
+
+
+def test_only_the_first_dimension_is_the_batch_and_only_a_reshape_has_a_target():
+    """A symbolic second dimension is not the batch: a node that fixes it is not named. A
+    constant second input of another op (a scale) is no target shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["input"], ["t"], perm=[1, 0]),
+         helper.make_node("ReduceMean", ["t"], ["fixed_channels"], axes=[0], keepdims=1),
+         helper.make_node("Mul", ["input", "scale"], ["logits"], name="scale_it")],
+        "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "c"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "c"]),
+         helper.make_tensor_value_info("fixed_channels", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([2.0], np.float32), "scale")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert baking_nodes(model) == []
+
+
+def test_the_batch_check_compares_the_smallest_and_the_largest_batch():
+    """With logits at three batch sizes, the check is batch 1 against the largest; a middle
+    size that agrees does not hide a largest one that does not."""
+    small = np.ones((1, 2), np.float32)
+    tol = {"atol": 0.0, "rtol": 0.0}
+    check = batch_check({1: small, 2: small, 4: small}, tol, None, {})
+    assert check.passed
+    assert check.detail == "the same images at batch 1 and batch 4 give the same logits"
+    check = batch_check({4: small + 1, 1: small, 2: small}, tol, None, {})
+    assert check.passed is False and check.measured == 1.0
+    assert check.detail.startswith("batch baked into the graph: the same images give other "
+                                   "logits at batch 4 than at batch 1; shape inference")
+
+
+def test_a_refusal_is_quoted_to_300_characters_and_runs_on_one_thread_unless_told(
+        tmp_path, monkeypatch):
+    """refused_at_another_batch quotes ONNX Runtime's first line cut to 300 characters (a
+    node name can be longer: exporters write scope paths), and runs the model on one
+    thread unless given another count."""
+    import verify.ort_runner as ort_runner
+    from verify.batch import refused_at_another_batch
+
+    long_name = "cat_" + "x" * 400
+    nodes = [helper.make_node("Expand", ["token", "to"], ["tokens"], name="expand_token"),
+             helper.make_node("Concat", ["tokens", "input"], ["logits"], axis=1,
+                              name=long_name)]
+    inits = [numpy_helper.from_array(np.ones((1, 2), np.float32), "token"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "to")]
+    baked = tmp_path / "baked.onnx"
+    onnx.save(_graph(nodes, inits, outputs=[("logits", ["batch", 6])]), str(baked))
+    threads = []
+
+    class Seen(ort_runner.OrtRunner):
+        def __init__(self, path, count=None):
+            threads.append(count)
+            super().__init__(path, count)
+
+    monkeypatch.setattr(ort_runner, "OrtRunner", Seen)
+    check = refused_at_another_batch(baked, [4], {})
+    quoted = check.detail.split(" at batch 2 (", 1)[1]
+    assert len(quoted.split("); nodes that fix", 1)[0]) == 300 and long_name[:40] in quoted
+    refused_at_another_batch(baked, [4], {}, threads=2)
+    assert threads == [1, 2]

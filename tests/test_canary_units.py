@@ -463,6 +463,10 @@ def test_every_step_is_the_copy_with_that_fault_run_against_the_source(tmp_path,
     assert all(p.parent.name.startswith("canary-") for p, _ in opened)
     # One run per step, none for the clean model (given), and no second look at a step.
     assert len(opened) == sum(len(layer["steps"]) for layer in info["layers"])
+    # Not given, the clean logits are the model's own, on the threads asked for.
+    opened.clear()
+    again, _ = canary_check(path, x, reference, tight, threads=1)
+    assert opened[0] == (path, 1) and again.as_dict() == check.as_dict()
 
 
 def test_logits_all_zero_judge_no_effect_on_an_absolute_scale(tmp_path):
@@ -497,3 +501,57 @@ def test_logits_all_zero_judge_no_effect_on_an_absolute_scale(tmp_path):
         _, info = canary_check(path, x, clean, TOL, threads=1)
         assert info["tried"] == ["mm"]
         assert bool(info["layers"]) is reached, (target, info)
+
+
+def test_the_classifier_beyond_the_tried_matmuls_is_still_searched(tmp_path):
+    """Twelve MatMuls: the eight nearest the middle are the candidates, the last (the
+    classifier) is not among them and is appended; after LAYERS mid layers only it is
+    tried. head() is the last constant-weight Gemm or MatMul."""
+    from verify.canary import head
+
+    path = _chain(tmp_path / "m.onnx", "MatMul", 12)
+    model = onnx.load(str(path))
+    assert head(model) == ("matmul11", "w11")
+    assert ("matmul11", "w11") not in candidates(model) and len(candidates(model)) == 8
+    x = np.random.default_rng(4).normal(0, 1, (3, 4)).astype(np.float32)
+    _, info = canary_check(path, x, _logits(path, x), TOL, threads=1)
+    assert info["tried"] == ["matmul6", "matmul5", "matmul11"]
+    assert [layer["node"] for layer in info["layers"]] == info["tried"]
+    gemm = onnx.load(str(_chain(tmp_path / "g.onnx", "Gemm", 3)))
+    assert head(gemm) == ("gemm2", "w2")
+    conv = onnx.load(str(_tiny_cnn(tmp_path / "c.onnx")))
+    assert head(conv) == ("fc", "fc")
+
+
+def test_only_constant_nodes_hold_constant_tensors(tmp_path):
+    """ConstantOfShape also has a `value` attribute (its fill value): its output is computed
+    from a shape, not a constant tensor the canary could perturb."""
+    from verify.canary import _constant_tensors
+
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 1)))
+    fill = helper.make_node("ConstantOfShape", ["shape_in"], ["filled"],
+                            value=numpy_helper.from_array(np.array([1.0], np.float32)))
+    model.graph.node.insert(0, fill)
+    assert sorted(_constant_tensors(model)) == ["b", "s", "w0"]
+
+
+def test_perturbed_takes_its_seed(tmp_path):
+    from verify.canary import faulty_weight
+
+    model = onnx.load(str(_chain(tmp_path / "m.onnx", "MatMul", 1)))
+    before = numpy_helper.to_array(model.graph.initializer[0])
+    for seed in (0, 1):
+        after = {i.name: numpy_helper.to_array(i)
+                 for i in perturbed(model, "w0", 0.1, seed=seed).graph.initializer}
+        assert np.array_equal(after["w0"], faulty_weight(before, 0.1, seed))
+    assert not np.array_equal(faulty_weight(before, 0.1, 0), faulty_weight(before, 0.1, 1))
+
+
+def test_probability_shift_is_per_image_whatever_the_other_images_logits():
+    """Each image's softmax on its own: another image's logits 1000 higher change nothing,
+    and the figure is the largest image's shift, not their sum."""
+    a = np.array([[1000.0, 0.0], [0.0, 0.0]])
+    b = np.array([[1000.0, 0.0], [np.log(3), 0.0]])
+    assert probability_shift(a, b) == pytest.approx(0.25)
+    both = np.array([[np.log(3), 0.0], [np.log(3), 0.0]])
+    assert probability_shift(np.zeros((2, 2)), both) == pytest.approx(0.25)

@@ -4,6 +4,7 @@ field of the result. The end-to-end runs on real conversions are in test_localiz
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -214,8 +215,19 @@ def test_the_scratch_model_lives_beside_the_capture_only(tmp_path, monkeypatch):
     model = _model(tmp_path / "m.onnx")
     monkeypatch.chdir(work)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))
-    result = loc.localize(model, X, _capture(capture), capture)
+    opened = []
+
+    class Seen(loc.OrtRunner):   # the real runner, its model path and threads noted
+        def __init__(self, path, threads=None):
+            opened.append((Path(path), threads))
+            super().__init__(path, threads)
+
+    monkeypatch.setattr(loc, "OrtRunner", Seen)
+    result = loc.localize(model, X, _capture(capture), capture, threads=1)
     assert result["first_diverging"] is None and result["sessions"] == 1
+    [(exposed, threads)] = opened
+    assert (exposed.name, exposed.parent.parent, threads) == ("exposed.onnx", capture, 1)
+    assert exposed.parent.name.startswith("localize-")
     assert list(work.iterdir()) == []
     assert sorted(p.name for p in capture.iterdir()) == ["act1.npy", "drop.npy", "fc1.npy",
                                                          "fc2.npy"]
@@ -361,12 +373,20 @@ def test_a_graph_that_holds_the_traced_batch_parts_only_after_the_first_image(tm
     assert every["summary"].endswith("; images 1, 2, 3, 4 of the 4 part there")
 
 
-def test_a_graph_refused_at_the_batch_size_is_compared_on_the_first_image(tmp_path):
-    x = RNG.standard_normal((3, 4)).astype(np.float32)
+@pytest.mark.parametrize("batch", [2, 3])
+def test_a_graph_refused_at_the_batch_size_is_compared_on_the_first_image(tmp_path, batch):
+    """ONNX Runtime's first line is quoted in the note (batch 2 is a batch like any other)."""
+    from verify.ort_runner import OrtRunner
+
+    x = RNG.standard_normal((batch, 4)).astype(np.float32)
     model = _batch_model(tmp_path / "reshape.onnx", "reshape")
     found = loc.localize(model, x, _batch_capture(tmp_path, x), tmp_path)
-    assert found["note"].startswith("ONNX Runtime refused the model at batch 3 (")
-    assert found["note"].endswith("); compared on the first image at batch 1")
+    try:
+        OrtRunner(model, 1).infer(x, batch)
+    except Exception as exc:  # noqa: BLE001 - ORT's error types differ by build
+        said = str(exc).splitlines()[0][:300]
+    assert found["note"] == (f"ONNX Runtime refused the model at batch {batch} ({said}); "
+                             "compared on the first image at batch 1")
     assert found["first_diverging"] is None and found["compared"] == 2 and found["images"] == 1
     assert found["worst"]["relative"] < 1e-6
 
@@ -428,6 +448,7 @@ def test_alone_is_the_first_images_closest_difference_at_batch_one(tmp_path):
     assert loc._alone(runner, x, [("y", first), ("y", other)]) < 1e-6
     assert loc._alone(runner, x, [("y", other), ("y", first)]) < 1e-6
     assert loc._alone(runner, x[:1], [("y", first[:1])]) is None       # batch 1 already
+    assert loc._alone(runner, x[:2], [("y", first[:2])]) == pytest.approx(1 / 3, rel=1e-5)
     assert loc._alone(runner, x, [("y", y[:2])]) is None               # not the batch
     assert loc._alone(runner, x, [("y", np.float64(1.0))]) is None     # 0-d
     assert loc._alone(runner, x, [("h1", y)]) is None                  # ORT refuses
