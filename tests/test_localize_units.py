@@ -362,6 +362,11 @@ def test_a_graph_that_holds_the_traced_batch_parts_only_after_the_first_image(tm
         f"; images 2, 3, 4 of the 4 part there; on the first image alone (batch 1) it agrees "
         f"({bad['alone']:.3g}): the graph holds the batch it was traced at (batch held in the "
         "graph)")
+    # At a limit equal to that figure it still agrees (the limit is inclusive, as for layers).
+    at = loc.localize(held, x, _batch_capture(tmp_path, x), tmp_path, rtol=bad["alone"])
+    assert at["first_diverging"]["layer"] == "head.fc2"
+    assert at["first_diverging"]["alone"] == bad["alone"]
+    assert at["summary"].endswith("(batch held in the graph)")
     # A fault in every image is not called a held batch.
     clean = _batch_model(tmp_path / "clean.onnx", None)
     records = _batch_capture(tmp_path, x)
