@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -104,6 +104,14 @@ class ShardResult:
     onnx_s: float = 0.0
     seconds: float = 0.0            # the whole task, as it ran
     contract: dict | None = None    # orchestrator.contract_gate figures of this shard
+
+
+class MergedAccuracy(NamedTuple):
+    """The accuracy shards merged (merge_shards), what the driver's gate applies
+    (orchestrator/stages/accuracy.py apply_accuracy)."""
+    checks: list[Check]                        # the fp32 gates
+    figures: dict                              # report['accuracy']
+    variants: dict[str, tuple[Check, dict]]    # precision -> (its top1_drop check, figures)
 
 
 AT = "@"   # candidate "fp16@openvino": the fp16 model on OpenVINO
@@ -234,8 +242,7 @@ def _summed(dicts: list[dict]) -> dict:
 
 
 def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned: bool,
-                 variants: list[str], wall: float
-                 ) -> tuple[list[Check], dict, dict[str, tuple[Check, dict]]]:
+                 variants: list[str], wall: float) -> MergedAccuracy:
     """The fp32 gates, report['accuracy'], and for each variant its top1_drop check and
     figures, from the shards merged in dataset order."""
     data = selection.dataset
@@ -303,4 +310,4 @@ def merge_shards(entry, selection: Selection, shards: list[ShardResult], pinned:
                                                 entry["variants"][name]["max_top1_drop"]),
                              figures)
         report.setdefault("variants", {})[name] = figures
-    return checks, report, per_variant
+    return MergedAccuracy(checks, report, per_variant)

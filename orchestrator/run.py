@@ -23,6 +23,7 @@ from pathlib import Path
 from converters.protocol import Timer
 from fetch.download import sha256_file
 from manifests.loader import Entry
+from orchestrator.accuracy import MergedAccuracy
 from orchestrator.derive import needs_source
 from orchestrator.runtimes import runtimes_line
 from orchestrator.stages.accuracy import apply_accuracy
@@ -187,7 +188,8 @@ def _stages(ctx: EntryContext, batch_fallback: bool = False
 
 
 def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Path,
-                 accuracy=None, accuracy_error: StageError | None = None,
+                 accuracy: MergedAccuracy | None = None,
+                 accuracy_error: StageError | None = None,
                  inputs: dict | None = None, say=print) -> EntryResult:
     """On the driver: apply the accuracy gate, decide, write (and sign) the artifact."""
     report, checks, variants = prepared.report, list(prepared.checks), prepared.variants
