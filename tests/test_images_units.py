@@ -144,6 +144,7 @@ def test_the_batch_a_checkpoint_maker_calibrates_on_follows_the_init():
     np.testing.assert_array_equal(
         noise, np.random.default_rng(4).standard_normal((4, 3, 32, 32)).astype(np.float32))
     assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
+    assert calibration_batch("noise", 3, 1, mean, std).shape == (1, 3, 224, 224)  # default
     assert calibration_batch("plain", 3, 4, mean, std) is None
     assert INITS == ("images", "noise", "plain")
     with pytest.raises(ValueError) as caught:
