@@ -49,7 +49,7 @@ def test_the_reshape_that_fixes_the_batch_is_named(tmp_path):
     [found] = baking_nodes(model)
     assert (found["node"], found["op"], found["input_shape"]) == ("bake", "Reshape",
                                                                   ["batch", 4])
-    assert found["output_shape"][0] == 1          # the traced batch, a fixed number
+    assert found["output_shape"] == [1, -1]       # the Reshape's target: the traced batch
     assert baking_nodes(onnx.load(str(_model(tmp_path / "ok.onnx", baked=False)))) == []
 
 
@@ -580,16 +580,21 @@ def test_the_named_nodes_are_cut_at_five_and_the_rest_counted():
               "output_shape": [1, 4]} for i in range(7)]
     assert _named(nodes[:1]) == ("; nodes that fix the batch dimension: n0 (Reshape "
                                  "['batch', 4] -> [1, 4])")
+    assert _named(nodes[:2]) == ("; nodes that fix the batch dimension: n0 (Reshape "
+                                 "['batch', 4] -> [1, 4]), n1 (Reshape ['batch', 4] -> [1, 4])")
     assert _named(nodes[:5]).count("Reshape") == 5 and "more" not in _named(nodes[:5])
+    assert _named(nodes[:6]) == _named(nodes[:5]) + " (+1 more)"
     assert _named(nodes) == _named(nodes[:5]) + " (+2 more)"
     assert _named([]) == "; shape inference names no node that fixes it"
 
 
-def test_batch_checks_limit_scale_and_what_counts_as_a_difference():
+def test_batch_checks_limit_scale_and_what_counts_as_a_difference(tmp_path, monkeypatch):
     """The limit is atol + rtol x max|logits at batch 1|; a difference exactly at it passes;
     logits of another shape, or non-finite ones, are an infinite difference (the limit then
     atol alone where batch 1's logits are not finite); the passing detail names both sizes
     and the scope is kept."""
+    monkeypatch.chdir(tmp_path)   # no model: no file is read, not even one named "None"
+    (tmp_path / "None").write_bytes(b"")
     tol = {"atol": 0.5, "rtol": 0.25}
     small = np.array([[4.0, -8.0]], np.float32)
     check = batch_check({1: small, 3: small + np.float32(2.5)}, tol, None, {"model": "m"})

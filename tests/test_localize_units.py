@@ -426,6 +426,14 @@ def test_rows_over_skips_pairs_that_do_not_lead_with_the_batch():
     assert loc._rows_over([(off[:, :1], source), (off, source)], 2, 0.1) == [1]
 
 
+def test_rows_over_is_relative_whatever_the_references_range():
+    """A reference whose range is under 1 is still a relative measure: a difference of 1e-4
+    of a 0.5 range is under 1e-3 and does not part."""
+    source = np.array([[0.5, 0.0], [0.0, 0.25]])
+    moved = source + np.array([[0.0, 5e-5], [4e-3, 0.0]])
+    assert loc._rows_over([(moved, source)], 2, 1e-3) == [1]
+
+
 def test_rows_over_of_an_all_zero_reference_counts_any_difference():
     zero = np.zeros((3, 2))
     moved = zero.copy()
