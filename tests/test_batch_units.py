@@ -593,8 +593,7 @@ def test_batch_checks_limit_scale_and_what_counts_as_a_difference(tmp_path, monk
     logits of another shape, or non-finite ones, are an infinite difference (the limit then
     atol alone where batch 1's logits are not finite); the passing detail names both sizes
     and the scope is kept."""
-    monkeypatch.chdir(tmp_path)   # no model: no file is read, not even one named "None"
-    (tmp_path / "None").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)   # an empty folder: no model, so no file may be read
     tol = {"atol": 0.5, "rtol": 0.25}
     small = np.array([[4.0, -8.0]], np.float32)
     check = batch_check({1: small, 3: small + np.float32(2.5)}, tol, None, {"model": "m"})
