@@ -337,3 +337,44 @@ def test_gpu_runtimes_name_providers_onnxruntime_knows():
     for runtime, provider in gpu.items():
         assert providers(runtime) == [provider, "CPUExecutionProvider"]
         assert set(providers(runtime)) <= known, (runtime, set(providers(runtime)) - known)
+
+
+def test_the_deploy_gate_and_the_runtime_matrix_run_on_the_threads_asked(tmp_path,
+                                                                          monkeypatch):
+    """--threads bounds every session the pipeline opens: the contract's ONNX Runtime run
+    and each runtime of the matrix get the count given (recorded on the real runners)."""
+    from PIL import Image
+
+    import orchestrator.contract_gate as gate
+    import orchestrator.runtimes as matrix
+    from deploy.preprocess import contract, preprocess_batch
+    from verify.runners import make_runner
+
+    seen = []
+
+    class Seen(gate.OrtRunner):
+        def __init__(self, path, threads=None):
+            seen.append(("contract", threads))
+            super().__init__(path, threads)
+
+    def recording(runtime, path, threads=None):
+        seen.append((runtime, threads))
+        return make_runner(runtime, path, threads)
+
+    monkeypatch.setattr(gate, "OrtRunner", Seen)
+    monkeypatch.setattr(matrix, "make_runner", recording)
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((6, 6, 3), 100, np.uint8)).save(path)
+    spec = contract({"pipeline": "mmpretrain", "resize_short": 4, "crop": 4,
+                     "interpolation": "bilinear", "mean": [120.0, 110.0, 100.0],
+                     "std": [60.0, 50.0, 40.0]}, [3, 4, 4])
+    ours = preprocess_batch([path], spec)
+    model = _onnx(tmp_path / "flat.onnx", "Flatten", ("N", 3, 4, 4))
+    entry = {"source": "mmpretrain", "deploy": {"max_level_diff": 2.0,
+                                                "runtimes": ["onnxruntime", "openvino"],
+                                                "required_runtimes": ["onnxruntime"]},
+             "tolerances": {"atol": 1e-5, "rtol": 1e-5, "min_cosine": 0.99,
+                            "min_top1_agreement": 1.0, "min_top5_agreement": 1.0}}
+    gate.deploy_gate(entry, [path], ours, ours.reshape(1, -1), model, 3, spec)
+    matrix.runtime_matrix(entry, {"fp32": model}, ours, ours.reshape(1, -1), 3, lambda _: None)
+    assert seen == [("contract", 3), ("openvino", 3)]

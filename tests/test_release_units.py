@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from release import provenance as prov
-from release.store import LocalStore
+from release.store import LocalStore, StoreError
 from release.publish import (publish, render_markdown, version_of,
                              write_index)
 from conftest import REPO, child_env
@@ -733,3 +733,35 @@ def test_labels_preprocess_and_store_index_are_utf8_under_an_ascii_locale(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "w" / "labels.txt").read_bytes() == "café\n猫\n".encode()
     assert (tmp_path / "index.md").read_bytes() == "| résnet |".encode()
+
+
+def test_a_local_store_gives_a_versions_regular_files_and_nothing_through_a_link(tmp_path):
+    """LocalStore.download (verify-artifact and predict from a store): the version's regular
+    files into a new folder, however deep; a folder that is there already is fine; a link
+    among the files, a sub-folder, a version or model folder that is a link, and a missing
+    version are not followed: the last three refused, naming the store and the version."""
+    store = tmp_path / "store"
+    version = store / "m" / "v1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"graph")
+    (version / "report.json").write_text("{}")
+    (version / "sub").mkdir()
+    (version / "sub" / "x").write_text("x")
+    outside = tmp_path / "secret"
+    outside.write_text("secret")
+    (version / "linked").symlink_to(outside)
+    local = LocalStore(store)
+    dest = local.download("m", "v1", tmp_path / "a" / "b" / "c")
+    assert dest == tmp_path / "a" / "b" / "c"
+    assert sorted(p.name for p in dest.iterdir()) == ["model.onnx", "report.json"]
+    assert (dest / "model.onnx").read_bytes() == b"graph"
+    assert local.download("m", "v1", dest) == dest            # into an existing folder
+    (store / "real").mkdir()
+    (store / "real" / "v2").mkdir()
+    (store / "linked-model").symlink_to(store / "real")
+    (store / "m" / "v3").symlink_to(version)
+    for name, ver in (("m", "v9"), ("linked-model", "v2"), ("m", "v3")):
+        with pytest.raises(StoreError) as refused:
+            local.download(name, ver, tmp_path / "out")
+        assert str(refused.value) == f"store {local.url} has no version {name}/{ver}"
+    assert not (tmp_path / "out").exists()
