@@ -316,6 +316,28 @@ def test_retention_keeps_the_newest_on_s3(s3_server, keys, tmp_path):
         [f"nightly/.published/m/{v}.json" for v in versions]
 
 
+def test_retiring_a_version_another_publisher_retired_already_is_a_no_op(
+        s3_server, keys, tmp_path, monkeypatch):
+    """Two publishers' retention can pick the same old version: the second finds its marker
+    gone, deletes nothing and does not fail."""
+    from release.store import open_store
+
+    s3, bucket = s3_server, s3_server.bucket()
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{bucket}/nightly"
+    make_artifact(tmp_path / "out", "m", keys["private"])
+    assert publish(s3, tmp_path / "out", url, keys["public"]).returncode == 0
+    before = sorted(s3.objects(bucket))
+    store = open_store(url)
+    [version] = [row["version"] for row in index(s3, bucket)]
+    store.retire("m", "20000101T000000Z-gone")
+    assert sorted(s3.objects(bucket)) == before
+    store.retire("m", version)
+    store.retire("m", version)                     # the second publisher, too late
+    assert not [k for k in s3.objects(bucket) if f"/{version}" in k]
+
+
 def test_skip_unchanged_reads_the_remote_index(s3_server, keys, tmp_path, monkeypatch):
     """--skip-unchanged compares this run's inputs fingerprint with the one the store's
     index records for the newest version (one GET), and finds nothing in an empty store."""
