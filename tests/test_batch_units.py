@@ -654,6 +654,10 @@ def test_in_batches_feeds_each_batch_and_pads_a_fixed_graphs_short_last_one():
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), 2 * x)
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), x[:, :1])
     fed.clear()
+    parts = in_batches(x[:6], 3, 4, run)            # two copies of the last image
+    assert fed == [[0, 1, 2, 3], [4, 5, 5, 5]]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), 2 * x[:6])
+    fed.clear()
     assert len(in_batches(x[:4], 1, 2, run)) == 2 and fed == [[0, 1], [2, 3]]   # no padding
     assert in_batches(x[:0], 3, None, run) == []
     assert (fixed_batch([4, 3]), fixed_batch(["N", 3]), fixed_batch([None, 3]),

@@ -165,6 +165,30 @@ def test_wrong_credentials_and_a_missing_bucket_are_named_and_nothing_is_lost(
     assert not (REPO / "ftp:").exists() and not (REPO / "s3:").exists()
 
 
+def test_no_credentials_at_all_are_named_with_the_variables_to_set(s3_server, tmp_path,
+                                                                    monkeypatch):
+    """No key in the environment, no credentials file, no instance metadata: the store says
+    which variables to set (in-process: boto3's NoCredentialsError, not a traceback)."""
+    from release.store import StoreError, open_store
+
+    s3, bucket = s3_server, s3_server.bucket()
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    url = f"s3://{bucket}/nightly"
+    with pytest.raises(StoreError) as caught:
+        open_store(url).read_index()
+    message = str(caught.value)
+    assert message.startswith(f"store {url}: no S3 credentials while ")
+    assert message.endswith(": set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                            "AWS_PROFILE)")
+
+
 def test_a_file_url_is_the_folder_it_names(keys, tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
     make_artifact(out, "a", keys["private"])
