@@ -765,3 +765,55 @@ def test_a_local_store_gives_a_versions_regular_files_and_nothing_through_a_link
             local.download(name, ver, tmp_path / "out")
         assert str(refused.value) == f"store {local.url} has no version {name}/{ver}"
     assert not (tmp_path / "out").exists()
+
+
+def test_each_s3_failure_becomes_one_store_error_that_says_what_to_do(monkeypatch):
+    """release/s3_store.py S3Store._fail on the exceptions botocore raises (its own classes):
+    missing credentials, an unreachable endpoint, refused credentials, a missing bucket,
+    any other S3 error code with its message, any other botocore error; anything else is
+    not the store's to explain and is raised as it is."""
+    from botocore import exceptions as bx
+
+    from release.s3_store import S3Store
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    store = S3Store("bkt", "nightly")
+    url, at = "s3://bkt/nightly", "http://127.0.0.1:9"
+
+    def said(exc):
+        return str(store._fail(exc, "reading x"))
+
+    assert said(bx.NoCredentialsError()) == (
+        f"store {url}: no S3 credentials while reading x: set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+    closed = bx.EndpointConnectionError(endpoint_url=at)
+    assert said(closed) == (f"store {url}: cannot reach the S3 endpoint {at} while reading x "
+                            f"({closed}); check AWS_ENDPOINT_URL and the network")
+    for timeout in (bx.ConnectTimeoutError(endpoint_url=at),
+                    bx.ReadTimeoutError(endpoint_url=at),
+                    bx.ConnectionClosedError(endpoint_url=at)):
+        assert said(timeout).startswith(f"store {url}: cannot reach the S3 endpoint "), timeout
+
+    def client_error(code, message="the server's words"):
+        error = {"Code": code, "Message": message} if message else {"Code": code}
+        return bx.ClientError({"Error": error}, "GetObject")
+
+    for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
+                 "ExpiredToken", "InvalidToken", "AuthorizationHeaderMalformed"):
+        assert said(client_error(code)) == (
+            f"store {url}: the S3 endpoint {at} refused the credentials while reading x "
+            f"({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and that they may "
+            "read and write this bucket")
+    for code in ("NoSuchBucket", "404"):
+        assert said(client_error(code)) == (
+            f"store {url}: bucket 'bkt' does not exist at {at} ({code}); create it first "
+            "(aws s3 mb s3://bkt)")
+    assert said(client_error("SlowDown")) == (
+        f"store {url}: reading x failed: SlowDown: the server's words")
+    bare = client_error("SlowDown", message=None)
+    assert said(bare) == f"store {url}: reading x failed: SlowDown: {bare}"
+    assert said(bx.ParamValidationError(report="bad key")) == (
+        f"store {url}: reading x failed: Parameter validation failed:\nbad key")
+    with pytest.raises(KeyError):
+        store._fail(KeyError("not botocore's"), "reading x")
