@@ -813,6 +813,8 @@ def test_each_s3_failure_becomes_one_store_error_that_says_what_to_do(monkeypatc
         f"store {url}: reading x failed: SlowDown: the server's words")
     bare = client_error("SlowDown", message=None)
     assert said(bare) == f"store {url}: reading x failed: SlowDown: {bare}"
+    empty = bx.ClientError({}, "GetObject")         # a response without an Error at all
+    assert said(empty) == f"store {url}: reading x failed: None: {empty}"
     assert said(bx.ParamValidationError(report="bad key")) == (
         f"store {url}: reading x failed: Parameter validation failed:\nbad key")
     with pytest.raises(KeyError):
