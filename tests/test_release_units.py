@@ -819,3 +819,27 @@ def test_each_s3_failure_becomes_one_store_error_that_says_what_to_do(monkeypatc
         f"store {url}: reading x failed: Parameter validation failed:\nbad key")
     with pytest.raises(KeyError):
         store._fail(KeyError("not botocore's"), "reading x")
+
+
+def test_a_local_stores_reads_say_what_they_could_not_read(tmp_path):
+    """LocalStore.read and read_index (used by publish and --skip-unchanged in their own
+    processes): a file's bytes, or a StoreError naming the store and the file; the index's
+    text (UTF-8 whatever the locale), or None where none was written yet."""
+    store = tmp_path / "store"
+    (store / "m" / "v1").mkdir(parents=True)
+    (store / "m" / "v1" / "model.onnx").write_bytes(b"graph")
+    local = LocalStore(store)
+    assert local.read("m", "v1", "model.onnx") == b"graph"
+    with pytest.raises(StoreError) as caught:
+        local.read("m", "v1", "gone.onnx")
+    assert str(caught.value).startswith(f"store {local.url}: cannot read m/v1/gone.onnx: "
+                                        "[Errno 2] No such file or directory")
+    assert local.read_index() is None
+    (store / "index.json").write_bytes('{"name": "résumé"}'.encode())
+    assert local.read_index() == '{"name": "résumé"}'
+    code = ("import sys; from pathlib import Path; from release.store import LocalStore; "
+            "sys.stdout.buffer.write(LocalStore(Path(sys.argv[1])).read_index().encode())")
+    child = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True,
+                           env=child_env(**ASCII_LOCALE), timeout=60)
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    assert child.stdout.decode() == '{"name": "résumé"}'       # under an ASCII locale too

@@ -343,8 +343,9 @@ def test_retention_keeps_the_newest_on_s3(s3_server, keys, tmp_path):
 def test_retiring_a_version_another_publisher_retired_already_is_a_no_op(
         s3_server, keys, tmp_path, monkeypatch):
     """Two publishers' retention can pick the same old version: the second finds its marker
-    gone, deletes nothing and does not fail."""
-    from release.store import open_store
+    gone, deletes nothing and does not fail. (And a download into new folders, or of a
+    version that is not there.)"""
+    from release.store import StoreError, open_store
 
     s3, bucket = s3_server, s3_server.bucket()
     for name, value in s3.env().items():
@@ -355,8 +356,13 @@ def test_retiring_a_version_another_publisher_retired_already_is_a_no_op(
     before = sorted(s3.objects(bucket))
     store = open_store(url)
     [version] = [row["version"] for row in index(s3, bucket)]
+    got = store.download("m", version, tmp_path / "deep" / "er")    # its folders made
+    assert got == tmp_path / "deep" / "er" and (got / "report.json").is_file()
     store.retire("m", "20000101T000000Z-gone")
     assert sorted(s3.objects(bucket)) == before
+    with pytest.raises(StoreError) as missing:     # download of a version never published
+        store.download("m", "20000101T000000Z-gone", tmp_path / "d")
+    assert str(missing.value) == f"store {url} has no version m/20000101T000000Z-gone"
     store.retire("m", version)
     store.retire("m", version)                     # the second publisher, too late
     assert not [k for k in s3.objects(bucket) if f"/{version}" in k]
