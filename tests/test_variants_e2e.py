@@ -29,7 +29,13 @@ def _manifest(tmp_path, checkpoints, required=("onnxruntime",), **int8):
 def test_fp16_int8_variants_gated_signed_and_benched(checkpoints, tmp_path):
     out, key = tmp_path / "out", tmp_path / "key.pem"
     assert run_pipeline("keygen", str(key)).returncode == 0
-    manifest = _manifest(tmp_path, checkpoints, ("onnxruntime", "openvino"))
+    # The int8 gate is set here, not left at its default (cosine 0.95, top-1 0.75): this
+    # test is about shipping variants, and ONNX Runtime's int8 kernels give this model other
+    # figures by CPU. Measured: at least the defaults on the Ice Lake (AVX-512 VNNI) machines,
+    # cosine 0.936 and top-1 0.688 on an AMD EPYC with AVX2 only (2026-12-07), where u8s8
+    # products can saturate. The gate failing a variant is test_a_variant_failing_its_gate.
+    manifest = _manifest(tmp_path, checkpoints, ("onnxruntime", "openvino"), min_cosine=0.9,
+                         min_top1_agreement=0.6)
     proc = run_make("convert", f"MODEL={NAME}", f"OUT={out}", "PRECISIONS=fp32,fp16,int8",
                     f"SIGNING_KEY={key}", f"MANIFEST={manifest}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
