@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from tqdm import tqdm
@@ -94,7 +95,8 @@ class Reporter:
 
 class Executor:
     """Interface: submit(fn, *args, env=, cpus=, priority=, label=, **kwargs) -> handle;
-    wait_any(handles) -> Outcome; put(bytes) -> what a task receives as those bytes;
+    wait_any(handles) -> Outcome; put(data) -> what a task receives as that data (bytes,
+    or a file's path where shares_files);
     unavailable(source) -> reason or None; on_each_node(fn, *args) -> [(node, value)];
     cancel(handles); close(). `shares_files`: tasks run in the driver's process, so a file
     a task leaves in a folder the driver names is the driver's without a copy."""
@@ -108,7 +110,7 @@ class Executor:
     def unavailable(self, source: str) -> str | None:
         raise NotImplementedError
 
-    def put(self, data: bytes):
+    def put(self, data: bytes | Path):
         return data
 
     def ship_file(self, path):

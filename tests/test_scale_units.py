@@ -306,6 +306,55 @@ def test_a_task_in_the_drivers_process_hands_its_files_over_by_moving_them(tmp_p
     assert LocalExecutor.shares_files and not Executor.shares_files
 
 
+def test_the_driver_hands_a_local_tasks_files_over_as_paths_and_a_remote_ones_as_bytes(
+        tmp_path, monkeypatch):
+    """orchestrator/driver.py run_all with the real local executor: the entry task's
+    model.onnx comes back as a path in the driver's folder for the entry (moved, not read
+    into memory: the move itself is the test above); an executor whose tasks run elsewhere
+    (Ray's case: shares_files False) gets the same file's bytes. The stages (and deriving
+    fields from the source) are stood in for: they write the two files a conversion
+    leaves."""
+    import orchestrator.driver as driver
+    import orchestrator.run as run
+    from conftest import manifest_entries
+    from manifests.loader import Entry
+    from orchestrator.stages.context import RunOptions
+
+    def stages(ctx):
+        (ctx.workdir / "model.onnx").write_bytes(b"graph")
+        (ctx.workdir / "worker.log").write_text("log")
+        made.append(ctx.workdir)
+        return [], {}, False
+
+    returned, made = [], []
+
+    def recorded(*args, **kwargs):
+        prepared = run.prepare_entry(*args, **kwargs)   # (the driver's folder goes at the end)
+        returned.append({name: ("path", data.parent.name, data.read_bytes())
+                         if isinstance(data, Path) else data
+                         for name, data in prepared.files.items()})
+        return prepared
+
+    class Elsewhere(LocalExecutor):
+        shares_files = False
+
+    monkeypatch.setattr(run, "run_stages", stages)
+    monkeypatch.setattr(run, "needs_source", lambda entry: False)   # no framework worker
+    monkeypatch.setattr(driver, "prepare_entry", recorded)
+    monkeypatch.setenv("MODEL_CONVERT_WORK", str(tmp_path / "work"))
+    entry = Entry(manifest_entries()["res2net50-w14-s8"], None)   # every field: no derive
+    for executor in (LocalExecutor(Reporter(lambda _: None)),
+                     Elsewhere(Reporter(lambda _: None))):
+        opts = RunOptions(tmp_path / "out", tmp_path / "cache")
+        driver.run_all([entry], [entry], opts, executor, Reporter(lambda _: None))
+    local, remote = returned
+    assert local == {"model.onnx": ("path", entry.name, b"graph"),
+                     "worker.log": ("path", entry.name, b"log")}
+    assert remote == {"model.onnx": b"graph", "worker.log": b"log"}
+    # Either way the failed entry's report keeps the worker's log beside it.
+    assert (tmp_path / "out" / entry.name / "worker.log").read_text() == "log"
+
+
 def test_local_executor_runs_lowest_priority_first_and_keeps_errors():
     said = []
     ex = LocalExecutor(Reporter(said.append))
