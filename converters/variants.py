@@ -332,9 +332,15 @@ def int8_tensor_errors(fp32: Path, int8: Path, images: np.ndarray, top: int = 10
                      "op_type": node.op_type if node is not None else None,
                      "sqnr_db": round(float(err["xmodel_err"]), 2),
                      "qdq_sqnr_db": round(float(err["qdq_err"]), 2)})
-    in_order = sorted(rows, key=lambda r: order.get(r["tensor"], len(nodes)))
+    # Ties (figures are rounded to 0.01 dB) go by graph order, then name: ORT's matching
+    # comes back in an order that changes from run to run (a report showed 119Conv in one run
+    # and 124Conv, both 3.92 dB, in the next, on the same model).
+    def place(r: dict) -> tuple:
+        return order.get(r["tensor"], len(nodes)), r["tensor"]
+
+    in_order = sorted(rows, key=place)
     first = next((r for r in in_order if r["sqnr_db"] < FIRST_BELOW_DB), None)
-    rows.sort(key=lambda r: r["sqnr_db"])
+    rows.sort(key=lambda r: (r["sqnr_db"], *place(r)))
     return {"first_below": {"threshold_db": FIRST_BELOW_DB, **(first or {})} if first else None,
             "method": "onnxruntime.quantization.qdq_loss_debug: SQNR in dB (lower: more "
                       "error) of each activation's own quantize/dequantize step "

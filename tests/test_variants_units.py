@@ -271,3 +271,41 @@ def test_an_opset_11_model_is_upgraded_for_per_channel_int8(tmp_path, calibratio
     out, ref = OrtRunner(tmp_path / "q.onnx").infer(x, 8), OrtRunner(model).infer(x, 8)
     cosine = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
     assert cosine.min() > 0.99
+
+
+def test_int8_diagnosis_ranks_the_worst_tensors_and_breaks_ties_the_same_every_run(
+        tmp_path, calibration, monkeypatch):
+    """int8_tensor_errors on a real int8 build: the worst tensors by SQNR, each with the node
+    that makes it. ORT's matching comes back in an order that changes between runs, so a tie
+    must be broken by the graph, not by that order: with every figure rounded to whole dB
+    (ties everywhere) and ORT's rows given in reverse, the answer is the same."""
+    import onnxruntime.quantization.qdq_loss_debug as debug
+
+    from converters.variants import int8_tensor_errors
+
+    model = _model(tmp_path / "tiny.onnx")
+    make_int8(model, tmp_path / "int8.onnx", calibration, {"calibration": "minmax"})
+    images = calibration[:2]
+    found = int8_tensor_errors(model, tmp_path / "int8.onnx", images, top=3)
+    assert found["images"] == 2 and found["tensors_compared"] >= 4
+    worst = found["worst"]
+    assert len(worst) == 3 and [r["sqnr_db"] for r in worst] == sorted(
+        r["sqnr_db"] for r in worst)
+    names = {n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert all(r["node"] in names for r in worst if r["node"] is not None)
+
+    real = debug.compute_activation_error
+
+    def tied(matched, reverse):
+        errors = {k: {m: float(round(v)) for m, v in e.items()} for k, e in
+                  real(matched).items()}
+        return dict(reversed(list(errors.items()))) if reverse else errors
+
+    answers = []
+    for reverse in (False, True):
+        monkeypatch.setattr(debug, "compute_activation_error",
+                            lambda matched, reverse=reverse: tied(matched, reverse))
+        answers.append(int8_tensor_errors(model, tmp_path / "int8.onnx", images, top=10))
+    assert answers[0] == answers[1]
+    rows = answers[0]["worst"]
+    assert len({r["sqnr_db"] for r in rows}) < len(rows)   # there were ties to break
