@@ -20,7 +20,7 @@ from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
 from orchestrator.run import finish_entry, prepare_entry
 from orchestrator.stages.context import (CheckpointRef, EntryResult, Prepared, RunOptions,
-                                         StageError, new_report, record_error)
+                                         StageError, new_report)
 from orchestrator.workdir import run_dir
 from release.store import StoreError, open_store
 
@@ -138,9 +138,8 @@ def run_all(chosen: list[Entry], all_entries: list[Entry], opts: RunOptions,
                           f"bits) and not in {lock_file}: run `{command} --only {entry.name}`, "
                           "review and commit the line")
                 state = _EntryState(index, entry, header, ref, None, dataset)
-                state.prepared = Prepared(new_report(entry), status="error")
-                state.prepared.decided = record_error(state.prepared.report, "fetch",
-                                                      "unlocked", reason)
+                state.prepared = Prepared(new_report(entry))
+                state.prepared.report.fail("fetch", "unlocked", reason, status="error")
                 reporter.say(header)
                 reporter.say(f"  ERROR     [fetch/unlocked] {reason}")
                 speaking[0] = entry.name
@@ -204,10 +203,9 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
                     pending: dict, reporter: Reporter, say) -> None:
     entry = state.entry
     if outcome.error is not None:
-        report = new_report(entry)
-        prepared = Prepared(report, status="error")
-        prepared.decided = record_error(report, "executor", "task_failed",
-                                        _failure_text(outcome.error))
+        prepared = Prepared(new_report(entry))
+        prepared.report.fail("executor", "task_failed", _failure_text(outcome.error),
+                             status="error")
         say(f"  ERROR     [executor/task_failed] {_failure_text(outcome.error)}")
         state.prepared = prepared
         return
@@ -232,7 +230,7 @@ def _entry_returned(state: _EntryState, outcome, opts: RunOptions, executor: Exe
         job = ShardJob(entry.data, entry.source, k, part.start, paths[part.start:part.stop],
                        state.checkpoint, names, opts.threads, opts.data_workers,
                        opts.worker_timeout, opts.keep_work, opts.limits,
-                       (prepared.report.get("deploy") or {}).get("contract"))
+                       (prepared.report.deploy or {}).get("contract"))
         handle = executor.submit(evaluate_shard, job, state.blob, *state.model_blobs,
                                  env=SOURCES[entry.source].env, cpus=opts.threads or 1,
                                  priority=(state.index, 1, k),
@@ -272,13 +270,13 @@ def _finish(state: _EntryState, opts: RunOptions, driver_dir: Path, say) -> Entr
     merged = None
     if state.planned and state.accuracy_error is None:
         wall = time.perf_counter() - state.accuracy_start
-        prepared.report["timings"]["accuracy"] = round(wall, 3)
-        pinned = prepared.report["source"]["checkpoint"]["pinned"]
+        prepared.report.timings["accuracy"] = round(wall, 3)
+        pinned = prepared.report.source["checkpoint"]["pinned"]
         names = [p for p, v in prepared.variants.items() if v["passed"]]
         merged = merge_shards(entry, opts.data, list(state.shards.values()), pinned, names,
                               wall)
     # The fingerprint of what this run used (the checkpoint as the task saw it).
-    sha = prepared.report["source"].get("checkpoint", {}).get("sha256")
+    sha = prepared.report.source.get("checkpoint", {}).get("sha256")
     inputs = _inputs(entry, opts, sha, state.dataset) if sha else state.inputs
     return finish_entry(entry, prepared, opts, workdir, merged, state.accuracy_error,
                         inputs, say=say)

@@ -28,7 +28,7 @@ from orchestrator.derive import needs_source
 from orchestrator.runtimes import runtimes_line
 from orchestrator.stages.accuracy import apply_accuracy
 from orchestrator.stages.context import (CheckpointRef, EntryContext, EntryResult, Prepared,
-                                         RunOptions, StageError, new_report, record_error)
+                                         RunOptions, StageError, new_report)
 from orchestrator.stages.convert import convert, derive
 from orchestrator.stages.fetch import fetch_checkpoint, pick_inputs
 from orchestrator.stages.package import decided_by, package
@@ -57,14 +57,14 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
     say(header)
     report = new_report(entry)
     timer = Timer()
-    report["timings"] = timer.seconds
+    report.timings = timer.seconds
     out = Prepared(report)
     with run_dir(f"entry-{entry.name}", keep=opts.keep_work) as workdir:
         try:
             if needs_source(entry):
                 with timer.stage("derive"):
-                    entry, report["derived"] = derive(entry, opts, say)
-                report["entry"] = out.entry = entry.data
+                    entry, report.derived = derive(entry, opts, say)
+                report.entry = out.entry = entry.data
             ctx = EntryContext(entry, all_entries, opts, report, timer, workdir, checkpoint,
                                blob, say)
             out.checks, variants, out.runnable = run_stages(ctx)
@@ -77,15 +77,14 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             if (workdir / "model.onnx").exists():   # not when the graph failed before it
                 out.files["model.onnx"] = hand_over(workdir / "model.onnx", handoff)
         except StageError as exc:
-            out.status = "unsupported" if exc.kind in UNSUPPORTED_KINDS else "error"
-            out.decided = record_error(report, exc.stage, exc.kind, exc.message, exc.details)
-            say(f"  {out.status.upper():<9} [{exc.stage}/{exc.kind}] {exc.message}")
+            status = "unsupported" if exc.kind in UNSUPPORTED_KINDS else "error"
+            report.fail(exc.stage, exc.kind, exc.message, exc.details, status=status)
+            say(f"  {status.upper():<9} [{exc.stage}/{exc.kind}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
-            out.status = "error"
             kind, message = _unforeseen(exc, workdir)
-            record_error(report, timer.current, kind, message,
-                         {"traceback": traceback.format_exc(limit=20)})
-            out.decided = f"{timer.current}: {kind.replace('_', ' ')}"
+            report.fail(timer.current, kind, message,
+                        {"traceback": traceback.format_exc(limit=20)})
+            report.decide("error", f"{timer.current}: {kind.replace('_', ' ')}")
             say(f"  ERROR     [{timer.current}/{kind}] {message}")
         log = workdir / "worker.log"
         if log.exists():
@@ -146,11 +145,11 @@ def run_stages(ctx: EntryContext) -> tuple[list[Check], dict[str, dict], bool]:
         raise StageError(first.stage, first.kind, f"{first.message}\nexported at a fixed "
                          f"batch 1 instead: {again.stage}/{again.kind}: {said}",
                          first.details) from None
-    ctx.report["onnx"]["batch"] = {
+    ctx.report.onnx["batch"] = {
         "fixed": 1, "dynamic_batch_tried": why,
         "note": "exported at a fixed batch 1: the dynamic-batch export failed; runtimes take "
                 "one image per run"}
-    ctx.report.setdefault("warnings", []).append(
+    ctx.report.warn(
         "fixed batch 1: " + ("the exporter refused a dynamic batch" if first is not None else
                              "the dynamic-batch graph held its traced batch")
         + " (report: onnx.batch)")
@@ -193,40 +192,34 @@ def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Pa
                  inputs: dict | None = None, say=print) -> EntryResult:
     """On the driver: apply the accuracy gate, decide, write (and sign) the artifact."""
     report, checks, variants = prepared.report, list(prepared.checks), prepared.variants
-    timings = report["timings"]
-    status, decided = prepared.status, prepared.decided
     if inputs is not None:
-        report["inputs"] = inputs
+        report.inputs = inputs
     files: dict[str, Path] = {}
     for name, data in prepared.files.items():
         files[name] = placed(data, workdir / name)
-    if status is None and accuracy_error is not None:
-        status = "error"
-        decided = record_error(report, accuracy_error.stage, accuracy_error.kind,
-                               accuracy_error.message, accuracy_error.details)
+    if report.status is None and accuracy_error is not None:
+        report.fail(accuracy_error.stage, accuracy_error.kind, accuracy_error.message,
+                    accuracy_error.details, status="error")
         say(f"  ERROR     [{accuracy_error.stage}/{accuracy_error.kind}] "
             f"{accuracy_error.message}")
     artifact_files: dict[str, Path] = {}
-    if status is None:
+    if report.status is None:
         if accuracy is not None:
             checks = apply_accuracy(report, checks, variants, accuracy, say)
-        report["checks"] = [c.as_dict() for c in checks]
-        report["passed"] = bool(checks) and not failed(checks)
+        report.checks = [c.as_dict() for c in checks]
+        passed = bool(checks) and not failed(checks)
         if variants:
-            report["variants"] = variants_report(variants, report["passed"])
-            for precision, v in report["variants"].items():
+            report.variants = variants_report(variants, passed)
+            for precision, v in report.variants.items():
                 if "file" in v:
                     artifact_files[v["file"]] = placed(variants[precision]["onnx"],
                                                        workdir / v["file"])
-        decided = decided_by(checks, report["passed"], report.get("accuracy"),
-                             report.get("warnings"))
-        say(f"  verify    {'all checks passed' if report['passed'] else 'FAILED'}: {decided}")
-        status = "passed" if report["passed"] else "failed"
-        if report["passed"]:
+        decided = decided_by(checks, passed, report.accuracy, report.warnings)
+        say(f"  verify    {'all checks passed' if passed else 'FAILED'}: {decided}")
+        report.decide("passed" if passed else "failed", decided)
+        if passed:
             artifact_files["model.onnx"] = files["model.onnx"]
-    report["decided_by"] = decided
-    report["status"] = status   # passed | failed | error | unsupported
-    timings["total"] = round(prepared.seconds + timings.get("accuracy", 0.0), 3)
-    status, decided = package(entry, report, artifact_files, files, workdir, opts, say)
-    return EntryResult(entry.name, status, decided, timings["total"],
-                       runtimes_line(report.get("runtimes") or {}))
+    report.timings["total"] = round(prepared.seconds + report.timings.get("accuracy", 0.0), 3)
+    package(entry, report, artifact_files, files, workdir, opts, say)
+    return EntryResult(entry.name, report.status, report.decided_by, report.timings["total"],
+                       runtimes_line(report.runtimes or {}))

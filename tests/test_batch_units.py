@@ -192,16 +192,16 @@ def test_a_simplification_that_breaks_the_exporters_model_is_redone_and_recorded
     assert simplifier_broke(checks)
     assert not simplifier_broke(verify_models(entry, models, x, 2 * reference, threads=1)[0])
 
-    report, said = {"onnx": {}}, []
+    onnx_section, said = {}, []
     checks, logits = resimplify(entry, exported, simplified, x, reference, checks, logits,
-                                 1, report, said.append)
+                                 1, onnx_section, said.append)
     assert not failed(checks) and {c.scope["model"] for c in checks} == {"exported",
                                                                          "simplified"}
-    repair = report["onnx"]["onnxsim_repair"]
+    repair = onnx_section["onnxsim_repair"]
     assert repair["first"]["check"] == "max_abs_diff" and repair["first"]["measured"] > 0.1
     assert repair["used"] == "on, without fuse_pad_into_conv"
     assert repair["tried"] == [{"optimizer": repair["used"], "nodes": 3, "passed": True}]
-    assert report["onnx"]["nodes_simplified"] == 3
+    assert onnx_section["nodes_simplified"] == 3
     assert np.abs(OrtRunner(simplified, 1).infer(x, 4) - reference).max() < 1e-4
     assert np.array_equal(logits["simplified"], OrtRunner(simplified, 1).infer(x, 4))
     assert not (tmp_path / "model.retry.onnx").exists()
@@ -359,7 +359,7 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
                        "export": {"dynamic_batch": True, "opset": 13,
                                   "fixed_batch_fallback": fallback}}, None)
         report = new_report(entry)
-        report["onnx"] = {}
+        report.onnx = {}
         return EntryContext(entry, [entry], None, report, Timer(), None, None, None,
                             said.append)
 
@@ -378,9 +378,9 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
     monkeypatch.setattr(run, "_stages", stages([refused, ([], {}, True)]))
     ctx = context()
     assert run.run_stages(ctx) == ([], {}, True) and tries == [True, False]
-    assert ctx.report["onnx"]["batch"]["fixed"] == 1
-    assert ctx.report["onnx"]["batch"]["dynamic_batch_tried"]["error"] == refused.message
-    assert ctx.report["warnings"] == ["fixed batch 1: the exporter refused a dynamic batch "
+    assert ctx.report.onnx["batch"]["fixed"] == 1
+    assert ctx.report.onnx["batch"]["dynamic_batch_tried"]["error"] == refused.message
+    assert ctx.report.warnings == ["fixed batch 1: the exporter refused a dynamic batch "
                                       "(report: onnx.batch)"]
 
     tries.clear()
@@ -403,9 +403,9 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
     monkeypatch.setattr(run, "_stages", stages([([held], {}, True), ([], {}, True)]))
     ctx = context()
     assert run.run_stages(ctx) == ([], {}, True) and tries == [True, False]
-    assert ctx.report["onnx"]["batch"]["fixed"] == 1
-    assert ctx.report["onnx"]["batch"]["dynamic_batch_tried"] == {"check": held.as_dict()}
-    assert ctx.report["warnings"] == ["fixed batch 1: the dynamic-batch graph held its traced "
+    assert ctx.report.onnx["batch"]["fixed"] == 1
+    assert ctx.report.onnx["batch"]["dynamic_batch_tried"] == {"check": held.as_dict()}
+    assert ctx.report.warnings == ["fixed batch 1: the dynamic-batch graph held its traced "
                                       "batch (report: onnx.batch)"]
     # At a fixed batch, failing again: the fixed-batch run's own checks stand, no third try.
     tries.clear()

@@ -381,7 +381,7 @@ def test_runtime_accuracy_gates_only_required_runtimes_and_the_summary_says_so()
             "tensorrt": {"required": False, "skipped": "no GPU"}}}
         variants = {"int8": {"checks": [], "passed": True}}
         lines = []
-        gating = runtime_accuracy(report, variants, {"openvino": {
+        gating = runtime_accuracy(report["runtimes"], variants, {"openvino": {
             "fp32": result(False), "int8": result(False)}}, lines.append)
         accuracy = report["runtimes"]["openvino"]["accuracy"]
         assert accuracy["int8"]["passed"] is False and accuracy["int8"]["top1"] == 70.0

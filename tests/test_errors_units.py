@@ -58,7 +58,7 @@ def test_a_full_disk_is_named_as_such_not_an_internal_error(tmp_path, monkeypatc
     said = []
     prepared = run.prepare_entry(entry, [entry], RunOptions(tmp_path / "out", tmp_path / "c"),
                                  CheckpointRef({}, str(tmp_path / "c")), None, "e", said.append)
-    error = prepared.report["error"]
+    error = prepared.report.to_json()["error"]
     assert error["kind"] == "disk_full" and prepared.status == "error", error
     assert error["message"].startswith("no space left on the device"), error
     assert any("/disk_full] no space left" in line for line in said), said

@@ -541,7 +541,7 @@ def test_ray_failures_of_a_nodes_state_say_what_to_do_and_drop_ray_ids():
     state = _EntryState(0, entry, "h", None, None, None)
     said = []
     _entry_returned(state, SimpleNamespace(error=found), None, None, {}, None, said.append)
-    error = state.prepared.report["error"]
+    error = state.prepared.report.to_json()["error"]
     assert (error["stage"], error["kind"]) == ("executor", "task_failed")
     assert error["message"] == _failure_text(found) and "b'" not in said[0]
 

@@ -10,23 +10,26 @@ from orchestrator.stages.variants import variant_line
 from verify.compare import Check, failed
 
 if TYPE_CHECKING:
+    from orchestrator.report import EntryReport
     from orchestrator.accuracy import MergedAccuracy
 
 
-def apply_accuracy(report: dict, checks: list[Check], variants: dict[str, dict],
+def apply_accuracy(report: EntryReport, checks: list[Check], variants: dict[str, dict],
                    merged: MergedAccuracy, say) -> list[Check]:
     """The merged shards' gates and figures into the report and the variants; returns the
     entry's checks with the accuracy ones added."""
     accuracy = merged.figures
     runtimes = accuracy.pop("runtimes", {})
-    report["accuracy"] = accuracy
+    report.accuracy = accuracy
     for precision, (drop, figures) in merged.variants.items():
         variants[precision]["checks"].append(drop)
         variants[precision]["accuracy"] = figures
         variants[precision]["passed"] = not failed(variants[precision]["checks"])
         say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
             f"{variant_line(variants[precision])}")
-    acc_checks = merged.checks + runtime_accuracy(report, variants, runtimes, say)
+    if report.runtimes is None:
+        report.runtimes = {}
+    acc_checks = merged.checks + runtime_accuracy(report.runtimes, variants, runtimes, say)
     if "contract" in accuracy:
         c = accuracy["contract"]
         say(f"  deploy    preprocess.json + ONNX top-1 {c['top1']:.2f}% vs the source's "

@@ -17,6 +17,7 @@ from converters.limits import WorkerLimits
 from fetch.download import FetchError, Fetched, fetch, local_checkpoint, materialize
 from manifests.loader import Entry
 from orchestrator.accuracy import Selection
+from orchestrator.report import EntryReport
 from verify.compare import Check
 
 
@@ -82,7 +83,7 @@ class EntryContext:
     entry: Entry
     all_entries: list[Entry]
     opts: RunOptions
-    report: dict
+    report: EntryReport
     timer: Timer
     workdir: Path
     checkpoint: CheckpointRef
@@ -95,15 +96,18 @@ class Prepared:
     """What an entry task returns: the report so far, its checks, its variants, and the
     files it made (bytes: they travel back from whichever node ran it; paths where the task
     ran in the driver's process: orchestrator/workdir.py hand_over)."""
-    report: dict
+    report: EntryReport
     checks: list[Check] = field(default_factory=list)
     variants: dict[str, dict] = field(default_factory=dict)
     files: dict[str, bytes | Path] = field(default_factory=dict)   # model.onnx, worker.log
-    status: str | None = None      # set when decided already: "error" | "unsupported"
     entry: dict | None = None      # the entry with its derived fields (orchestrator/derive.py)
-    decided: str | None = None
     runnable: bool = False         # ONNX I/O fit for the accuracy gate
     seconds: float = 0.0
+
+    @property
+    def status(self) -> str | None:
+        """Set when the task decided the entry already: "error" | "unsupported"."""
+        return self.report.status
 
 
 @dataclass
@@ -130,24 +134,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def new_report(entry: Entry) -> dict:
-    return {
-        "name": entry.name, "passed": False,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "run_id": uuid.uuid4().hex,   # provenance's invocationId
-        "pipeline": {"git_commit": git_commit()},
-        "entry": entry.data,
-        "source": {"framework": entry.source, "model_id": entry["model_id"]},
-        "checks": [], "timings": {}, "error": None,
-    }
-
-
-def record_error(report: dict, stage: str, kind: str, message: str,
-                 details: dict | None = None) -> str:
-    """The entry's error into its report; returns what decided it ("stage: kind")."""
-    report["error"] = {"stage": stage, "kind": kind, "message": message,
-                       "details": details or {}}
-    return f"{stage}: {kind}"
+def new_report(entry: Entry) -> EntryReport:
+    return EntryReport(
+        name=entry.name,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        run_id=uuid.uuid4().hex,   # provenance's invocationId
+        pipeline={"git_commit": git_commit()},
+        entry=entry.data,
+        source={"framework": entry.source, "model_id": entry["model_id"]})
 
 
 def fmt(value) -> str:

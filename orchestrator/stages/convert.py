@@ -48,20 +48,20 @@ def convert(ctx: EntryContext, got: Fetched, images: list[Path],
             ), ctx.workdir, timeout=opts.worker_timeout, memory_limit=opts.limits.memory_limit())
         except WorkerFailed as exc:
             raise StageError("convert", exc.kind, exc.message, exc.details) from None
-    report["source"]["versions"] = result["versions"]
+    report.source["versions"] = result["versions"]
     if result.get("unreadable"):
-        report["verification"]["images"]["unreadable"] = result["unreadable"]
-        report["verification"]["images"]["count"] = len(result["images_used"])
-    report["source"]["checkpoint"].update(result.get("checkpoint", {}))
-    report["timings"]["worker"] = result.get("timings", {})
+        report.verification["images"]["unreadable"] = result["unreadable"]
+        report.verification["images"]["count"] = len(result["images_used"])
+    report.source["checkpoint"].update(result.get("checkpoint", {}))
+    report.timings["worker"] = result.get("timings", {})
     # which process converted it, and its how-manieth job (a warm worker's: converters/runner.py)
-    report["source"]["worker"] = result.get("process")
+    report.source["worker"] = result.get("process")
     if result.get("export_fixups"):
-        report["source"]["export_fixups"] = result["export_fixups"]
+        report.source["export_fixups"] = result["export_fixups"]
         for note in result["export_fixups"]:
             say(f"  fix-up    {note}")
     if result.get("checkpoint", {}).get("demo"):
-        report["source"]["checkpoint"]["note"] = (
+        report.source["checkpoint"]["note"] = (
             "DEMO checkpoint: seeded random init made by the pipeline, not trained weights")
         say("  note      this is a demo checkpoint (random init), not trained weights")
     say("  convert   done in " + ", ".join(f"{k} {v:.1f} s" for k, v in

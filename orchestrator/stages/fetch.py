@@ -16,7 +16,7 @@ def fetch_checkpoint(ctx: EntryContext) -> Fetched:
     """The checkpoint into report['source']['checkpoint']; says whether it is the pinned file."""
     with ctx.timer.stage("fetch"):
         got = ctx.checkpoint.resolve(ctx.blob)
-        section = ctx.report["source"]["checkpoint"] = _checkpoint_report(got)
+        section = ctx.report.source["checkpoint"] = _checkpoint_report(got)
         if ctx.checkpoint.local:  # the driver's path, wherever the node kept its copy
             section["path"] = ctx.checkpoint.local
         pin = ("the pinned file (prefix only, 32 bits: lock it with `pipeline.py "
@@ -35,9 +35,9 @@ def pick_inputs(ctx: EntryContext) -> tuple[list[Path], list[Path]]:
         images, image_info = pick_images(ctx.entry, ctx.opts, ctx.workdir)
         calibration, calibration_info = (pick_calibration(ctx.entry, ctx.opts, ctx.workdir)
                                          if "int8" in ctx.opts.precisions else ([], None))
-    ctx.report["verification"] = {"images": image_info}
+    ctx.report.verification = {"images": image_info}
     if calibration_info:
-        ctx.report["verification"]["int8_calibration"] = calibration_info
+        ctx.report.verification["int8_calibration"] = calibration_info
     return images, calibration
 
 

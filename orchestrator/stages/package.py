@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from manifests.loader import Entry
-from orchestrator.stages.context import RunOptions, fmt, record_error
+from orchestrator.report import EntryReport
+from orchestrator.stages.context import RunOptions, fmt
 from release.artifact import write_artifact
 from release.contract_files import make_deployable
 from release.provenance import build_provenance
@@ -36,47 +37,40 @@ def decided_by(checks: list[Check], passed: bool, accuracy: dict | None = None,
     return text
 
 
-def package(entry: Entry, report: dict, artifact_files: dict[str, Path],
-            files: dict[str, Path], workdir: Path, opts: RunOptions, say) -> tuple[str, str]:
-    """Writes the entry's artifact folder; returns its (status, decided_by), which change to
-    an error when the metadata or the signature cannot be made: fail closed, nothing ships
-    without them."""
-    status, decided = report["status"], report["decided_by"]
-    if report["passed"]:
+def package(entry: Entry, report: EntryReport, artifact_files: dict[str, Path],
+            files: dict[str, Path], workdir: Path, opts: RunOptions, say) -> None:
+    """Writes the entry's artifact folder. A passed entry whose metadata or signature cannot
+    be made becomes an error: fail closed, nothing ships without them."""
+    if report.passed:
         try:
-            artifact_files = make_deployable(entry, report, artifact_files, workdir)
+            artifact_files = make_deployable(entry, report.to_json(), artifact_files, workdir)
         except (OSError, ValueError) as exc:  # fail closed: nothing ships without its metadata
-            report["passed"] = False
-            status = report["status"] = "error"
-            decided = report["decided_by"] = record_error(report, "package", "metadata",
-                                                          f"{type(exc).__name__}: {exc}")
+            report.fail("package", "metadata", f"{type(exc).__name__}: {exc}", status="error")
             say(f"  ERROR     [package/metadata] {exc}")
-    if report["passed"]:
+    if report.passed:
         try:
             artifact = _write_passed(entry, report, artifact_files, opts)
             if opts.signing_key:
                 say(f"  sign      {artifact / 'model.sig'} (key {opts.signing_key_id[:12]})")
         except SigningError as exc:  # fail closed: no unsigned model when signing was asked
-            report["passed"] = False
-            status = report["status"] = "error"
-            decided = report["decided_by"] = record_error(report, "sign", "signing", str(exc))
-            artifact_files.clear()  # nothing unsigned ships: no fp32 model, no variant
+            # nothing unsigned ships: write_artifact dropped the staging folder whole
+            report.fail("sign", "signing", str(exc), status="error")
             say(f"  ERROR     [sign/signing] {exc}")
-    if not report["passed"]:
-        write_artifact(opts.out_dir, entry.name, report,
+    if not report.passed:
+        write_artifact(opts.out_dir, entry.name, report.to_json(),
                        {k: v for k, v in files.items() if k == "worker.log"})
-    return status, decided
 
 
-def _write_passed(entry: Entry, report: dict, files: dict[str, Path], opts: RunOptions) -> Path:
+def _write_passed(entry: Entry, report: EntryReport, files: dict[str, Path],
+                  opts: RunOptions) -> Path:
     """model.onnx + report.json + provenance.json, signed in staging when a key is given."""
-    report["signature"] = ({"file": SIGNATURE, "public_key_sha256": opts.signing_key_id}
-                           if opts.signing_key else None)
-    provenance = build_provenance(report, opts.signing_key_id)
+    report.signature = ({"file": SIGNATURE, "public_key_sha256": opts.signing_key_id}
+                        if opts.signing_key else None)
+    provenance = build_provenance(report.to_json(), opts.signing_key_id)
     finalize = ((lambda staging: sign_directory(staging, opts.signing_key))
                 if opts.signing_key else None)
     # The files are the driver's scratch (release/contract_files.py make_deployable wrote
     # them): moved into the artifact, not copied.
-    return write_artifact(opts.out_dir, entry.name, report, files,
+    return write_artifact(opts.out_dir, entry.name, report.to_json(), files,
                           documents={"provenance.json": provenance}, finalize=finalize,
                           move=True)

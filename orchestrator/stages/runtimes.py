@@ -19,19 +19,20 @@ def runtimes_stage(ctx: EntryContext, simplified: Path, variants: dict[str, dict
     """Into report['runtimes']; returns the fp32 checks that gate the entry."""
     models = {"fp32": simplified, **{p: v["path"] for p, v in variants.items() if v["passed"]}}
     with ctx.timer.stage("runtimes"):
-        gating, ctx.report["runtimes"] = runtime_matrix(ctx.entry, models, inputs, reference,
+        gating, ctx.report.runtimes = runtime_matrix(ctx.entry, models, inputs, reference,
                                                         ctx.opts.threads, ctx.say)
     return gate_on(variants, gating)
 
 
-def runtime_accuracy(report: dict, variants: dict[str, dict], runtimes: dict,
+def runtime_accuracy(matrix: dict, variants: dict[str, dict], runtimes: dict,
                      say) -> list[Check]:
     """The runtime matrix with --data: each runtime's top-1 on the accuracy images
-    (orchestrator.accuracy.runtime_accuracy), into report['runtimes']; a required runtime's
-    check gates its model. Returns the fp32 checks to gate on."""
+    (orchestrator.accuracy.runtime_accuracy), into `matrix` (the report's runtimes: each
+    runtime's section); a required runtime's check gates its model. Returns the fp32 checks
+    to gate on."""
     gating: dict[str, list[Check]] = {}
     for runtime, per_model in runtimes.items():
-        section = report.setdefault("runtimes", {}).setdefault(runtime, {})
+        section = matrix.setdefault(runtime, {})
         required = section.get("required", False)
         for precision, result in per_model.items():
             check = result["check"]

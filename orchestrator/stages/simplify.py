@@ -46,18 +46,18 @@ def simplify_stage(ctx: EntryContext, result: dict) -> Simplified:
             if after is None:
                 if finding is None:
                     raise StageError("simplify", failure.kind, failure.message) from None
-                report["onnx"] = {"nodes_exported": before.get("nodes") if before else None,
+                report.onnx = {"nodes_exported": before.get("nodes") if before else None,
                                   "simplify_error": failure.message}
                 say(f"  simplify  FAILED: {finding.detail}")
                 return Simplified(exported, simplified, before, None, finding)
-    report["onnx"] = {
+    report.onnx = {
         "opset": after["opset"], "nodes_exported": before["nodes"],
         "nodes_simplified": after["nodes"], "inputs": after["inputs"],
         "outputs": after["outputs"], "sha256": sha256_file(simplified),
         "bytes": simplified.stat().st_size, "onnxsim_check": after["onnxsim_check"]}
     if after.get("onnxsim_failed"):
-        report["onnx"]["onnxsim_failed"] = after["onnxsim_failed"]
-        report["onnx"]["optimizer"] = after["optimizer"]
+        report.onnx["onnxsim_failed"] = after["onnxsim_failed"]
+        report.onnx["optimizer"] = after["optimizer"]
     say(f"  simplify  onnx.checker ok; onnxsim {before['nodes']} -> {after['nodes']} nodes")
     if not after["onnxsim_check"]["passed"]:
         say(f"  simplify  note: {after['onnxsim_check']['note']}")

@@ -36,28 +36,27 @@ def verify_stage(ctx: EntryContext, result: dict, simp: Simplified
                     "simplified": (simp.path, simp.after)}, inputs, reference, threads)
         if simplifier_broke(checks):
             checks, logits = resimplify(entry, simp.exported, simp.path, inputs, reference,
-                                        checks, logits, threads, report, say)
-        report["verification"].update(figures)
+                                        checks, logits, threads, report.onnx, say)
+        report.verification.update(figures)
         sensitivity = result.get("source_sensitivity")
         if sensitivity:
-            report["verification"]["source_sensitivity"] = sensitivity
+            report.verification["source_sensitivity"] = sensitivity
             for note in amplified_rounding(checks, sensitivity)[:1]:
                 say(f"  note      {note}")
         form = result.get("inference_form_change")
         if form:
-            report["verification"]["inference_form_change"] = form
+            report.verification["inference_form_change"] = form
             for note in switched_form_differs(checks, form)[:1]:
                 say(f"  note      {note}")
         if not failed(checks):   # gate power: a known small fault must fail the same check
-            canary, report["verification"]["canary"] = canary_check(
+            canary, report.verification["canary"] = canary_check(
                 simp.path, inputs, reference, entry["tolerances"], threads,
                 clean=logits["simplified"])
             checks.append(canary)
             say(f"  canary    {canary.detail}")
-            if report["verification"]["canary"].get("warning"):
-                report.setdefault("warnings", []).append(
-                    report["verification"]["canary"]["warning"])
-                say(f"  WARNING   {report['verification']['canary']['warning']}")
+            if report.verification["canary"].get("warning"):
+                report.warn(report.verification["canary"]["warning"])
+                say(f"  WARNING   {report.verification['canary']['warning']}")
     return checks, logits, inputs, reference
 
 
@@ -171,15 +170,16 @@ def batch_held(checks: list[Check]) -> Check | None:
 
 def resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarray,
                reference: np.ndarray, checks: list[Check], logits: dict, threads: int | None,
-               report: dict, say) -> tuple[list[Check], dict]:
+               onnx_section: dict, say) -> tuple[list[Check], dict]:
     """onnxsim changed what the exporter wrote: simplify again with its fragile passes off, then
     with no optimisation (converters/simplify.py RETRIES), each result through the same
     logit checks against the source; the first that passes replaces model.onnx. None passing
-    leaves the first model and its failed checks. Recorded in report['onnx']['onnxsim_repair']."""
+    leaves the first model and its failed checks. Recorded in `onnx_section` (the report's
+    onnx) as onnxsim_repair."""
     first = next(c for c in failed(checks) if c.name in VALUE_CHECKS)
     repair = {"first": {"check": first.name, "measured": first.measured, "limit": first.limit},
               "tried": [], "used": None}
-    report["onnx"]["onnxsim_repair"] = repair
+    onnx_section["onnxsim_repair"] = repair
     say(f"  simplify  onnxsim changed the exporter's logits ({first.name} {fmt(first.measured)}"
         f" vs limit {fmt(first.limit)}; the exporter's model passes): simplifying again")
     retry = simplified.with_name("model.retry.onnx")
@@ -196,7 +196,7 @@ def resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarra
             continue
         retry.replace(simplified)
         repair["used"] = info["optimizer"]
-        report["onnx"].update(nodes_simplified=info["nodes"], sha256=sha256_file(simplified),
+        onnx_section.update(nodes_simplified=info["nodes"], sha256=sha256_file(simplified),
                               bytes=simplified.stat().st_size)
         say(f"  simplify  onnxsim optimizer {info['optimizer']}: {info['nodes']} nodes, "
             "the logit checks pass")
@@ -212,9 +212,9 @@ def deploy_stage(ctx: EntryContext, result: dict, images: list[Path], inputs: np
     """The preprocessing contract against the source's tensors, into report['deploy']."""
     with ctx.timer.stage("deploy"):
         used = [images[i] for i in result.get("images_used", range(len(images)))]
-        checks, ctx.report["deploy"] = deploy_gate(ctx.entry, used, inputs, reference,
+        checks, ctx.report.deploy = deploy_gate(ctx.entry, used, inputs, reference,
                                                    simplified, ctx.opts.threads)
-        ctx.say(f"  deploy    {_deploy_line(ctx.report['deploy'], checks[0])}")
+        ctx.say(f"  deploy    {_deploy_line(ctx.report.deploy, checks[0])}")
     return checks
 
 
@@ -257,7 +257,7 @@ def localize_stage(ctx: EntryContext, checks: list[Check], checkpoint: Path,
             say(f"  localize  could not localise: {type(exc).__name__}: {exc}")
         else:
             say(f"  localize  {found['summary']}")
-        ctx.report["verification"]["localization"] = found
+        ctx.report.verification["localization"] = found
         layer = (found.get("first_diverging") or {}).get("layer")
         for c in value_failed:
             c.scope["first_diverging_layer"] = layer
