@@ -32,19 +32,34 @@ class PipelineError(Exception):
 
     kind: short machine-readable cause (checkpoint_format, checkpoint_mismatch, export,
     preprocess, timeout, ...); message: one paragraph for people; details: structured figures
-    for the report. Each stage raises its own subclass (WorkerError, WorkerFailed,
-    FetchError, DeriveFailed, OnnxCheckFailed, AccuracyFailed, LocalizeFailed, StageError),
-    so a caller can catch one stage's or all of them.
+    for the report; stage: the pipeline stage it stopped (fetch, derive, convert, ...), set
+    by `in_stage` (every `Timer.stage` is one) as the error leaves the stage, so nobody wraps
+    an error to say where it happened. Each part of the pipeline raises its own subclass
+    (WorkerError, WorkerFailed, FetchError, DeriveFailed, OnnxCheckFailed, AccuracyFailed,
+    LocalizeFailed), so a caller can catch one part's or all of them.
     """
 
-    def __init__(self, kind: str, message: str, details: dict | None = None):
+    def __init__(self, kind: str, message: str, details: dict | None = None, *,
+                 stage: str | None = None):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.details = details or {}
+        self.stage = stage
 
     def __reduce__(self):   # pickled whole (a Ray task's error), not as Exception(message)
-        return type(self), (self.kind, self.message, self.details)
+        return type(self), (self.kind, self.message, self.details), {"stage": self.stage}
+
+
+@contextmanager
+def in_stage(name: str):
+    """A PipelineError leaving this block that names no stage yet is `name`'s."""
+    try:
+        yield
+    except PipelineError as exc:
+        if exc.stage is None:
+            exc.stage = name
+        raise
 
 
 class WorkerError(PipelineError):
@@ -171,10 +186,12 @@ class Timer:
 
     @contextmanager
     def stage(self, name: str):
+        """Times the block as `name`; a PipelineError leaving it is that stage's (in_stage)."""
         self.current = name
         start = time.perf_counter()
         try:
-            yield
+            with in_stage(name):
+                yield
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)
 

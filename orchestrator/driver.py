@@ -20,7 +20,7 @@ from orchestrator.executor import Executor, Reporter
 from orchestrator.fingerprint import dataset_digest, entry_inputs, unchanged_since
 from orchestrator.run import finish_entry, prepare_entry
 from orchestrator.stages.context import (CheckpointRef, EntryResult, Prepared, RunOptions,
-                                         StageError, new_report)
+                                         new_report)
 from orchestrator.workdir import run_dir
 from release.store import StoreError, open_store
 
@@ -39,7 +39,7 @@ class _EntryState:
     planned: int = 0
     model_blobs: list = field(default_factory=list)
     accuracy_start: float = 0.0
-    accuracy_error: StageError | None = None
+    accuracy_error: PipelineError | None = None
 
 
 def checkpoint_ref(entry: Entry, opts: RunOptions) -> CheckpointRef:
@@ -249,13 +249,12 @@ def _failure_text(err: Exception) -> str:
 def _shard_returned(state: _EntryState, index: int, outcome, reporter: Reporter) -> None:
     if outcome.error is not None:
         err = outcome.error
-        if isinstance(err, AccuracyFailed):
-            error = StageError("accuracy", err.kind, err.message, err.details)
-        elif isinstance(err, StageError):
-            error = err
+        if isinstance(err, AccuracyFailed) or (isinstance(err, PipelineError) and err.stage):
+            error = err   # the gate's own failure, or the shard's fetch (CheckpointRef)
+            error.stage = error.stage or "accuracy"
         else:
-            error = StageError("accuracy", "task_failed",
-                               f"shard {index}: {_failure_text(err)}")
+            error = PipelineError("task_failed", f"shard {index}: {_failure_text(err)}",
+                                  stage="accuracy")
         state.accuracy_error = state.accuracy_error or error
         state.shards[index] = None
         return

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from converters.protocol import Timer
+from converters.protocol import PipelineError, Timer
 from fetch.download import sha256_file
 from manifests.loader import Entry
 from orchestrator.accuracy import MergedAccuracy
@@ -28,7 +28,7 @@ from orchestrator.derive import needs_source
 from orchestrator.runtimes import runtimes_line
 from orchestrator.stages.accuracy import apply_accuracy
 from orchestrator.stages.context import (CheckpointRef, EntryContext, EntryResult, Prepared,
-                                         RunOptions, StageError, new_report)
+                                         RunOptions, new_report)
 from orchestrator.stages.convert import convert, derive
 from orchestrator.stages.fetch import fetch_checkpoint, pick_inputs
 from orchestrator.stages.package import decided_by, package
@@ -76,10 +76,11 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
             out.variants = variants
             if (workdir / "model.onnx").exists():   # not when the graph failed before it
                 out.files["model.onnx"] = hand_over(workdir / "model.onnx", handoff)
-        except StageError as exc:
+        except PipelineError as exc:   # each stage's, named for it as it left (Timer.stage)
             status = "unsupported" if exc.kind in UNSUPPORTED_KINDS else "error"
-            report.fail(exc.stage, exc.kind, exc.message, exc.details, status=status)
-            say(f"  {status.upper():<9} [{exc.stage}/{exc.kind}] {exc.message}")
+            stage = exc.stage or timer.current
+            report.fail(stage, exc.kind, exc.message, exc.details, status=status)
+            say(f"  {status.upper():<9} [{stage}/{exc.kind}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure must not stop the run
             kind, message = _unforeseen(exc, workdir)
             report.fail(timer.current, kind, message,
@@ -96,7 +97,7 @@ def prepare_entry(entry: Entry, all_entries: list[Entry], opts: RunOptions,
 
 
 def _unforeseen(exc: Exception, workdir: Path) -> tuple[str, str]:
-    """The kind and message of an exception no stage turned into a StageError: `disk_full`
+    """The kind and message of an exception that is no PipelineError: `disk_full`
     for a full disk (a zoo sweep's models once filled this machine's, and every later entry
     failed as an internal error at whatever file it was writing), else `internal`."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -122,7 +123,7 @@ def run_stages(ctx: EntryContext) -> tuple[list[Check], dict[str, dict], bool]:
         return _stages(ctx)
     try:
         checks, variants, runnable = _stages(ctx, batch_fallback=True)
-    except StageError as exc:
+    except PipelineError as exc:
         if (exc.stage, exc.kind) != ("convert", "export"):
             raise
         first, why = exc, {"stage": "convert", "error": exc.message[:600]}
@@ -137,14 +138,14 @@ def run_stages(ctx: EntryContext) -> tuple[list[Check], dict[str, dict], bool]:
                                      "export": {**export, "dynamic_batch": False}})
     try:
         checks, variants, runnable = _stages(replace(ctx, entry=fixed))
-    except StageError as again:
+    except PipelineError as again:
         if first is None:
             raise
         # it fails at a fixed batch too: the entry's own error stands, with the second's
         said = next((ln for ln in again.message.splitlines() if ln.strip()), "")[:300]
-        raise StageError(first.stage, first.kind, f"{first.message}\nexported at a fixed "
-                         f"batch 1 instead: {again.stage}/{again.kind}: {said}",
-                         first.details) from None
+        raise PipelineError(first.kind, f"{first.message}\nexported at a fixed batch 1 "
+                            f"instead: {again.stage}/{again.kind}: {said}", first.details,
+                            stage=first.stage) from None
     ctx.report.onnx["batch"] = {
         "fixed": 1, "dynamic_batch_tried": why,
         "note": "exported at a fixed batch 1: the dynamic-batch export failed; runtimes take "
@@ -188,7 +189,7 @@ def _stages(ctx: EntryContext, batch_fallback: bool = False
 
 def finish_entry(entry: Entry, prepared: Prepared, opts: RunOptions, workdir: Path,
                  accuracy: MergedAccuracy | None = None,
-                 accuracy_error: StageError | None = None,
+                 accuracy_error: PipelineError | None = None,
                  inputs: dict | None = None, say=print) -> EntryResult:
     """On the driver: apply the accuracy gate, decide, write (and sign) the artifact."""
     report, checks, variants = prepared.report, list(prepared.checks), prepared.variants

@@ -352,7 +352,8 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
     from converters.protocol import Timer
     from manifests.loader import Entry
     from orchestrator import run
-    from orchestrator.stages.context import EntryContext, StageError, new_report
+    from converters.protocol import PipelineError
+    from orchestrator.stages.context import EntryContext, new_report
 
     def context(fallback=True):
         entry = Entry({"name": "e", "source": "paddleclas", "model_id": "M",
@@ -374,7 +375,8 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
             return outcome
         return fake
 
-    refused = StageError("convert", "export", "paddle.jit.save failed at a dynamic batch")
+    refused = PipelineError("export", "paddle.jit.save failed at a dynamic batch",
+                            stage="convert")
     monkeypatch.setattr(run, "_stages", stages([refused, ([], {}, True)]))
     ctx = context()
     assert run.run_stages(ctx) == ([], {}, True) and tries == [True, False]
@@ -384,9 +386,9 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
                                       "(report: onnx.batch)"]
 
     tries.clear()
-    again = StageError("convert", "export", "paddle2onnx failed at opset 13\nmore")
+    again = PipelineError("export", "paddle2onnx failed at opset 13\nmore", stage="convert")
     monkeypatch.setattr(run, "_stages", stages([refused, again]))
-    with pytest.raises(StageError) as caught:
+    with pytest.raises(PipelineError) as caught:
         run.run_stages(context())
     assert (caught.value.stage, caught.value.kind) == ("convert", "export")
     assert caught.value.message == (f"{refused.message}\nexported at a fixed batch 1 instead: "
@@ -416,11 +418,11 @@ def test_the_fixed_batch_retry_follows_an_exporter_refusal_and_keeps_both_errors
     monkeypatch.setattr(run, "_stages", stages([([held], {}, True)]))
     assert run.run_stages(context(False)) == ([held], {}, True) and tries == [True]
 
-    for outcome, fallback in [(StageError("fetch", "digest", "wrong file"), True),
+    for outcome, fallback in [(PipelineError("digest", "wrong file", stage="fetch"), True),
                               (refused, False)]:
         tries.clear()
         monkeypatch.setattr(run, "_stages", stages([outcome, ([], {}, True)]))
-        with pytest.raises(StageError):
+        with pytest.raises(PipelineError):
             run.run_stages(context(fallback))
         assert tries == [True]
 

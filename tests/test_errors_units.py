@@ -13,7 +13,6 @@ from fetch.download import FetchError
 from orchestrator.accuracy import AccuracyFailed
 from orchestrator.derive import DeriveFailed
 from orchestrator.localize import LocalizeFailed
-from orchestrator.stages.context import StageError
 
 
 @pytest.mark.parametrize("cls", [WorkerError, WorkerFailed, OnnxCheckFailed, FetchError,
@@ -28,12 +27,30 @@ def test_each_stage_error_is_a_pipeline_error_and_pickles_whole(cls):
     assert cls("export", "no rule").details == {}
 
 
-def test_a_stage_error_keeps_its_stage():
-    error = StageError("simplify", "unsupported", "too large", {"bytes": 3})
-    assert isinstance(error, PipelineError)
-    back = pickle.loads(pickle.dumps(error))
+def test_an_error_is_named_for_the_stage_it_leaves_and_keeps_it_through_pickling():
+    """No stage wraps another's error to say where it happened: the Timer's stage names a
+    PipelineError leaving it (the innermost, when stages nest), and a Ray task's error keeps
+    its stage. Other exceptions pass untouched (the entry reports them as internal)."""
+    from converters.protocol import Timer, in_stage
+
+    timer = Timer()
+    with pytest.raises(FetchError) as caught:
+        with timer.stage("fetch"):
+            raise FetchError("digest_mismatch", "sha256 differs")
+    assert caught.value.stage == "fetch" and "fetch" in timer.seconds
+    with pytest.raises(WorkerFailed) as caught:
+        with timer.stage("convert"), in_stage("inner"):
+            raise WorkerFailed("export", "no rule", {"op": "fold"})
+    assert caught.value.stage == "inner"
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert type(back) is WorkerFailed
     assert (back.stage, back.kind, back.message, back.details) == (
-        "simplify", "unsupported", "too large", {"bytes": 3})
+        "inner", "export", "no rule", {"op": "fold"})
+    assert PipelineError("k", "m").stage is None
+    with pytest.raises(KeyError) as other:
+        with timer.stage("simplify"):
+            raise KeyError("x")
+    assert not hasattr(other.value, "stage") and timer.current == "simplify"
 
 
 def test_a_full_disk_is_named_as_such_not_an_internal_error(tmp_path, monkeypatch):

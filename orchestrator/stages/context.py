@@ -1,6 +1,7 @@
 """What every stage of one entry works on: the run's options, the entry's context (its
-report, timer, work directory and checkpoint), what the entry task returns, and the one
-error a stage raises. Imports no deep-learning framework."""
+report, timer, work directory and checkpoint) and what the entry task returns. A stage's
+failure is a converters/protocol.py PipelineError, named for the stage it left (Timer.stage).
+Imports no deep-learning framework."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from converters.protocol import PipelineError, Timer
+from converters.protocol import Timer, in_stage
 from converters.registry import REPO_ROOT
 from converters.limits import WorkerLimits
-from fetch.download import FetchError, Fetched, fetch, local_checkpoint, materialize
+from fetch.download import Fetched, fetch, local_checkpoint, materialize
 from manifests.loader import Entry
 from orchestrator.accuracy import Selection
 from orchestrator.report import EntryReport
@@ -43,17 +44,6 @@ class RunOptions:
     localize: bool = False            # --localize: first diverging layer even when passing
 
 
-class StageError(PipelineError):
-    """A stage's failure as the entry's report records it: which stage, and the cause."""
-
-    def __init__(self, stage: str, kind: str, message: str, details: dict | None = None):
-        super().__init__(kind, message, details)
-        self.stage = stage
-
-    def __reduce__(self):
-        return type(self), (self.stage, self.kind, self.message, self.details)
-
-
 @dataclass
 class CheckpointRef:
     """Where a task finds the entry's checkpoint, on whichever node it runs: the manifest's
@@ -67,13 +57,11 @@ class CheckpointRef:
     mirror: str | None = None
 
     def resolve(self, blob: bytes | None) -> Fetched:
-        try:
+        with in_stage("fetch"):   # a shard's fetch too, outside any stage timer
             if self.local:
                 path = materialize(Path(self.local), self.sha256, blob, Path(self.cache_dir))
                 return local_checkpoint(path, self.spec)
             return fetch(self.spec, Path(self.cache_dir), mirror=self.mirror)
-        except FetchError as exc:
-            raise StageError("fetch", exc.kind, exc.message) from None
 
 
 @dataclass

@@ -8,21 +8,18 @@ from pathlib import Path
 
 from converters.protocol import ConvertJob
 from converters.registry import SOURCES
-from converters.runner import WorkerFailed, run_worker
+from converters.runner import run_worker
 from fetch.download import Fetched
 from manifests.loader import Entry
-from orchestrator.derive import DeriveFailed, resolve
-from orchestrator.stages.context import EntryContext, RunOptions, StageError
+from orchestrator.derive import resolve
+from orchestrator.stages.context import EntryContext, RunOptions
 
 
 def derive(entry: Entry, opts: RunOptions, say) -> tuple[Entry, dict]:
-    """orchestrator/derive.py on this node; its failure is the entry's (StageError)."""
+    """orchestrator/derive.py on this node; its failure (DeriveFailed) is the entry's."""
     say(f"  derive    asking {SOURCES[entry.source].framework} for the fields the manifest "
         "left out ...")
-    try:
-        entry, section = resolve(entry, opts.limits.memory_limit(), opts.threads)
-    except DeriveFailed as exc:
-        raise StageError("derive", exc.kind, exc.message, exc.details) from None
+    entry, section = resolve(entry, opts.limits.memory_limit(), opts.threads)
     for key, origin in section["fields"].items():
         say(f"  derive    {key} from {origin}")
     for note in section["notes"]:
@@ -38,16 +35,13 @@ def convert(ctx: EntryContext, got: Fetched, images: list[Path],
     spec = SOURCES[entry.source]
     with ctx.timer.stage("convert"):
         say(f"  convert   {spec.framework} worker: build, load, preprocess, export ...")
-        try:
-            result = run_worker(spec, ConvertJob(
-                entry=entry.data, checkpoint=str(got.path), images=[str(p) for p in images],
-                candidates=_candidates(entry, ctx.all_entries),
-                calibration_images=[str(p) for p in calibration],
-                threads=opts.threads, batch_size=len(images),
-                max_image_pixels=opts.limits.max_image_pixels,
-            ), ctx.workdir, timeout=opts.worker_timeout, memory_limit=opts.limits.memory_limit())
-        except WorkerFailed as exc:
-            raise StageError("convert", exc.kind, exc.message, exc.details) from None
+        result = run_worker(spec, ConvertJob(
+            entry=entry.data, checkpoint=str(got.path), images=[str(p) for p in images],
+            candidates=_candidates(entry, ctx.all_entries),
+            calibration_images=[str(p) for p in calibration],
+            threads=opts.threads, batch_size=len(images),
+            max_image_pixels=opts.limits.max_image_pixels,
+        ), ctx.workdir, timeout=opts.worker_timeout, memory_limit=opts.limits.memory_limit())
     report.source["versions"] = result["versions"]
     if result.get("unreadable"):
         report.verification["images"]["unreadable"] = result["unreadable"]

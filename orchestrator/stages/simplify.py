@@ -10,7 +10,7 @@ from pathlib import Path
 from converters.simplify import RETRIES, OnnxCheckFailed, check, optimizer_setting, simplify
 from fetch.download import sha256_file
 from manifests.loader import Entry
-from orchestrator.stages.context import EntryContext, RunOptions, StageError
+from orchestrator.stages.context import EntryContext, RunOptions
 from verify.batch import refused_at_another_batch
 from verify.compare import Check
 
@@ -45,7 +45,7 @@ def simplify_stage(ctx: EntryContext, result: dict) -> Simplified:
                                                            failure, say)
             if after is None:
                 if finding is None:
-                    raise StageError("simplify", failure.kind, failure.message) from None
+                    raise failure
                 report.onnx = {"nodes_exported": before.get("nodes") if before else None,
                                   "simplify_error": failure.message}
                 say(f"  simplify  FAILED: {finding.detail}")
