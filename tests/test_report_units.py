@@ -102,6 +102,7 @@ def test_a_report_travels_between_processes_and_writes_as_json():
     """A Ray task returns the report (pickled); report.json is its JSON form."""
     report = _report(timings={"fetch": 0.1})
     report.fail("fetch", "digest", "sha256 differs", {"expected": "a"}, status="error")
+    assert report.to_json()["error"]["details"] == {"expected": "a"}
     again = pickle.loads(pickle.dumps(report))
     assert again == report
     assert json.loads(json.dumps(again.to_json())) == report.to_json()
