@@ -106,3 +106,38 @@ def test_a_report_travels_between_processes_and_writes_as_json():
     again = pickle.loads(pickle.dumps(report))
     assert again == report
     assert json.loads(json.dumps(again.to_json())) == report.to_json()
+
+
+def _merged(runtimes: dict):
+    from orchestrator.accuracy import MergedAccuracy
+    from verify.compare import Check
+
+    figures = {"source": {"top1": 75.0, "top5": 92.0, "images": 8},
+               "onnx": {"top1": 75.0, "top5": 92.0}, "disagree": 0, "unreadable": 0,
+               "throughput": {"wall_images_per_s": 4.0, "shards": 1}, "runtimes": runtimes}
+    return MergedAccuracy([Check("top1_delta", True, 0.0, 0.1)], figures, {})
+
+
+def test_the_accuracy_stage_writes_a_runtimes_section_only_where_a_runtime_ran():
+    """apply_accuracy on hand-made merged figures: the accuracy section, and each runtime's
+    top-1 into its runtimes section (created when the runtime matrix left none); with no
+    runtime measured, no runtimes section appears (report.json kept no empty one before the
+    report was typed)."""
+    from orchestrator.stages.accuracy import apply_accuracy
+    from verify.compare import Check
+
+    report, said = _report(), []
+    checks = apply_accuracy(report, [], {}, _merged({}), said.append)
+    assert [c.name for c in checks] == ["top1_delta"]
+    assert report.runtimes is None and "runtimes" not in report.to_json()
+    assert report.accuracy["source"]["top1"] == 75.0 and "runtimes" not in report.accuracy
+    assert said[-1].startswith("  accuracy  source top-1/top-5 75.00/92.00")
+
+    ran = {"openvino": {"fp32": {"check": Check("top1_delta", False, 2.0, 0.1),
+                                 "figures": {"top1": 73.0, "top5": 91.0}}}}
+    report = _report()
+    checks = apply_accuracy(report, [], {}, _merged(ran), said.append)
+    section = report.to_json()["runtimes"]["openvino"]
+    assert section["accuracy"]["fp32"]["top1"] == 73.0
+    assert section["accuracy"]["fp32"]["passed"] is False
+    assert [c.name for c in checks] == ["top1_delta"]   # not required: reported, not gating

@@ -27,9 +27,11 @@ def apply_accuracy(report: EntryReport, checks: list[Check], variants: dict[str,
         variants[precision]["passed"] = not failed(variants[precision]["checks"])
         say(f"  {precision:<9} top-1/top-5 {figures['top1']:.2f}/{figures['top5']:.2f}; "
             f"{variant_line(variants[precision])}")
-    if report.runtimes is None:
-        report.runtimes = {}
-    acc_checks = merged.checks + runtime_accuracy(report.runtimes, variants, runtimes, say)
+    acc_checks = merged.checks
+    if runtimes:   # a runtimes section only where a runtime ran, as before the report was typed
+        if report.runtimes is None:
+            report.runtimes = {}
+        acc_checks = acc_checks + runtime_accuracy(report.runtimes, variants, runtimes, say)
     if "contract" in accuracy:
         c = accuracy["contract"]
         say(f"  deploy    preprocess.json + ONNX top-1 {c['top1']:.2f}% vs the source's "
