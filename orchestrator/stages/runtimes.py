@@ -20,7 +20,7 @@ def runtimes_stage(ctx: EntryContext, simplified: Path, variants: dict[str, dict
     models = {"fp32": simplified, **{p: v["path"] for p, v in variants.items() if v["passed"]}}
     with ctx.timer.stage("runtimes"):
         gating, ctx.report.runtimes = runtime_matrix(ctx.entry, models, inputs, reference,
-                                                        ctx.opts.threads, ctx.say)
+                                                     ctx.opts.threads, ctx.say)
     return gate_on(variants, gating)
 
 

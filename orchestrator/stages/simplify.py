@@ -47,7 +47,7 @@ def simplify_stage(ctx: EntryContext, result: dict) -> Simplified:
                 if finding is None:
                     raise failure
                 report.onnx = {"nodes_exported": before.get("nodes") if before else None,
-                                  "simplify_error": failure.message}
+                               "simplify_error": failure.message}
                 say(f"  simplify  FAILED: {finding.detail}")
                 return Simplified(exported, simplified, before, None, finding)
     report.onnx = {

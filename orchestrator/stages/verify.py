@@ -197,7 +197,7 @@ def resimplify(entry: Entry, exported: Path, simplified: Path, inputs: np.ndarra
         retry.replace(simplified)
         repair["used"] = info["optimizer"]
         onnx_section.update(nodes_simplified=info["nodes"], sha256=sha256_file(simplified),
-                              bytes=simplified.stat().st_size)
+                            bytes=simplified.stat().st_size)
         say(f"  simplify  onnxsim optimizer {info['optimizer']}: {info['nodes']} nodes, "
             "the logit checks pass")
         return [c for c in checks if c.scope.get("model") != "simplified"] + again, \
@@ -213,7 +213,7 @@ def deploy_stage(ctx: EntryContext, result: dict, images: list[Path], inputs: np
     with ctx.timer.stage("deploy"):
         used = [images[i] for i in result.get("images_used", range(len(images)))]
         checks, ctx.report.deploy = deploy_gate(ctx.entry, used, inputs, reference,
-                                                   simplified, ctx.opts.threads)
+                                                simplified, ctx.opts.threads)
         ctx.say(f"  deploy    {_deploy_line(ctx.report.deploy, checks[0])}")
     return checks
 
